@@ -1,0 +1,3 @@
+from ddpp_cli.cli import main
+
+main()

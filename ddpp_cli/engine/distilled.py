@@ -1,0 +1,144 @@
+"""Distilled sets (``ddpp.distilled/1``): synthetic images, labels, learned lr and how to view them.
+
+Images are stored in model-input space (normalised or ZCA-whitened, as the experts saw the data),
+exactly what a network is trained on. ``preprocessing`` says how to get back to pixels: a
+normalisation's mean/std, or a reference to the buffer's ZCA file (path and SHA-256; the matrices
+are too large to copy into every set). Baseline coresets (random, herding) use the same format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine import store, zca
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.preprocess import Normalization, Preprocessing
+
+
+@dataclass(frozen=True)
+class DistilledSet:
+    """A distilled (or coreset) image set ready for training."""
+
+    images: torch.Tensor  # (N, C, H, W) float32, model-input space
+    labels: torch.Tensor  # (N,) int64, class-major
+    lr: float | None  # learned step size α (None: use the evaluation default)
+    dataset: str
+    class_names: tuple[str, ...]
+    preprocessing: dict[str, Any]  # Preprocessing.describe(): normalize mean/std or zca reference
+    source: str = "distill"  # "distill", "random", "herding", …
+    arch: str | None = None  # architecture it was distilled with
+    settings: dict[str, Any] = field(default_factory=dict)  # every setting used to make it
+    seed: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def ipc(self) -> int:
+        """Images per class (the largest class count)."""
+        return int(torch.bincount(self.labels, minlength=self.num_classes).max())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def zca_reference(path: Path) -> dict[str, Any]:
+    """The ``preprocessing`` entry of a set whose images are whitened with the ZCA at ``path``."""
+    whitening = zca.load(path)
+    return {
+        "kind": "zca",
+        "zca_file": str(Path(path).resolve()),
+        "zca_sha256": file_sha256(path),
+        "regularization": whitening.regularization,
+    }
+
+
+def save(path: Path, distilled: DistilledSet, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``distilled`` atomically as ``ddpp.distilled/1``."""
+    if distilled.images.ndim != 4 or distilled.labels.shape != (distilled.images.shape[0],):
+        raise ValueError("images must be (N, C, H, W) and labels (N,)")
+    tensors = {
+        "images": distilled.images.detach().float(),
+        "labels": distilled.labels.long(),
+        "lr": torch.tensor([float("nan") if distilled.lr is None else distilled.lr]),
+    }
+    metadata = {
+        "dataset": distilled.dataset,
+        "class_names": list(distilled.class_names),
+        "preprocessing": distilled.preprocessing,
+        "source": distilled.source,
+        "arch": distilled.arch,
+        "settings": distilled.settings,
+        "seed": distilled.seed,
+        "ipc": distilled.ipc,
+        **(extra or {}),
+    }
+    return store.write(path, tensors, store.DISTILLED_FORMAT, metadata)
+
+
+def load(path: Path) -> DistilledSet:
+    """Read a ``ddpp.distilled/1`` file, checking shapes; DdppError on anything inconsistent."""
+    stored = store.read(path, store.DISTILLED_FORMAT)
+    images = store.require_tensor(stored, "images", ndim=4)
+    labels = store.require_tensor(stored, "labels", ndim=1)
+    lr_tensor = store.require_tensor(stored, "lr", ndim=1)
+    meta = stored.metadata
+    class_names = meta.get("class_names")
+    if labels.shape[0] != images.shape[0]:
+        raise DdppError(f"{path}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    if not isinstance(class_names, list) or not class_names:
+        raise DdppError(f"{path}: metadata 'class_names' is missing.")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= len(class_names)):
+        raise DdppError(f"{path}: labels outside 0…{len(class_names) - 1}.")
+    preprocessing = meta.get("preprocessing")
+    if not isinstance(preprocessing, dict) or preprocessing.get("kind") not in ("zca", "normalize"):
+        raise DdppError(f"{path}: metadata 'preprocessing' is missing or unknown.")
+    lr = float(lr_tensor[0]) if lr_tensor.numel() else float("nan")
+    return DistilledSet(
+        images=images.float(),
+        labels=labels.long(),
+        lr=None if lr != lr else lr,
+        dataset=str(meta.get("dataset")),
+        class_names=tuple(class_names),
+        preprocessing=preprocessing,
+        source=str(meta.get("source", "distill")),
+        arch=meta.get("arch"),
+        settings=meta.get("settings") or {},
+        seed=meta.get("seed"),
+    )
+
+
+def resolve_preprocessing(distilled: DistilledSet, zca_path: Path | None = None) -> Preprocessing:
+    """The transform the set's images were made with (loading its ZCA, or ``zca_path``)."""
+    info = distilled.preprocessing
+    if info["kind"] == "normalize":
+        return Preprocessing(normalization=Normalization(tuple(info["mean"]), tuple(info["std"])))
+    path = Path(zca_path or info.get("zca_file") or "")
+    if not path.is_file():
+        raise DdppError(
+            f"this set is ZCA-whitened and needs its ZCA file ({info.get('zca_file')}), which is "
+            "missing; pass --zca PATH to the buffer's zca.safetensors."
+        )
+    expected = info.get("zca_sha256")
+    if zca_path is None and expected and file_sha256(path) != expected:
+        raise DdppError(
+            f"{path} is not the ZCA this set was made with (checksum differs); pass --zca PATH."
+        )
+    whitening = zca.load(path)
+    if tuple(whitening.shape) != tuple(distilled.images.shape[1:]):
+        raise DdppError(
+            f"the ZCA at {path} is for images {whitening.shape}, but the set's images are "
+            f"{tuple(distilled.images.shape[1:])}."
+        )
+    return Preprocessing(whitening=whitening)

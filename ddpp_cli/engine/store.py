@@ -1,0 +1,156 @@
+"""The one reader and writer of ddpp's files: safetensors with versioned metadata, atomic writes.
+
+Metadata lives in the safetensors header (``__metadata__``). Safetensors only stores strings, so
+``format`` and ``ddpp_version`` are kept as plain text and every other value is JSON-encoded.
+The schema of each format is documented in docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
+
+from ddpp_cli import __version__
+from ddpp_cli.engine.errors import DdppError
+
+TRAJECTORY_FORMAT = "ddpp.trajectory/1"
+DISTILLED_FORMAT = "ddpp.distilled/1"
+CHECKPOINT_FORMAT = "ddpp.checkpoint/1"
+ZCA_FORMAT = "ddpp.zca/1"
+
+_PLAIN_KEYS = ("format", "ddpp_version")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """The content of one ddpp file: its tensors and decoded metadata."""
+
+    path: Path
+    format: str
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    A reader (or a process killed mid-write) sees either the old file or the complete new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text (manifests, JSON)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporary files left by writes that were killed; returns how many were removed."""
+    removed = 0
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def encode_metadata(format: str, metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Safetensors header metadata: plain ``format``/``ddpp_version``, JSON for the rest."""
+    encoded = {"format": format, "ddpp_version": __version__}
+    for key, value in metadata.items():
+        if key in _PLAIN_KEYS:
+            raise ValueError(f"metadata key '{key}' is reserved")
+        encoded[key] = json.dumps(value, sort_keys=True)
+    return encoded
+
+
+def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
+    """Inverse of :func:`encode_metadata` (unparseable values are kept as strings)."""
+    decoded: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _PLAIN_KEYS:
+            decoded[key] = value
+            continue
+        try:
+            decoded[key] = json.loads(value)
+        except json.JSONDecodeError:
+            decoded[key] = value
+    return decoded
+
+
+def write(
+    path: Path, tensors: Mapping[str, torch.Tensor], format: str, metadata: Mapping[str, Any]
+) -> Path:
+    """Write ``tensors`` (moved to CPU, made contiguous) and metadata atomically to ``path``."""
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(Path(path), save_bytes(cpu, metadata=encode_metadata(format, metadata)))
+    return Path(path)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The decoded header metadata of a safetensors file, or a DdppError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise DdppError(f"{path} does not exist or is not a file.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for broken headers
+        raise DdppError(
+            f"{path} is not a readable safetensors file (truncated, corrupted or another "
+            f"format): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return decode_metadata(raw)
+
+
+def read(path: Path, expected_format: str) -> Stored:
+    """Read a ddpp file, checking that its ``format`` is exactly ``expected_format``."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    found = metadata.get("format")
+    if found != expected_format:
+        family = expected_format.split("/")[0]
+        if isinstance(found, str) and found.split("/")[0] == family:
+            raise DdppError(
+                f"{path} has format '{found}', but this ddpp ({__version__}) reads "
+                f"'{expected_format}'; upgrade ddpp or recreate the file."
+            )
+        what = f"format '{found}'" if found else "no ddpp format tag"
+        raise DdppError(f"{path} is not a {expected_format} file (it has {what}).")
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise DdppError(f"{path} is truncated or corrupted: {exc}") from None
+    return Stored(path=path, format=found, tensors=tensors, metadata=metadata)
+
+
+def require_tensor(stored: Stored, name: str, ndim: int | None = None) -> torch.Tensor:
+    """The tensor ``name`` of a stored file, checked for presence and rank."""
+    tensor = stored.tensors.get(name)
+    if tensor is None:
+        raise DdppError(f"{stored.path} has no tensor '{name}'; the file is incomplete.")
+    if ndim is not None and tensor.ndim != ndim:
+        raise DdppError(
+            f"{stored.path}: tensor '{name}' has {tensor.ndim} dimensions, expected {ndim}."
+        )
+    return tensor

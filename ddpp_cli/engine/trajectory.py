@@ -1,0 +1,572 @@
+"""Expert trajectories (``ddpp buffer``): train networks on real data and snapshot every epoch.
+
+A buffer folder holds ``buffer.json`` (the manifest: settings, layout, data description),
+``zca.safetensors`` when ZCA is on, and one ``expert_NNNN.safetensors`` per expert, each written
+atomically the moment that expert finishes. Expert ``i`` draws all its randomness from streams
+derived from ``(seed, "expert", i)``, so rerunning a command resumes with the first missing expert
+and gives exactly the files an uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+from safetensors import safe_open
+
+from ddpp_cli import __version__
+from ddpp_cli.engine import augment, data, models, store, zca
+from ddpp_cli.engine.device import derive_seed, make_generator, seeded
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.functional import ParamLayout, flat_parameters
+from ddpp_cli.engine.preprocess import PreparedData, prepare
+from ddpp_cli.engine.training import accuracy, train_epoch
+
+MANIFEST_NAME = "buffer.json"
+MANIFEST_FORMAT = "ddpp.buffer/1"
+ZCA_NAME = "zca.safetensors"
+_EXPERT_PATTERN = re.compile(r"^expert_(\d{4,})\.safetensors$")
+
+EventCallback = Callable[[object], None]
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """Everything that determines the expert trajectories (SPEC §5 defaults)."""
+
+    dataset: str
+    arch: str = "convnet"
+    experts: int = 100
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    dsa_strategy: str = augment.DEFAULT_STRATEGY
+    zca: bool = False
+    train_subset: int | None = None
+    test_subset: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        data.info(self.dataset)  # unknown dataset -> DdppError
+        if self.arch not in models.available():
+            raise DdppError(
+                f"unknown architecture '{self.arch}'; choose one of: "
+                f"{', '.join(models.available())}."
+            )
+        if self.experts < 1:
+            raise DdppError(f"--experts must be at least 1 (got {self.experts}).")
+        if self.epochs < 1:
+            raise DdppError(f"--epochs must be at least 1 (got {self.epochs}).")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise DdppError(f"--lr must be a positive number (got {self.lr}).")
+        if self.batch_size < 1:
+            raise DdppError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise DdppError("momentum and weight decay must be non-negative.")
+        for name in ("train_subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise DdppError(f"{flag} must be at least 1 (got {value}).")
+        augment.DSA(self.dsa_strategy)  # unknown op -> DdppError
+
+    def identity(self) -> dict[str, Any]:
+        """The settings two runs must share to write into the same buffer folder."""
+        settings = asdict(self)
+        del settings["experts"]
+        return settings
+
+
+@dataclass(frozen=True)
+class BufferStarted:
+    folder: Path
+    total: int
+    existing: int
+    train_size: int
+    test_size: int
+    num_params: int
+    preprocessing: str
+
+
+@dataclass(frozen=True)
+class ExpertStarted:
+    index: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class EpochFinished:
+    index: int
+    epoch: int
+    epochs: int
+    train_loss: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class ExpertRecord:
+    """One expert of a buffer: where it is and how well it did after each epoch."""
+
+    index: int
+    path: Path
+    test_accuracy: list[float]
+    seconds: float | None = None
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class ExpertFinished:
+    record: ExpertRecord
+
+
+@dataclass(frozen=True)
+class BufferSummary:
+    folder: Path
+    manifest: Path
+    zca: Path | None
+    experts: list[ExpertRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One expert: its parameters at init and after every epoch, ``params[e]`` of shape (P,)."""
+
+    params: torch.Tensor
+    metadata: dict[str, Any]
+
+    @property
+    def epochs(self) -> int:
+        return int(self.params.shape[0]) - 1
+
+
+def default_buffer_dir(dataset: str, arch: str, use_zca: bool) -> Path:
+    """Where buffers live by default: the platformdirs data folder, one sub-folder per setting."""
+    name = f"{dataset}-{arch}" + ("-zca" if use_zca else "")
+    return platformdirs.user_data_path("ddpp") / "buffers" / name
+
+
+def expert_path(folder: Path, index: int) -> Path:
+    return Path(folder) / f"expert_{index:04d}.safetensors"
+
+
+def expert_files(folder: Path) -> dict[int, Path]:
+    """The expert files present in ``folder``, by index."""
+    found = {}
+    for path in Path(folder).glob("expert_*.safetensors"):
+        match = _EXPERT_PATTERN.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The ``buffer.json`` of ``folder``, checked, or a DdppError saying how to make one."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise DdppError(
+            f"{folder} is not a ddpp buffer (no {MANIFEST_NAME}); create one with 'ddpp buffer'."
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DdppError(f"{path} is not readable JSON ({exc}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DdppError(f"{path} is not a {MANIFEST_FORMAT} manifest.")
+    return manifest
+
+
+def load_trajectory(path: Path, layout: ParamLayout | None = None) -> Trajectory:
+    """Read one expert file, checking its format and (optionally) its parameter layout."""
+    stored = store.read(path, store.TRAJECTORY_FORMAT)
+    params = store.require_tensor(stored, "params", ndim=2)
+    if layout is not None and params.shape[1] != layout.numel:
+        raise DdppError(
+            f"{path} holds {params.shape[1]} parameters per snapshot, but the architecture "
+            f"needs {layout.numel}; it belongs to another architecture or dataset."
+        )
+    return Trajectory(params=params, metadata=stored.metadata)
+
+
+def _check_expert_file(path: Path, epochs: int, numel: int) -> None:
+    """Cheap validity check of an existing expert file (header, format and tensor shape)."""
+    metadata = store.read_metadata(path)
+    if metadata.get("format") != store.TRAJECTORY_FORMAT:
+        raise DdppError(f"{path} is not a {store.TRAJECTORY_FORMAT} file; remove it and rerun.")
+    with safe_open(str(path), framework="pt") as handle:
+        names = set(handle.keys())
+        shape = tuple(handle.get_slice("params").get_shape()) if "params" in names else ()
+    if shape != (epochs + 1, numel):
+        raise DdppError(
+            f"{path} holds a trajectory of shape {shape}, expected {(epochs + 1, numel)}; "
+            "remove it and rerun."
+        )
+
+
+def _data_description(prepared: PreparedData) -> dict[str, Any]:
+    return {
+        "channels": prepared.channels,
+        "image_size": list(prepared.image_size),
+        "num_classes": prepared.num_classes,
+        "class_names": list(prepared.train.class_names),
+        "train_size": len(prepared.train.labels),
+        "test_size": len(prepared.test.labels),
+    }
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+    records = []
+    for index, path in expert_files(folder).items():
+        metadata = store.read_metadata(path)
+        accuracies = metadata.get("test_accuracy") or []
+        records.append(
+            {
+                "index": index,
+                "file": path.name,
+                "final_test_accuracy": accuracies[-1] if accuracies else None,
+            }
+        )
+    manifest = {**manifest, "experts": records, "ddpp_version": __version__}
+    path = Path(folder) / MANIFEST_NAME
+    store.atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [
+        f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+    ]
+    return "; ".join(diffs)
+
+
+def _check_folder(folder: Path, config: BufferConfig) -> None:
+    manifest_path = folder / MANIFEST_NAME
+    if manifest_path.is_file():
+        manifest = read_manifest(folder)
+        previous = manifest.get("config", {})
+        if previous != config.identity():
+            raise DdppError(
+                f"{folder} holds a buffer made with other settings "
+                f"({_describe_difference(previous, config.identity())}); use another --out "
+                "or the same settings."
+            )
+    elif expert_files(folder):
+        raise DdppError(f"{folder} holds expert files but no {MANIFEST_NAME}; use an empty --out.")
+
+
+def train_expert(
+    config: BufferConfig,
+    prepared: PreparedData,
+    index: int,
+    device: torch.device,
+    on_event: EventCallback | None = None,
+    *,
+    train_images: torch.Tensor | None = None,
+    test_images: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[float], list[float]]:
+    """Train expert ``index``; returns snapshots (E+1, P), test accuracy and loss per epoch."""
+    emit = on_event or (lambda event: None)
+    train_x = train_images if train_images is not None else prepared.train.images.to(device)
+    test_x = test_images if test_images is not None else prepared.test.images.to(device)
+    train_y = prepared.train.labels.to(device)
+    test_y = prepared.test.labels.to(device)
+    with seeded(derive_seed(config.seed, "expert", index, "init")):
+        model = models.create(
+            config.arch, prepared.channels, prepared.num_classes, prepared.image_size
+        )
+    model.to(device)
+    generator = make_generator(config.seed, "expert", index, "train")
+    dsa = augment.DSA(config.dsa_strategy)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    snapshots = [flat_parameters(model).cpu()]
+    accuracies: list[float] = []
+    losses: list[float] = []
+    emit(ExpertStarted(index=index, epochs=config.epochs))
+    for epoch in range(1, config.epochs + 1):
+        loss = train_epoch(
+            model,
+            train_x,
+            train_y,
+            optimizer,
+            batch_size=config.batch_size,
+            dsa=dsa,
+            generator=generator,
+        )
+        if not math.isfinite(loss):
+            raise DdppError(f"expert {index} diverged at epoch {epoch} (loss {loss}); lower --lr.")
+        snapshots.append(flat_parameters(model).cpu())
+        accuracies.append(accuracy(model, test_x, test_y))
+        losses.append(loss)
+        emit(EpochFinished(index, epoch, config.epochs, loss, accuracies[-1]))
+    return torch.stack(snapshots), accuracies, losses
+
+
+def train_buffer(
+    config: BufferConfig,
+    folder: Path,
+    *,
+    data_root: Path | None = None,
+    download: bool = True,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> BufferSummary:
+    """Train the experts of ``config`` into ``folder``, resuming with the first missing one."""
+    emit = on_event or (lambda event: None)
+    device = torch.device(device)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries(folder)
+    _check_folder(folder, config)
+
+    zca_path = folder / ZCA_NAME if config.zca else None
+    saved_zca = zca.load(zca_path) if zca_path is not None and zca_path.is_file() else None
+    prepared = prepare(
+        config.dataset,
+        data_root,
+        use_zca=config.zca,
+        download=download,
+        train_subset=config.train_subset,
+        test_subset=config.test_subset,
+        image_size=config.image_size,
+        seed=config.seed,
+        whitening=saved_zca,
+    )
+    if zca_path is not None and saved_zca is None:
+        zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": config.dataset})
+
+    with seeded(0):
+        probe = models.create(
+            config.arch, prepared.channels, prepared.num_classes, prepared.image_size
+        )
+    layout = ParamLayout.of(probe)
+    del probe
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": config.dataset,
+        "arch": config.arch,
+        "config": config.identity(),
+        "epochs": config.epochs,
+        "layout": layout.to_json(),
+        "preprocessing": prepared.preprocessing.describe(ZCA_NAME if config.zca else None),
+        "data": _data_description(prepared),
+    }
+    existing = expert_files(folder)
+    for path in existing.values():
+        _check_expert_file(path, config.epochs, layout.numel)
+    manifest_path = _write_manifest(folder, manifest)
+
+    emit(
+        BufferStarted(
+            folder=folder,
+            total=config.experts,
+            existing=sum(1 for i in existing if i < config.experts),
+            train_size=len(prepared.train.labels),
+            test_size=len(prepared.test.labels),
+            num_params=layout.numel,
+            preprocessing=prepared.preprocessing.kind,
+        )
+    )
+    train_images = prepared.train.images.to(device)
+    test_images = prepared.test.images.to(device)
+    records: list[ExpertRecord] = []
+    for index in range(config.experts):
+        path = expert_path(folder, index)
+        if index in existing:
+            accuracies = store.read_metadata(path).get("test_accuracy") or []
+            record = ExpertRecord(index, path, list(accuracies), resumed=True)
+            records.append(record)
+            emit(ExpertFinished(record))
+            continue
+        started = time.perf_counter()
+        snapshots, accuracies, losses = train_expert(
+            config,
+            prepared,
+            index,
+            device,
+            on_event,
+            train_images=train_images,
+            test_images=test_images,
+        )
+        store.write(
+            path,
+            {"params": snapshots},
+            store.TRAJECTORY_FORMAT,
+            {
+                "dataset": config.dataset,
+                "arch": config.arch,
+                "expert": index,
+                "seed": config.seed,
+                "config": config.identity(),
+                "layout": layout.to_json(),
+                "preprocessing": manifest["preprocessing"],
+                "data": manifest["data"],
+                "test_accuracy": accuracies,
+                "train_loss": losses,
+            },
+        )
+        record = ExpertRecord(index, path, accuracies, seconds=time.perf_counter() - started)
+        records.append(record)
+        manifest_path = _write_manifest(folder, manifest)
+        emit(ExpertFinished(record))
+    return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)
+
+
+def _load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
+    """One MTT ``replay_buffer_*.pt``: experts → epochs → parameter tensors (weights only)."""
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DdppError(
+            f"{path} cannot be read as a weights-only MTT buffer ({reason}); only lists of "
+            "tensors are accepted, never arbitrary pickles."
+        ) from None
+    ok = isinstance(content, list) and all(
+        isinstance(expert, list)
+        and expert
+        and all(
+            isinstance(epoch, list) and epoch and all(isinstance(t, torch.Tensor) for t in epoch)
+            for epoch in expert
+        )
+        for expert in content
+    )
+    if not ok or not content:
+        raise DdppError(
+            f"{path} is not an MTT replay buffer: expected a list of experts, each a list of "
+            "epochs, each a list of parameter tensors."
+        )
+    return content
+
+
+def _flatten_mtt_epoch(
+    tensors: list[torch.Tensor], layout: ParamLayout, where: str
+) -> torch.Tensor:
+    shapes = [tuple(t.shape) for t in tensors]
+    if [math.prod(s) for s in shapes] != [math.prod(s) for s in layout.shapes]:
+        raise DdppError(
+            f"{where}: parameter shapes {shapes[:4]}… do not match the architecture's "
+            f"{list(layout.shapes)[:4]}…; check --dataset and --arch."
+        )
+    return torch.cat([t.detach().reshape(-1).float() for t in tensors])
+
+
+def import_mtt(
+    source: Path,
+    folder: Path,
+    *,
+    dataset: str,
+    arch: str = "convnet",
+    use_zca: bool = False,
+    data_root: Path | None = None,
+    download: bool = True,
+    image_size: int | None = None,
+    on_event: EventCallback | None = None,
+) -> BufferSummary:
+    """Convert MTT's ``replay_buffer_*.pt`` files in ``source`` into a ddpp buffer in ``folder``.
+
+    The files are read with ``torch.load(weights_only=True)``. The dataset is loaded to describe
+    the data (and fit the ZCA when ``use_zca``), since MTT stores neither.
+    """
+    emit = on_event or (lambda event: None)
+    source, folder = Path(source), Path(folder)
+    if not source.is_dir():
+        raise DdppError(f"{source} is not a folder of MTT replay_buffer_*.pt files.")
+    files = sorted(
+        source.glob("replay_buffer_*.pt"),
+        key=lambda p: int(re.sub(r"\D", "", p.stem) or 0),
+    )
+    if not files:
+        raise DdppError(f"{source} holds no replay_buffer_*.pt files.")
+    if arch not in models.available():
+        raise DdppError(
+            f"unknown architecture '{arch}'; choose one of: {', '.join(models.available())}."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    store.remove_stale_temporaries(folder)
+    if (folder / MANIFEST_NAME).exists() or expert_files(folder):
+        raise DdppError(f"{folder} already holds a buffer; import into an empty --out folder.")
+
+    prepared = prepare(
+        dataset, data_root, use_zca=use_zca, download=download, image_size=image_size
+    )
+    zca_path = folder / ZCA_NAME if use_zca else None
+    if zca_path is not None:
+        zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": dataset})
+    with seeded(0):
+        probe = models.create(arch, prepared.channels, prepared.num_classes, prepared.image_size)
+    layout = ParamLayout.of(probe)
+
+    trajectories = []
+    for path in files:
+        for number, expert in enumerate(_load_mtt_file(path)):
+            where = f"{path.name} expert {number}"
+            trajectories.append(
+                torch.stack([_flatten_mtt_epoch(epoch, layout, where) for epoch in expert])
+            )
+    epochs = trajectories[0].shape[0] - 1
+    if any(t.shape[0] - 1 != epochs for t in trajectories):
+        raise DdppError(f"the experts in {source} have different numbers of epochs.")
+    config = {
+        "imported_from": str(source.resolve()),
+        "dataset": dataset,
+        "arch": arch,
+        "zca": use_zca,
+    }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "dataset": dataset,
+        "arch": arch,
+        "config": config,
+        "epochs": epochs,
+        "layout": layout.to_json(),
+        "preprocessing": prepared.preprocessing.describe(ZCA_NAME if use_zca else None),
+        "data": _data_description(prepared),
+    }
+    emit(
+        BufferStarted(
+            folder=folder,
+            total=len(trajectories),
+            existing=0,
+            train_size=len(prepared.train.labels),
+            test_size=len(prepared.test.labels),
+            num_params=layout.numel,
+            preprocessing=prepared.preprocessing.kind,
+        )
+    )
+    records = []
+    for index, params in enumerate(trajectories):
+        path = store.write(
+            expert_path(folder, index),
+            {"params": params},
+            store.TRAJECTORY_FORMAT,
+            {
+                "dataset": dataset,
+                "arch": arch,
+                "expert": index,
+                "seed": None,
+                "config": config,
+                "layout": layout.to_json(),
+                "preprocessing": manifest["preprocessing"],
+                "data": manifest["data"],
+                "test_accuracy": [],
+                "train_loss": [],
+            },
+        )
+        record = ExpertRecord(index, path, [])
+        records.append(record)
+        emit(ExpertFinished(record))
+    manifest_path = _write_manifest(folder, manifest)
+    return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)

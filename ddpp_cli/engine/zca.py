@@ -1,0 +1,161 @@
+"""ZCA whitening exactly as SPEC §2 (and MTT's kornia ``ZCAWhitening(eps=0.1)``).
+
+On images in [0, 1] flattened to D = C·H·W: mean μ, covariance Σ = XcᵀXc/(N−1), Σ = U S Uᵀ in
+float64, W = U diag((S + ε)^−½) Uᵀ and W⁻¹ = U diag((S + ε)^½) Uᵀ with ε = 0.1;
+x ↦ (x − μ) W and y ↦ y W⁻¹ + μ. Fit once on the train split, saved with the buffer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine import store
+from ddpp_cli.engine.errors import DdppError
+
+MAX_ZCA_DIM = 12288
+DEFAULT_REGULARIZATION = 0.1
+_CHUNK = 4096
+
+
+def _check_dim(shape: tuple[int, int, int]) -> int:
+    dim = shape[0] * shape[1] * shape[2]
+    if dim > MAX_ZCA_DIM:
+        raise DdppError(
+            f"images of shape {shape[0]}×{shape[1]}×{shape[2]} ({dim} values) are too large for "
+            f"ZCA whitening (at most {MAX_ZCA_DIM}); use --no-zca or a smaller --image-size."
+        )
+    return dim
+
+
+@dataclass(frozen=True, eq=False)
+class ZCA:
+    """A fitted ZCA transform; ``apply``/``invert`` map (N, C, H, W) batches, differentiably."""
+
+    mean: torch.Tensor  # (D,) float32
+    whiten: torch.Tensor  # (D, D) float32
+    unwhiten: torch.Tensor  # (D, D) float32
+    shape: tuple[int, int, int]  # (C, H, W)
+    regularization: float = DEFAULT_REGULARIZATION
+
+    @property
+    def dim(self) -> int:
+        return self.shape[0] * self.shape[1] * self.shape[2]
+
+    def to(self, device: torch.device | str) -> ZCA:
+        """The same transform with its tensors on ``device`` (avoids a copy per call)."""
+        return ZCA(
+            mean=self.mean.to(device),
+            whiten=self.whiten.to(device),
+            unwhiten=self.unwhiten.to(device),
+            shape=self.shape,
+            regularization=self.regularization,
+        )
+
+    def _map(self, x: torch.Tensor, matrix: torch.Tensor, whitening: bool) -> torch.Tensor:
+        if tuple(x.shape[1:]) != self.shape:
+            raise DdppError(
+                f"ZCA was fitted on images of shape {self.shape}, got {tuple(x.shape[1:])}; "
+                "use the ZCA saved with the data it was fitted on."
+            )
+        flat = x.reshape(x.shape[0], -1)
+        matrix = matrix.to(device=x.device, dtype=x.dtype)
+        mean = self.mean.to(device=x.device, dtype=x.dtype)
+        chunks = []
+        for start in range(0, flat.shape[0], _CHUNK):
+            part = flat[start : start + _CHUNK]
+            chunks.append((part - mean) @ matrix if whitening else part @ matrix + mean)
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return out.reshape(x.shape)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Whiten a batch: (x − μ) W, same shape, on x's device and dtype."""
+        return self._map(x, self.whiten, whitening=True)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`apply`: y W⁻¹ + μ."""
+        return self._map(x, self.unwhiten, whitening=False)
+
+
+def fit(images: torch.Tensor, regularization: float = DEFAULT_REGULARIZATION) -> ZCA:
+    """Fit ZCA on (N, C, H, W) images in [0, 1]; covariance accumulated in float64 in chunks."""
+    if images.ndim != 4 or images.shape[0] < 2:
+        raise DdppError(
+            "ZCA needs a batch of at least 2 images shaped (N, C, H, W), "
+            f"got {tuple(images.shape)}."
+        )
+    if regularization < 0:
+        raise DdppError(f"ZCA regularization must be >= 0, got {regularization}.")
+    shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+    dim = _check_dim(shape)
+    n = images.shape[0]
+    flat = images.detach().reshape(n, dim)
+    device = flat.device
+
+    total = torch.zeros(dim, dtype=torch.float64, device=device)
+    for start in range(0, n, _CHUNK):
+        total += flat[start : start + _CHUNK].to(torch.float64).sum(dim=0)
+    mean = total / n
+    cov = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    for start in range(0, n, _CHUNK):
+        centred = flat[start : start + _CHUNK].to(torch.float64) - mean
+        cov.addmm_(centred.T, centred)
+    cov /= n - 1
+
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    scale = (eigenvalues + regularization).rsqrt()
+    whiten = (eigenvectors * scale) @ eigenvectors.T
+    unwhiten = (eigenvectors / scale) @ eigenvectors.T
+    return ZCA(
+        mean=mean.float().cpu(),
+        whiten=whiten.float().cpu(),
+        unwhiten=unwhiten.float().cpu(),
+        shape=shape,
+        regularization=float(regularization),
+    )
+
+
+def save(zca: ZCA, path: Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``zca`` as a ``ddpp.zca/1`` file (tensors mean/whiten/unwhiten) atomically."""
+    meta: dict[str, Any] = dict(metadata or {})
+    meta["shape"] = list(zca.shape)
+    meta["regularization"] = zca.regularization
+    tensors = {"mean": zca.mean, "whiten": zca.whiten, "unwhiten": zca.unwhiten}
+    return store.write(Path(path), tensors, store.ZCA_FORMAT, meta)
+
+
+def load(path: Path) -> ZCA:
+    """Read a ``ddpp.zca/1`` file, checking its shapes; DdppError if foreign or inconsistent."""
+    stored = store.read(Path(path), store.ZCA_FORMAT)
+    shape = stored.metadata.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(v, int) and v > 0 for v in shape)
+    ):
+        raise DdppError(f"{path}: ZCA metadata 'shape' must be [C, H, W], got {shape!r}.")
+    shape_t = (shape[0], shape[1], shape[2])
+    dim = shape_t[0] * shape_t[1] * shape_t[2]
+    mean = store.require_tensor(stored, "mean", ndim=1)
+    whiten = store.require_tensor(stored, "whiten", ndim=2)
+    unwhiten = store.require_tensor(stored, "unwhiten", ndim=2)
+    if mean.shape[0] != dim or whiten.shape != (dim, dim) or unwhiten.shape != (dim, dim):
+        raise DdppError(
+            f"{path}: ZCA tensors do not match its shape {shape_t} (D = {dim}): mean "
+            f"{tuple(mean.shape)}, whiten {tuple(whiten.shape)}, unwhiten {tuple(unwhiten.shape)}."
+        )
+    regularization = stored.metadata.get("regularization", DEFAULT_REGULARIZATION)
+    if not isinstance(regularization, (int, float)):
+        raise DdppError(f"{path}: ZCA metadata 'regularization' is not a number.")
+    return ZCA(
+        mean=mean.float(),
+        whiten=whiten.float(),
+        unwhiten=unwhiten.float(),
+        shape=shape_t,
+        regularization=float(regularization),
+    )

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny generated datasets (never downloads) and the real Debian files."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def write_idx(path: Path, array: torch.Tensor, gz: bool = True) -> None:
+    """Write a uint8 tensor as an IDX file (the MNIST container format)."""
+    array = array.to(torch.uint8).contiguous()
+    header = struct.pack(">I", 0x0800 | array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
+    payload = header + array.numpy().tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def synthetic_digits(n_per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Easy 28×28 images: class k is a bright bar at row 2k+4, plus noise."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(10).repeat_interleave(n_per_class)
+    images = torch.rand(len(labels), 28, 28, generator=generator) * 60
+    for i, k in enumerate(labels.tolist()):
+        images[i, 2 * k + 4 : 2 * k + 7, 4:24] += 180
+    return images.clamp(0, 255), labels
+
+
+def make_mnist_folder(folder: Path, train_per_class: int = 10, test_per_class: int = 5) -> Path:
+    """A folder with the four (gzipped) MNIST IDX files of synthetic digits."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class, seed in (("train", train_per_class, 0), ("t10k", test_per_class, 1)):
+        images, labels = synthetic_digits(per_class, seed)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_mnist(tmp_path_factory) -> Path:
+    """A session-wide tiny MNIST-format folder (100 train, 50 test images)."""
+    return make_mnist_folder(tmp_path_factory.mktemp("tiny-mnist"))
+
+
+@pytest.fixture
+def fashion_mnist_dir() -> Path:
+    """Debian's Fashion-MNIST files; skipped where the package is not installed."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return FASHION_MNIST_DIR
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_home(tmp_path, monkeypatch):
+    """Keep platformdirs' default folders inside the test's tmp dir."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

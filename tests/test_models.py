@@ -1,0 +1,199 @@
+"""The architecture registry: names, exact parameter counts, shapes, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ddpp_cli.engine import models
+from ddpp_cli.engine.errors import DdppError
+
+ALL = [
+    "alexnet",
+    "convnet",
+    "convnet-bn",
+    "convnet-d3",
+    "convnet-d4",
+    "convnet-d5",
+    "resnet18",
+    "resnet18-ap",
+    "resnet18-bn",
+    "vgg11",
+    "vgg11-bn",
+]
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_available_lists_every_architecture() -> None:
+    assert models.available() == ALL
+
+
+@pytest.mark.parametrize(
+    ("name", "channels", "size", "classes", "expected"),
+    [
+        ("convnet", 3, 32, 10, 320_010),
+        ("convnet-d3", 3, 32, 10, 320_010),
+        ("convnet-bn", 3, 32, 10, 320_010),
+        ("convnet", 3, 32, 100, 504_420),
+        ("convnet", 1, 28, 10, 317_706),
+        ("alexnet", 3, 32, 10, 1_872_202),
+        ("vgg11", 3, 32, 10, 9_231_114),
+        ("vgg11-bn", 3, 32, 10, 9_231_114),
+        ("resnet18", 3, 32, 10, 11_173_962),
+        ("resnet18-bn", 3, 32, 10, 11_173_962),
+        ("resnet18-ap", 3, 32, 10, 11_173_962),
+    ],
+)
+def test_parameter_counts_match_the_reference_networks(
+    name: str, channels: int, size: int, classes: int, expected: int
+) -> None:
+    assert n_params(models.create(name, channels, classes, size)) == expected
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 32)])
+def test_forward_and_backward(name: str, channels: int, size: int) -> None:
+    torch.manual_seed(0)
+    model = models.create(name, channels, 7, size)
+    out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 7)
+    out.logsumexp(1).sum().backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize(("channels", "size", "depth"), [(3, 64, 4), (1, 112, 5), (3, 128, 5)])
+def test_convnet_picks_its_depth_from_the_image_size(channels: int, size: int, depth: int) -> None:
+    model = models.create("convnet", channels, 4, size)
+    assert model.depth == depth
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == depth
+    assert model.classifier.in_features == 128 * (size // 2**depth) ** 2
+    out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert model.features[0].weight.grad is not None
+
+
+def test_convnet_depth_rule() -> None:
+    expected = {8: 3, 28: 3, 32: 3, 48: 4, 64: 4, 96: 5, 112: 5, 128: 5, 224: 6}
+    assert {size: models.convnet_depth(size) for size in expected} == expected
+    assert models.convnet_depth((32, 64)) == 4
+    assert models.convnet_depth((128, 32)) == 5
+
+
+def test_fixed_depth_convnets() -> None:
+    for depth in (3, 4, 5):
+        model = models.create(f"convnet-d{depth}", 3, 10, 64)
+        assert model.depth == depth
+        assert model.classifier.in_features == 128 * (64 // 2**depth) ** 2
+
+
+def test_mnist_like_inputs_are_padded_to_32_px() -> None:
+    gray28 = models.create("convnet", 1, 10, 28)
+    assert gray28.features[0].padding == (3, 3)
+    assert gray28.classifier.in_features == 128 * 4 * 4
+    assert models.create("vgg11", 1, 10, 28).features[0].padding == (3, 3)
+    assert models.create("alexnet", 1, 10, 28).features[0].padding == (4, 4)
+    # Colour 28 px images and grayscale images of other sizes keep padding 1.
+    colour28 = models.create("convnet", 3, 10, 28)
+    assert colour28.features[0].padding == (1, 1)
+    assert colour28.classifier.in_features == 128 * 3 * 3
+    assert models.create("convnet", 1, 10, 32).features[0].padding == (1, 1)
+    assert models.create("vgg11", 3, 10, 32).features[0].padding == (1, 1)
+
+
+def test_instancenorm_is_groupnorm_with_one_group_per_channel() -> None:
+    for name in ("convnet", "vgg11", "resnet18", "resnet18-ap"):
+        model = models.create(name, 3, 10, 32)
+        norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+        assert norms, name
+        assert all(m.num_groups == m.num_channels and m.affine for m in norms), name
+        assert not models.uses_batchnorm(model)
+    assert not any(
+        isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))
+        for m in models.create("alexnet", 3, 10, 32).modules()
+    )
+
+
+def test_uses_batchnorm() -> None:
+    for name in ALL:
+        model = models.create(name, 3, 10, 32)
+        assert models.uses_batchnorm(model) == name.endswith("-bn"), name
+
+
+def test_resnet18_ap_downsamples_by_average_pooling() -> None:
+    ap = models.create("resnet18-ap", 3, 10, 32)
+    assert all(m.stride == (1, 1) for m in ap.modules() if isinstance(m, nn.Conv2d))
+    assert sum(isinstance(m, nn.AvgPool2d) for m in ap.modules()) == 6  # 3 blocks + 3 shortcuts
+    strided = models.create("resnet18", 3, 10, 32)
+    assert sum(m.stride == (2, 2) for m in strided.modules() if isinstance(m, nn.Conv2d)) == 6
+
+
+def test_parameter_order_follows_the_reference_networks() -> None:
+    names = [n for n, _ in models.create("convnet-d3", 3, 10, 32).named_parameters()]
+    assert names == [
+        "features.0.weight",
+        "features.0.bias",
+        "features.1.weight",
+        "features.1.bias",
+        "features.4.weight",
+        "features.4.bias",
+        "features.5.weight",
+        "features.5.bias",
+        "features.8.weight",
+        "features.8.bias",
+        "features.9.weight",
+        "features.9.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ]
+    resnet = [n for n, _ in models.create("resnet18", 3, 10, 32).named_parameters()]
+    assert resnet[:3] == ["conv1.weight", "norm1.weight", "norm1.bias"]
+    assert resnet[-2:] == ["classifier.weight", "classifier.bias"]
+
+
+def test_non_square_images() -> None:
+    for name in ("convnet", "alexnet", "resnet18"):
+        model = models.create(name, 3, 5, (32, 48))
+        assert model(torch.randn(2, 3, 32, 48)).shape == (2, 5)
+
+
+def test_image_size_forms_are_equivalent() -> None:
+    a = models.create("convnet", 3, 10, 32)
+    b = models.create("convnet", 3, 10, (32, 32))
+    assert n_params(a) == n_params(b)
+
+
+def test_unknown_architecture_lists_the_choices() -> None:
+    with pytest.raises(DdppError, match=r"unknown architecture 'lenet'; choose one of: alexnet, "):
+        models.create("lenet", 3, 10, 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("convnet", 0, 10, 32), "channels must be at least 1"),
+        (("convnet", 3, 1, 32), "classes must be at least 2"),
+        (("convnet", 3.0, 10, 32), "channels must be an integer"),
+        (("convnet", 3, 10, 0), "image size must be positive"),
+        (("convnet", 3, 10, (32,)), "image size must be a positive integer or a"),
+        (("convnet", 3, 10, "32"), "image size must be a positive integer or a"),
+        (("convnet-d5", 3, 10, 16), "too small for 'convnet-d5'.*convnet-d3"),
+        (("vgg11", 3, 10, 16), "too small for 'vgg11'"),
+        (("alexnet", 3, 10, 4), "too small for 'alexnet'"),
+        (("resnet18-ap", 3, 10, 4), "too small for 'resnet18-ap'"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(args: tuple, message: str) -> None:
+    with pytest.raises(DdppError, match=message):
+        models.create(*args)
+
+
+def test_smallest_sizes_that_work() -> None:
+    for name, size in [("convnet-d5", 32), ("vgg11", 32), ("alexnet", 8), ("resnet18-ap", 8)]:
+        model = models.create(name, 3, 10, size)
+        assert model(torch.randn(2, 3, size, size)).shape == (2, 10)

@@ -1,0 +1,211 @@
+import json
+
+import pytest
+import torch
+from conftest import make_mnist_folder
+
+from ddpp_cli.engine import models, store, trajectory
+from ddpp_cli.engine.device import seeded
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.functional import ParamLayout, flat_parameters
+from ddpp_cli.engine.trajectory import BufferConfig, import_mtt, train_buffer
+
+
+def small_config(**overrides) -> BufferConfig:
+    settings = {"dataset": "mnist", "experts": 2, "epochs": 2, "batch_size": 64, "seed": 5}
+    settings.update(overrides)
+    return BufferConfig(**settings)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"experts": 0}, "--experts must be at least 1"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"arch": "transformer"}, "unknown architecture 'transformer'"),
+        ({"dataset": "imagenet21k"}, "unknown dataset 'imagenet21k'"),
+        ({"lr": -1.0}, "--lr must be a positive"),
+        ({"train_subset": 0}, "--train-subset must be at least 1"),
+    ],
+)
+def test_config_validation(overrides, message):
+    with pytest.raises(DdppError, match=message):
+        small_config(**overrides)
+
+
+def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_path):
+    events = []
+    summary = train_buffer(
+        small_config(),
+        tmp_path / "buf",
+        data_root=tiny_mnist,
+        download=False,
+        on_event=events.append,
+    )
+    assert [r.index for r in summary.experts] == [0, 1]
+    with seeded(0):
+        layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
+    for record in summary.experts:
+        loaded = trajectory.load_trajectory(record.path, layout)
+        assert loaded.params.shape == (3, 317_706)
+        assert loaded.metadata["format"] == store.TRAJECTORY_FORMAT
+        assert loaded.metadata["arch"] == "convnet"
+        assert loaded.metadata["layout"] == layout.to_json()
+        assert len(loaded.metadata["test_accuracy"]) == 2
+        assert loaded.metadata["test_accuracy"] == record.test_accuracy
+        assert not torch.equal(loaded.params[0], loaded.params[-1])
+    # different experts start from different initialisations
+    first = trajectory.load_trajectory(summary.experts[0].path).params
+    second = trajectory.load_trajectory(summary.experts[1].path).params
+    assert not torch.equal(first[0], second[0])
+    manifest = json.loads(summary.manifest.read_text())
+    assert manifest["format"] == "ddpp.buffer/1"
+    assert manifest["epochs"] == 2
+    assert [e["file"] for e in manifest["experts"]] == [
+        "expert_0000.safetensors",
+        "expert_0001.safetensors",
+    ]
+    assert manifest["data"]["num_classes"] == 10
+    assert manifest["preprocessing"]["kind"] == "normalize"
+    kinds = {type(e).__name__ for e in events}
+    assert {"BufferStarted", "ExpertStarted", "EpochFinished", "ExpertFinished"} <= kinds
+
+
+def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
+    summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
+    params = trajectory.load_trajectory(summary.experts[0].path).params
+    from ddpp_cli.engine.device import derive_seed
+
+    with seeded(derive_seed(5, "expert", 0, "init")):
+        model = models.create("convnet", 1, 10, 28)
+    assert torch.equal(params[0], flat_parameters(model))
+
+
+def test_training_learns_the_synthetic_task(tmp_path):
+    data_root = make_mnist_folder(tmp_path / "digits", train_per_class=20, test_per_class=5)
+    summary = train_buffer(
+        small_config(experts=1, epochs=4, batch_size=32),
+        tmp_path / "buffer",
+        data_root=data_root,
+        download=False,
+    )
+    assert summary.experts[0].test_accuracy[-1] >= 0.5
+
+
+def test_resume_gives_identical_files_to_an_uninterrupted_run(tiny_mnist, tmp_path):
+    straight = train_buffer(small_config(), tmp_path / "a", data_root=tiny_mnist, download=False)
+    partial = train_buffer(
+        small_config(experts=1), tmp_path / "b", data_root=tiny_mnist, download=False
+    )
+    first_bytes = partial.experts[0].path.read_bytes()
+    resumed = train_buffer(small_config(), tmp_path / "b", data_root=tiny_mnist, download=False)
+    assert resumed.experts[0].resumed and not resumed.experts[1].resumed
+    assert resumed.experts[0].path.read_bytes() == first_bytes
+    for a, b in zip(straight.experts, resumed.experts, strict=True):
+        assert torch.equal(
+            trajectory.load_trajectory(a.path).params, trajectory.load_trajectory(b.path).params
+        )
+
+
+def test_other_settings_in_the_same_folder_are_refused(tiny_mnist, tmp_path):
+    train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
+    with pytest.raises(DdppError, match=r"other settings \(lr: 0\.01 there vs 0\.05 now"):
+        train_buffer(
+            small_config(experts=1, lr=0.05), tmp_path, data_root=tiny_mnist, download=False
+        )
+
+
+def test_corrupted_expert_file_is_reported_not_overwritten(tiny_mnist, tmp_path):
+    summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
+    summary.experts[0].path.write_bytes(b"garbage")
+    with pytest.raises(DdppError, match=r"expert_0000\.safetensors"):
+        train_buffer(small_config(), tmp_path, data_root=tiny_mnist, download=False)
+    assert summary.experts[0].path.read_bytes() == b"garbage"
+
+
+def test_zca_buffer_saves_and_reuses_the_whitening(tiny_mnist, tmp_path):
+    summary = train_buffer(
+        small_config(experts=1, epochs=1, zca=True), tmp_path, data_root=tiny_mnist, download=False
+    )
+    assert summary.zca is not None and summary.zca.is_file()
+    before = summary.zca.read_bytes()
+    train_buffer(
+        small_config(experts=2, epochs=1, zca=True), tmp_path, data_root=tiny_mnist, download=False
+    )
+    assert summary.zca.read_bytes() == before
+    manifest = trajectory.read_manifest(tmp_path)
+    assert manifest["preprocessing"] == {
+        "kind": "zca",
+        "zca_file": "zca.safetensors",
+        "regularization": 0.1,
+    }
+
+
+def _mtt_buffer(layout: ParamLayout, experts: int, epochs: int, seed: int) -> list:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        [
+            [torch.randn(shape, generator=generator) for shape in layout.shapes]
+            for _ in range(epochs + 1)
+        ]
+        for _ in range(experts)
+    ]
+
+
+def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
+    with seeded(0):
+        layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
+    source = tmp_path / "mtt"
+    source.mkdir()
+    buffers = [_mtt_buffer(layout, 2, 3, seed=0), _mtt_buffer(layout, 1, 3, seed=1)]
+    for number, content in enumerate(buffers):
+        torch.save(content, source / f"replay_buffer_{number}.pt")
+    summary = import_mtt(
+        source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False
+    )
+    experts = [expert for content in buffers for expert in content]
+    assert len(summary.experts) == 3
+    for record, expert in zip(summary.experts, experts, strict=True):
+        params = trajectory.load_trajectory(record.path, layout).params
+        assert params.shape == (4, layout.numel)
+        for epoch, tensors in enumerate(expert):
+            unflat = layout.unflatten(params[epoch])
+            for name, tensor in zip(layout.names, tensors, strict=True):
+                assert torch.equal(unflat[name], tensor)
+    assert trajectory.read_manifest(tmp_path / "out")["epochs"] == 3
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"not": "a list"}, [[torch.zeros(3)]], [], [[["text"]]]],
+    ids=["dict", "too-shallow", "empty", "not-tensors"],
+)
+def test_import_refuses_wrong_structures(tiny_mnist, tmp_path, content):
+    source = tmp_path / "mtt"
+    source.mkdir()
+    torch.save(content, source / "replay_buffer_0.pt")
+    with pytest.raises(DdppError, match="MTT"):
+        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_import_refuses_arbitrary_pickles(tiny_mnist, tmp_path):
+    source = tmp_path / "mtt"
+    source.mkdir()
+    torch.save([Exploit()], source / "replay_buffer_0.pt")
+    with pytest.raises(DdppError, match="weights-only"):
+        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
+
+
+def test_import_refuses_wrong_architecture(tiny_mnist, tmp_path):
+    with seeded(0):
+        layout = ParamLayout.of(models.create("convnet-d4", 1, 10, 28))
+    source = tmp_path / "mtt"
+    source.mkdir()
+    torch.save(_mtt_buffer(layout, 1, 1, 0), source / "replay_buffer_0.pt")
+    with pytest.raises(DdppError, match="do not match the architecture"):
+        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
