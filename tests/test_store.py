@@ -97,6 +97,15 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = store.write(tmp_path / "a.safetensors", {"x": torch.zeros(1)}, store.ZCA_FORMAT, {})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_remove_stale_temporaries(tmp_path):
     (tmp_path / ".expert_0001.safetensors.abc.tmp").write_bytes(b"partial")
     (tmp_path / "expert_0000.safetensors").write_bytes(b"keep")

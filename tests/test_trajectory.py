@@ -93,12 +93,13 @@ def test_training_learns_the_synthetic_task(tmp_path):
 
 
 def test_resume_gives_identical_files_to_an_uninterrupted_run(tiny_mnist, tmp_path):
-    straight = train_buffer(small_config(), tmp_path / "a", data_root=tiny_mnist, download=False)
+    config = small_config(epochs=1)
+    straight = train_buffer(config, tmp_path / "a", data_root=tiny_mnist, download=False)
     partial = train_buffer(
-        small_config(experts=1), tmp_path / "b", data_root=tiny_mnist, download=False
+        small_config(epochs=1, experts=1), tmp_path / "b", data_root=tiny_mnist, download=False
     )
     first_bytes = partial.experts[0].path.read_bytes()
-    resumed = train_buffer(small_config(), tmp_path / "b", data_root=tiny_mnist, download=False)
+    resumed = train_buffer(config, tmp_path / "b", data_root=tiny_mnist, download=False)
     assert resumed.experts[0].resumed and not resumed.experts[1].resumed
     assert resumed.experts[0].path.read_bytes() == first_bytes
     for a, b in zip(straight.experts, resumed.experts, strict=True):

@@ -375,7 +375,8 @@ def _load_array_dataset(
         ):
             dataset = cls(str(root / name), download=download, **kwargs)
     except ImportError as exc:
-        raise DdppError(f"reading {name} needs an extra package: {exc}; install it.") from None
+        hint = "pip install 'ddpp[svhn]'" if name == "svhn" else "install it"
+        raise DdppError(f"reading {name} needs an extra package ({exc}); {hint}.") from None
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
         raise DdppError(_missing_message(name, root, split, download, exc)) from None
 

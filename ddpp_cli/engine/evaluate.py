@@ -1,0 +1,514 @@
+"""Evaluation protocol (SPEC §7): train fresh networks on a set of images, test once, N runs.
+
+Each run trains a freshly initialised network of any registered architecture on the set (hard
+labels, cross-entropy, SGD momentum 0.9, weight decay 5e-4, batch 256, DSA on), for ``epochs``
+epochs with the learning rate multiplied by 0.1 after epoch ``epochs // 2``, then makes one pass
+over the test split, which must be transformed exactly as the set was (same normalisation, or the
+same ZCA). Run ``r`` of architecture ``a`` draws its initialisation from
+``derive_seed(seed, "eval", a, r)`` and its batches and augmentations from
+``make_generator(seed, "eval", a, r, "train")``, so every run is reproducible on its own.
+
+Accuracies are fractions in [0, 1]; ``std`` is the population standard deviation (``np.std``,
+ddof 0), as in the papers' tables. The engine never prints: progress goes to ``on_event`` as
+:class:`RunStarted`, :class:`EpochFinished` and :class:`RunFinished`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine import augment, data, models, store
+from ddpp_cli.engine.device import derive_seed, make_generator, seeded
+from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.preprocess import Preprocessing
+from ddpp_cli.engine.training import predict, train_epoch
+
+DEFAULT_LR = 0.01
+LR_DECAY = 0.1
+STD_KIND = "population (np.std, ddof=0)"
+
+EventCallback = Callable[[object], None]
+SetForRun = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol (SPEC §7 defaults); ``lr=None`` uses the set's learned lr."""
+
+    arch: str = "convnet"
+    runs: int = 5
+    epochs: int = 1000
+    lr: float | None = None  # None: the set's learned lr, or 0.01 when it has none
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+    dsa_strategy: str = augment.DEFAULT_STRATEGY  # "none" = --no-dsa
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.arch not in models.available():
+            raise DdppError(
+                f"unknown architecture '{self.arch}'; choose one of: "
+                f"{', '.join(models.available())}."
+            )
+        if self.runs < 1:
+            raise DdppError(f"--runs must be at least 1 (got {self.runs}).")
+        if self.epochs < 1:
+            raise DdppError(f"--epochs must be at least 1 (got {self.epochs}).")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise DdppError(f"--lr must be a positive number (got {self.lr}).")
+        if not (self.momentum >= 0 and self.weight_decay >= 0):
+            raise DdppError("momentum and weight decay must be non-negative.")
+        if self.batch_size < 1:
+            raise DdppError(f"--batch-size must be at least 1 (got {self.batch_size}).")
+        augment.DSA(self.dsa_strategy)  # unknown op -> DdppError
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    arch: str
+    run: int  # 0-based
+    runs: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class EpochFinished:
+    arch: str
+    run: int
+    epoch: int  # 1-based
+    epochs: int
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    arch: str
+    run: int
+    runs: int
+    accuracy: float
+    seconds: float
+    diverged: bool = False
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Test accuracy (fractions) of every run, their mean and population std, and the protocol."""
+
+    arch: str
+    accuracies: list[float]
+    mean: float
+    std: float
+    seconds: float
+    lr: float
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr and the protocol."""
+        return {
+            "arch": self.arch,
+            "accuracies": list(self.accuracies),
+            "mean": self.mean,
+            "std": self.std,
+            "seconds": self.seconds,
+            "lr": self.lr,
+            "protocol": dict(self.protocol),
+        }
+
+
+def summarize(accuracies: Sequence[float]) -> tuple[float, float]:
+    """(mean, population std) of the run accuracies."""
+    values = [float(a) for a in accuracies]
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def resolve_lr(config: EvalConfig, set_lr: float | None) -> tuple[float, str]:
+    """The learning rate to train with and where it came from (``--lr``, the set, or default)."""
+    if config.lr is not None:
+        return float(config.lr), "--lr"
+    if set_lr is None:
+        return DEFAULT_LR, "default"
+    if not (math.isfinite(set_lr) and set_lr > 0):
+        raise DdppError(f"the set's learned lr is {set_lr}, which cannot train; pass --lr.")
+    return float(set_lr), "set"
+
+
+def _check_images(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int,
+) -> None:
+    if images.ndim != 4 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise DdppError(
+            f"a training set needs (N, C, H, W) images and (N,) labels, got "
+            f"{tuple(images.shape)} and {tuple(labels.shape)}."
+        )
+    if images.shape[0] == 0:
+        raise DdppError("the set holds no images.")
+    if test_images.ndim != 4 or tuple(test_images.shape[1:]) != tuple(images.shape[1:]):
+        raise DdppError(
+            f"the set's images are {tuple(images.shape[1:])} but the test images are "
+            f"{tuple(test_images.shape[1:])}; they must come from the same dataset and size."
+        )
+    if test_labels.shape != (test_images.shape[0],) or test_images.shape[0] == 0:
+        raise DdppError("the test split is empty or its labels do not match its images.")
+    for name, values in (("set", labels), ("test", test_labels)):
+        if int(values.min()) < 0 or int(values.max()) >= num_classes:
+            raise DdppError(
+                f"the {name} labels run from {int(values.min())} to {int(values.max())}, "
+                f"outside the {num_classes} classes 0…{num_classes - 1}."
+            )
+
+
+def _train_and_test(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    arch: str,
+    num_classes: int,
+    lr: float,
+    config: EvalConfig,
+    run: int,
+    device: torch.device | str,
+    on_epoch: Callable[[int, int], None] | None,
+) -> tuple[float, bool]:
+    """:func:`train_and_test`, also saying whether training diverged (and stopped early)."""
+    device = torch.device(device)
+    channels, height, width = (int(s) for s in images.shape[1:])
+    with seeded(derive_seed(config.seed, "eval", arch, run)):
+        model = models.create(arch, channels, num_classes, (height, width))
+    model.to(device)
+    generator = make_generator(config.seed, "eval", arch, run, "train")
+    dsa = augment.DSA(config.dsa_strategy)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    x, y = images.to(device), labels.to(device)
+    decay_after = config.epochs // 2
+    diverged = False
+    for epoch in range(1, config.epochs + 1):
+        loss = train_epoch(
+            model, x, y, optimizer, batch_size=config.batch_size, dsa=dsa, generator=generator
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, config.epochs)
+        if not math.isfinite(loss):
+            diverged = True  # further epochs cannot recover; test what we have
+            break
+        if epoch == decay_after:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * LR_DECAY
+    return measure_accuracy(model, test_images.to(device), test_labels.to(device)), diverged
+
+
+def measure_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """One pass over the test split in evaluation mode: correct predictions / test images."""
+    correct = int((predict(model, images) == labels).sum())
+    return correct / int(labels.shape[0])
+
+
+def train_and_test(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    arch: str,
+    num_classes: int,
+    lr: float,
+    config: EvalConfig,
+    run: int,
+    device: torch.device | str,
+    on_epoch: Callable[[int, int], None] | None = None,
+) -> float:
+    """Train one fresh ``arch`` network on ``images`` (run ``run``), return its test accuracy.
+
+    SGD with ``config.momentum``/``config.weight_decay`` at ``lr``, ×0.1 after epoch
+    ``config.epochs // 2``; DSA from ``config.dsa_strategy``; evaluation mode for the test pass.
+    A run whose loss becomes non-finite stops training and is tested as it is.
+    """
+    acc, _ = _train_and_test(
+        images, labels, test_images, test_labels, arch=arch, num_classes=num_classes, lr=lr,
+        config=config, run=run, device=device, on_epoch=on_epoch,
+    )  # fmt: skip
+    return acc
+
+
+def protocol(config: EvalConfig, lr: float, lr_source: str) -> dict[str, Any]:
+    """The protocol as recorded in every result (and printed by ``--json``)."""
+    return {
+        **asdict(config),
+        "lr": lr,
+        "lr_source": lr_source,
+        "lr_schedule": f"x{LR_DECAY} after epoch {config.epochs // 2}",
+        "optimizer": "SGD",
+        "loss": "cross-entropy (hard labels)",
+        "std": STD_KIND,
+        "accuracy": "fraction of the test split classified correctly, after the last epoch",
+    }
+
+
+def evaluate_per_run(
+    set_for_run: SetForRun,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    config: EvalConfig,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> EvalResult:
+    """:func:`evaluate_images` where run ``r`` trains on ``set_for_run(r)`` (e.g. a new random
+    subset per run, so that the std covers the choice of subset as in the DC benchmark)."""
+    emit = on_event or (lambda event: None)
+    device = torch.device(device)
+    effective_lr, lr_source = resolve_lr(config, lr)
+    test_x, test_y = test_images.to(device), test_labels.to(device)
+    accuracies: list[float] = []
+    diverged: list[int] = []
+    sizes: list[int] = []
+    started = time.perf_counter()
+    for run in range(config.runs):
+        images, labels = set_for_run(run)
+        _check_images(images, labels, test_images, test_labels, num_classes)
+        sizes.append(int(images.shape[0]))
+        emit(RunStarted(config.arch, run, config.runs, config.epochs))
+        run_started = time.perf_counter()
+
+        def on_epoch(epoch: int, epochs: int, run: int = run) -> None:
+            emit(EpochFinished(config.arch, run, epoch, epochs))
+
+        acc, bad = _train_and_test(
+            images, labels, test_x, test_y, arch=config.arch, num_classes=num_classes,
+            lr=effective_lr, config=config, run=run, device=device, on_epoch=on_epoch,
+        )  # fmt: skip
+        accuracies.append(acc)
+        if bad:
+            diverged.append(run)
+        emit(
+            RunFinished(config.arch, run, config.runs, acc, time.perf_counter() - run_started, bad)
+        )
+    mean, std = summarize(accuracies)
+    record = protocol(config, effective_lr, lr_source)
+    record.update(
+        train_size=sizes[0] if len(set(sizes)) == 1 else sizes,
+        test_size=int(test_images.shape[0]),
+        image_shape=list(test_images.shape[1:]),
+        num_classes=num_classes,
+        diverged_runs=diverged,
+        device=str(device),
+    )
+    return EvalResult(
+        arch=config.arch,
+        accuracies=accuracies,
+        mean=mean,
+        std=std,
+        seconds=time.perf_counter() - started,
+        lr=effective_lr,
+        protocol=record,
+    )
+
+
+def evaluate_images(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    config: EvalConfig,
+    lr: float | None = None,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> EvalResult:
+    """Run the protocol ``config.runs`` times on one set of (model-input space) images.
+
+    ``test_images`` must already be transformed like ``images``. The learning rate is
+    ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01.
+    """
+    return evaluate_per_run(
+        lambda run: (images, labels), test_images, test_labels, num_classes=num_classes,
+        config=config, lr=lr, device=device, on_event=on_event,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------- distilled sets
+
+RUN_SET_NAMES = ("best.safetensors", "distilled.safetensors")
+
+
+def find_set(path: Path) -> Path:
+    """A distilled-set file, or the set in a ``ddpp distill`` run folder (best, else final)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in RUN_SET_NAMES:
+            if (path / name).is_file():
+                return path / name
+        raise DdppError(
+            f"{path} holds neither {' nor '.join(RUN_SET_NAMES)}; pass a distilled-set file or "
+            "a 'ddpp distill' run folder."
+        )
+    if not path.is_file():
+        raise DdppError(f"{path} does not exist; pass a distilled-set file or a run folder.")
+    return path
+
+
+def _data_options(settings: dict[str, Any]) -> tuple[int | None, int]:
+    """(``--image-size``, data seed) recorded in a set's settings, or in its buffer's config.
+
+    The data seed fixes the 80/20 split of single-folder datasets (covid19-cxr, imagefolder).
+    """
+    nested = settings.get("buffer") if isinstance(settings.get("buffer"), dict) else {}
+    size = settings.get("image_size", nested.get("image_size"))
+    seed = settings.get("data_seed", nested.get("seed", 0))
+    return (int(size) if isinstance(size, int) else None), (
+        int(seed) if isinstance(seed, int) else 0
+    )
+
+
+def take_test_subset(test: data.ImageSplit, n: int | None, seed: int) -> data.ImageSplit:
+    """The stratified test subset ``--test-subset n`` evaluates on (all of it when None)."""
+    if n is None:
+        return test
+    if n < 1:
+        raise DdppError(f"--test-subset must be at least 1 (got {n}).")
+    return data.stratified_subset(test, n, derive_seed(seed, "eval", "test"))
+
+
+def load_test_split(
+    distilled: DistilledSet,
+    *,
+    data_root: Path | None = None,
+    download: bool = True,
+    zca_path: Path | None = None,
+    test_subset: int | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, Preprocessing]:
+    """The set's dataset's test split, transformed exactly as the set was.
+
+    Refuses (DdppError) a ZCA set whose ZCA is missing, a ``zca_path`` for a normalised set or
+    fitted on another dataset or shape, and a set whose dataset, image shape or class count does
+    not match the test split.
+    """
+    info = data.info(distilled.dataset)
+    if zca_path is not None and distilled.preprocessing.get("kind") != "zca":
+        raise DdppError(
+            "this set is normalised, not ZCA-whitened; drop --zca (its normalisation is stored "
+            "in the set)."
+        )
+    preprocessing = resolve_preprocessing(distilled, zca_path)
+    if preprocessing.whitening is not None:
+        zca_file = Path(zca_path or distilled.preprocessing["zca_file"])
+        fitted_on = store.read_metadata(zca_file).get("dataset")
+        if isinstance(fitted_on, str) and data.info(fitted_on).name != info.name:
+            raise DdppError(
+                f"the ZCA at {zca_file} was fitted on {fitted_on}, but this set is "
+                f"{info.name}; pass the ZCA of the {info.name} buffer the set came from."
+            )
+    if info.num_classes is not None and info.num_classes != distilled.num_classes:
+        raise DdppError(
+            f"the set has {distilled.num_classes} classes but {info.name} has "
+            f"{info.num_classes}; the set does not belong to this dataset."
+        )
+    image_size, data_seed = _data_options(distilled.settings)
+    channels, height, width = (int(s) for s in distilled.images.shape[1:])
+    if image_size is None and info.image_size is None and height == width:
+        image_size = height  # image folders have no native size; use the set's
+    test = data.load(
+        info.name, data_root, "test", download=download, image_size=image_size, seed=data_seed
+    )
+    if tuple(test.images.shape[1:]) != (channels, height, width):
+        raise DdppError(
+            f"the set's images are {channels}×{height}×{width} but {info.name} test images are "
+            f"{'×'.join(str(s) for s in test.images.shape[1:])}; the set does not belong to "
+            "this dataset (or was made at another --image-size than its settings record)."
+        )
+    if test.num_classes != distilled.num_classes:
+        raise DdppError(
+            f"the set has {distilled.num_classes} classes but the {info.name} test split has "
+            f"{test.num_classes}; the set does not belong to this data."
+        )
+    test = take_test_subset(test, test_subset, seed)
+    return preprocessing.apply(test.images), test.labels, preprocessing
+
+
+def _describe_set(distilled: DistilledSet, preprocessing: Preprocessing) -> dict[str, Any]:
+    return {
+        "dataset": distilled.dataset,
+        "source": distilled.source,
+        "distilled_arch": distilled.arch,
+        "ipc": distilled.ipc,
+        "set_lr": distilled.lr,
+        "preprocessing": preprocessing.kind,
+    }
+
+
+def evaluate_set(
+    distilled: DistilledSet,
+    config: EvalConfig,
+    *,
+    data_root: Path | None = None,
+    download: bool = True,
+    zca_path: Path | None = None,
+    test_subset: int | None = None,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> EvalResult:
+    """Evaluate a distilled (or coreset) set on its dataset's test split (see
+    :func:`load_test_split` for what is refused)."""
+    test_images, test_labels, preprocessing = load_test_split(
+        distilled, data_root=data_root, download=download, zca_path=zca_path,
+        test_subset=test_subset, seed=config.seed,
+    )  # fmt: skip
+    result = evaluate_images(
+        distilled.images, distilled.labels, test_images, test_labels,
+        num_classes=distilled.num_classes, config=config, lr=distilled.lr, device=device,
+        on_event=on_event,
+    )  # fmt: skip
+    return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
+
+
+def crossarch(
+    distilled: DistilledSet,
+    archs: Sequence[str],
+    config: EvalConfig,
+    *,
+    data_root: Path | None = None,
+    download: bool = True,
+    zca_path: Path | None = None,
+    test_subset: int | None = None,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> dict[str, EvalResult]:
+    """Evaluate one set with every architecture in ``archs`` (like the paper's Table III)."""
+    if not archs:
+        raise DdppError("--archs names no architecture; e.g. --archs convnet,alexnet.")
+    configs = [replace(config, arch=arch) for arch in archs]  # validates every name first
+    test_images, test_labels, preprocessing = load_test_split(
+        distilled, data_root=data_root, download=download, zca_path=zca_path,
+        test_subset=test_subset, seed=config.seed,
+    )  # fmt: skip
+    results: dict[str, EvalResult] = {}
+    for arch_config in configs:
+        result = evaluate_images(
+            distilled.images, distilled.labels, test_images, test_labels,
+            num_classes=distilled.num_classes, config=arch_config, lr=distilled.lr,
+            device=device, on_event=on_event,
+        )  # fmt: skip
+        results[arch_config.arch] = replace(
+            result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}
+        )
+    return results

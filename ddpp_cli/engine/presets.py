@@ -1,0 +1,55 @@
+"""Distillation presets of SPEC §6: the paper's hyperparameters per dataset and IPC.
+
+``resolve(dataset, ipc)`` gives the values used when the user sets none. Datasets without a row
+use the "other sets" row. For an IPC between the listed ones the closest listed IPC is used
+(ties go to the smaller one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ddpp_cli.engine import data
+
+KEYS = (
+    "syn_steps",
+    "expert_epochs",
+    "max_start_epoch",
+    "batch_syn",
+    "zca",
+    "lr_img",
+    "lr_lr",
+    "lr_teacher",
+)
+
+# dataset -> ipc -> (N, M, T+, batch_syn (None = all), ZCA, lr_img, lr_lr, lr_teacher)
+_TABLE: dict[str, dict[int, tuple[int, int, int, int | None, bool, float, float, float]]] = {
+    "cifar10": {
+        1: (50, 2, 2, None, True, 100.0, 1e-7, 0.01),
+        10: (30, 2, 20, None, True, 100.0, 1e-5, 0.001),
+        50: (30, 2, 40, None, False, 1000.0, 1e-5, 0.001),
+    },
+    "cifar100": {
+        1: (20, 3, 20, None, True, 1000.0, 1e-5, 0.01),
+        10: (20, 2, 20, None, False, 1000.0, 1e-5, 0.01),
+        50: (80, 2, 40, 125, True, 1000.0, 1e-5, 0.01),
+    },
+    "tinyimagenet": {
+        1: (10, 2, 10, None, False, 10000.0, 1e-4, 0.01),
+        10: (20, 2, 40, 200, False, 10000.0, 1e-4, 0.01),
+        50: (20, 2, 40, 300, False, 10000.0, 1e-4, 0.01),
+    },
+}
+_OTHER = (20, 2, 10, None, False, 100.0, 1e-5, 0.01)
+
+
+def resolve(dataset: str, ipc: int) -> dict[str, Any]:
+    """The preset for ``dataset`` and ``ipc`` as a dict over :data:`KEYS`."""
+    name = data.info(dataset).name
+    rows = _TABLE.get(name)
+    if rows is None:
+        values = _OTHER
+    else:
+        closest = min(rows, key=lambda listed: (abs(listed - ipc), listed))
+        values = rows[closest]
+    return dict(zip(KEYS, values, strict=True))

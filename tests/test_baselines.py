@@ -1,0 +1,198 @@
+"""Coreset baselines: random and herding selection, and their evaluation under the protocol."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpp_cli.engine import baselines, data, distilled, evaluate, models, zca
+from ddpp_cli.engine.baselines import BaselineConfig
+from ddpp_cli.engine.device import derive_seed, seeded
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate import EvalConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP spin-waiting on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def split(counts: list[int], size: int = 16, seed: int = 0) -> data.ImageSplit:
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    images = torch.rand(len(labels), 1, size, size, generator=generator)
+    return data.ImageSplit(images, labels, tuple(f"c{k}" for k in range(len(counts))))
+
+
+def cheap_zca(dataset: str, path) -> object:
+    """A stand-in ZCA file (x - 0.3) * 2 for 1×28×28 images (a real fit is slow here)."""
+    eye = torch.eye(784)
+    transform = zca.ZCA(torch.full((784,), 0.3), 2 * eye, 0.5 * eye, (1, 28, 28))
+    return zca.save(transform, path, {"dataset": dataset})
+
+
+# -------------------------------------------------------------------------------- herding
+
+
+def test_herding_is_greedy_mean_matching_in_one_dimension():
+    # Mean 5.375. Step 1: 4.5 is nearest. Step 2: the pair mean (4.5 + x) / 2 is nearest to
+    # 5.375 for x = 7. Step 3: (11.5 + x) / 3 → x = 0 (3.83) beats x = 10 (7.17). Then 10.
+    features = torch.tensor([[0.0], [10.0], [4.5], [7.0]])
+    assert baselines.herding_order(features, 4).tolist() == [2, 3, 0, 1]
+    assert baselines.herding_order(features, 2).tolist() == [2, 3]
+    # Sorting by distance to the mean would give [2, 3, 1, 0]: herding is not that.
+
+
+def test_herding_picks_the_expected_order_in_two_dimensions():
+    features = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.5, 0.5]])
+    # Mean (0.1, 0.1): the nearest point is #4; the best partner for it is #3 (not #2, the
+    # second nearest to the mean), then #2 restores the balance, then #1 before #0.
+    assert baselines.herding_order(features, 5).tolist() == [4, 3, 2, 1, 0]
+    by_distance = (features - features.mean(0)).norm(dim=1).argsort().tolist()
+    assert by_distance == [4, 2, 3, 0, 1]
+
+
+def test_embed_is_the_penultimate_layer():
+    with seeded(0):
+        model = models.create("convnet", 1, 3, 16)
+    images = torch.rand(5, 1, 16, 16)
+    with torch.no_grad():
+        expected = torch.flatten(model.features(images), 1)
+    assert torch.allclose(baselines.embed(model, images, batch_size=2), expected, atol=1e-5)
+
+
+def test_herding_coreset_runs_herding_per_class_in_random_convnet_features():
+    train = split([6, 5, 7])
+    chosen = baselines.herding_coreset(train, 3, seed=4)
+    with seeded(derive_seed(4, "herding", "convnet")):
+        model = models.create("convnet", 1, 3, (16, 16))
+    features = baselines.embed(model, train.images)
+    expected = []
+    for label in range(3):
+        members = torch.nonzero(train.labels == label).flatten()
+        expected.append(members[baselines.herding_order(features[members], 3)])
+    assert chosen.tolist() == torch.cat(expected).tolist()
+    assert train.labels[chosen].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert torch.equal(chosen, baselines.herding_coreset(train, 3, seed=4))
+
+
+# --------------------------------------------------------------------------------- random
+
+
+def test_random_coreset_is_class_major_seeded_and_without_repeats():
+    train = split([5, 4, 6])
+    chosen = baselines.random_coreset(train, 2, seed=3)
+    assert train.labels[chosen].tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(set(chosen.tolist())) == 6
+    assert torch.equal(chosen, baselines.random_coreset(train, 2, seed=3))
+    draws = {tuple(baselines.random_coreset(train, 2, seed=s).tolist()) for s in range(6)}
+    assert len(draws) > 1
+    assert sorted(baselines.random_coreset(train, 4, seed=0)[4:8].tolist()) == [5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("ipc, fragment", [(0, "at least 1"), (5, "class 'c1' has \\(4")])
+def test_bad_ipc_is_refused(ipc, fragment):
+    train = split([5, 4, 6])
+    for pick in (
+        lambda: baselines.random_coreset(train, ipc, seed=0),
+        lambda: baselines.herding_coreset(train, ipc, seed=0),
+    ):
+        with pytest.raises(DdppError, match=fragment):
+            pick()
+
+
+def test_config_refuses_unknown_names():
+    with pytest.raises(DdppError, match="unknown baseline"):
+        BaselineConfig("kcenter", "mnist", 1)
+    with pytest.raises(DdppError, match="unknown dataset"):
+        BaselineConfig("random", "mnist2", 1)
+    with pytest.raises(DdppError, match="--ipc"):
+        BaselineConfig("random", "mnist", 0)
+
+
+# ---------------------------------------------------------------------- whole baselines
+
+
+class Recorder:
+    """Stands in for training.train_epoch and records the images of every run."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+
+    def __call__(self, model, images, labels, optimizer, *, batch_size, dsa, generator):
+        self.images.append(images.clone())
+        return 0.5
+
+
+@pytest.mark.parametrize("method", baselines.METHODS)
+def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_mnist, monkeypatch):
+    recorder = Recorder()
+    monkeypatch.setattr(evaluate, "train_epoch", recorder)
+    baseline = baselines.prepare_baseline(
+        BaselineConfig(method, "mnist", 2), data_root=tiny_mnist, download=False, test_subset=20
+    )
+    assert baseline.zca_path is None and baseline.preprocessing.kind == "normalize"
+    result, coreset = baselines.evaluate_baseline(baseline, EvalConfig(runs=3, epochs=1))
+    assert len(result.accuracies) == 3 and result.protocol["test_size"] == 20
+    assert result.protocol["source"] == method and result.protocol["ipc"] == 2
+    assert result.protocol["lr_source"] == "default" and result.lr == 0.01
+    different = [not torch.equal(recorder.images[0], other) for other in recorder.images[1:]]
+    assert all(different) if method == "random" else not any(different)
+    assert coreset.source == method and coreset.lr is None and coreset.ipc == 2
+    assert torch.equal(coreset.images, recorder.images[0])
+    mean, std = 0.1307, 0.3081
+    raw = data.load("mnist", tiny_mnist, "train", download=False)
+    index = baseline.indices(0)
+    assert torch.allclose(coreset.images, (raw.images[index] - mean) / std)
+
+
+def test_a_saved_coreset_evaluates_like_a_distilled_set(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "train_epoch", Recorder())
+    zca_file = cheap_zca("mnist", tmp_path / "buffer-zca.safetensors")
+    baseline = baselines.prepare_baseline(
+        BaselineConfig("random", "mnist", 1), data_root=tiny_mnist, download=False,
+        zca_path=zca_file,
+    )  # fmt: skip
+    assert baseline.preprocessing.kind == "zca" and baseline.zca_path == zca_file
+    path = distilled.save(tmp_path / "coreset.safetensors", baseline.make_set(baseline.indices(0)))
+    loaded = distilled.load(path)
+    assert loaded.source == "random" and loaded.preprocessing["kind"] == "zca"
+    assert loaded.preprocessing["zca_file"] == str(zca_file.resolve())
+    result = evaluate.evaluate_set(
+        loaded, EvalConfig(runs=1, epochs=1), data_root=tiny_mnist, download=False,
+        test_subset=10,
+    )  # fmt: skip
+    assert result.protocol["preprocessing"] == "zca"
+
+
+def test_zca_is_fitted_and_saved_when_no_file_is_given(tiny_mnist, tmp_path):
+    baseline = baselines.prepare_baseline(
+        BaselineConfig("random", "mnist", 1, zca=True), data_root=tiny_mnist, download=False,
+        zca_out=tmp_path / "fitted.safetensors",
+    )  # fmt: skip
+    assert baseline.zca_path == tmp_path / "fitted.safetensors"
+    assert zca.load(baseline.zca_path).shape == (1, 28, 28)
+    raw = data.load("mnist", tiny_mnist, "test", download=False)
+    assert torch.equal(baseline.test_images, zca.load(baseline.zca_path).apply(raw.images))
+
+
+def test_baseline_zca_mistakes_are_refused(tiny_mnist, tmp_path):
+    fashion = cheap_zca("fashionmnist", tmp_path / "fashion-zca.safetensors")
+    with pytest.raises(DdppError, match="fitted on fashionmnist"):
+        baselines.prepare_baseline(
+            BaselineConfig("random", "mnist", 1), data_root=tiny_mnist, download=False,
+            zca_path=fashion,
+        )  # fmt: skip
+    with pytest.raises(DdppError, match="contradict"):
+        baselines.prepare_baseline(
+            BaselineConfig("random", "mnist", 1, zca=False), data_root=tiny_mnist,
+            download=False, zca_path=fashion,
+        )  # fmt: skip
+    with pytest.raises(DdppError, match="--ipc 21 is more than"):
+        baselines.prepare_baseline(
+            BaselineConfig("random", "mnist", 21), data_root=tiny_mnist, download=False
+        )

@@ -1,0 +1,200 @@
+"""The command line end to end: exit codes, one-line errors, kill-safety and real data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from ddpp_cli.cli import app
+from ddpp_cli.engine import store, trajectory
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def tiny_buffer_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "buffer", "--dataset", "mnist", "--data-dir", str(data_dir), "--no-download",
+        "--out", str(out), "--device", "cpu", "--batch-size", "64", *extra,
+    ]  # fmt: skip
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_lists_buffer_with_a_description():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "buffer" in result.output
+    assert "Train expert trajectories" in result.output
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.output.startswith("ddpp ")
+
+
+def test_python_dash_m_works():
+    done = subprocess.run(
+        [sys.executable, "-m", "ddpp_cli", "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0 and "buffer" in done.stdout
+
+
+def test_buffer_writes_files_and_prints_a_summary(tiny_mnist, tmp_path):
+    result = invoke(
+        *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1")
+    )
+    assert result.exit_code == 0, result.output
+    assert "Expert trajectories" in result.output
+    assert "manifest:" in result.output
+    assert (tmp_path / "b" / "expert_0000.safetensors").is_file()
+    assert (tmp_path / "b" / "buffer.json").is_file()
+
+
+def test_quiet_prints_only_the_folder(tiny_mnist, tmp_path):
+    result = invoke(
+        *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1", "--quiet")
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == str(tmp_path / "b")
+
+
+def test_default_output_folder_is_under_the_data_dir(tiny_mnist, tmp_path):
+    args = ["buffer", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download",
+            "--experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    folder = Path(result.output.strip())
+    assert folder == trajectory.default_buffer_dir("mnist", "convnet", False)
+    assert str(folder).startswith(os.environ["XDG_DATA_HOME"])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--dataset", "imagenet21k"], ["unknown dataset 'imagenet21k'", "cifar10"]),
+        (["--arch", "transformer"], ["unknown architecture 'transformer'", "convnet"]),
+        (["--experts", "0"], ["--experts must be at least 1"]),
+        (["--device", "tpu"], ["unknown device 'tpu'"]),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(tiny_mnist, tmp_path, args, fragments):
+    result = invoke(*tiny_buffer_args(tiny_mnist, tmp_path / "b"), *args)
+    assert_one_line_error(result, *fragments)
+
+
+def test_missing_data_folder(tmp_path):
+    result = invoke(*tiny_buffer_args(tmp_path / "nowhere", tmp_path / "b"))
+    assert_one_line_error(result)
+    assert "--data-dir" in result.output or "download" in result.output
+
+
+def test_zca_on_too_large_images_is_refused(tmp_path):
+    root = tmp_path / "folder"
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (72, 72), (i * 90, 20, 200)).save(root / split / name / f"{i}.png")
+    result = invoke(
+        "buffer", "--dataset", "imagefolder", "--data-dir", str(root), "--zca",
+        "--out", str(tmp_path / "b"), "--device", "cpu",
+    )  # fmt: skip
+    assert_one_line_error(result, "ZCA")
+
+
+def test_buffer_folder_with_other_settings_is_refused(tiny_mnist, tmp_path):
+    ok = invoke(*tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1"))
+    assert ok.exit_code == 0, ok.output
+    result = invoke(
+        *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "2")
+    )
+    assert_one_line_error(result, "other settings", "epochs")
+
+
+def test_corrupted_expert_file_is_refused(tiny_mnist, tmp_path):
+    ok = invoke(*tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1"))
+    assert ok.exit_code == 0, ok.output
+    path = tmp_path / "b" / "expert_0000.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    result = invoke(
+        *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "2", "--epochs", "1")
+    )
+    assert_one_line_error(result, "expert_0000.safetensors")
+
+
+def test_import_of_a_non_tensor_pickle_is_refused(tiny_mnist, tmp_path):
+    source = tmp_path / "mtt"
+    source.mkdir()
+    torch.save({"epochs": 3}, source / "replay_buffer_0.pt")
+    result = invoke(*tiny_buffer_args(tiny_mnist, tmp_path / "b", "--import", str(source)))
+    assert_one_line_error(result, "replay_buffer_0.pt")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_path):
+    out = tmp_path / "b"
+    args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "4", "--quiet")
+    command = [sys.executable, "-m", "ddpp_cli", *args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = out / "expert_0000.safetensors"
+    deadline = time.monotonic() + 120
+    while not first.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert first.exists(), process.stderr.read() if process.poll() is not None else "timeout"
+    time.sleep(0.2)  # expert 1 is training now (each epoch takes longer than this)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    files = trajectory.expert_files(out)
+    assert sorted(files) == [0]
+    for path in files.values():
+        assert store.read(path, store.TRAJECTORY_FORMAT).tensors["params"].shape == (5, 317_706)
+    hashes = {i: _sha(p) for i, p in files.items()}
+
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    files = trajectory.expert_files(out)
+    assert sorted(files) == [0, 1]
+    assert not list(out.glob(".*.tmp"))
+    for index, digest in hashes.items():
+        assert _sha(files[index]) == digest
+    for path in files.values():
+        store.read(path, store.TRAJECTORY_FORMAT)
+
+
+@pytest.mark.slow
+def test_real_fashion_mnist_buffer(fashion_mnist_dir, tmp_path):
+    result = invoke(
+        "buffer", "--dataset", "fashionmnist", "--data-dir", str(fashion_mnist_dir),
+        "--experts", "1", "--epochs", "1", "--train-subset", "2000", "--test-subset", "500",
+        "--out", str(tmp_path / "b"), "--device", "cpu", "--seed", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    loaded = trajectory.load_trajectory(tmp_path / "b" / "expert_0000.safetensors")
+    assert loaded.params.shape == (2, 317_706)
+    assert loaded.metadata["data"]["train_size"] == 2000
+    assert loaded.metadata["test_accuracy"][-1] >= 0.55

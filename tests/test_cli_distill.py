@@ -1,0 +1,204 @@
+"""``ddpp distill`` end to end: settings and summary, exit statuses 0/1/2/130, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddpp_cli.cli import app
+from ddpp_cli.engine import distill, distilled, store
+from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors run fastest on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def buffer_dir(tiny_mnist, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("cli-buffer")
+    config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
+    train_buffer(config, folder, data_root=tiny_mnist, download=False)
+    return folder
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def distill_args(data_dir: Path, buffer: Path | None, out: Path, *extra: object) -> list[object]:
+    args = [
+        "distill", "--dataset", "mnist", "--ipc", 1, "--data-dir", data_dir, "--no-download",
+        "--out", out, "--device", "cpu", "--syn-steps", 2, "--expert-epochs", 1,
+        "--max-start-epoch", 2, "--iterations", 3, "--batch-syn", 5, "--lr-lr", 1e-7,
+        "--eval-every", 0, "--test-runs", 0,
+    ]  # fmt: skip
+    if buffer is not None:
+        args += ["--buffer", buffer]
+    return [*args, *extra]
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_lists_distill():
+    result = invoke("--help")
+    assert result.exit_code == 0 and "distill" in result.output
+    result = invoke("distill", "--help")
+    assert result.exit_code == 0
+    for flag in ("--eps", "--syn-steps", "--max-start-epoch", "--resume", "--lr-teacher"):
+        assert flag in result.output
+
+
+def test_distill_prints_settings_and_summary(tiny_mnist, buffer_dir, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--eval-every", 3, "--eval-runs", 1, "--eval-epochs", 2, "--test-runs", 1]
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out, *extra))
+    assert result.exit_code == 0, result.output
+    assert "resolved settings" in result.output
+    assert "lr_img" in result.output and "preset" in result.output
+    assert "test accuracy" in result.output and "best validation" in result.output
+    assert str(out / distill.DISTILLED_NAME) in result.output.replace("\n", "")
+    assert distilled.load(out / distill.BEST_NAME).labels.tolist() == list(range(10))
+
+
+def test_json_and_resume_of_a_finished_run(tiny_mnist, buffer_dir, tmp_path):
+    out = tmp_path / "run"
+    first = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--json"))
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["iterations"] == 3 and summary["test"] is None
+    more = invoke("distill", "--resume", out, "--iterations", 5, "--data-dir", tiny_mnist,
+                  "--no-download", "--device", "cpu", "--quiet")  # fmt: skip
+    assert more.exit_code == 0, more.output
+    assert more.output.strip().splitlines()[-1] == str(out)
+    assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 5
+    lines = (out / distill.METRICS_NAME).read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 2, 3, 4, 5]
+
+
+def test_resume_with_a_changed_setting_is_refused(tiny_mnist, buffer_dir, tmp_path):
+    out = tmp_path / "run"
+    assert invoke(*distill_args(tiny_mnist, buffer_dir, out, "--quiet")).exit_code == 0
+    result = invoke("distill", "--resume", out, "--lr-img", 7, "--data-dir", tiny_mnist,
+                    "--no-download", "--device", "cpu")  # fmt: skip
+    assert_one_line_error(result, "other settings", "lr_img: 100.0 there vs 7.0 now")
+
+
+def test_forced_nan_exits_1_with_a_loadable_set(tiny_mnist, buffer_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--lr-img", 1e30,
+                                  "--iterations", 20, "--quiet"))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "diverged" in result.output and "Traceback" not in result.output
+    assert "distilled.safetensors" in result.output
+    last_good = distilled.load(out / distill.DISTILLED_NAME)
+    assert torch.isfinite(last_good.images).all()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = distill._Run.step
+    calls = []
+
+    def interrupted_step(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(distill._Run, "step", interrupted_step)
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
+    assert result.exit_code == 130, result.output
+    assert "--resume" in result.output
+    assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 1
+    assert distilled.load(out / distill.DISTILLED_NAME).images.shape == (10, 1, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--ipc", 0], ["--ipc must be at least 1"]),
+        (["--ipc", 500], ["--ipc 500 is more than class", "use --ipc"]),
+        (["--eps", 1.0], ["--eps must be in [0, 1)"]),
+        (["--eps", -0.5], ["--eps must be in [0, 1)"]),
+        (["--max-start-epoch", 3, "--expert-epochs", 2], ["needs experts of at least 4 epochs"]),
+        (["--arch", "convnet-d3"], ["architecture 'convnet', not 'convnet-d3'"]),
+        (["--dataset", "fashionmnist"], ["made for dataset 'mnist', not 'fashionmnist'"]),
+        (["--init", "zeros"], ["--init must be one of"]),
+        (["--device", "tpu"], ["unknown device"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tiny_mnist, buffer_dir, tmp_path, extra, fragments):
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, tmp_path / "run", *extra))
+    assert_one_line_error(result, *fragments)
+
+
+def test_missing_buffer_names_the_buffer_command(tiny_mnist, tmp_path):
+    result = invoke(*distill_args(tiny_mnist, None, tmp_path / "run"))
+    assert_one_line_error(result, "make it with 'ddpp buffer --dataset mnist --arch convnet'")
+    result = invoke(*distill_args(tiny_mnist, tmp_path / "nowhere", tmp_path / "run"))
+    assert_one_line_error(result, f"--out {tmp_path / 'nowhere'}'")
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path):
+    result = invoke("distill", "--resume", tmp_path)
+    assert_one_line_error(result, "no checkpoint.safetensors")
+    result = invoke("distill", "--dataset", "mnist")
+    assert_one_line_error(result, "--dataset and --ipc are needed")
+
+
+def test_default_buffer_and_run_folder(tiny_mnist, buffer_dir, tmp_path):
+    """Without --buffer/--out: the buffer under the data folder, a new run folder under it."""
+    default_buffer = tmp_path / "xdg-data" / "ddpp" / "buffers" / "mnist-convnet"
+    shutil.copytree(buffer_dir, default_buffer)
+    args = distill_args(tiny_mnist, None, tmp_path / "unused", "--quiet")
+    out_at = args.index("--out")
+    del args[out_at : out_at + 2]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    folder = Path(result.output.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / "xdg-data" / "ddpp" / "runs"
+    assert folder.name.startswith("mnist-ipc1-eps0.1-")
+    assert distilled.load(folder / distill.DISTILLED_NAME).settings["buffer_path"] == str(
+        default_buffer.resolve()
+    )
+
+
+def test_sigterm_checkpoints_like_ctrl_c(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = distill._Run.step
+    calls = []
+
+    def terminated_step(self):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(distill._Run, "step", terminated_step)
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
+    assert result.exit_code == 130, result.output
+    assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 2
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
