@@ -640,10 +640,11 @@ def _mean_std(result: evaluate.EvalResult) -> str:
 def _protocol_line(result: evaluate.EvalResult) -> str:
     p = result.protocol
     dsa = "off" if p["dsa_strategy"] == "none" else "on"
+    runs = f"{p['runs']} run" + ("s" if p["runs"] != 1 else "")
     return (
         f"protocol: {p['arch']}, {p['epochs']} epochs, lr {result.lr:g} ({p['lr_source']}), "
         f"{p['lr_schedule']}, batch {p['batch_size']}, SGD momentum {p['momentum']:g}, "
-        f"weight decay {p['weight_decay']:g}, DSA {dsa}, {p['runs']} runs from seed "
+        f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
         f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
         "± is the population std"
     )
