@@ -19,10 +19,21 @@ from rich.console import Console
 from rich.table import Table
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import augment, baselines, data, distilled, evaluate, models, trajectory
+from ddpp_cli.engine import (
+    augment,
+    baselines,
+    data,
+    distilled,
+    evaluate,
+    models,
+    pipeline,
+    trajectory,
+)
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
+from ddpp_cli.engine.batched import Notice
 from ddpp_cli.engine.device import DEVICE_CHOICES, resolve_device
+from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress, percent
 
@@ -98,13 +109,18 @@ QuietOption = Annotated[
 
 
 class _BufferDisplay:
-    """Turns buffer engine events into two progress bars (experts, epochs of the current one)."""
+    """Turns buffer engine events into two progress bars (experts, epochs of the current one).
+
+    With ``--parallel K`` several experts start together; the epochs bar follows the first one
+    of the group and is labelled with the whole group.
+    """
 
     def __init__(self, progress, device: str = "") -> None:
         self.progress = progress
         self.device = device
         self.experts_task = None
         self.epochs_task = None
+        self.group: list[int] = []  # experts started and not yet finished
 
     def __call__(self, event: object) -> None:
         p = self.progress
@@ -123,17 +139,36 @@ class _BufferDisplay:
             )
             self.epochs_task = p.add_task("epochs", total=1, visible=False, info="")
         elif isinstance(event, trajectory.ExpertStarted):
-            p.reset(self.epochs_task, total=event.epochs, visible=True)
-            p.update(self.epochs_task, description=f"expert {event.index}", info="")
+            if not self.group:
+                p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
+            self.group.append(event.index)
+            label = "expert" + ("s" if len(self.group) > 1 else "")
+            indices = f"{self.group[0]}–{self.group[-1]}" if len(self.group) > 1 else event.index
+            p.update(self.epochs_task, description=f"{label} {indices}")
         elif isinstance(event, trajectory.EpochFinished):
-            p.update(
-                self.epochs_task,
-                advance=1,
-                info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
-            )
+            if not self.group or event.index == self.group[0]:
+                p.update(
+                    self.epochs_task,
+                    advance=1,
+                    info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
+                )
         elif isinstance(event, trajectory.ExpertFinished) and not event.record.resumed:
+            if event.record.index in self.group:
+                self.group.remove(event.record.index)
             acc = event.record.test_accuracy[-1] if event.record.test_accuracy else None
             p.update(self.experts_task, advance=1, info=f"last expert {percent(acc)}")
+        elif isinstance(event, Notice) and not p.disable:
+            p.console.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
+
+
+ParallelOption = Annotated[
+    int,
+    typer.Option(
+        "--parallel",
+        help="Train K networks at once as one batched (vmapped) model, each with its own seed "
+        "and data order (faster on GPUs; on CPUs one at a time is as fast).",
+    ),
+]
 
 
 @app.command()
@@ -175,14 +210,20 @@ def buffer(
         Path | None,
         typer.Option("--out", help="Buffer folder (default: the ddpp data folder's 'buffers')."),
     ] = None,
+    parallel: ParallelOption = 1,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     quiet: QuietOption = False,
 ) -> None:
-    """Train expert trajectories (resumable; rerun the same command to continue)."""
+    """Train expert trajectories (resumable; rerun the same command to continue).
+
+    Under torchrun the ranks split the experts; rank 0 prints.
+    """
     use_zca = data.info(dataset).default_zca if zca is None else zca
     folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
-    progress = make_progress(err, disable=quiet)
+    training = import_dir is None
+    world, torch_device = join_world(resolve_device(device)) if training else (None, None)
+    progress = make_progress(err, disable=quiet or (training and not world.is_main))
     if import_dir is not None:
         with progress:
             summary = trajectory.import_mtt(
@@ -211,7 +252,6 @@ def buffer(
             image_size=image_size,
             seed=seed,
         )
-        torch_device = resolve_device(device)
         with progress:
             summary = trajectory.train_buffer(
                 config,
@@ -220,7 +260,11 @@ def buffer(
                 download=download,
                 device=torch_device,
                 on_event=_BufferDisplay(progress, str(torch_device)),
+                parallel=parallel,
+                world=world,
             )
+        if not world.is_main:
+            return
     if quiet:
         out.print(str(summary.folder), highlight=False, soft_wrap=True)
         return
@@ -344,7 +388,8 @@ def _distill_summary_table(summary) -> Table:
         test = summary.test
         table.add_row(
             "test accuracy",
-            f"[bold]{_mean_std(test)} %[/] ({len(test.accuracies)} runs × "
+            f"[bold]{_mean_std(test)} %[/] ({len(test.accuracies)} "
+            f"run{'s' if len(test.accuracies) != 1 else ''} × "
             f"{test.protocol.get('epochs')} epochs, lr {test.lr:.4g}) on {summary.tested.name}",
         )
     if summary.best_iteration is not None:
@@ -496,6 +541,39 @@ def distill_command(
     download: DownloadOption = True,
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for every random draw.")] = None,
+    unroll: Annotated[
+        str | None,
+        typer.Option(
+            "--unroll",
+            help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
+            "memory: recompute one step at a time in reverse (constant memory, same gradients, "
+            "about 1.3x the time). [default: graph]",
+        ),
+    ] = None,
+    amp: Annotated[
+        str | None,
+        typer.Option(
+            "--amp",
+            help="off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
+            "pruning and updates stay float32). [default: off]",
+        ),
+    ] = None,
+    compile_step: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the per-step gradient (falls back with a notice if it cannot "
+            "compile). [default: no-compile]",
+        ),
+    ] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option(
+            "--channels-last/--no-channels-last",
+            help="Channels-last activations (helps on GPUs, slower on CPUs). "
+            "[default: no-channels-last]",
+        ),
+    ] = None,
     quiet: QuietOption = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")
@@ -511,7 +589,8 @@ def distill_command(
         "batch_syn": batch_syn, "lr_img": lr_img, "lr_lr": lr_lr, "lr_teacher": lr_teacher,
         "init": init, "zca": zca, "eval_every": eval_every, "eval_runs": eval_runs,
         "eval_epochs": eval_epochs, "test_runs": test_runs, "checkpoint_every": checkpoint_every,
-        "val_size": val_size, "train_subset": train_subset, "seed": seed,
+        "val_size": val_size, "train_subset": train_subset, "seed": seed, "unroll": unroll,
+        "amp": amp, "compile": compile_step, "channels_last": channels_last,
     }  # fmt: skip
     overrides = {name: value for name, value in given.items() if value is not None}
     all_images = overrides.get("batch_syn") == 0  # --batch-syn 0: every image each step
@@ -541,11 +620,17 @@ def distill_command(
     origin.update({name: "option" for name in overrides})
     progress = make_progress(err, disable=quiet)
     display = _DistillDisplay(progress, origin, quiet or json_out)
+
+    def on_event(event: object) -> None:
+        if isinstance(event, distill_engine.Notice):
+            err.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
+        display(event)
+
     try:
         with _sigterm_as_interrupt(), progress:
             summary = distill_engine.distill(
                 config, folder, buffer=buffer_dir, data_root=data_dir, download=download,
-                device=torch_device, on_event=display,
+                device=torch_device, on_event=on_event,
             )  # fmt: skip
     except distill_engine.DivergedError as exc:
         err.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
@@ -608,29 +693,44 @@ JsonOption = Annotated[
 
 
 class _EvalDisplay:
-    """Turns evaluation events into two progress bars (runs of an architecture, epochs)."""
+    """Turns evaluation events into two progress bars (runs of an architecture, epochs).
+
+    With ``--parallel K`` several runs start together; the epochs bar follows the first one of
+    the group and is labelled with the whole group.
+    """
 
     def __init__(self, progress) -> None:
         self.progress = progress
         self.runs_task = None
         self.epochs_task = None
         self.arch = None
+        self.group: list[int] = []  # runs started and not yet finished
 
     def __call__(self, event: object) -> None:
         p = self.progress
         if isinstance(event, evaluate.RunStarted):
             if event.arch != self.arch:
                 self.arch = event.arch
+                self.group = []
                 self.runs_task = p.add_task(f"{event.arch} runs", total=event.runs, info="")
             if self.epochs_task is None:
                 self.epochs_task = p.add_task("epochs", total=event.epochs, info="")
-            p.reset(self.epochs_task, total=event.epochs, info="")
-            p.update(self.epochs_task, description=f"run {event.run + 1}/{event.runs}")
+            if not self.group:
+                p.reset(self.epochs_task, total=event.epochs, info="")
+            self.group.append(event.run)
+            runs = f"{self.group[0] + 1}–{event.run + 1}" if len(self.group) > 1 else event.run + 1
+            label = "runs" if len(self.group) > 1 else "run"
+            p.update(self.epochs_task, description=f"{label} {runs}/{event.runs}")
         elif isinstance(event, evaluate.EpochFinished):
-            p.update(self.epochs_task, advance=1)
+            if not self.group or event.run == self.group[0]:
+                p.update(self.epochs_task, advance=1)
         elif isinstance(event, evaluate.RunFinished):
+            if event.run in self.group:
+                self.group.remove(event.run)
             note = "  [yellow]diverged[/]" if event.diverged else ""
             p.update(self.runs_task, advance=1, info=f"last {percent(event.accuracy)}{note}")
+        elif isinstance(event, Notice) and not p.disable:
+            p.console.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
 
 
 def _mean_std(result: evaluate.EvalResult) -> str:
@@ -710,12 +810,16 @@ def evaluate_command(
     data_dir: DataDirOption = None,
     download: DownloadOption = True,
     test_subset: TestSubsetOption = None,
+    parallel: ParallelOption = 1,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     json_out: JsonOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Train fresh networks on a distilled set (or a baseline coreset) and test them."""
+    """Train fresh networks on a distilled set (or a baseline coreset) and test them.
+
+    Under torchrun the ranks split the runs; rank 0 prints.
+    """
     baseline_only = {
         "--dataset": dataset, "--ipc": ipc, "--train-subset": train_subset, "--save": save,
         "--no-zca": no_zca or None,
@@ -734,8 +838,8 @@ def evaluate_command(
     elif dataset is None or ipc is None:
         raise DdppError("--baseline needs --dataset D and --ipc K.")
 
-    torch_device = resolve_device(device)
-    progress = make_progress(err, disable=quiet)
+    world, torch_device = join_world(resolve_device(device))
+    progress = make_progress(err, disable=quiet or not world.is_main)
     saved: Path | None = None
     if baseline is None:
         path = evaluate.find_set(target)
@@ -750,6 +854,7 @@ def evaluate_command(
             result = evaluate.evaluate_set(
                 distilled_set, config, data_root=data_dir, download=download, zca_path=zca_file,
                 test_subset=test_subset, device=torch_device, on_event=_EvalDisplay(progress),
+                parallel=parallel, world=world,
             )  # fmt: skip
         payload = {"set": str(path), **result.to_json()}
     else:
@@ -765,21 +870,24 @@ def evaluate_command(
         with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
             zca_out = (
                 save.with_name(f"{save.stem}.zca.safetensors")
-                if save is not None
+                if save is not None and world.is_main  # one rank writes the user's files
                 else Path(scratch) / trajectory.ZCA_NAME
             )
             prepared = baselines.prepare_baseline(
                 baseline_config, data_root=data_dir, download=download, zca_path=zca_file,
                 zca_out=zca_out, test_subset=test_subset, eval_seed=seed,
             )  # fmt: skip
-            if save is not None:
+            if save is not None and world.is_main:
                 saved = distilled.save(save, prepared.make_set(prepared.indices(0, torch_device)))
             with progress:
                 result, _ = baselines.evaluate_baseline(
-                    prepared, config, device=torch_device, on_event=_EvalDisplay(progress)
-                )
+                    prepared, config, device=torch_device, on_event=_EvalDisplay(progress),
+                    parallel=parallel, world=world,
+                )  # fmt: skip
         title = f"Evaluation of the {method} baseline ({result.protocol['dataset']}, IPC {ipc})"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
+    if not world.is_main:
+        return
     if json_out:
         typer.echo(json.dumps(payload))
         return
@@ -811,6 +919,7 @@ def crossarch_command(
     data_dir: DataDirOption = None,
     download: DownloadOption = True,
     test_subset: TestSubsetOption = None,
+    parallel: ParallelOption = 1,
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     json_out: JsonOption = False,
@@ -819,7 +928,10 @@ def crossarch_command(
     ] = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Evaluate one set with several architectures (like the paper's Table III)."""
+    """Evaluate one set with several architectures (like the paper's Table III).
+
+    Under torchrun the ranks split the runs of each architecture; rank 0 prints.
+    """
     if target is None:
         raise DdppError("pass a distilled-set file or a run folder to evaluate.")
     if json_out and markdown:
@@ -831,14 +943,16 @@ def crossarch_command(
         runs=runs, epochs=epochs, lr=lr, batch_size=batch_size,
         dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none", seed=seed,
     )  # fmt: skip
-    torch_device = resolve_device(device)
-    progress = make_progress(err, disable=quiet)
+    world, torch_device = join_world(resolve_device(device))
+    progress = make_progress(err, disable=quiet or not world.is_main)
     with progress:
         results = evaluate.crossarch(
             distilled_set, names, config, data_root=data_dir, download=download,
             zca_path=zca_file, test_subset=test_subset, device=torch_device,
-            on_event=_EvalDisplay(progress),
+            on_event=_EvalDisplay(progress), parallel=parallel, world=world,
         )  # fmt: skip
+    if not world.is_main:
+        return
     if json_out:
         payload = {
             "set": str(path),
@@ -988,6 +1102,290 @@ def visualize_command(
         image = visualize_engine.curves_image(metrics, title=f"ddpp distill run {run_name}")
         visualize_engine.save_image(image, curves)
         written("curves:", curves, f"({len(metrics)} metrics records)")
+
+
+# ---------------------------------------------------------------------------------------- run
+
+
+class _RunDisplay:
+    """One progress display for a whole ``ddpp run``: a stage line, then each stage's own bars."""
+
+    def __init__(self, progress, origin: dict[str, str], quiet: bool, device: str) -> None:
+        self.progress = progress
+        self.origin = origin
+        self.quiet = quiet
+        self.device = device
+        self.stage_display = None
+        self.tasks_before: set = set()
+
+    def __call__(self, event: object) -> None:
+        p = self.progress
+        if isinstance(event, pipeline.StageStarted):
+            if not p.disable:
+                p.console.print(
+                    f"[bold cyan][{event.index}/{event.total}] {event.stage}[/]: {event.detail}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            self.tasks_before = set(p.task_ids)
+            if event.stage == "buffer":
+                self.stage_display = _BufferDisplay(p, self.device)
+            elif event.stage == "distill":
+                self.stage_display = _DistillDisplay(p, self.origin, self.quiet)
+            elif event.stage in ("evaluate", "baseline"):
+                self.stage_display = _EvalDisplay(p)
+            else:
+                self.stage_display = None
+        elif isinstance(event, pipeline.StageFinished):
+            for task in set(p.task_ids) - self.tasks_before:
+                p.remove_task(task)
+            self.stage_display = None
+            if not p.disable and event.stage in ("evaluate", "baseline"):
+                p.console.print(
+                    f"    {event.stage}: {event.detail} ({event.seconds:.0f} s)", highlight=False
+                )
+        elif isinstance(event, (Notice, distill_engine.Notice)):
+            if not p.disable:
+                p.console.print(
+                    f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True
+                )
+        elif self.stage_display is not None:
+            self.stage_display(event)
+
+
+def _run_summary_table(summary: pipeline.RunSummary) -> Table:
+    plan = summary.plan
+    table = Table(
+        title=f"ddpp run: {plan.distill.dataset}, IPC {plan.distill.ipc}, ε {plan.distill.eps:g}, "
+        f"profile {plan.profile}",
+        title_justify="left",
+    )
+    table.add_column("set")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("runs")
+    result, baseline = summary.evaluation, summary.baseline
+    source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
+    for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
+        table.add_row(
+            label,
+            f"[bold]{_mean_std(value)} %[/]",
+            " / ".join(percent(a) for a in value.accuracies),
+        )
+    table.add_section()
+    color = "green" if summary.gain > 0 else "red"
+    table.add_row("gain", f"[{color}]{100 * summary.gain:+.2f} points[/]", "")
+    return table
+
+
+def _run_protocol_lines(summary: pipeline.RunSummary) -> list[str]:
+    result, baseline = summary.evaluation, summary.baseline
+    p = result.protocol
+    times = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in summary.seconds.items())
+    return [
+        f"protocol: {p['arch']}, {p['epochs']} epochs, lr {result.lr:.4g} (learned) / "
+        f"{baseline.lr:g} (baseline), DSA {'off' if p['dsa_strategy'] == 'none' else 'on'}, "
+        f"same seeds; tested on the same {p['test_size']} images; ± is the population std",
+        f"time: {sum(summary.seconds.values()) / 60:.1f} min ({times})",
+    ]
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    dataset: Annotated[
+        str, typer.Option("--dataset", "-d", help=f"Dataset: {', '.join(data.available())}.")
+    ],
+    ipc: Annotated[int, typer.Option("--ipc", help="Synthetic images per class.")],
+    eps: Annotated[
+        float, typer.Option("--eps", help="Pruning threshold ε in [0, 1); 0 = plain MTT.")
+    ] = 0.1,
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="paper: SPEC settings (GPU hours); quick: a small budget that finishes in "
+            "minutes on a CPU for MNIST-sized data at IPC 1.",
+        ),
+    ] = "paper",
+    arch: Annotated[
+        str, typer.Option("--arch", help=f"Architecture of every stage: {ARCHITECTURES}.")
+    ] = "convnet",
+    experts: Annotated[
+        int | None, typer.Option("--experts", help="Buffer: experts (quick 1, paper 100).")
+    ] = None,
+    buffer_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--buffer-epochs", help="Buffer: epochs per expert (quick: as needed, paper 50)."
+        ),
+    ] = None,
+    train_subset: Annotated[
+        int | None,
+        typer.Option(
+            "--train-subset", help="Buffer and distill: stratified training subset (quick 5000)."
+        ),
+    ] = None,
+    zca: Annotated[
+        bool | None, typer.Option("--zca/--no-zca", help="ZCA-whiten the data (default: preset).")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", help="Resize folder datasets to this size (every stage)."),
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Distill: iterations (quick 60, paper 5000).")
+    ] = None,
+    syn_steps: Annotated[
+        int | None, typer.Option("--syn-steps", help="Distill: student steps N (preset).")
+    ] = None,
+    expert_epochs: Annotated[
+        int | None, typer.Option("--expert-epochs", help="Distill: expert epochs M (preset).")
+    ] = None,
+    max_start_epoch: Annotated[
+        int | None, typer.Option("--max-start-epoch", help="Distill: T⁺ (preset; quick ≤ 3).")
+    ] = None,
+    batch_syn: Annotated[
+        int | None,
+        typer.Option("--batch-syn", help="Distill: synthetic minibatch; 0 = all (preset)."),
+    ] = None,
+    lr_img: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-img", help="Distill: lr of the images (preset; quick ≥ 1000 unless ZCA)."
+        ),
+    ] = None,
+    lr_lr: Annotated[
+        float | None, typer.Option("--lr-lr", help="Distill: lr of the step size (preset).")
+    ] = None,
+    lr_teacher: Annotated[
+        float | None, typer.Option("--lr-teacher", help="Distill: initial step size α (preset).")
+    ] = None,
+    init: Annotated[
+        str | None, typer.Option("--init", help="Distill: initial images, real or noise.")
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option("--eval-every", help="Distill: validate every N iterations; 0 = never."),
+    ] = None,
+    eval_runs: Annotated[
+        int | None, typer.Option("--eval-runs", help="Distill: networks per validation.")
+    ] = None,
+    eval_epochs: Annotated[
+        int | None, typer.Option("--eval-epochs", help="Distill: epochs per validation network.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option("--checkpoint-every", help="Distill: checkpoint every N iterations."),
+    ] = None,
+    val_size: Annotated[
+        int | None, typer.Option("--val-size", help="Distill: validation images held out.")
+    ] = None,
+    runs: Annotated[
+        int | None,
+        typer.Option("--runs", help="Evaluate: networks per set and baseline (quick 3, paper 5)."),
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Evaluate: epochs per network (quick 300, paper 1000)."),
+    ] = None,
+    test_subset: Annotated[
+        int | None,
+        typer.Option("--test-subset", help="Evaluate: stratified test subset (quick 2000)."),
+    ] = None,
+    buffer_dir: Annotated[
+        Path | None,
+        typer.Option("--buffer", help="Use (or train) this buffer folder instead of finding one."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run folder (default: the ddpp data folder's 'runs'); resumed if it holds a "
+            "checkpoint.",
+        ),
+    ] = None,
+    parallel: ParallelOption = 1,
+    data_dir: DataDirOption = None,
+    download: DownloadOption = True,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="No progress or tables; print only the run folder."),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Everything in one go: buffer → distill → evaluate (vs random real images) → visualize.
+
+    Reuses a fitting buffer; rerunning with the same --out continues an interrupted run.
+    """
+    overrides = {
+        "experts": experts, "buffer_epochs": buffer_epochs, "train_subset": train_subset,
+        "zca": zca, "image_size": image_size, "iterations": iterations, "syn_steps": syn_steps,
+        "expert_epochs": expert_epochs, "max_start_epoch": max_start_epoch,
+        "batch_syn": batch_syn, "lr_img": lr_img, "lr_lr": lr_lr, "lr_teacher": lr_teacher,
+        "init": init, "eval_every": eval_every, "eval_runs": eval_runs,
+        "eval_epochs": eval_epochs, "checkpoint_every": checkpoint_every, "val_size": val_size,
+        "runs": runs, "epochs": epochs, "test_subset": test_subset,
+    }  # fmt: skip
+    plan = pipeline.plan_run(
+        dataset, ipc, eps=eps, profile=profile.strip().lower(), arch=arch, seed=seed, **overrides
+    )
+    torch_device = resolve_device(device)
+    folder = out_dir or pipeline.default_run_folder(plan)
+    data_folder = data.source_folder(plan.distill.dataset, data_dir)
+    if not (quiet or json_out):
+        err.print(
+            f"ddpp run: {plan.distill.dataset} IPC {plan.distill.ipc}, ε {plan.distill.eps:g}, "
+            f"profile {plan.profile}, on {torch_device}; data from {data_folder}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    origin = {**{name: "preset" for name in distill_engine.presets.KEYS}, **plan.origin}
+    progress = make_progress(err, disable=quiet or json_out)
+    display = _RunDisplay(progress, origin, quiet or json_out, str(torch_device))
+    try:
+        with _sigterm_as_interrupt(), progress:
+            summary = pipeline.run_pipeline(
+                plan, folder, buffer=buffer_dir, data_root=data_dir, download=download,
+                device=torch_device, parallel=parallel, on_event=display,
+            )  # fmt: skip
+    except distill_engine.DivergedError as exc:
+        err.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(
+            f"[yellow]interrupted[/]; finished stages and checkpoints are kept; rerun with "
+            f"--out {folder} to continue.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    if json_out:
+        typer.echo(json.dumps(summary.to_json()))
+        return
+    if quiet:
+        out.print(str(summary.folder), highlight=False, soft_wrap=True)
+        return
+    out.print(_run_summary_table(summary))
+    for line in _run_protocol_lines(summary):
+        out.print(line, highlight=False, soft_wrap=True)
+    if summary.gain <= 0:
+        out.print(
+            "[yellow]the distilled set is not ahead of random real images[/]: the budget is "
+            "too small for this dataset/IPC; raise --iterations (and --experts, --buffer-epochs).",
+            highlight=False,
+        )
+    for label, path in (
+        ("data", summary.data_folder),
+        ("buffer", summary.buffer),
+        ("run", summary.folder),
+        ("set", summary.set_path),
+        ("grid", summary.grid),
+        ("curves", summary.curves),
+        ("summary", summary.summary),
+    ):
+        out.print(f"{label + ':':<9}{path}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -169,6 +169,17 @@ def test_a_saved_coreset_evaluates_like_a_distilled_set(tiny_mnist, tmp_path, mo
     assert result.protocol["preprocessing"] == "zca"
 
 
+def test_a_saved_coreset_remembers_the_split_seed_of_its_pool(tiny_mnist):
+    """Single-folder datasets are split 80/20 by the seed; a coreset must be tested on the split
+    its pool was not part of, so its data seed is stored with it."""
+    baseline = baselines.prepare_baseline(
+        BaselineConfig("random", "mnist", 1, seed=7), data_root=tiny_mnist, download=False
+    )
+    coreset = baseline.make_set(baseline.indices(0))
+    assert coreset.settings["data_seed"] == 7
+    assert evaluate._data_options(coreset.settings) == (None, 7)
+
+
 def test_zca_is_fitted_and_saved_when_no_file_is_given(tiny_mnist, tmp_path):
     baseline = baselines.prepare_baseline(
         BaselineConfig("random", "mnist", 1, zca=True), data_root=tiny_mnist, download=False,

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distill, distilled, store
+from ddpp_cli.engine import distill, distilled, store, unroll
 from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 runner = CliRunner()
@@ -202,3 +202,32 @@ def test_sigterm_checkpoints_like_ctrl_c(tiny_mnist, buffer_dir, tmp_path, monke
     assert result.exit_code == 130, result.output
     assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 2
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+
+def test_unroll_memory_runs_end_to_end(tiny_mnist, buffer_dir, tmp_path):
+    out = tmp_path / "run"
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--unroll", "memory", "--json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout.strip().splitlines()[-1])["iterations"] == 3
+    assert distill.saved_config(out).unroll == "memory"
+    assert distilled.load(out / distill.DISTILLED_NAME).settings["unroll"] == "memory"
+    help_text = invoke("distill", "--help").output
+    for flag in ("--unroll", "--amp", "--compile", "--channels-last"):
+        assert flag in help_text
+
+
+def test_unknown_unroll_mode_is_one_line(tiny_mnist, buffer_dir, tmp_path):
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, tmp_path / "run", "--unroll", "x"))
+    assert_one_line_error(result, "--unroll must be one of: graph, memory")
+
+
+def test_compile_failure_is_a_note_not_an_error(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(unroll, "COMPILE_BACKEND", broken_backend)
+    torch._dynamo.reset()
+    out = tmp_path / "run"
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--compile"))
+    assert result.exit_code == 0, result.output
+    assert "note:" in result.output and "continuing without --compile" in result.output

@@ -260,3 +260,32 @@ def test_crossarch_json_and_markdown(mnist_set, tiny_mnist):
     assert table.exit_code == 0 and "Cross-architecture" in table.stdout
     assert_one_line_error(invoke(*args, "--json", "--markdown"), "--markdown")
     assert_one_line_error(invoke("crossarch", mnist_set, "--archs", "convnet,nope", *FAST), "nope")
+
+
+# ---------------------------------------------------------------------------- --parallel
+
+
+def test_parallel_runs_print_the_sequential_accuracies(mnist_set, tiny_mnist):
+    args = (mnist_set, "--data-dir", tiny_mnist, "--no-download", "--epochs", "2", "--runs",
+            "3", "--test-subset", "20", "--device", "cpu")  # fmt: skip
+    one = eval_json(*args)
+    many = eval_json(*args, "--parallel", "2")
+    assert many["accuracies"] == one["accuracies"]
+    shown = invoke("evaluate", *args, "--parallel", "3")
+    assert shown.exit_code == 0 and "mean ± std" in shown.stdout
+    assert_one_line_error(invoke("evaluate", *args, "--parallel", "0"), "--parallel")
+
+
+def test_crossarch_and_baselines_take_parallel(mnist_set, tiny_mnist):
+    result = invoke(
+        "crossarch", mnist_set, "--archs", "convnet,convnet-bn", "--data-dir", tiny_mnist,
+        "--no-download", "--epochs", "1", "--runs", "2", "--test-subset", "10", "--device",
+        "cpu", "--parallel", "2", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert all(len(r["accuracies"]) == 2 for r in json.loads(result.stdout)["results"].values())
+    payload = eval_json(
+        "--baseline", "random", "--dataset", "mnist", "--data-dir", tiny_mnist, "--no-download",
+        "--ipc", "1", "--runs", "2", "--epochs", "1", "--parallel", "2", *FAST[4:],
+    )  # fmt: skip
+    assert len(payload["accuracies"]) == 2

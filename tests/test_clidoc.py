@@ -20,6 +20,6 @@ def test_every_option_has_help_text():
 
 def test_every_command_has_a_one_line_description():
     rendered = clidoc.render(app)
-    for name in ("buffer", "distill", "evaluate", "crossarch", "visualize"):
+    for name in ("buffer", "distill", "evaluate", "crossarch", "visualize", "run"):
         row = next(line for line in rendered.splitlines() if line.startswith(f"| [`{name}`]"))
         assert row.split("|")[2].strip(), name

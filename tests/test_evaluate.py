@@ -370,3 +370,68 @@ def test_crossarch_evaluates_every_architecture(monkeypatch, tiny_mnist):
     assert all(r.protocol["arch"] == name for name, r in results.items())
     with pytest.raises(DdppError, match="unknown architecture"):
         evaluate.crossarch(mnist_set(tiny_mnist), ["convnet", "nope"], FAST)
+
+
+# ------------------------------------------------------------------ batched runs (--parallel)
+
+
+@pytest.mark.parametrize(("arch", "n_per_class"), [("convnet", 3), ("convnet-bn", 2)])
+def test_parallel_runs_give_the_sequential_accuracies(arch, n_per_class):
+    """convnet-bn: 5 images at batch 4 leave a last batch of one, which is merged."""
+    images, labels = tiny_tensors(n_per_class=n_per_class, classes=2, channels=1, size=16)
+    images = images[:5] if arch == "convnet-bn" else images
+    labels = labels[:5] if arch == "convnet-bn" else labels
+    test_images, test_labels = tiny_tensors(n_per_class=6, classes=2, channels=1, size=16, seed=1)
+    config = EvalConfig(arch=arch, runs=3, epochs=4, batch_size=4, lr=0.05)
+    kwargs = {"num_classes": 2, "config": config}
+    one = evaluate.evaluate_images(images, labels, test_images, test_labels, **kwargs)
+    events: list[object] = []
+    many = evaluate.evaluate_images(
+        images, labels, test_images, test_labels, parallel=2, on_event=events.append, **kwargs
+    )
+    assert many.accuracies == one.accuracies and many.protocol == one.protocol
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:2] == ["RunStarted", "RunStarted"] and kinds.count("EpochFinished") == 12
+    assert [e.run for e in events if isinstance(e, evaluate.RunFinished)] == [0, 1, 2]
+
+
+def test_a_diverging_run_in_a_batch_is_tested_as_it_stopped():
+    images, labels = tiny_tensors(n_per_class=2, classes=2, channels=1, size=16)
+    config = EvalConfig(runs=2, epochs=6, lr=1e8)
+    seen: list[object] = []
+    one = evaluate.evaluate_images(
+        images, labels, images, labels, num_classes=2, config=config, on_event=seen.append
+    )
+    events: list[object] = []
+    many = evaluate.evaluate_images(
+        images, labels, images, labels, num_classes=2, config=config, parallel=2,
+        on_event=events.append,
+    )  # fmt: skip
+    assert many.protocol["diverged_runs"] == one.protocol["diverged_runs"] == [0, 1]
+    assert many.accuracies == one.accuracies
+
+    def epochs(log: list[object]) -> list[tuple[int, int]]:
+        return sorted((e.run, e.epoch) for e in log if isinstance(e, evaluate.EpochFinished))
+
+    assert epochs(events) == epochs(seen) and len(epochs(seen)) < 12  # stopped early
+
+
+def test_sets_of_different_sizes_fall_back_to_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(evaluate, "train_epoch", Spy())
+    images, labels = tiny_tensors(n_per_class=3)
+    events: list[object] = []
+    result = evaluate.evaluate_per_run(
+        lambda run: (images[: 4 + run], labels[: 4 + run]), images, labels, num_classes=2,
+        config=EvalConfig(runs=2, epochs=1), parallel=2, on_event=events.append,
+    )  # fmt: skip
+    notices = [e for e in events if isinstance(e, evaluate.Notice)]
+    assert len(notices) == 1 and "one at a time" in notices[0].message
+    assert result.protocol["train_size"] == [4, 5]
+
+
+def test_parallel_must_be_at_least_one():
+    images, labels = tiny_tensors()
+    with pytest.raises(DdppError, match="--parallel"):
+        evaluate.evaluate_images(
+            images, labels, images, labels, num_classes=2, config=FAST, parallel=0
+        )

@@ -36,3 +36,14 @@ def test_ruff_is_clean():
         [ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_readme_gives_a_newcomer_exactly_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.+?)\n```", section, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    assert commands[0].startswith("ddpp run --dataset fashionmnist --ipc 1 --profile quick")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] == re.search(r"^TEST_COMMAND='(.+)'$", ci, re.M).group(1)

@@ -24,6 +24,7 @@ from torch import nn
 from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_per_run, take_test_subset
 from ddpp_cli.engine.preprocess import Preprocessing, prepare
@@ -206,7 +207,8 @@ class Baseline:
         return self._cache[key]
 
     def make_set(self, indices: torch.Tensor, run: int = 0) -> DistilledSet:
-        settings = {**asdict(self.config), "run": run, "image_size": self.config.image_size}
+        # data_seed: the seed of the 80/20 split of single-folder datasets this pool came from.
+        settings = {**asdict(self.config), "run": run, "data_seed": self.config.seed}
         return coreset_set(
             self.train, indices, dataset=data.info(self.config.dataset).name,
             preprocessing=self.preprocessing_info, source=self.config.method,
@@ -276,8 +278,13 @@ def evaluate_baseline(
     *,
     device: torch.device | str = "cpu",
     on_event: Callable[[object], None] | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> tuple[EvalResult, DistilledSet]:
-    """Evaluate the baseline under ``config``; also returns run 0's coreset as a set."""
+    """Evaluate the baseline under ``config``; also returns run 0's coreset as a set.
+
+    ``parallel`` runs train at once as one batched model; under torchrun (``world``) the runs
+    are split between the ranks (see :func:`evaluate.evaluate_per_run`)."""
 
     def set_for_run(run: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = baseline.indices(run, device)
@@ -286,7 +293,7 @@ def evaluate_baseline(
     result = evaluate_per_run(
         set_for_run, baseline.test_images, baseline.test_labels,
         num_classes=baseline.train.num_classes, config=config, lr=None, device=device,
-        on_event=on_event,
+        on_event=on_event, parallel=parallel, world=world,
     )  # fmt: skip
     c = baseline.config
     result = replace(

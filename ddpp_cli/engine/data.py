@@ -5,7 +5,9 @@
 - torchvision sets (cifar10, cifar100, mnist, fashionmnist, svhn) under ``root/<name>``, read from
   their ``.data`` arrays in one go (no per-image transforms), downloaded when allowed;
 - MNIST and Fashion-MNIST straight from a folder of the four IDX files, gzipped or not (e.g.
-  Debian's ``/usr/share/datasets/fashion-mnist``), preferred over torchvision when present;
+  Debian's ``/usr/share/datasets/fashion-mnist``), preferred over torchvision when present; with
+  no explicit root, the system folders of :data:`SYSTEM_FOLDERS` are tried before downloading
+  (:func:`source_folder` says which folder a load reads);
 - image folders (tinyimagenet, covid19-cxr, imagefolder), decoded once with PIL and cached on disk
   under ``<dataset folder>/.ddpp-cache/`` so that later loads are fast.
 
@@ -67,6 +69,12 @@ _FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+# Folders where operating-system packages install datasets (Debian: ``apt-get install
+# dataset-fashion-mnist``), tried when no root is given and the data folder lacks the files.
+SYSTEM_FOLDERS: dict[str, tuple[Path, ...]] = {
+    "fashionmnist": (Path("/usr/share/datasets/fashion-mnist"),),
+    "mnist": (Path("/usr/share/datasets/mnist"),),
+}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -212,8 +220,39 @@ def load(
         raise DdppError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
     if image_size is not None and image_size < 1:
         raise DdppError(f"--image-size must be a positive number of pixels, got {image_size}.")
-    base = Path(root).expanduser().resolve() if root is not None else default_root()
+    base = _base_folder(key, root, split)
     return _load_cached(key, base, split, bool(download), image_size, int(seed))
+
+
+def _base_folder(name: str, root: Path | None, split: str = "train") -> Path:
+    """The root a load uses: ``root``, else the data folder, else a system folder holding it."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    base = default_root()
+    if name in SYSTEM_FOLDERS and _find_idx_pair(name, base, split) is None:
+        for folder in SYSTEM_FOLDERS[name]:
+            if _find_idx_pair(name, folder, split) is not None:
+                return folder
+    return base
+
+
+def source_folder(name: str, root: Path | None = None, split: str = "train") -> Path:
+    """The folder :func:`load` reads ``name`` from (or would download into), without loading.
+
+    For MNIST-style sets this is the folder holding the IDX files when present, so a user can
+    see whether the data folder, ``--data-dir`` or a system folder (Debian's) was used.
+    """
+    key = _canonical(name)
+    base = _base_folder(key, root, split)
+    if key in _FOLDER_CANDIDATES:
+        with contextlib.suppress(DdppError):
+            return _find_dataset_dir(key, base)
+        return base
+    if key in ("mnist", "fashionmnist"):
+        found = _find_idx_pair(key, base, split)
+        if found is not None:
+            return found[0].parent
+    return base / key
 
 
 def clear_cache() -> None:
@@ -306,14 +345,22 @@ def _find_idx_file(folder: Path, base: str) -> Path | None:
     return None
 
 
-def _load_idx(name: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(uint8 images (N, 1, H, W), int64 labels) from the first folder holding the IDX pair."""
+def _find_idx_pair(name: str, root: Path, split: str) -> tuple[Path, Path] | None:
+    """(images file, labels file) in the first candidate folder under ``root`` holding both."""
     image_base, label_base = _idx_names(split)
     for folder in _idx_folders(name, root):
         image_file = _find_idx_file(folder, image_base)
         label_file = _find_idx_file(folder, label_base)
-        if image_file is None or label_file is None:
-            continue
+        if image_file is not None and label_file is not None:
+            return image_file, label_file
+    return None
+
+
+def _load_idx(name: str, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(uint8 images (N, 1, H, W), int64 labels) from the first folder holding the IDX pair."""
+    found = _find_idx_pair(name, root, split)
+    if found is not None:
+        image_file, label_file = found
         images, labels = read_idx(image_file), read_idx(label_file)
         if images.ndim != 3 or labels.ndim != 1:
             raise DdppError(
@@ -339,6 +386,9 @@ def _missing_message(name: str, root: Path, split: str, download: bool, exc: Exc
         image_base, label_base = _idx_names(split)
         files = f"the IDX files {image_base}[.gz] and {label_base}[.gz]"
         where = "one of " + ", ".join(str(f) for f in _idx_folders(name, root))
+        if root == default_root():
+            where += " (or " + ", ".join(str(f) for f in SYSTEM_FOLDERS[name])
+            where += ", from Debian's dataset-fashion-mnist)" if name == "fashionmnist" else ")"
     else:
         files = _EXPECTED_FILES[name]
         where = str(root / name)

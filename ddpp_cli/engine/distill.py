@@ -27,22 +27,19 @@ from typing import Any
 
 import platformdirs
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
-from torch import nn
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import augment, data, models, presets, store, zca
-from ddpp_cli.engine.augment import DSA, DSAParams
+from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
-from ddpp_cli.engine.functional import ParamLayout, functional_forward
+from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.preprocess import PreparedData, prepare
-from ddpp_cli.engine.pruning import matching_loss, prune_mask
 from ddpp_cli.engine.trajectory import (
     MANIFEST_NAME,
     ZCA_NAME,
@@ -50,6 +47,9 @@ from ddpp_cli.engine.trajectory import (
     expert_files,
     read_manifest,
 )
+from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES, Student, match, plan_unroll
+from ddpp_cli.engine.unroll import UnrollStep as UnrollStep  # re-exported
+from ddpp_cli.engine.unroll import unroll as unroll  # re-exported
 
 DISTILLED_NAME = "distilled.safetensors"
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -68,6 +68,11 @@ CHANGEABLE_ON_RESUME = (
     "eval_epochs",
     "test_runs",
     "checkpoint_every",
+    # How the same maths is executed: exact in both unroll modes (equal up to rounding), so an
+    # out-of-memory run may continue with --unroll memory (bit for bit only if unchanged).
+    "unroll",
+    "compile",
+    "channels_last",
 )
 
 EventCallback = Callable[[object], None]
@@ -96,6 +101,12 @@ class DistillConfig:
     ``zca`` and ``train_subset`` None mean "as the buffer was made"; ``val_size`` None means
     10 % of the training split (at most 5000); ``batch_syn`` None means all images every step;
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
+
+    Execution (docs/performance.md): ``unroll`` "graph" keeps the unrolled graph (memory grows
+    with ``syn_steps``), "memory" recomputes one step at a time in reverse (constant memory,
+    same gradients); ``amp`` "bf16" autocasts the student's forward (GPU; loss, mask and updates
+    stay float32); ``compile`` wraps the per-step gradient in ``torch.compile``;
+    ``channels_last`` uses channels-last activations (helps on GPUs, not on the CPU).
     """
 
     dataset: str
@@ -121,6 +132,10 @@ class DistillConfig:
     val_size: int | None = None
     train_subset: int | None = None
     seed: int = 0
+    unroll: str = "graph"
+    amp: str = "off"
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", data.info(self.dataset).name)
@@ -158,6 +173,12 @@ class DistillConfig:
         if self.init not in INITS:
             raise DdppError(f"--init must be one of: {', '.join(INITS)} (got '{self.init}').")
         DSA(self.dsa_strategy)  # unknown op -> DdppError
+        if self.unroll not in UNROLL_MODES:
+            raise DdppError(
+                f"--unroll must be one of: {', '.join(UNROLL_MODES)} (got '{self.unroll}')."
+            )
+        if self.amp not in AMP_MODES:
+            raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
 
     @classmethod
     def from_preset(cls, dataset: str, ipc: int, **values: Any) -> DistillConfig:
@@ -304,6 +325,13 @@ class DistillStarted:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """Something the user should know that does not stop the run (e.g. a compile fallback)."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class IterationFinished:
     iteration: int  # 1-based: the number of updates done
     iterations: int
@@ -366,75 +394,6 @@ class DistillSummary:
     test: EvalResult | None
     pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
     seconds: float = 0.0
-
-
-# ------------------------------------------------------------------------- the unroll
-
-
-@dataclass(frozen=True)
-class UnrollStep:
-    """One student step's draws: minibatch indices into X (None = all) and its DSA draw."""
-
-    indices: torch.Tensor | None
-    augment: DSAParams
-
-
-def plan_unroll(
-    num_images: int,
-    syn_steps: int,
-    batch_syn: int | None,
-    dsa: DSA,
-    image_size: tuple[int, int],
-    generator: torch.Generator,
-) -> list[UnrollStep]:
-    """Draw the minibatches (shuffled chunks of X, as MTT) and DSA parameters of N steps.
-
-    Drawing everything first keeps the unroll a pure function of its inputs, so a memory-saving
-    mode can replay the same steps in a second pass.
-    """
-    height, width = image_size
-    steps: list[UnrollStep] = []
-    chunks: list[torch.Tensor] = []
-    for _ in range(syn_steps):
-        if batch_syn is None or batch_syn >= num_images:
-            indices, batch = None, num_images
-        else:
-            if not chunks:
-                chunks = list(torch.randperm(num_images, generator=generator).split(batch_syn))
-            indices = chunks.pop(0)
-            batch = int(indices.numel())
-        params = dsa.sample(batch, height, width, generator) if dsa.enabled else DSAParams("none")
-        steps.append(UnrollStep(indices, params))
-    return steps
-
-
-def unroll(
-    model: nn.Module,
-    layout: ParamLayout,
-    start: torch.Tensor,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    lr: torch.Tensor,
-    steps: list[UnrollStep],
-    dsa: DSA,
-) -> torch.Tensor:
-    """θ̃_N from θ̃_0 = ``start`` by θ̃_{j+1} = θ̃_j − α ∇CE(f(A(b_j); θ̃_j)), graph kept.
-
-    The result is differentiable w.r.t. ``images`` and ``lr`` (second order through each step).
-    """
-    with torch.enable_grad():  # the student's own gradients need autograd in any context
-        theta = start.detach().requires_grad_(True)
-        for step in steps:
-            if step.indices is None:
-                x, y = images, labels
-            else:
-                index = step.indices.to(images.device)
-                x, y = images[index], labels[index]
-            x = dsa.apply(x, step.augment)
-            loss = F.cross_entropy(functional_forward(model, layout, theta, x), y)
-            (grad,) = torch.autograd.grad(loss, theta, create_graph=True)
-            theta = theta - lr * grad
-    return theta
 
 
 def _check_expert(path: Path, shape: tuple[int, int]) -> None:
@@ -576,6 +535,10 @@ class _Run:
         )
         self.model = model.to(device).train()
         self.dsa = DSA(config.dsa_strategy)
+        self.student = Student(
+            self.model, self.layout, self.dsa, amp=config.amp, compile=config.compile,
+            channels_last=config.channels_last, on_notice=lambda text: emit(Notice(text)),
+        )  # fmt: skip
         self.buffer_epochs = int(manifest["epochs"])
         for path in self.expert_paths.values():
             _check_expert(path, (self.buffer_epochs + 1, self.layout.numel))
@@ -851,20 +814,19 @@ class _Run:
             len(self.labels), c.syn_steps, c.batch_syn, self.dsa, self.prepared.image_size,
             s["generators"]["unroll"],
         )  # fmt: skip
-        end = unroll(self.model, self.layout, start, images, self.labels, alpha, steps, self.dsa)
-        mask = prune_mask(end.detach(), target, c.eps)
-        loss = matching_loss(end, target, start, mask)
+        s["opt_images"].zero_grad(set_to_none=True)
+        s["opt_lr"].zero_grad(set_to_none=True)
+        result = match(
+            self.student, start, target, images, self.labels, alpha, steps, c.eps, c.unroll
+        )
         record = {
-            "loss": float(loss.detach()),
-            "pruned_fraction": 1.0 - float(mask.float().mean()),
+            "loss": result.loss,
+            "pruned_fraction": result.pruned_fraction,
             "start_epoch": start_epoch,
             "expert": expert,
         }
         if not _finite(record["loss"]):
             return record
-        s["opt_images"].zero_grad(set_to_none=True)
-        s["opt_lr"].zero_grad(set_to_none=True)
-        loss.backward(inputs=[images, alpha])
         s["opt_images"].step()
         s["opt_lr"].step()
         return record

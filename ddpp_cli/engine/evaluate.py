@@ -10,11 +10,16 @@ same ZCA). Run ``r`` of architecture ``a`` draws its initialisation from
 
 Accuracies are fractions in [0, 1]; ``std`` is the population standard deviation (``np.std``,
 ddof 0), as in the papers' tables. The engine never prints: progress goes to ``on_event`` as
-:class:`RunStarted`, :class:`EpochFinished` and :class:`RunFinished`.
+:class:`RunStarted`, :class:`EpochFinished` and :class:`RunFinished` (and :class:`Notice`).
+
+``parallel=K`` trains K runs of one architecture at once as one vmapped model (:mod:`batched`);
+every run keeps its own streams, so the accuracies equal one-at-a-time training up to float
+rounding. Under ``torchrun`` (``world``) the runs are split between the ranks and gathered.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -25,9 +30,11 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import augment, data, models, store
+from ddpp_cli.engine import augment, batched, data, models, store
+from ddpp_cli.engine.batched import Notice
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.preprocess import Preprocessing
 from ddpp_cli.engine.training import predict, train_epoch
@@ -219,6 +226,64 @@ def measure_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch
     return correct / int(labels.shape[0])
 
 
+def _train_and_test_group(
+    sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    arch: str,
+    num_classes: int,
+    lr: float,
+    config: EvalConfig,
+    runs: Sequence[int],
+    device: torch.device,
+    on_epoch: Callable[[int, int, int], None] | None,
+) -> list[tuple[float, bool]]:
+    """:func:`_train_and_test` for runs ``runs`` (run ``runs[k]`` on ``sets[k]``) at once.
+
+    A run whose loss becomes non-finite is tested with its parameters from that epoch, as the
+    sequential loop does; the others train on.
+    """
+    channels, height, width = (int(s) for s in sets[0][0].shape[1:])
+    networks = []
+    for run in runs:
+        with seeded(derive_seed(config.seed, "eval", arch, run)):
+            networks.append(models.create(arch, channels, num_classes, (height, width)).to(device))
+    stacked = batched.StackedNetworks(networks)
+    del networks
+    generators = [make_generator(config.seed, "eval", arch, run, "train") for run in runs]
+    dsa = augment.DSA(config.dsa_strategy)
+    optimizer = torch.optim.SGD(
+        stacked.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    on_device = [(x.to(device), y.to(device)) for x, y in sets]
+    decay_after = config.epochs // 2
+    stopped: dict[int, dict[str, torch.Tensor]] = {}  # member -> state when it diverged
+    for epoch in range(1, config.epochs + 1):
+        losses = batched.train_epoch(
+            stacked, on_device, optimizer, batch_size=config.batch_size, dsa=dsa,
+            generators=generators,
+        )  # fmt: skip
+        for k, run in enumerate(runs):
+            if k in stopped:
+                continue
+            if on_epoch is not None:
+                on_epoch(run, epoch, config.epochs)
+            if not math.isfinite(losses[k]):
+                stopped[k] = stacked.member_state(k)
+        if len(stopped) == len(runs):
+            break
+        if epoch == decay_after:
+            for group in optimizer.param_groups:
+                group["lr"] = lr * LR_DECAY
+    for k, state in stopped.items():
+        stacked.load_member_state(k, state)
+    predicted = stacked.predict(test_images.to(device))
+    correct = (predicted == test_labels.to(device)).sum(dim=1).tolist()
+    total = int(test_labels.shape[0])
+    return [(int(c) / total, k in stopped) for k, c in enumerate(correct)]
+
+
 def train_and_test(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -270,37 +335,65 @@ def evaluate_per_run(
     lr: float | None = None,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> EvalResult:
     """:func:`evaluate_images` where run ``r`` trains on ``set_for_run(r)`` (e.g. a new random
-    subset per run, so that the std covers the choice of subset as in the DC benchmark)."""
+    subset per run, so that the std covers the choice of subset as in the DC benchmark).
+
+    ``parallel`` runs train at once as one batched model; under torchrun (``world``) each rank
+    trains its share of the runs and every rank returns the whole result."""
     emit = on_event or (lambda event: None)
+    parallel = batched.check_parallel(parallel)
+    world = world or World()
     device = torch.device(device)
     effective_lr, lr_source = resolve_lr(config, lr)
     test_x, test_y = test_images.to(device), test_labels.to(device)
-    accuracies: list[float] = []
-    diverged: list[int] = []
-    sizes: list[int] = []
+    done: dict[int, tuple[float, bool, int, float]] = {}  # run -> (acc, diverged, size, s)
     started = time.perf_counter()
-    for run in range(config.runs):
-        images, labels = set_for_run(run)
-        _check_images(images, labels, test_images, test_labels, num_classes)
-        sizes.append(int(images.shape[0]))
-        emit(RunStarted(config.arch, run, config.runs, config.epochs))
-        run_started = time.perf_counter()
 
-        def on_epoch(epoch: int, epochs: int, run: int = run) -> None:
-            emit(EpochFinished(config.arch, run, epoch, epochs))
+    def on_epoch(run: int, epoch: int, epochs: int) -> None:
+        emit(EpochFinished(config.arch, run, epoch, epochs))
 
-        acc, bad = _train_and_test(
-            images, labels, test_x, test_y, arch=config.arch, num_classes=num_classes,
-            lr=effective_lr, config=config, run=run, device=device, on_epoch=on_epoch,
-        )  # fmt: skip
-        accuracies.append(acc)
-        if bad:
-            diverged.append(run)
-        emit(
-            RunFinished(config.arch, run, config.runs, acc, time.perf_counter() - run_started, bad)
-        )
+    for group in batched.groups(world.shard(range(config.runs)), parallel):
+        sets = [set_for_run(run) for run in group]
+        for images, labels in sets:
+            _check_images(images, labels, test_images, test_labels, num_classes)
+        sizes = [int(images.shape[0]) for images, _ in sets]
+        if len(group) > 1 and len(set(sizes)) > 1:
+            emit(Notice(f"runs {group} train on sets of different sizes; one at a time instead."))
+        for run in group:
+            emit(RunStarted(config.arch, run, config.runs, config.epochs))
+        group_started = time.perf_counter()
+        if len(group) == 1 or len(set(sizes)) > 1:
+            outcomes = []
+            for run, (images, labels) in zip(group, sets, strict=True):
+                outcomes.append(
+                    _train_and_test(
+                        images, labels, test_x, test_y, arch=config.arch,
+                        num_classes=num_classes, lr=effective_lr, config=config, run=run,
+                        device=device, on_epoch=functools.partial(on_epoch, run),
+                    )
+                )  # fmt: skip
+        else:
+            outcomes = _train_and_test_group(
+                sets, test_x, test_y, arch=config.arch, num_classes=num_classes,
+                lr=effective_lr, config=config, runs=group, device=device, on_epoch=on_epoch,
+            )  # fmt: skip
+        seconds = (time.perf_counter() - group_started) / len(group)
+        for run, size, (acc, bad) in zip(group, sizes, outcomes, strict=True):
+            done[run] = (acc, bad, size, seconds)
+            emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
+    if world.distributed:
+        mine = set(done)
+        for part in world.gather(done):
+            for run, (acc, bad, size, seconds) in part.items():
+                if run not in mine:  # trained by another rank
+                    done[run] = (acc, bad, size, seconds)
+                    emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
+    accuracies = [done[run][0] for run in range(config.runs)]
+    diverged = [run for run in range(config.runs) if done[run][1]]
+    sizes = [done[run][2] for run in range(config.runs)]
     mean, std = summarize(accuracies)
     record = protocol(config, effective_lr, lr_source)
     record.update(
@@ -333,15 +426,18 @@ def evaluate_images(
     lr: float | None = None,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> EvalResult:
     """Run the protocol ``config.runs`` times on one set of (model-input space) images.
 
     ``test_images`` must already be transformed like ``images``. The learning rate is
-    ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01.
+    ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01. ``parallel`` and
+    ``world`` as in :func:`evaluate_per_run`.
     """
     return evaluate_per_run(
         lambda run: (images, labels), test_images, test_labels, num_classes=num_classes,
-        config=config, lr=lr, device=device, on_event=on_event,
+        config=config, lr=lr, device=device, on_event=on_event, parallel=parallel, world=world,
     )  # fmt: skip
 
 
@@ -466,9 +562,12 @@ def evaluate_set(
     test_subset: int | None = None,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> EvalResult:
     """Evaluate a distilled (or coreset) set on its dataset's test split (see
-    :func:`load_test_split` for what is refused)."""
+    :func:`load_test_split` for what is refused); ``parallel`` and ``world`` as in
+    :func:`evaluate_per_run`."""
     test_images, test_labels, preprocessing = load_test_split(
         distilled, data_root=data_root, download=download, zca_path=zca_path,
         test_subset=test_subset, seed=config.seed,
@@ -476,7 +575,7 @@ def evaluate_set(
     result = evaluate_images(
         distilled.images, distilled.labels, test_images, test_labels,
         num_classes=distilled.num_classes, config=config, lr=distilled.lr, device=device,
-        on_event=on_event,
+        on_event=on_event, parallel=parallel, world=world,
     )  # fmt: skip
     return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
 
@@ -492,8 +591,11 @@ def crossarch(
     test_subset: int | None = None,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> dict[str, EvalResult]:
-    """Evaluate one set with every architecture in ``archs`` (like the paper's Table III)."""
+    """Evaluate one set with every architecture in ``archs`` (like the paper's Table III);
+    ``parallel`` and ``world`` as in :func:`evaluate_per_run`."""
     if not archs:
         raise DdppError("--archs names no architecture; e.g. --archs convnet,alexnet.")
     configs = [replace(config, arch=arch) for arch in archs]  # validates every name first
@@ -506,7 +608,7 @@ def crossarch(
         result = evaluate_images(
             distilled.images, distilled.labels, test_images, test_labels,
             num_classes=distilled.num_classes, config=arch_config, lr=distilled.lr,
-            device=device, on_event=on_event,
+            device=device, on_event=on_event, parallel=parallel, world=world,
         )  # fmt: skip
         results[arch_config.arch] = replace(
             result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}

@@ -9,12 +9,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.models import uses_batchnorm
 
 
-def minibatches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches of one shuffled epoch over ``n`` samples (the last one may be smaller)."""
-    order = torch.randperm(n, generator=generator)
-    yield from order.split(batch_size)
+def minibatches(
+    n: int, batch_size: int, generator: torch.Generator, min_size: int = 1
+) -> Iterator[torch.Tensor]:
+    """Index batches of one shuffled epoch over ``n`` samples (the last one may be smaller).
+
+    A last batch smaller than ``min_size`` is merged into the one before it (BatchNorm cannot
+    train on a batch of one image).
+    """
+    batches = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) < min_size:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    yield from batches
+
+
+def min_batch_size(model: nn.Module) -> int:
+    """The smallest batch ``model`` can train on: 2 with BatchNorm layers, else 1."""
+    return 2 if uses_batchnorm(model) else 1
 
 
 def train_epoch(
@@ -30,7 +44,7 @@ def train_epoch(
     """One epoch of cross-entropy training with DSA; returns the mean training loss."""
     model.train()
     total, count = 0.0, 0
-    for index in minibatches(len(images), batch_size, generator):
+    for index in minibatches(len(images), batch_size, generator, min_batch_size(model)):
         index = index.to(images.device)
         batch = images[index]
         if dsa.enabled:

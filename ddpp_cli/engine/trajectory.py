@@ -5,6 +5,11 @@ A buffer folder holds ``buffer.json`` (the manifest: settings, layout, data desc
 atomically the moment that expert finishes. Expert ``i`` draws all its randomness from streams
 derived from ``(seed, "expert", i)``, so rerunning a command resumes with the first missing expert
 and gives exactly the files an uninterrupted run would have written.
+
+``parallel=K`` trains K experts at once as one vmapped model (:mod:`batched`), each with its own
+streams, so the files equal one-at-a-time training to float tolerance. Under ``torchrun`` the
+missing experts are split between the ranks; each rank writes the files of the experts it
+trained, and rank 0 alone writes the manifest and the ZCA.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import torch
 from safetensors import safe_open
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import augment, data, models, store, zca
+from ddpp_cli.engine import augment, batched, data, models, store, zca
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
 from ddpp_cli.engine.preprocess import PreparedData, prepare
@@ -314,6 +320,73 @@ def train_expert(
     return torch.stack(snapshots), accuracies, losses
 
 
+def train_experts(
+    config: BufferConfig,
+    prepared: PreparedData,
+    indices: list[int],
+    device: torch.device,
+    on_event: EventCallback | None = None,
+    *,
+    train_images: torch.Tensor | None = None,
+    test_images: torch.Tensor | None = None,
+) -> list[tuple[torch.Tensor, list[float], list[float]]]:
+    """:func:`train_expert` for every index in ``indices`` at once, as one vmapped model.
+
+    Expert ``i`` uses exactly the initialisation and random streams it gets from
+    :func:`train_expert`, so its trajectory equals sequential training to float tolerance.
+    """
+    emit = on_event or (lambda event: None)
+    train_x = train_images if train_images is not None else prepared.train.images.to(device)
+    test_x = test_images if test_images is not None else prepared.test.images.to(device)
+    train_y = prepared.train.labels.to(device)
+    test_y = prepared.test.labels.to(device)
+    networks = []
+    for index in indices:
+        with seeded(derive_seed(config.seed, "expert", index, "init")):
+            networks.append(
+                models.create(
+                    config.arch, prepared.channels, prepared.num_classes, prepared.image_size
+                ).to(device)
+            )
+    stacked = batched.StackedNetworks(networks)
+    del networks
+    generators = [make_generator(config.seed, "expert", index, "train") for index in indices]
+    dsa = augment.DSA(config.dsa_strategy)
+    optimizer = torch.optim.SGD(
+        stacked.parameters(), lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    snapshots = [stacked.flat().cpu()]
+    accuracies: list[list[float]] = []
+    losses: list[list[float]] = []
+    for index in indices:
+        emit(ExpertStarted(index=index, epochs=config.epochs))
+    for epoch in range(1, config.epochs + 1):
+        epoch_losses = batched.train_epoch(
+            stacked, [(train_x, train_y)] * len(indices), optimizer,
+            batch_size=config.batch_size, dsa=dsa, generators=generators,
+        )  # fmt: skip
+        for index, loss in zip(indices, epoch_losses, strict=True):
+            if not math.isfinite(loss):
+                raise DdppError(
+                    f"expert {index} diverged at epoch {epoch} (loss {loss}); lower --lr."
+                )
+        snapshots.append(stacked.flat().cpu())
+        accuracies.append(stacked.accuracy(test_x, test_y))
+        losses.append(epoch_losses)
+        for k, index in enumerate(indices):
+            emit(EpochFinished(index, epoch, config.epochs, epoch_losses[k], accuracies[-1][k]))
+    trajectories = torch.stack(snapshots)  # (E+1, K, P)
+    return [
+        (
+            trajectories[:, k].contiguous(),
+            [acc[k] for acc in accuracies],
+            [loss[k] for loss in losses],
+        )
+        for k in range(len(indices))
+    ]
+
+
 def train_buffer(
     config: BufferConfig,
     folder: Path,
@@ -322,17 +395,27 @@ def train_buffer(
     download: bool = True,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    parallel: int = 1,
+    world: World | None = None,
 ) -> BufferSummary:
-    """Train the experts of ``config`` into ``folder``, resuming with the first missing one."""
+    """Train the experts of ``config`` into ``folder``, resuming with the first missing one.
+
+    ``parallel`` experts are trained at once as one batched model. Under torchrun (``world``)
+    each rank trains its share of the missing experts; every rank returns the whole summary.
+    """
     emit = on_event or (lambda event: None)
+    parallel = batched.check_parallel(parallel)
+    world = world or World()
     device = torch.device(device)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    store.remove_stale_temporaries(folder)
+    if world.is_main:
+        store.remove_stale_temporaries(folder)
     _check_folder(folder, config)
 
     zca_path = folder / ZCA_NAME if config.zca else None
     saved_zca = zca.load(zca_path) if zca_path is not None and zca_path.is_file() else None
+    world.barrier()  # every rank has looked for a saved ZCA before rank 0 may write one
     prepared = prepare(
         config.dataset,
         data_root,
@@ -344,7 +427,7 @@ def train_buffer(
         seed=config.seed,
         whitening=saved_zca,
     )
-    if zca_path is not None and saved_zca is None:
+    if zca_path is not None and saved_zca is None and world.is_main:
         zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": config.dataset})
 
     with seeded(0):
@@ -366,7 +449,10 @@ def train_buffer(
     existing = expert_files(folder)
     for path in existing.values():
         _check_expert_file(path, config.epochs, layout.numel)
-    manifest_path = _write_manifest(folder, manifest)
+    manifest_path = folder / MANIFEST_NAME
+    if world.is_main:
+        _write_manifest(folder, manifest)
+    world.barrier()  # no expert file before the manifest (and ZCA) that describe it
 
     emit(
         BufferStarted(
@@ -379,48 +465,65 @@ def train_buffer(
             preprocessing=prepared.preprocessing.kind,
         )
     )
+    resumed: list[ExpertRecord] = []
+    for index in range(config.experts):
+        if index in existing:
+            accuracies = store.read_metadata(existing[index]).get("test_accuracy") or []
+            resumed.append(ExpertRecord(index, existing[index], list(accuracies), resumed=True))
+            emit(ExpertFinished(resumed[-1]))
+    missing = [i for i in range(config.experts) if i not in existing]
     train_images = prepared.train.images.to(device)
     test_images = prepared.test.images.to(device)
-    records: list[ExpertRecord] = []
-    for index in range(config.experts):
-        path = expert_path(folder, index)
-        if index in existing:
-            accuracies = store.read_metadata(path).get("test_accuracy") or []
-            record = ExpertRecord(index, path, list(accuracies), resumed=True)
-            records.append(record)
-            emit(ExpertFinished(record))
-            continue
+    trained: list[ExpertRecord] = []
+    for group in batched.groups(world.shard(missing), parallel):
         started = time.perf_counter()
-        snapshots, accuracies, losses = train_expert(
-            config,
-            prepared,
-            index,
-            device,
-            on_event,
-            train_images=train_images,
-            test_images=test_images,
-        )
-        store.write(
-            path,
-            {"params": snapshots},
-            store.TRAJECTORY_FORMAT,
-            {
-                "dataset": config.dataset,
-                "arch": config.arch,
-                "expert": index,
-                "seed": config.seed,
-                "config": config.identity(),
-                "layout": layout.to_json(),
-                "preprocessing": manifest["preprocessing"],
-                "data": manifest["data"],
-                "test_accuracy": accuracies,
-                "train_loss": losses,
-            },
-        )
-        record = ExpertRecord(index, path, accuracies, seconds=time.perf_counter() - started)
-        records.append(record)
-        manifest_path = _write_manifest(folder, manifest)
-        emit(ExpertFinished(record))
+        if len(group) == 1:
+            results = [
+                train_expert(
+                    config, prepared, group[0], device, on_event,
+                    train_images=train_images, test_images=test_images,
+                )
+            ]  # fmt: skip
+        else:
+            results = train_experts(
+                config, prepared, group, device, on_event,
+                train_images=train_images, test_images=test_images,
+            )  # fmt: skip
+        seconds = (time.perf_counter() - started) / len(group)
+        for index, (snapshots, accuracies, losses) in zip(group, results, strict=True):
+            path = store.write(
+                expert_path(folder, index),
+                {"params": snapshots},
+                store.TRAJECTORY_FORMAT,
+                {
+                    "dataset": config.dataset,
+                    "arch": config.arch,
+                    "expert": index,
+                    "seed": config.seed,
+                    "config": config.identity(),
+                    "layout": layout.to_json(),
+                    "preprocessing": manifest["preprocessing"],
+                    "data": manifest["data"],
+                    "test_accuracy": accuracies,
+                    "train_loss": losses,
+                },
+            )
+            trained.append(ExpertRecord(index, path, accuracies, seconds=seconds))
+        if world.is_main:
+            _write_manifest(folder, manifest)
+        for record in trained[-len(group) :]:
+            emit(ExpertFinished(record))
+    if world.distributed:
+        mine = {record.index for record in trained}
+        everyone = [record for part in world.gather(trained) for record in part]
+        for record in everyone:
+            if record.index not in mine:
+                emit(ExpertFinished(record))  # trained by another rank
+        trained = everyone
+        if world.is_main:
+            _write_manifest(folder, manifest)
+        world.barrier()  # the manifest lists every expert before any rank returns
+    records = sorted(resumed + trained, key=lambda record: record.index)
     return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)
 
 

@@ -1,0 +1,342 @@
+"""The student unroll of trajectory matching and its gradient, in two exact modes (SPEC §6, §10).
+
+θ̃_0 = θ_i and θ̃_{j+1} = θ̃_j − α g_j with g_j = ∇_θ CE(f(A_j(b_j); θ̃_j)). The matching loss L
+is a function of θ̃_N; its gradient w.r.t. the images X and α needs the second derivatives of
+every step. Two ways to get it, equal up to rounding:
+
+* ``graph`` (MTT): keep the whole unrolled graph (``create_graph``) and call ``backward`` once.
+  Memory grows linearly with N.
+* ``memory``: keep only the N + 1 flat parameter vectors (detached) and the recorded draws
+  (minibatches and DSA parameters from :func:`plan_unroll`). Walk the steps in reverse,
+  rebuild one step's graph at a time and propagate the adjoint a = dL/dθ̃_{j+1} with
+  Hessian-vector products (:func:`reverse_step`):
+  dL/dθ̃_j = a − α (∂g_j/∂θ)ᵀ a,  dL/dX += −α (∂g_j/∂X)ᵀ a,  dL/dα += −⟨a, g_j⟩.
+  Peak memory is that of one step's double-backward graph, whatever N is (unlike TESLA's
+  first-order shortcut, this is exact).
+
+:class:`Student` holds the network as a pure function of a flat parameter vector, with the
+execution options that do not change the maths: bf16 autocast for the network's forward,
+``torch.compile`` of the per-step gradient, and channels-last activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpp_cli.engine.augment import DSA, DSAParams
+from ddpp_cli.engine.functional import ParamLayout, functional_forward
+from ddpp_cli.engine.pruning import matching_loss, prune_mask
+
+UNROLL_MODES = ("graph", "memory")
+AMP_MODES = ("off", "bf16")
+COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which traces the same but skips codegen
+
+GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+NoticeCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class UnrollStep:
+    """One student step's draws: minibatch indices into X (None = all) and its DSA draw."""
+
+    indices: torch.Tensor | None
+    augment: DSAParams
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """One iteration's matching loss (a float; gradients are in ``.grad``) and pruned share."""
+
+    loss: float
+    pruned_fraction: float
+
+
+def plan_unroll(
+    num_images: int,
+    syn_steps: int,
+    batch_syn: int | None,
+    dsa: DSA,
+    image_size: tuple[int, int],
+    generator: torch.Generator,
+) -> list[UnrollStep]:
+    """Draw the minibatches (shuffled chunks of X, as MTT) and DSA parameters of N steps.
+
+    Drawing everything first keeps the unroll a pure function of its inputs, so the memory mode
+    can replay the same steps in its reverse pass.
+    """
+    height, width = image_size
+    steps: list[UnrollStep] = []
+    chunks: list[torch.Tensor] = []
+    for _ in range(syn_steps):
+        if batch_syn is None or batch_syn >= num_images:
+            indices, batch = None, num_images
+        else:
+            if not chunks:
+                chunks = list(torch.randperm(num_images, generator=generator).split(batch_syn))
+            indices = chunks.pop(0)
+            batch = int(indices.numel())
+        params = dsa.sample(batch, height, width, generator) if dsa.enabled else DSAParams("none")
+        steps.append(UnrollStep(indices, params))
+    return steps
+
+
+# ------------------------------------------------------------------------- the student
+
+
+class Student:
+    """The student network as a pure function of a flat parameter vector θ.
+
+    ``amp="bf16"`` runs the network's forward under ``torch.autocast`` (bf16); the loss, the
+    gradient g, the parameter updates, the mask and the matching loss stay in float32.
+    ``compile`` wraps the per-step gradient in ``torch.compile``; if compiling fails, the
+    student reports it once through ``on_notice`` and runs eagerly. ``channels_last`` passes the
+    augmented images in channels-last memory format (convolutions keep it).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ParamLayout,
+        dsa: DSA,
+        *,
+        amp: str = "off",
+        compile: bool = False,
+        channels_last: bool = False,
+        on_notice: NoticeCallback | None = None,
+    ) -> None:
+        if amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
+        self.model = model
+        self.layout = layout
+        self.dsa = dsa
+        self.amp = amp
+        self.channels_last = channels_last
+        self.on_notice = on_notice or (lambda message: None)
+        self._compiled: Callable[..., torch.Tensor] | None = None
+        if compile:
+            self._compiled = torch.compile(self._functional_gradient, backend=COMPILE_BACKEND)
+
+    # -- the maths --------------------------------------------------------------------------
+
+    def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """CE(f(x; θ), y), the network under autocast when ``amp`` asks, the loss in float32."""
+        if self.amp == "off":
+            return F.cross_entropy(functional_forward(self.model, self.layout, theta, x), y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            logits = functional_forward(self.model, self.layout, theta, x)
+        return F.cross_entropy(logits.to(theta.dtype), y)
+
+    def inputs(self, images: torch.Tensor, labels: torch.Tensor, step: UnrollStep) -> tuple:
+        """The step's augmented minibatch A_j(b_j) (differentiable w.r.t. ``images``) and labels."""
+        if step.indices is None:
+            x, y = images, labels
+        else:
+            index = step.indices.to(images.device)
+            x, y = images[index], labels[index]
+        x = self.dsa.apply(x, step.augment)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _functional_gradient(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.func.grad(self.loss)(theta, x, y)
+
+    def gradient(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool
+    ) -> torch.Tensor:
+        """g = ∇_θ CE(f(x; θ), y); with ``create_graph`` differentiable w.r.t. θ and x."""
+        if self._compiled is not None:
+            try:
+                return self._compiled(theta, x, y)
+            except Exception as error:  # any failure to compile: say so once, run eagerly
+                self._compiled = None
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                self.on_notice(
+                    f"torch.compile failed ({type(error).__name__}: {reason[:200]}); "
+                    "continuing without --compile."
+                )
+        with torch.enable_grad():
+            if not theta.requires_grad:
+                theta = theta.detach().requires_grad_(True)
+            loss = self.loss(theta, x, y)
+            (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
+        return grad
+
+
+# ------------------------------------------------------------------------- graph mode
+
+
+def unroll_graph(
+    student: Student,
+    start: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: torch.Tensor,
+    steps: list[UnrollStep],
+) -> torch.Tensor:
+    """θ̃_N with the whole unrolled graph kept: differentiable w.r.t. ``images`` and ``lr``."""
+    with torch.enable_grad():
+        theta = start.detach().requires_grad_(True)
+        for step in steps:
+            x, y = student.inputs(images, labels, step)
+            theta = theta - lr * student.gradient(theta, x, y, create_graph=True)
+    return theta
+
+
+def unroll(
+    model: nn.Module,
+    layout: ParamLayout,
+    start: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: torch.Tensor,
+    steps: list[UnrollStep],
+    dsa: DSA,
+) -> torch.Tensor:
+    """θ̃_N from θ̃_0 = ``start`` by θ̃_{j+1} = θ̃_j − α ∇CE(f(A(b_j); θ̃_j)), graph kept.
+
+    The result is differentiable w.r.t. ``images`` and ``lr`` (second order through each step).
+    """
+    return unroll_graph(Student(model, layout, dsa), start, images, labels, lr, steps)
+
+
+# ------------------------------------------------------------------------- memory mode
+
+
+def unroll_states(
+    student: Student,
+    start: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: torch.Tensor,
+    steps: list[UnrollStep],
+) -> list[torch.Tensor]:
+    """[θ̃_0, …, θ̃_N], detached: the forward pass of the memory mode, no graph kept."""
+    images, lr = images.detach(), lr.detach()
+    thetas = [start.detach()]
+    for step in steps:
+        with torch.no_grad():
+            x, y = student.inputs(images, labels, step)
+        grad = student.gradient(thetas[-1], x, y, create_graph=False)
+        thetas.append((thetas[-1] - lr * grad).detach())
+    return thetas
+
+
+def reverse_step(
+    grad_fn: GradFn,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    lr: torch.Tensor,
+    adjoint: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backpropagate a = dL/dθ' through θ' = θ − α g(θ, x) (one step, exact).
+
+    ``grad_fn(theta, x)`` must return g differentiably (``create_graph``). Returns
+    (dL/dθ, dL/dx, dL/dα) = (a − α (∂g/∂θ)ᵀ a, −α (∂g/∂x)ᵀ a, −⟨a, g⟩), the products being
+    vector-Jacobian products through the gradient (Hessian-vector products for θ).
+    """
+    lr = lr.detach()
+    with torch.enable_grad():
+        theta = theta.detach().requires_grad_(True)
+        x = x.detach().requires_grad_(True)
+        g = grad_fn(theta, x)
+        h_theta, h_x = torch.autograd.grad(g, (theta, x), grad_outputs=adjoint, allow_unused=True)
+    h_theta = torch.zeros_like(theta) if h_theta is None else h_theta
+    h_x = torch.zeros_like(x) if h_x is None else h_x
+    return adjoint - lr * h_theta, -lr * h_x, -(adjoint * g.detach()).sum()
+
+
+def backprop_unroll(
+    student: Student,
+    thetas: list[torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: torch.Tensor,
+    steps: list[UnrollStep],
+    adjoint: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dL/dX, dL/dα) from a = dL/dθ̃_N, rebuilding one step's graph at a time in reverse."""
+    grad_images = torch.zeros_like(images, memory_format=torch.contiguous_format)
+    grad_lr = torch.zeros((), dtype=torch.float64, device=lr.device)
+    source = images.detach().requires_grad_(True)
+    for j in reversed(range(len(steps))):
+        with torch.enable_grad():
+            x, y = student.inputs(source, labels, steps[j])
+
+        def grad_fn(theta: torch.Tensor, x_leaf: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
+            return student.gradient(theta, x_leaf, y, create_graph=True)
+
+        adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint)
+        grad_lr += step_lr.double()
+        if x is source:
+            grad_images += grad_x
+        else:  # through the DSA and the minibatch indexing (first order, cheap)
+            (grad_source,) = torch.autograd.grad(x, source, grad_outputs=grad_x)
+            grad_images += grad_source
+    return grad_images, grad_lr.to(lr.dtype)
+
+
+# ------------------------------------------------------------------------- one iteration
+
+
+def match(
+    student: Student,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    lr: torch.Tensor,
+    steps: list[UnrollStep],
+    eps: float,
+    mode: str = "graph",
+) -> MatchResult:
+    """Unroll, prune (mask on θ̃_N), and accumulate dL/dX and dL/dα into ``.grad``.
+
+    ``images`` and ``lr`` are leaves that require grad. Nothing is accumulated when L is not
+    finite (the caller stops the run).
+    """
+    if mode not in UNROLL_MODES:
+        raise ValueError(f"unroll mode must be one of {UNROLL_MODES}, got {mode!r}")
+    if mode == "graph":
+        end = unroll_graph(student, start, images, labels, lr, steps)
+        thetas: list[torch.Tensor] = []
+    else:
+        thetas = unroll_states(student, start, images, labels, lr, steps)
+        end = thetas[-1].requires_grad_(True)
+    mask = prune_mask(end.detach(), target, eps)
+    with torch.enable_grad():
+        loss = matching_loss(end, target, start, mask)
+    value = float(loss.detach())
+    result = MatchResult(value, 1.0 - float(mask.float().mean()))
+    if not torch.isfinite(loss.detach()):
+        return result
+    if mode == "graph":
+        loss.backward(inputs=[images, lr])
+        return result
+    (adjoint,) = torch.autograd.grad(loss, end)
+    grad_images, grad_lr = backprop_unroll(student, thetas, images, labels, lr, steps, adjoint)
+    _accumulate(images, grad_images)
+    _accumulate(lr, grad_lr)
+    return result
+
+
+def _accumulate(leaf: torch.Tensor, grad: torch.Tensor) -> None:
+    grad = grad.to(leaf.dtype).reshape(leaf.shape)
+    leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+
+
+def describe(student: Student) -> dict[str, Any]:
+    """The execution options in effect (for benchmark records)."""
+    return {
+        "amp": student.amp,
+        "compile": student._compiled is not None,
+        "channels_last": student.channels_last,
+    }
