@@ -188,6 +188,38 @@ def table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(records: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets, where the measured grid allows a verdict (met, or missed by how much).
+
+    Why a target is missed is in docs/performance.md (the profile of one iteration).
+    """
+    by_key = {(r["ipc"], r["syn_steps"], r["mode"]): r for r in records if "error" not in r}
+    lines = []
+
+    def line(label: str, got: float, limit: float) -> None:
+        verdict = "met" if got <= limit else f"missed by {got / limit:.2f}×"
+        lines.append(f"{label}: {got:.2f}× (target ≤ {limit}×): {verdict}")
+
+    graph = by_key.get((10, 20, "graph"))
+    if graph:
+        line(
+            "default mode s/it vs MTT at IPC 10, N 20",
+            graph["median_seconds"] / REFERENCE[(10, 20)][0],
+            0.6,
+        )
+    for ipc in sorted({r["ipc"] for r in by_key.values()}):
+        short, long = by_key.get((ipc, 20, "memory")), by_key.get((ipc, 60, "memory"))
+        if short and long:
+            growth = long["peak_rss_mb"] / short["peak_rss_mb"]
+            line(f"memory mode peak RSS, N 60 vs N 20, IPC {ipc}", growth, 1.2)
+    for (ipc, n, mode), record in sorted(by_key.items()):
+        base = by_key.get((ipc, n, "graph"))
+        if mode == "memory" and base:
+            ratio = record["median_seconds"] / base["median_seconds"]
+            line(f"memory mode s/it vs graph mode at IPC {ipc}, N {n}", ratio, 1.3)
+    return lines
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ipc", type=int, nargs="+", help="default: MTT's reference settings")
@@ -230,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
             records.append(record)
             print(json.dumps(record), file=sys.stderr, flush=True)
     print(table(records))
+    for verdict in verdicts(records):
+        print(verdict)
     if args.json:
         args.json.write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
 
