@@ -438,6 +438,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _distilling(progress, resume_hint: str) -> Iterator[None]:
+    """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
+    interrupted one with 130, each with one line (``resume_hint`` says how to continue)."""
+    try:
+        with _sigterm_as_interrupt(), progress:
+            yield
+    except distill_engine.DivergedError as exc:
+        err.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(f"[yellow]interrupted[/]; {resume_hint}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
 @app.command("distill")
 @user_errors
 def distill_command(
@@ -515,6 +530,14 @@ def distill_command(
         int | None,
         typer.Option("--checkpoint-every", help="Checkpoint every N iterations. [default: 100]"),
     ] = None,
+    snapshot_every: Annotated[
+        int | None,
+        typer.Option(
+            "--snapshot-every",
+            help="Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
+            "--animate'); 0 = never. [default: 0]",
+        ),
+    ] = None,
     val_size: Annotated[
         int | None,
         typer.Option(
@@ -589,6 +612,7 @@ def distill_command(
         "batch_syn": batch_syn, "lr_img": lr_img, "lr_lr": lr_lr, "lr_teacher": lr_teacher,
         "init": init, "zca": zca, "eval_every": eval_every, "eval_runs": eval_runs,
         "eval_epochs": eval_epochs, "test_runs": test_runs, "checkpoint_every": checkpoint_every,
+        "snapshot_every": snapshot_every,
         "val_size": val_size, "train_subset": train_subset, "seed": seed, "unroll": unroll,
         "amp": amp, "compile": compile_step, "channels_last": channels_last,
     }  # fmt: skip
@@ -626,23 +650,12 @@ def distill_command(
             err.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
         display(event)
 
-    try:
-        with _sigterm_as_interrupt(), progress:
-            summary = distill_engine.distill(
-                config, folder, buffer=buffer_dir, data_root=data_dir, download=download,
-                device=torch_device, on_event=on_event,
-            )  # fmt: skip
-    except distill_engine.DivergedError as exc:
-        err.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted[/]; checkpoint saved in {folder}; continue with "
-            f"'ddpp distill --resume {folder}'.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
+    resume_hint = f"checkpoint saved in {folder}; continue with 'ddpp distill --resume {folder}'."
+    with _distilling(progress, resume_hint):
+        summary = distill_engine.distill(
+            config, folder, buffer=buffer_dir, data_root=data_dir, download=download,
+            device=torch_device, on_event=on_event,
+        )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(distill_engine.summary_json(summary)))
         return
@@ -1046,7 +1059,11 @@ def visualize_command(
     ] = None,
     animate: Annotated[
         Path | None,
-        typer.Option("--animate", help="A GIF of the images over the run, from its snapshots."),
+        typer.Option(
+            "--animate",
+            help="A GIF of the class grid over a run, from the snapshots 'ddpp distill "
+            "--snapshot-every N' kept.",
+        ),
     ] = None,
     zca_file: Annotated[
         Path | None,
@@ -1070,7 +1087,9 @@ def visualize_command(
     if curves is not None:
         metrics = visualize_engine.read_metrics(target)
     if animate is not None:
-        visualize_engine.animation(target, animate, upsample=upsample, clip=clip)
+        snapshots = visualize_engine.animation_sources(target, animate)
+        first = distilled.load(snapshots[0])
+        animate_classes = visualize_engine.parse_classes(classes, first.class_names)
 
     def written(label: str, path: Path, note: str) -> None:
         text = str(path) if quiet else f"{label:<7} {path}  {note}"
@@ -1102,6 +1121,12 @@ def visualize_command(
         image = visualize_engine.curves_image(metrics, title=f"ddpp distill run {run_name}")
         visualize_engine.save_image(image, curves)
         written("curves:", curves, f"({len(metrics)} metrics records)")
+    if animate is not None:
+        visualize_engine.animation(
+            target, animate, upsample=upsample, clip=clip, classes=animate_classes,
+            max_per_row=max_per_row, zca_path=zca_file,
+        )  # fmt: skip
+        written("animate:", animate, f"({len(snapshots)} frames from {target / 'snapshots'})")
 
 
 # ---------------------------------------------------------------------------------------- run
@@ -1344,23 +1369,14 @@ def run_command(
     origin = {**{name: "preset" for name in distill_engine.presets.KEYS}, **plan.origin}
     progress = make_progress(err, disable=quiet or json_out)
     display = _RunDisplay(progress, origin, quiet or json_out, str(torch_device))
-    try:
-        with _sigterm_as_interrupt(), progress:
-            summary = pipeline.run_pipeline(
-                plan, folder, buffer=buffer_dir, data_root=data_dir, download=download,
-                device=torch_device, parallel=parallel, on_event=display,
-            )  # fmt: skip
-    except distill_engine.DivergedError as exc:
-        err.print(f"[bold red]diverged:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print(
-            f"[yellow]interrupted[/]; finished stages and checkpoints are kept; rerun with "
-            f"--out {folder} to continue.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130) from None
+    resume_hint = (
+        f"finished stages and checkpoints are kept; rerun with --out {folder} to continue."
+    )
+    with _distilling(progress, resume_hint):
+        summary = pipeline.run_pipeline(
+            plan, folder, buffer=buffer_dir, data_root=data_dir, download=download,
+            device=torch_device, parallel=parallel, on_event=display,
+        )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(summary.to_json()))
         return

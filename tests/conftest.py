@@ -60,6 +60,19 @@ def fashion_mnist_dir() -> Path:
     return FASHION_MNIST_DIR
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny tensors run fastest on one thread (no OpenMP spin-waiting on a busy machine), and a fixed
+    thread count keeps CPU results bit-identical between the runs that resume tests compare.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_home(tmp_path, monkeypatch):
     """Keep platformdirs' default folders inside the test's tmp dir."""

@@ -11,14 +11,7 @@ from ddpp_cli.engine.device import derive_seed, seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def split(counts: list[int], size: int = 16, seed: int = 0) -> data.ImageSplit:

@@ -19,13 +19,7 @@ TOL = {"rtol": 1e-4, "atol": 1e-5}
 TRAJECTORY_TOL = {"rtol": 1e-3, "atol": 2e-4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def networks(arch: str, count: int, channels: int = 3, size: int = 16) -> list[torch.nn.Module]:

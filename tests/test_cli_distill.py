@@ -19,13 +19,7 @@ from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +225,36 @@ def test_compile_failure_is_a_note_not_an_error(tiny_mnist, buffer_dir, tmp_path
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--compile"))
     assert result.exit_code == 0, result.output
     assert "note:" in result.output and "continuing without --compile" in result.output
+
+
+def test_snapshots_make_an_animation_and_are_redone_after_a_resume(
+    tiny_mnist, buffer_dir, tmp_path
+):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--snapshot-every", 1, "--quiet"))
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert names == [f"iter_{i:06d}.safetensors" for i in range(4)]
+    first, last = (distilled.load(out / "snapshots" / names[i]) for i in (0, -1))
+    assert not torch.equal(first.images, last.images)
+    assert torch.equal(last.images, distilled.load(out / distill.DISTILLED_NAME).images)
+
+    gif = tmp_path / "anim.gif"
+    result = invoke("visualize", out, "--animate", gif, "--upsample", 2)
+    assert result.exit_code == 0, result.output
+    assert "4 frames" in result.output
+    with Image.open(gif) as image:
+        assert image.n_frames == 4
+
+    # A snapshot from beyond the checkpoint (a killed run) is dropped and redone on resume.
+    (out / "snapshots" / "iter_000009.safetensors").write_bytes(b"stale")
+    result = invoke("distill", "--resume", out, "--iterations", 4, "--data-dir", tiny_mnist,
+                    "--no-download", "--device", "cpu", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in (out / "snapshots").iterdir())
+    assert names == [f"iter_{i:06d}.safetensors" for i in range(5)]
+    assert_one_line_error(
+        invoke("visualize", out, "--animate", tmp_path / "anim.png"), "writes a GIF"
+    )

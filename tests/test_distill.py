@@ -29,7 +29,7 @@ BUFFER_CONFIG = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,17 +42,12 @@ def one_thread() -> Iterator[None]:
 def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
     """Two experts × 3 epochs on the tiny MNIST folder resized to 8×8 (fast ConvNet-3)."""
     folder = tmp_path_factory.mktemp("tiny-buffer")
-    with one_thread():
+    with single_thread():
         train_buffer(BUFFER_CONFIG, folder, data_root=tiny_mnist, download=False)
     return folder
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors run fastest on one thread; a fixed thread count also keeps CPU results
-    bit-identical between the runs that the resume tests compare."""
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_config(**overrides) -> DistillConfig:

@@ -20,13 +20,7 @@ from ddpp_cli.engine.preprocess import Normalization, Preprocessing
 FAST = EvalConfig(runs=1, epochs=2, batch_size=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waiting on a busy shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_tensors(

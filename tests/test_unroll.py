@@ -4,8 +4,6 @@ torch.compile and its fallback, channels-last)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -16,13 +14,7 @@ from ddpp_cli.engine.functional import ParamLayout, flat_parameters
 from ddpp_cli.engine.pruning import prune_mask
 from ddpp_cli.engine.unroll import Student, match, plan_unroll, reverse_step
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------- the reverse step

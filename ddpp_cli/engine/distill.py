@@ -55,6 +55,7 @@ DISTILLED_NAME = "distilled.safetensors"
 CHECKPOINT_NAME = "checkpoint.safetensors"
 METRICS_NAME = "metrics.jsonl"
 BEST_NAME = "best.safetensors"
+SNAPSHOTS_DIRNAME = "snapshots"  # iter_NNNNNN.safetensors with --snapshot-every (for --animate)
 SUMMARY_NAME = "summary.json"
 INITS = ("real", "noise")
 MAX_VAL_SIZE = 5000
@@ -68,6 +69,7 @@ CHANGEABLE_ON_RESUME = (
     "eval_epochs",
     "test_runs",
     "checkpoint_every",
+    "snapshot_every",
     # How the same maths is executed: exact in both unroll modes (equal up to rounding), so an
     # out-of-memory run may continue with --unroll memory (bit for bit only if unchanged).
     "unroll",
@@ -129,6 +131,7 @@ class DistillConfig:
     eval_epochs: int = 1000
     test_runs: int = 5
     checkpoint_every: int = 100
+    snapshot_every: int = 0
     val_size: int | None = None
     train_subset: int | None = None
     seed: int = 0
@@ -155,7 +158,7 @@ class DistillConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("eval_runs", "eval_epochs", "checkpoint_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("eval_every", "test_runs"):
+        for name in ("eval_every", "test_runs", "snapshot_every"):
             _at_least(name, getattr(self, name), 0)
         for name in ("batch_syn", "train_subset"):
             if getattr(self, name) is not None:
@@ -756,6 +759,24 @@ class _Run:
         distilled = self.as_set(snapshot.tensors["images"], lr, snapshot.iteration)
         return save_set(path, distilled, {"iteration": snapshot.iteration, **(extra or {})})
 
+    def snapshot_path(self, iteration: int) -> Path:
+        """Where ``--snapshot-every`` keeps the images of ``iteration`` (for ``--animate``)."""
+        return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
+
+    def save_image_snapshot(self) -> Path:
+        """The current images as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
+        snapshot = self.snapshot()
+        path = self.snapshot_path(snapshot.iteration)
+        path.parent.mkdir(exist_ok=True)
+        return self.save_set(path, snapshot)
+
+    def truncate_snapshots(self, iteration: int) -> None:
+        """Drop image snapshots of iterations after ``iteration`` (redone after a resume)."""
+        for path in sorted((self.folder / SNAPSHOTS_DIRNAME).glob("iter_*.safetensors")):
+            number = path.stem.removeprefix("iter_")
+            if number.isdigit() and int(number) > iteration:
+                path.unlink()
+
     def save_checkpoint(self, snapshot: _Snapshot) -> None:
         self.save_set(self.paths["distilled"], snapshot)
         store.write(
@@ -938,8 +959,11 @@ def distill(
     if resuming:
         run.restore(checkpoint)
         run.truncate_metrics(run.state["iteration"])
+        run.truncate_snapshots(run.state["iteration"])
     else:
         run.fresh_state()
+        if config.snapshot_every > 0:
+            run.save_image_snapshot()  # the initial images: the animation's first frame
     s = run.state
     emit(
         DistillStarted(
@@ -1014,6 +1038,8 @@ def distill(
             s["elapsed"] += record["seconds"]
             record["elapsed"] = s["elapsed"]
             run.log(record)
+            if config.snapshot_every > 0 and iteration % config.snapshot_every == 0:
+                run.save_image_snapshot()
             if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
                 run.save_checkpoint(run.snapshot())
     except KeyboardInterrupt:
