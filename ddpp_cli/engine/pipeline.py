@@ -100,7 +100,7 @@ def plan_run(
     ipc: int,
     *,
     eps: float = 0.1,
-    profile: str = "quick",
+    profile: str = "paper",
     arch: str = "convnet",
     seed: int = 0,
     **overrides: Any,
