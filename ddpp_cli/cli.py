@@ -31,10 +31,10 @@ from ddpp_cli.engine import (
 )
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
-from ddpp_cli.engine.batched import Notice
 from ddpp_cli.engine.device import DEVICE_CHOICES, resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
 
 app = typer.Typer(
@@ -646,7 +646,7 @@ def distill_command(
     display = _DistillDisplay(progress, origin, quiet or json_out)
 
     def on_event(event: object) -> None:
-        if isinstance(event, distill_engine.Notice):
+        if isinstance(event, Notice):
             err.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
         display(event)
 
@@ -1169,7 +1169,7 @@ class _RunDisplay:
                 p.console.print(
                     f"    {event.stage}: {event.detail} ({event.seconds:.0f} s)", highlight=False
                 )
-        elif isinstance(event, (Notice, distill_engine.Notice)):
+        elif isinstance(event, Notice):
             if not p.disable:
                 p.console.print(
                     f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True

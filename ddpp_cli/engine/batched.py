@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +28,6 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.training import min_batch_size, minibatches
 
 PREDICT_BATCH = 1024  # images per forward pass, shared by all members
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something the user should know (e.g. a fallback to one-at-a-time training)."""
-
-    message: str
 
 
 def check_parallel(parallel: int) -> int:

@@ -38,6 +38,7 @@ from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
+from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.trajectory import (
@@ -325,13 +326,6 @@ class DistillStarted:
     start_iteration: int
     resumed: bool
     device: str
-
-
-@dataclass(frozen=True)
-class Notice:
-    """Something the user should know that does not stop the run (e.g. a compile fallback)."""
-
-    message: str
 
 
 @dataclass(frozen=True)

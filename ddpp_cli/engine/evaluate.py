@@ -31,11 +31,11 @@ from typing import Any
 import torch
 
 from ddpp_cli.engine import augment, batched, data, models, store
-from ddpp_cli.engine.batched import Notice
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.preprocess import Preprocessing
 from ddpp_cli.engine.training import predict, train_epoch
 
