@@ -388,7 +388,7 @@ def _distill_summary_table(summary) -> Table:
         test = summary.test
         table.add_row(
             "test accuracy",
-            f"[bold]{_mean_std(test)} %[/] ({len(test.accuracies)} "
+            f"[bold]{test.mean_std_text()} %[/] ({len(test.accuracies)} "
             f"run{'s' if len(test.accuracies) != 1 else ''} × "
             f"{test.protocol.get('epochs')} epochs, lr {test.lr:.4g}) on {summary.tested.name}",
         )
@@ -746,10 +746,6 @@ class _EvalDisplay:
             p.console.print(f"[yellow]note:[/] {event.message}", highlight=False, soft_wrap=True)
 
 
-def _mean_std(result: evaluate.EvalResult) -> str:
-    return f"{100 * result.mean:.2f} ± {100 * result.std:.2f}"
-
-
 def _protocol_line(result: evaluate.EvalResult) -> str:
     p = result.protocol
     dsa = "off" if p["dsa_strategy"] == "none" else "on"
@@ -771,7 +767,7 @@ def _print_result(title: str, result: evaluate.EvalResult) -> None:
         diverged = run in result.protocol.get("diverged_runs", [])
         table.add_row(str(run + 1), percent(acc) + (" (diverged)" if diverged else ""))
     table.add_section()
-    table.add_row("mean ± std", f"[bold]{_mean_std(result)} %[/]")
+    table.add_row("mean ± std", f"[bold]{result.mean_std_text()} %[/]")
     out.print(table)
     out.print(_protocol_line(result), highlight=False, soft_wrap=True)
     out.print(f"time: {result.seconds:.0f} s", highlight=False)
@@ -905,7 +901,7 @@ def evaluate_command(
         typer.echo(json.dumps(payload))
         return
     if quiet:
-        out.print(f"{_mean_std(result)} %", highlight=False)
+        out.print(f"{result.mean_std_text()} %", highlight=False)
         if saved is not None:
             out.print(str(saved), highlight=False, soft_wrap=True)
         return
@@ -978,11 +974,11 @@ def crossarch_command(
     if markdown:
         typer.echo("| set | " + " | ".join(results) + " |")
         typer.echo("|---|" + "---:|" * len(results))
-        typer.echo(f"| {label} | " + " | ".join(_mean_std(r) for r in results.values()) + " |")
+        typer.echo(f"| {label} | " + " | ".join(r.mean_std_text() for r in results.values()) + " |")
         return
     if quiet:
         for name, result in results.items():
-            out.print(f"{name}: {_mean_std(result)} %", highlight=False)
+            out.print(f"{name}: {result.mean_std_text()} %", highlight=False)
         return
     table = Table(
         title=f"Cross-architecture test accuracy (%) of {_set_label(path, distilled_set)}"
@@ -990,7 +986,7 @@ def crossarch_command(
     table.add_column("set")
     for name in results:
         table.add_column(name, justify="right")
-    table.add_row(label, *(_mean_std(r) for r in results.values()))
+    table.add_row(label, *(r.mean_std_text() for r in results.values()))
     out.print(table)
     first = next(iter(results.values()))
     out.print(
@@ -1193,7 +1189,7 @@ def _run_summary_table(summary: pipeline.RunSummary) -> Table:
     for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
         table.add_row(
             label,
-            f"[bold]{_mean_std(value)} %[/]",
+            f"[bold]{value.mean_std_text()} %[/]",
             " / ".join(percent(a) for a in value.accuracies),
         )
     table.add_section()

@@ -46,6 +46,18 @@ def make_mnist_folder(folder: Path, train_per_class: int = 10, test_per_class: i
     return folder
 
 
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI result that failed as user errors must: status 2, one ``error:`` line naming every
+    fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error:"), result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], result.output
+
+
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
     """A session-wide tiny MNIST-format folder (100 train, 50 test images)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,16 +31,6 @@ def tiny_buffer_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
         "buffer", "--dataset", "mnist", "--data-dir", str(data_dir), "--no-download",
         "--out", str(out), "--device", "cpu", "--batch-size", "64", *extra,
     ]  # fmt: skip
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_lists_buffer_with_a_description():

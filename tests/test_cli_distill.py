@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
@@ -44,16 +45,6 @@ def distill_args(data_dir: Path, buffer: Path | None, out: Path, *extra: object)
     if buffer is not None:
         args += ["--buffer", buffer]
     return [*args, *extra]
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:"), result.output
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_help_lists_distill():
@@ -246,7 +237,7 @@ def test_snapshots_make_an_animation_and_are_redone_after_a_resume(
     assert result.exit_code == 0, result.output
     assert "4 frames" in result.output
     with Image.open(gif) as image:
-        assert image.n_frames == 4
+        assert image.n_frames == 4 and image.info["duration"] == 250
 
     # A snapshot from beyond the checkpoint (a killed run) is dropped and redone on resume.
     (out / "snapshots" / "iter_000009.safetensors").write_bytes(b"stale")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -25,15 +26,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def write_mnist_set(root: Path, path: Path, ipc: int = 1, **changes) -> Path:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_mnist_folder
+from conftest import assert_one_line_error, make_mnist_folder
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
@@ -216,8 +216,5 @@ def test_run_bad_input_is_one_line(tiny_mnist, tmp_path):
     ):
         result = invoke("run", "--dataset", "mnist", "--data-dir", tiny_mnist, "--no-download",
                         "--out", tmp_path / "r", *args)  # fmt: skip
-        assert result.exit_code == 2, result.output
-        lines = [line for line in result.output.strip().splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-        assert fragment in lines[0], result.output
+        assert_one_line_error(result, fragment)
     assert not (tmp_path / "r").exists()

@@ -9,6 +9,7 @@ import numpy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_one_line_error
 from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
@@ -317,15 +318,6 @@ def test_animation_says_the_run_kept_no_snapshots(tmp_path):
 
 def invoke(*args):
     return runner.invoke(app, ["visualize", *(str(a) for a in args)])
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:") and "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], result.output
 
 
 @pytest.fixture

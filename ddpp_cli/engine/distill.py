@@ -759,10 +759,12 @@ class _Run:
 
     def save_image_snapshot(self) -> Path:
         """The current images as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
-        snapshot = self.snapshot()
-        path = self.snapshot_path(snapshot.iteration)
+        s = self.state
+        iteration = s["iteration"]
+        path = self.snapshot_path(iteration)
         path.parent.mkdir(exist_ok=True)
-        return self.save_set(path, snapshot)
+        distilled = self.as_set(s["images"], float(s["lr"].detach()), iteration)
+        return save_set(path, distilled, {"iteration": iteration})
 
     def truncate_snapshots(self, iteration: int) -> None:
         """Drop image snapshots of iterations after ``iteration`` (redone after a resume)."""

@@ -130,6 +130,10 @@ class EvalResult:
             "protocol": dict(self.protocol),
         }
 
+    def mean_std_text(self) -> str:
+        """``"72.93 ± 0.95"``: mean ± std in percent, two decimals (add the unit yourself)."""
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
 
 def summarize(accuracies: Sequence[float]) -> tuple[float, float]:
     """(mean, population std) of the run accuracies."""

@@ -382,7 +382,7 @@ def run_pipeline(
         test_subset=plan.test_subset, device=device, parallel=parallel, on_event=on_event,
     )  # fmt: skip
     seconds["evaluate"] = time.perf_counter() - started
-    emit(StageFinished("evaluate", seconds["evaluate"], _mean_std(evaluation)))
+    emit(StageFinished("evaluate", seconds["evaluate"], f"{evaluation.mean_std_text()} %"))
 
     # 4. the random-real baseline, same protocol and test images
     started = time.perf_counter()
@@ -400,7 +400,7 @@ def run_pipeline(
         prepared, plan.evaluation, device=device, parallel=parallel, on_event=on_event
     )
     seconds["baseline"] = time.perf_counter() - started
-    emit(StageFinished("baseline", seconds["baseline"], _mean_std(baseline)))
+    emit(StageFinished("baseline", seconds["baseline"], f"{baseline.mean_std_text()} %"))
 
     # 5. pictures
     started = time.perf_counter()
@@ -428,7 +428,3 @@ def run_pipeline(
     )  # fmt: skip
     store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
-
-
-def _mean_std(result: evaluate.EvalResult) -> str:
-    return f"{100 * result.mean:.2f} ± {100 * result.std:.2f} %"

@@ -122,14 +122,20 @@ def image_format(path: Path) -> str:
     return kind
 
 
-def save_image(image: Image.Image, path: Path, frames: Sequence[Image.Image] = ()) -> Path:
-    """Write ``image`` (plus animation ``frames`` for a GIF) atomically; DdppError if impossible."""
+def save_image(
+    image: Image.Image,
+    path: Path,
+    frames: Sequence[Image.Image] = (),
+    frame_ms: int = 100,
+) -> Path:
+    """Write ``image`` (plus animation ``frames`` for a GIF, ``frame_ms`` each) atomically;
+    DdppError if impossible."""
     path = Path(path)
     kind = image_format(path)
     buffer = io.BytesIO()
     options: dict[str, Any] = {"optimize": True} if kind in ("PNG", "JPEG") else {}
     if frames:
-        options.update(save_all=True, append_images=list(frames), loop=0)
+        options.update(save_all=True, append_images=list(frames), loop=0, duration=frame_ms)
     image.save(buffer, format=kind, **options)
     _write_bytes(path, buffer.getvalue())
     return path
@@ -766,10 +772,8 @@ def animation(
     """
     files = animation_sources(run, out)
     frames = [class_grid(load_set(path), **grid_options) for path in files]
-    duration = max(20, round(1000 * seconds_per_frame))
-    first = frames[0]
-    first.info["duration"] = duration
-    return save_image(first, out, frames=frames[1:])
+    frame_ms = max(20, round(1000 * seconds_per_frame))
+    return save_image(frames[0], out, frames=frames[1:], frame_ms=frame_ms)
 
 
 def animation_sources(run: Path, out: Path) -> list[Path]:
