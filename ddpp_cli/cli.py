@@ -1141,7 +1141,16 @@ class _RunDisplay:
 
     def __call__(self, event: object) -> None:
         p = self.progress
-        if isinstance(event, pipeline.StageStarted):
+        if isinstance(event, pipeline.RunStarted):
+            if not p.disable:
+                d = event.plan.distill
+                p.console.print(
+                    f"ddpp run: {d.dataset} IPC {d.ipc}, ε {d.eps:g}, profile "
+                    f"{event.plan.profile}, on {self.device}; data from {event.data_folder}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        elif isinstance(event, pipeline.StageStarted):
             if not p.disable:
                 p.console.print(
                     f"[bold cyan][{event.index}/{event.total}] {event.stage}[/]: {event.detail}",
@@ -1354,14 +1363,6 @@ def run_command(
     )
     torch_device = resolve_device(device)
     folder = out_dir or pipeline.default_run_folder(plan)
-    data_folder = data.source_folder(plan.distill.dataset, data_dir)
-    if not (quiet or json_out):
-        err.print(
-            f"ddpp run: {plan.distill.dataset} IPC {plan.distill.ipc}, ε {plan.distill.eps:g}, "
-            f"profile {plan.profile}, on {torch_device}; data from {data_folder}",
-            highlight=False,
-            soft_wrap=True,
-        )
     origin = {**{name: "preset" for name in distill_engine.presets.KEYS}, **plan.origin}
     progress = make_progress(err, disable=quiet or json_out)
     display = _RunDisplay(progress, origin, quiet or json_out, str(torch_device))

@@ -258,6 +258,13 @@ def find_reusable_buffer(
 
 
 @dataclass(frozen=True)
+class RunStarted:
+    plan: RunPlan
+    folder: Path
+    data_folder: Path  # where the dataset is read from (data.source_folder)
+
+
+@dataclass(frozen=True)
 class StageStarted:
     stage: str  # one of STAGES
     index: int  # 1-based
@@ -338,6 +345,7 @@ def run_pipeline(
     total = len(STAGES)
     seconds: dict[str, float] = {}
     data_folder = data.source_folder(plan.distill.dataset, data_root)
+    emit(RunStarted(plan, folder, data_folder))
 
     # 1. buffer
     started = time.perf_counter()
