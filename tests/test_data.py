@@ -391,3 +391,19 @@ def test_covid_found_in_a_wrapper_folder_but_not_in_the_shared_data_folder(tmp_p
     (shared / "mnist").mkdir()
     with pytest.raises(DdppError, match="no covid19-cxr data found"):
         data.load("covid19-cxr", shared)
+
+
+def test_shuffled_per_class_is_a_seeded_permutation_of_each_class_in_label_order():
+    labels = torch.tensor([2, 0, 1, 0, 2, 0, 1, 2, 2])
+    generator = torch.Generator().manual_seed(0)
+    shuffled = data.shuffled_per_class(labels, 4, generator)
+    assert [sorted(m.tolist()) for m in shuffled] == [[1, 3, 5], [2, 6], [0, 4, 7, 8], []]
+    # the draws are exactly randperm per class, in class order, from one generator
+    reference = torch.Generator().manual_seed(0)
+    expected = [
+        torch.tensor([1, 3, 5])[torch.randperm(3, generator=reference)],
+        torch.tensor([2, 6])[torch.randperm(2, generator=reference)],
+        torch.tensor([0, 4, 7, 8])[torch.randperm(4, generator=reference)],
+    ]
+    for got, want in zip(shuffled[:3], expected, strict=True):
+        assert torch.equal(got, want)

@@ -197,3 +197,10 @@ def test_smallest_sizes_that_work() -> None:
     for name, size in [("convnet-d5", 32), ("vgg11", 32), ("alexnet", 8), ("resnet18-ap", 8)]:
         model = models.create(name, 3, 10, size)
         assert model(torch.randn(2, 3, size, size)).shape == (2, 10)
+
+
+def test_check_known_accepts_every_available_name_and_names_the_choices_otherwise():
+    for name in models.available():
+        models.check_known(name)
+    with pytest.raises(DdppError, match=r"unknown architecture 'convnet9'; choose one of: alexnet"):
+        models.check_known("convnet9")

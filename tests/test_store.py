@@ -111,3 +111,12 @@ def test_remove_stale_temporaries(tmp_path):
     (tmp_path / "expert_0000.safetensors").write_bytes(b"keep")
     assert store.remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["expert_0000.safetensors"]
+
+
+def test_describe_difference_lists_each_changed_setting_once_sorted():
+    old = {"lr": 0.01, "arch": "convnet", "zca": True}
+    new = {"lr": 0.02, "arch": "convnet", "seed": 1}
+    assert store.describe_difference(old, new) == (
+        "lr: 0.01 there vs 0.02 now; seed: None there vs 1 now; zca: True there vs None now"
+    )
+    assert store.describe_difference(old, dict(old)) == ""

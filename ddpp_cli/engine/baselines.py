@@ -52,11 +52,8 @@ def random_coreset(train: data.ImageSplit, ipc: int, seed: int) -> torch.Tensor:
     """Indices of ``ipc`` uniformly drawn images per class, class-major (seeded)."""
     check_ipc(train, ipc)
     generator = make_generator(seed, "random_coreset")
-    chosen = []
-    for label in range(train.num_classes):
-        members = torch.nonzero(train.labels == label).flatten()
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:ipc]])
-    return torch.cat(chosen)
+    shuffled = data.shuffled_per_class(train.labels, train.num_classes, generator)
+    return torch.cat([members[:ipc] for members in shuffled])
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
@@ -171,11 +168,7 @@ class BaselineConfig:
             raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
         if self.train_subset is not None and self.train_subset < 1:
             raise DdppError(f"--train-subset must be at least 1 (got {self.train_subset}).")
-        if self.feature_arch not in models.available():
-            raise DdppError(
-                f"unknown architecture '{self.feature_arch}'; choose one of: "
-                f"{', '.join(models.available())}."
-            )
+        models.check_known(self.feature_arch)
 
 
 @dataclass(frozen=True, eq=False)

@@ -605,12 +605,10 @@ def _holdout_indices(labels: torch.Tensor, num_classes: int, seed: int) -> torch
     """Boolean test mask: round(20 %) of each class (at least 1 when it has 2+ images), seeded."""
     generator = make_generator(seed, "holdout")
     test = torch.zeros(labels.shape[0], dtype=torch.bool)
-    for label in range(num_classes):
-        members = torch.nonzero(labels == label).flatten()
+    for members in shuffled_per_class(labels, num_classes, generator):
         count = members.numel()
         n_test = min(max(math.floor(TEST_FRACTION * count + 0.5), 1), count - 1)
-        if n_test > 0:
-            test[members[torch.randperm(count, generator=generator)[:n_test]]] = True
+        test[members[: max(n_test, 0)]] = True
     return test
 
 
@@ -677,12 +675,26 @@ def stratified_subset(split: ImageSplit, n: int, seed: int) -> ImageSplit:
         return split
     counts = class_counts(split).tolist()
     generator = make_generator(seed, "stratified_subset")
-    chosen = []
-    for label, take in enumerate(_allocate(counts, n)):
-        members = torch.nonzero(split.labels == label).flatten()
-        chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
+    shuffled = shuffled_per_class(split.labels, split.num_classes, generator)
+    chosen = [members[:take] for members, take in zip(shuffled, _allocate(counts, n), strict=True)]
     index = torch.cat(chosen).sort().values
     return ImageSplit(split.images[index], split.labels[index], split.class_names)
+
+
+def shuffled_per_class(
+    labels: torch.Tensor, num_classes: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """For each class in label order, the indices of its members in a seeded random order.
+
+    The one per-class draw behind every stratified choice (holdout, subsets, coresets, the
+    validation split, real-image initialisation): taking the first k of each list picks k images
+    per class. The generator is advanced class by class, so the same seed gives the same picks.
+    """
+    shuffled = []
+    for label in range(num_classes):
+        members = torch.nonzero(labels == label).flatten()
+        shuffled.append(members[torch.randperm(members.numel(), generator=generator)])
+    return shuffled
 
 
 def class_counts(split: ImageSplit) -> torch.Tensor:

@@ -143,11 +143,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", data.info(self.dataset).name)
-        if self.arch not in models.available():
-            raise DdppError(
-                f"unknown architecture '{self.arch}'; choose one of: "
-                f"{', '.join(models.available())}."
-            )
+        models.check_known(self.arch)
         if self.ipc < 1:
             raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
         if not 0.0 <= self.eps < 1.0:
@@ -437,9 +433,9 @@ def _split_validation(
     counts = torch.bincount(labels, minlength=num_classes).tolist()
     quota = data._allocate(counts, size) if size > 0 else [0] * num_classes
     train, val = [], []
-    for label, take in enumerate(quota):
-        members = torch.nonzero(labels == label).flatten()
-        order = members[torch.randperm(members.numel(), generator=generator)]
+    for order, take in zip(
+        data.shuffled_per_class(labels, num_classes, generator), quota, strict=True
+    ):
         val.append(order[:take])
         train.append(order[take:])
     return torch.cat(train).sort().values, torch.cat(val).sort().values
@@ -582,13 +578,9 @@ class _Run:
         generator = make_generator(c.seed, "init")
         if c.init == "real":
             pool_labels = train.labels[self.train_idx]
-            chosen = []
-            for label in range(self.prepared.num_classes):
-                members = self.train_idx[pool_labels == label]
-                chosen.append(
-                    members[torch.randperm(members.numel(), generator=generator)[: c.ipc]]
-                )
-            images = train.images[torch.cat(chosen)].clone()
+            shuffled = data.shuffled_per_class(pool_labels, self.prepared.num_classes, generator)
+            chosen = torch.cat([self.train_idx[members[: c.ipc]] for members in shuffled])
+            images = train.images[chosen].clone()
         else:
             shape = (len(self.labels), *train.images.shape[1:])
             images = torch.randn(shape, generator=generator)
@@ -867,13 +859,6 @@ class _Run:
         )  # fmt: skip
 
 
-def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    return "; ".join(
-        f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
-    )
-
-
 def _pruned_stats(path: Path) -> dict[str, float]:
     values = []
     if path.is_file():
@@ -921,7 +906,7 @@ def distill(
         if config.identity() != previous.identity():
             raise DdppError(
                 f"the run in {folder} was made with other settings "
-                f"({_describe_difference(previous.identity(), config.identity())}); resume "
+                f"({store.describe_difference(previous.identity(), config.identity())}); resume "
                 "without changing them, or start a new run with another --out."
             )
         if config.iterations < int(meta.get("iteration", 0)):

@@ -62,11 +62,7 @@ class EvalConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.arch not in models.available():
-            raise DdppError(
-                f"unknown architecture '{self.arch}'; choose one of: "
-                f"{', '.join(models.available())}."
-            )
+        models.check_known(self.arch)
         if self.runs < 1:
             raise DdppError(f"--runs must be at least 1 (got {self.runs}).")
         if self.epochs < 1:

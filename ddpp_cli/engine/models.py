@@ -322,15 +322,21 @@ def available() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def check_known(name: str) -> None:
+    """Raise a DdppError naming the choices unless ``name`` is one of ``available()``."""
+    if name not in _BUILDERS:
+        raise DdppError(f"unknown architecture '{name}'; choose one of: {', '.join(available())}.")
+
+
 def create(name: str, channels: int, num_classes: int, image_size: ImageSize) -> nn.Module:
     """Build architecture ``name`` for ``channels``-channel images of ``image_size`` pixels.
 
     ``image_size`` is an int (square) or (height, width). Parameters get PyTorch's default
     initialisation from the global RNG; seed it (e.g. ``torch.manual_seed``) for reproducibility.
     """
-    builder = _BUILDERS.get(name.lower() if isinstance(name, str) else name)
-    if builder is None:
-        raise DdppError(f"unknown architecture {name!r}; choose one of: {', '.join(available())}.")
+    name = name.lower() if isinstance(name, str) else name
+    check_known(name)
+    builder = _BUILDERS[name]
     channels = _positive_int(channels, "the number of image channels", 1)
     num_classes = _positive_int(num_classes, "the number of classes", 2)
     return builder(channels, num_classes, _image_size(image_size))

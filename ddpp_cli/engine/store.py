@@ -151,6 +151,15 @@ def read(path: Path, expected_format: str) -> Stored:
     return Stored(path=path, format=found, tensors=tensors, metadata=metadata)
 
 
+def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """``"key: old there vs new now; …"`` for every setting that differs between two identities
+    (the settings saved in a file and the ones asked for now), keys sorted."""
+    keys = sorted(set(old) | set(new))
+    return "; ".join(
+        f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+    )
+
+
 def require_tensor(stored: Stored, name: str, ndim: int | None = None) -> torch.Tensor:
     """The tensor ``name`` of a stored file, checked for presence and rank."""
     tensor = stored.tensors.get(name)

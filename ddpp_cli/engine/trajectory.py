@@ -65,11 +65,7 @@ class BufferConfig:
 
     def __post_init__(self) -> None:
         data.info(self.dataset)  # unknown dataset -> DdppError
-        if self.arch not in models.available():
-            raise DdppError(
-                f"unknown architecture '{self.arch}'; choose one of: "
-                f"{', '.join(models.available())}."
-            )
+        models.check_known(self.arch)
         if self.experts < 1:
             raise DdppError(f"--experts must be at least 1 (got {self.experts}).")
         if self.epochs < 1:
@@ -248,14 +244,6 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def _describe_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [
-        f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
-    ]
-    return "; ".join(diffs)
-
-
 def _check_folder(folder: Path, config: BufferConfig) -> None:
     manifest_path = folder / MANIFEST_NAME
     if manifest_path.is_file():
@@ -264,7 +252,7 @@ def _check_folder(folder: Path, config: BufferConfig) -> None:
         if previous != config.identity():
             raise DdppError(
                 f"{folder} holds a buffer made with other settings "
-                f"({_describe_difference(previous, config.identity())}); use another --out "
+                f"({store.describe_difference(previous, config.identity())}); use another --out "
                 "or the same settings."
             )
     elif expert_files(folder):
@@ -593,10 +581,7 @@ def import_mtt(
     )
     if not files:
         raise DdppError(f"{source} holds no replay_buffer_*.pt files.")
-    if arch not in models.available():
-        raise DdppError(
-            f"unknown architecture '{arch}'; choose one of: {', '.join(models.available())}."
-        )
+    models.check_known(arch)
     folder.mkdir(parents=True, exist_ok=True)
     store.remove_stale_temporaries(folder)
     if (folder / MANIFEST_NAME).exists() or expert_files(folder):
