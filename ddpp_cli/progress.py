@@ -1,6 +1,15 @@
-"""Rich rendering helpers for the CLI: progress bars with rate and ETA, tables, error lines."""
+"""Rich rendering helpers for the CLI: progress bars with rate and ETA, plain log lines, tables.
+
+On a terminal, progress is rich's live display. When stderr is not a terminal (a SLURM log,
+``2> log``), rich would draw nothing until the end, so :class:`LogLineProgress` prints plain
+lines instead, at each finished unit and every ``DDPP_PROGRESS_INTERVAL`` seconds (default 30).
+"""
 
 from __future__ import annotations
+
+import os
+import time
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -9,11 +18,15 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
+
+LOG_INTERVAL_SECONDS = 30.0
+INTERVAL_VARIABLE = "DDPP_PROGRESS_INTERVAL"
 
 
 class RateColumn(ProgressColumn):
@@ -23,14 +36,111 @@ class RateColumn(ProgressColumn):
         speed = task.finished_speed or task.speed
         if not speed:
             return Text("  –  ", style="progress.data.speed")
-        if speed >= 1:
-            return Text(f"{speed:.2f} it/s", style="progress.data.speed")
-        return Text(f"{1 / speed:.1f} s/it", style="progress.data.speed")
+        return Text(rate_text(speed), style="progress.data.speed")
+
+
+def rate_text(per_second: float) -> str:
+    """``2.50 it/s``, or ``1.9 s/it`` when slower than one a second."""
+    return f"{per_second:.2f} it/s" if per_second >= 1 else f"{1 / per_second:.1f} s/it"
+
+
+def clock(seconds: float | None) -> str:
+    """``H:MM:SS`` for a duration, ``–`` when unknown."""
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "–"
+    hours, rest = divmod(round(seconds), 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class LogLineProgress(Progress):
+    """Progress for logs that are not terminals: rich's task bookkeeping, printed as lines.
+
+    One plain line per visible task when it finishes (for the per-unit bars, each expert's epochs
+    or each evaluation run, that is every finished unit) and otherwise at most every ``interval``
+    seconds, e.g. ``12:03:04 iterations 120/5000 (2.4 %) 1.9 s/it ETA 2:34:10 loss 0.8812 …``:
+    stage, position/total, rate since the task (re)started, time left and its key figures.
+    """
+
+    def __init__(self, *columns: Any, interval: float = LOG_INTERVAL_SECONDS, **kwargs: Any):
+        super().__init__(*columns, **kwargs)
+        self.interval = interval
+        self._marks: dict[TaskID, tuple[float, float, float]] = {}  # start, start count, last line
+
+    def start(self) -> None:
+        """No live display: off a terminal it would print only once, at the end."""
+
+    def stop(self) -> None:
+        """Nothing to tear down (see :meth:`start`)."""
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        self._mark(task_id)
+        return task_id
+
+    def reset(self, task_id: TaskID, **kwargs: Any) -> None:
+        super().reset(task_id, **kwargs)
+        self._mark(task_id)
+
+    def update(self, task_id: TaskID, **kwargs: Any) -> None:
+        finished_before = self._tasks[task_id].finished
+        super().update(task_id, **kwargs)
+        self._maybe_print(task_id, finished_before)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        finished_before = self._tasks[task_id].finished
+        super().advance(task_id, advance)
+        self._maybe_print(task_id, finished_before)
+
+    def _mark(self, task_id: TaskID) -> None:
+        now = self.get_time()
+        self._marks[task_id] = (now, self._tasks[task_id].completed, now)
+
+    def _maybe_print(self, task_id: TaskID, finished_before: bool) -> None:
+        task = self._tasks[task_id]
+        if self.disable or not task.visible:
+            return
+        started, start_count, last_line = self._marks[task_id]
+        now = self.get_time()
+        if (task.finished and not finished_before) or now - last_line >= self.interval:
+            self._marks[task_id] = (started, start_count, now)
+            line = log_line(task, now - started, task.completed - start_count)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def log_line(task: Task, elapsed: float, done: float, now: float | None = None) -> str:
+    """One plain progress line for ``task``: ``done`` units took ``elapsed`` seconds."""
+    parts = [
+        time.strftime("%H:%M:%S", time.localtime(now)),
+        Text.from_markup(task.description).plain,
+    ]
+    if task.total:
+        parts.append(
+            f"{task.completed:g}/{task.total:g} ({100 * task.completed / task.total:.1f} %)"
+        )
+    else:
+        parts.append(f"{task.completed:g}")
+    if elapsed > 0 and done > 0:
+        rate = done / elapsed
+        parts.append(rate_text(rate))
+        if task.total:
+            parts.append(f"ETA {clock(max(task.total - task.completed, 0) / rate)}")
+    info = Text.from_markup(str(task.fields.get("info", ""))).plain.strip()
+    if info:
+        parts.append(info)
+    return " ".join(parts)
+
+
+def log_interval() -> float:
+    """Seconds between plain progress lines: ``DDPP_PROGRESS_INTERVAL`` or 30."""
+    try:
+        return max(float(os.environ.get(INTERVAL_VARIABLE, LOG_INTERVAL_SECONDS)), 0.0)
+    except ValueError:
+        return LOG_INTERVAL_SECONDS
 
 
 def make_progress(console: Console, disable: bool = False) -> Progress:
-    """The standard ddpp progress display."""
-    return Progress(
+    """The standard ddpp progress display: rich bars on a terminal, plain lines in a log."""
+    columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -39,10 +149,10 @@ def make_progress(console: Console, disable: bool = False) -> Progress:
         TextColumn("ETA"),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
-        console=console,
-        disable=disable,
-        transient=False,
     )
+    if not console.is_terminal:
+        return LogLineProgress(*columns, console=console, disable=disable, interval=log_interval())
+    return Progress(*columns, console=console, disable=disable, transient=False)
 
 
 def percent(value: float | None) -> str:
