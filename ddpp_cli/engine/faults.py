@@ -1,0 +1,76 @@
+"""Faults of the environment (not of the user, not bugs): out of memory, a full disk, a path
+that cannot be written. Each gets one line saying what failed and what to do, and its own exit
+status, documented in docs/cli.md next to 0 (done), 1 (diverged), 2 (bad input), 130 (interrupted).
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+import torch
+
+EXIT_OUT_OF_MEMORY = 3
+EXIT_DISK_FULL = 4
+EXIT_CANNOT_WRITE = 5
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
+_VANISHED = {errno.ENOENT, errno.ENOTDIR}
+# CUDA/MPS/HIP say "out of memory"; torch's CPU allocator "can't allocate memory" (ENOMEM).
+_OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What the CLI prints (one line) and the exit status, for an environment fault."""
+
+    status: int
+    message: str
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's and the generic torch OutOfMemoryError, MPS's and CPU allocators' RuntimeErrors,
+    and Python's MemoryError."""
+    if isinstance(exc, MemoryError | torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+
+
+def describe(exc: BaseException, *, memory_levers: str = "") -> Fault | None:
+    """The fault ``exc`` is, with its line and status; None when it is not an environment fault.
+
+    ``memory_levers`` names the options that reduce memory in the failing stage, e.g.
+    ``"--unroll memory, a smaller --batch-syn or a smaller --parallel"``.
+    """
+    if is_out_of_memory(exc):
+        levers = f"; reduce memory with {memory_levers}" if memory_levers else ""
+        where = _first_line(exc)
+        return Fault(EXIT_OUT_OF_MEMORY, f"out of memory ({where}){levers}.")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        target = exc.filename or "the output folder"
+        if exc.errno in _DISK_FULL:
+            return Fault(
+                EXIT_DISK_FULL,
+                f"no space left to write {target} ({exc.strerror}); free disk space or choose "
+                "another output folder, then run the same command again to continue.",
+            )
+        if exc.errno in _NOT_PERMITTED:
+            return Fault(
+                EXIT_CANNOT_WRITE,
+                f"cannot write {target} ({exc.strerror}); make the folder writable or choose "
+                "another output folder.",
+            )
+        if exc.errno in _VANISHED:
+            return Fault(
+                EXIT_CANNOT_WRITE,
+                f"{target} is missing ({exc.strerror}); was the folder moved or deleted while "
+                "ddpp ran? Recreate it or choose another, then run the same command again.",
+            )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if len(first) <= 160 else first[:157] + "…"
