@@ -28,6 +28,38 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _conv(c_in: int, c_out: int, k: int) -> int:  # bias-free, as in every ResNet convolution
+    return c_in * c_out * k * k
+
+
+def _gn(c: int) -> int:  # GroupNorm(c, c, affine): weight + bias
+    return 2 * c
+
+
+def _resnet18_ap_by_hand(channels: int, side: int, classes: int) -> int:
+    """MTT's ResNet18_AP (networks.py), counted layer by layer from its definition."""
+    stem = _conv(channels, 64, 3) + _gn(64)
+    total = stem
+    in_planes = 64
+    for planes in (64, 128, 256, 512):
+        # first block: conv1, bn1, conv2, bn2, and a shortcut (1×1 conv, AvgPool, norm)
+        # whenever the width changes (stages 2-4); second block: conv1, bn1, conv2, bn2
+        first = _conv(in_planes, planes, 3) + _gn(planes) + _conv(planes, planes, 3) + _gn(planes)
+        if in_planes != planes:
+            first += _conv(in_planes, planes, 1) + _gn(planes)
+        second = 2 * (_conv(planes, planes, 3) + _gn(planes))
+        total += first + second
+        in_planes = planes
+    final_side = side // 2 // 2 // 2  # three AvgPool 2; the final avg_pool2d(1) keeps the map
+    return total + (512 * final_side * final_side) * classes + classes  # Linear(512·4·4, K)
+
+
+def test_resnet18_ap_count_by_hand_is_mtts_published_figure() -> None:
+    # stem 1,856 + stage1 147,968 + stage2 525,568 + stage3 2,099,712 + stage4 8,393,728
+    # + head 512·4·4·10 + 10 = 81,930
+    assert _resnet18_ap_by_hand(3, 32, 10) == 11_250_762
+
+
 def test_available_lists_every_architecture() -> None:
     assert models.available() == ALL
 
@@ -45,7 +77,9 @@ def test_available_lists_every_architecture() -> None:
         ("vgg11-bn", 3, 32, 10, 9_231_114),
         ("resnet18", 3, 32, 10, 11_173_962),
         ("resnet18-bn", 3, 32, 10, 11_173_962),
-        ("resnet18-ap", 3, 32, 10, 11_173_962),
+        ("resnet18-ap", 3, 32, 10, _resnet18_ap_by_hand(3, 32, 10)),
+        ("resnet18-ap", 1, 28, 10, _resnet18_ap_by_hand(1, 28, 10)),
+        ("resnet18-ap", 3, 64, 200, _resnet18_ap_by_hand(3, 64, 200)),
     ],
 )
 def test_parameter_counts_match_the_reference_networks(
