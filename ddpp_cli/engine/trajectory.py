@@ -308,7 +308,7 @@ def train_expert(
     return torch.stack(snapshots), accuracies, losses
 
 
-def train_experts(
+def train_experts_batched(
     config: BufferConfig,
     prepared: PreparedData,
     indices: list[int],
@@ -473,7 +473,7 @@ def train_buffer(
                 )
             ]  # fmt: skip
         else:
-            results = train_experts(
+            results = train_experts_batched(
                 config, prepared, group, device, on_event,
                 train_images=train_images, test_images=test_images,
             )  # fmt: skip
