@@ -25,7 +25,6 @@ from typing import Any
 
 import platformdirs
 import torch
-from safetensors import safe_open
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import augment, batched, data, models, store, zca
@@ -202,12 +201,7 @@ def load_trajectory(path: Path, layout: ParamLayout | None = None) -> Trajectory
 
 def _check_expert_file(path: Path, epochs: int, numel: int) -> None:
     """Cheap validity check of an existing expert file (header, format and tensor shape)."""
-    metadata = store.read_metadata(path)
-    if metadata.get("format") != store.TRAJECTORY_FORMAT:
-        raise DdppError(f"{path} is not a {store.TRAJECTORY_FORMAT} file; remove it and rerun.")
-    with safe_open(str(path), framework="pt") as handle:
-        names = set(handle.keys())
-        shape = tuple(handle.get_slice("params").get_shape()) if "params" in names else ()
+    shape = store.read_shapes(path, store.TRAJECTORY_FORMAT).get("params", ())
     if shape != (epochs + 1, numel):
         raise DdppError(
             f"{path} holds a trajectory of shape {shape}, expected {(epochs + 1, numel)}; "
