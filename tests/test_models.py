@@ -159,6 +159,31 @@ def test_uses_batchnorm() -> None:
         assert models.uses_batchnorm(model) == name.endswith("-bn"), name
 
 
+def test_resnet18_ap_parameters_in_mtts_order() -> None:
+    # MTT's ResNet18_AP named_parameters(), written from networks.py: stem conv1, bn1; per block
+    # conv1, bn1, conv2, bn2 and, where the width changes, shortcut.0 (1×1 conv) and shortcut.2
+    # (norm after the AvgPool at shortcut.1); classifier Linear(512·4·4, 10). ddpp names its
+    # norms norm1/norm2 where MTT says bn1/bn2; order and shapes are MTT's.
+    def norm(prefix: str, c: int) -> list:
+        return [(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,))]
+
+    expected = [("conv1.weight", (64, 3, 3, 3)), *norm("bn1", 64)]
+    in_planes = 64
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for block in (0, 1):
+            p, c_in = f"layer{stage}.{block}", in_planes if block == 0 else planes
+            expected += [(f"{p}.conv1.weight", (planes, c_in, 3, 3)), *norm(f"{p}.bn1", planes)]
+            expected += [(f"{p}.conv2.weight", (planes, planes, 3, 3)), *norm(f"{p}.bn2", planes)]
+            if c_in != planes:
+                expected += [(f"{p}.shortcut.0.weight", (planes, c_in, 1, 1))]
+                expected += norm(f"{p}.shortcut.2", planes)
+        in_planes = planes
+    expected += [("classifier.weight", (10, 512 * 4 * 4)), ("classifier.bias", (10,))]
+    model = models.create("resnet18-ap", 3, 10, 32)
+    found = [(n.replace("norm", "bn"), tuple(p.shape)) for n, p in model.named_parameters()]
+    assert found == expected
+
+
 def test_resnet18_ap_downsamples_by_average_pooling() -> None:
     ap = models.create("resnet18-ap", 3, 10, 32)
     assert all(m.stride == (1, 1) for m in ap.modules() if isinstance(m, nn.Conv2d))
