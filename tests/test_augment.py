@@ -222,13 +222,18 @@ def test_global_rng_is_untouched() -> None:
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_apply_replays_bit_for_bit() -> None:
-    dsa, x = DSA(), images()
+def test_apply_replays_the_augmented_call_bit_for_bit() -> None:
+    # What a second pass relies on: recorded parameters give the batch the first pass saw, which
+    # is the op (pinned on hand-made inputs above) applied with exactly those values.
+    x = images()
     for op in OPS:
+        dsa = DSA(op)
+        seen = dsa(x, make_generator(0, op))
         params = params_for(op)
-        first = dsa.apply(x, params)
-        assert torch.equal(first, dsa.apply(x, params)), op
-        assert not torch.equal(first, x), op
+        assert params.op == op
+        assert torch.equal(dsa.apply(x, params), seen), op
+        assert torch.equal(seen, getattr(augment, op)(x, **params.values)), op
+        assert not torch.equal(seen, x), op
 
 
 def test_apply_rejects_a_batch_of_the_wrong_size() -> None:

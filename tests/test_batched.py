@@ -50,12 +50,26 @@ def test_minibatches_merge_a_last_batch_smaller_than_the_minimum():
 def test_batchnorm_trains_on_a_set_whose_last_batch_has_one_image():
     (model,) = networks("convnet-bn", 1)
     images, labels = data(9)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    frozen = copy.deepcopy(model)
+    seen: list[int] = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(len(args[0])))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # weights stay put: loss is known
     loss = train_epoch(
         model, images, labels, optimizer, batch_size=4, dsa=augment.DSA("none"),
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
-    assert loss == loss  # finite, no "Expected more than 1 value per channel"
+    assert seen == [4, 5]  # the 1-image tail is merged, no "Expected more than 1 value per channel"
+    # The epoch's loss is the image-weighted mean of the two batches' cross-entropies (train mode).
+    frozen.train()
+    expected = (
+        sum(
+            len(index)
+            * torch.nn.functional.cross_entropy(frozen(images[index]), labels[index]).item()
+            for index in minibatches(9, 4, torch.Generator().manual_seed(0), min_size=2)
+        )
+        / 9
+    )
+    assert loss == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["convnet", "convnet-bn"])

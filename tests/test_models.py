@@ -28,6 +28,38 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _conv(c_in: int, c_out: int, k: int) -> int:  # bias-free, as in every ResNet convolution
+    return c_in * c_out * k * k
+
+
+def _gn(c: int) -> int:  # GroupNorm(c, c, affine): weight + bias
+    return 2 * c
+
+
+def _resnet18_ap_by_hand(channels: int, side: int, classes: int) -> int:
+    """MTT's ResNet18_AP (networks.py), counted layer by layer from its definition."""
+    stem = _conv(channels, 64, 3) + _gn(64)
+    total = stem
+    in_planes = 64
+    for planes in (64, 128, 256, 512):
+        # first block: conv1, bn1, conv2, bn2, and a shortcut (1×1 conv, AvgPool, norm)
+        # whenever the width changes (stages 2-4); second block: conv1, bn1, conv2, bn2
+        first = _conv(in_planes, planes, 3) + _gn(planes) + _conv(planes, planes, 3) + _gn(planes)
+        if in_planes != planes:
+            first += _conv(in_planes, planes, 1) + _gn(planes)
+        second = 2 * (_conv(planes, planes, 3) + _gn(planes))
+        total += first + second
+        in_planes = planes
+    final_side = side // 2 // 2 // 2  # three AvgPool 2; the final avg_pool2d(1) keeps the map
+    return total + (512 * final_side * final_side) * classes + classes  # Linear(512·4·4, K)
+
+
+def test_resnet18_ap_count_by_hand_is_mtts_published_figure() -> None:
+    # stem 1,856 + stage1 147,968 + stage2 525,568 + stage3 2,099,712 + stage4 8,393,728
+    # + head 512·4·4·10 + 10 = 81,930
+    assert _resnet18_ap_by_hand(3, 32, 10) == 11_250_762
+
+
 def test_available_lists_every_architecture() -> None:
     assert models.available() == ALL
 
@@ -45,7 +77,9 @@ def test_available_lists_every_architecture() -> None:
         ("vgg11-bn", 3, 32, 10, 9_231_114),
         ("resnet18", 3, 32, 10, 11_173_962),
         ("resnet18-bn", 3, 32, 10, 11_173_962),
-        ("resnet18-ap", 3, 32, 10, 11_173_962),
+        ("resnet18-ap", 3, 32, 10, _resnet18_ap_by_hand(3, 32, 10)),
+        ("resnet18-ap", 1, 28, 10, _resnet18_ap_by_hand(1, 28, 10)),
+        ("resnet18-ap", 3, 64, 200, _resnet18_ap_by_hand(3, 64, 200)),
     ],
 )
 def test_parameter_counts_match_the_reference_networks(
@@ -123,6 +157,31 @@ def test_uses_batchnorm() -> None:
     for name in ALL:
         model = models.create(name, 3, 10, 32)
         assert models.uses_batchnorm(model) == name.endswith("-bn"), name
+
+
+def test_resnet18_ap_parameters_in_mtts_order() -> None:
+    # MTT's ResNet18_AP named_parameters(), written from networks.py: stem conv1, bn1; per block
+    # conv1, bn1, conv2, bn2 and, where the width changes, shortcut.0 (1×1 conv) and shortcut.2
+    # (norm after the AvgPool at shortcut.1); classifier Linear(512·4·4, 10). ddpp names its
+    # norms norm1/norm2 where MTT says bn1/bn2; order and shapes are MTT's.
+    def norm(prefix: str, c: int) -> list:
+        return [(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,))]
+
+    expected = [("conv1.weight", (64, 3, 3, 3)), *norm("bn1", 64)]
+    in_planes = 64
+    for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for block in (0, 1):
+            p, c_in = f"layer{stage}.{block}", in_planes if block == 0 else planes
+            expected += [(f"{p}.conv1.weight", (planes, c_in, 3, 3)), *norm(f"{p}.bn1", planes)]
+            expected += [(f"{p}.conv2.weight", (planes, planes, 3, 3)), *norm(f"{p}.bn2", planes)]
+            if c_in != planes:
+                expected += [(f"{p}.shortcut.0.weight", (planes, c_in, 1, 1))]
+                expected += norm(f"{p}.shortcut.2", planes)
+        in_planes = planes
+    expected += [("classifier.weight", (10, 512 * 4 * 4)), ("classifier.bias", (10,))]
+    model = models.create("resnet18-ap", 3, 10, 32)
+    found = [(n.replace("norm", "bn"), tuple(p.shape)) for n, p in model.named_parameters()]
+    assert found == expected
 
 
 def test_resnet18_ap_downsamples_by_average_pooling() -> None:

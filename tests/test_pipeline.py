@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -88,7 +89,13 @@ def test_buffer_folders_by_profile():
     other = pipeline.plan_run("cifar10", 1, profile="quick", train_subset=123).buffer
     name = pipeline.buffer_folder(other, "quick").name
     assert name.startswith("cifar10-convnet-zca-") and len(name) == len("cifar10-convnet-zca-") + 8
-    assert pipeline.buffer_folder(other, "quick") == pipeline.buffer_folder(other, "quick")
+    # Other settings: the first 8 hex digits of the SHA-256 of their identity as sorted JSON, so
+    # the name does not depend on the profile asking, and other settings get another folder.
+    identity = json.dumps(other.identity(), sort_keys=True).encode()
+    assert name == f"cifar10-convnet-zca-{hashlib.sha256(identity).hexdigest()[:8]}"
+    assert pipeline.buffer_folder(other, "paper").name == name
+    another = pipeline.plan_run("cifar10", 1, profile="quick", train_subset=124).buffer
+    assert pipeline.buffer_folder(another, "quick").name != name
 
 
 def _fake_buffer(folder: Path, experts: int, *, epochs: int = 4, kind: str = "normalize",

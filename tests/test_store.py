@@ -120,3 +120,15 @@ def test_describe_difference_lists_each_changed_setting_once_sorted():
         "lr: 0.01 there vs 0.02 now; seed: None there vs 1 now; zca: True there vs None now"
     )
     assert store.describe_difference(old, dict(old)) == ""
+
+
+def test_read_shapes_reads_the_header_and_checks_the_format(tmp_path):
+    path = store.write(
+        tmp_path / "t.safetensors",
+        {"params": torch.zeros(3, 5), "lr": torch.zeros(())},
+        store.TRAJECTORY_FORMAT,
+        {},
+    )
+    assert store.read_shapes(path, store.TRAJECTORY_FORMAT) == {"params": (3, 5), "lr": ()}
+    with pytest.raises(DdppError, match=r"is not a ddpp\.zca/1 file"):
+        store.read_shapes(path, store.ZCA_FORMAT)

@@ -142,11 +142,34 @@ def test_zca_buffer_saves_and_reuses_the_whitening(tiny_mnist, tmp_path):
     }
 
 
-def _mtt_buffer(layout: ParamLayout, experts: int, epochs: int, seed: int) -> list:
+# MTT's ConvNet (networks.py) for 1-channel 28 px images, 10 classes, width 128, depth 3,
+# instancenorm, avgpooling: ``named_parameters()`` order. Each block is Sequential entries
+# [Conv2d, GroupNorm, ReLU, AvgPool2d], so blocks start at 0, 4, 8; the first convolution pads 3
+# (28 → 32 px), three poolings leave 4×4 maps, so the head is Linear(128·4·4, 10).
+MTT_CONVNET_D3_1CH_28PX = [
+    ("features.0.weight", (128, 1, 3, 3)),
+    ("features.0.bias", (128,)),
+    ("features.1.weight", (128,)),
+    ("features.1.bias", (128,)),
+    ("features.4.weight", (128, 128, 3, 3)),
+    ("features.4.bias", (128,)),
+    ("features.5.weight", (128,)),
+    ("features.5.bias", (128,)),
+    ("features.8.weight", (128, 128, 3, 3)),
+    ("features.8.bias", (128,)),
+    ("features.9.weight", (128,)),
+    ("features.9.bias", (128,)),
+    ("classifier.weight", (10, 2048)),
+    ("classifier.bias", (10,)),
+]
+
+
+def _mtt_buffer(parameters: list, experts: int, epochs: int, seed: int) -> list:
+    """A replay buffer as MTT's buffer.py saves it: experts × snapshots × parameter tensors."""
     generator = torch.Generator().manual_seed(seed)
     return [
         [
-            [torch.randn(shape, generator=generator) for shape in layout.shapes]
+            [torch.randn(shape, generator=generator) for _, shape in parameters]
             for _ in range(epochs + 1)
         ]
         for _ in range(experts)
@@ -158,7 +181,10 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
         layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
     source = tmp_path / "mtt"
     source.mkdir()
-    buffers = [_mtt_buffer(layout, 2, 3, seed=0), _mtt_buffer(layout, 1, 3, seed=1)]
+    buffers = [
+        _mtt_buffer(MTT_CONVNET_D3_1CH_28PX, 2, 3, seed=0),
+        _mtt_buffer(MTT_CONVNET_D3_1CH_28PX, 1, 3, seed=1),
+    ]
     for number, content in enumerate(buffers):
         torch.save(content, source / f"replay_buffer_{number}.pt")
     summary = import_mtt(
@@ -171,8 +197,8 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
         assert params.shape == (4, layout.numel)
         for epoch, tensors in enumerate(expert):
             unflat = layout.unflatten(params[epoch])
-            for name, tensor in zip(layout.names, tensors, strict=True):
-                assert torch.equal(unflat[name], tensor)
+            for (name, _), tensor in zip(MTT_CONVNET_D3_1CH_28PX, tensors, strict=True):
+                assert torch.equal(unflat[name], tensor), name
     assert trajectory.read_manifest(tmp_path / "out")["epochs"] == 3
 
 
@@ -203,10 +229,18 @@ def test_import_refuses_arbitrary_pickles(tiny_mnist, tmp_path):
 
 
 def test_import_refuses_wrong_architecture(tiny_mnist, tmp_path):
-    with seeded(0):
-        layout = ParamLayout.of(models.create("convnet-d4", 1, 10, 28))
+    # MTT's ConvNetD4 at 28 px: a fourth block at Sequential index 12, 2×2 maps into the head.
+    depth4 = [
+        *MTT_CONVNET_D3_1CH_28PX[:-2],
+        ("features.12.weight", (128, 128, 3, 3)),
+        ("features.12.bias", (128,)),
+        ("features.13.weight", (128,)),
+        ("features.13.bias", (128,)),
+        ("classifier.weight", (10, 512)),
+        ("classifier.bias", (10,)),
+    ]
     source = tmp_path / "mtt"
     source.mkdir()
-    torch.save(_mtt_buffer(layout, 1, 1, 0), source / "replay_buffer_0.pt")
+    torch.save(_mtt_buffer(depth4, 1, 1, 0), source / "replay_buffer_0.pt")
     with pytest.raises(DdppError, match="do not match the architecture"):
         import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)

@@ -177,6 +177,33 @@ def _check_images(
             )
 
 
+def _run_network(
+    config: EvalConfig, arch: str, run: int, images: torch.Tensor, num_classes: int
+) -> torch.nn.Module:
+    """Run ``run``'s fresh network for images like ``images``: the same draw alone or batched."""
+    channels, height, width = (int(s) for s in images.shape[1:])
+    with seeded(derive_seed(config.seed, "eval", arch, run)):
+        return models.create(arch, channels, num_classes, (height, width))
+
+
+def _run_generator(config: EvalConfig, arch: str, run: int) -> torch.Generator:
+    """Run ``run``'s stream of batch orders and DSA draws: the same alone or batched."""
+    return make_generator(config.seed, "eval", arch, run, "train")
+
+
+def _run_optimizer(config: EvalConfig, parameters: Any, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        parameters, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _decay_lr(config: EvalConfig, optimizer: torch.optim.Optimizer, lr: float, epoch: int) -> None:
+    """Step schedule: ``lr`` × LR_DECAY once half of the epochs are done."""
+    if epoch == config.epochs // 2:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * LR_DECAY
+
+
 def _train_and_test(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -193,17 +220,11 @@ def _train_and_test(
 ) -> tuple[float, bool]:
     """:func:`train_and_test`, also saying whether training diverged (and stopped early)."""
     device = torch.device(device)
-    channels, height, width = (int(s) for s in images.shape[1:])
-    with seeded(derive_seed(config.seed, "eval", arch, run)):
-        model = models.create(arch, channels, num_classes, (height, width))
-    model.to(device)
-    generator = make_generator(config.seed, "eval", arch, run, "train")
+    model = _run_network(config, arch, run, images, num_classes).to(device)
+    generator = _run_generator(config, arch, run)
     dsa = augment.DSA(config.dsa_strategy)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = _run_optimizer(config, model.parameters(), lr)
     x, y = images.to(device), labels.to(device)
-    decay_after = config.epochs // 2
     diverged = False
     for epoch in range(1, config.epochs + 1):
         loss = train_epoch(
@@ -214,9 +235,7 @@ def _train_and_test(
         if not math.isfinite(loss):
             diverged = True  # further epochs cannot recover; test what we have
             break
-        if epoch == decay_after:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * LR_DECAY
+        _decay_lr(config, optimizer, lr, epoch)
     return measure_accuracy(model, test_images.to(device), test_labels.to(device)), diverged
 
 
@@ -244,20 +263,13 @@ def _train_and_test_group(
     A run whose loss becomes non-finite is tested with its parameters from that epoch, as the
     sequential loop does; the others train on.
     """
-    channels, height, width = (int(s) for s in sets[0][0].shape[1:])
-    networks = []
-    for run in runs:
-        with seeded(derive_seed(config.seed, "eval", arch, run)):
-            networks.append(models.create(arch, channels, num_classes, (height, width)).to(device))
-    stacked = batched.StackedNetworks(networks)
-    del networks
-    generators = [make_generator(config.seed, "eval", arch, run, "train") for run in runs]
-    dsa = augment.DSA(config.dsa_strategy)
-    optimizer = torch.optim.SGD(
-        stacked.parameters(), lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
+    stacked = batched.StackedNetworks(
+        [_run_network(config, arch, run, sets[0][0], num_classes).to(device) for run in runs]
     )
+    generators = [_run_generator(config, arch, run) for run in runs]
+    dsa = augment.DSA(config.dsa_strategy)
+    optimizer = _run_optimizer(config, stacked.parameters(), lr)
     on_device = [(x.to(device), y.to(device)) for x, y in sets]
-    decay_after = config.epochs // 2
     stopped: dict[int, dict[str, torch.Tensor]] = {}  # member -> state when it diverged
     for epoch in range(1, config.epochs + 1):
         losses = batched.train_epoch(
@@ -273,9 +285,7 @@ def _train_and_test_group(
                 stopped[k] = stacked.member_state(k)
         if len(stopped) == len(runs):
             break
-        if epoch == decay_after:
-            for group in optimizer.param_groups:
-                group["lr"] = lr * LR_DECAY
+        _decay_lr(config, optimizer, lr, epoch)
     for k, state in stopped.items():
         stacked.load_member_state(k, state)
     predicted = stacked.predict(test_images.to(device))

@@ -12,6 +12,10 @@ Differences from the reference code, all of which leave the parameter counts at 
 heads are sized for any image size (the reference hard-codes 32 px for AlexNet, VGG and ResNet),
 ResNet18 ends in a global average pool (the reference uses a fixed 4×4 pool, which is global only
 at 32 px), and ReLUs are not in-place, which keeps every model safe under ``torch.func``.
+ResNet18-AP is MTT's ``ResNet18_AP``: downsampling by average pooling and no final pool, so its
+head reads the whole last feature map (``Linear(512·4·4, K)`` at 32 px, ``512·3·3`` at 28 px).
+Block norms are named ``norm1``/``norm2`` where the reference says ``bn1``/``bn2``; the order of
+the parameters, which is what MTT's buffers rely on, is the same.
 """
 
 from __future__ import annotations
@@ -240,7 +244,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """DC's CIFAR ResNet18: 3×3 stem (stride 1), four stages of two basic blocks, global pool."""
+    """DC's CIFAR ResNet18: 3×3 stem (stride 1), four stages of two basic blocks, global pool.
+
+    ``avgpool=True`` is MTT's ResNet18_AP: stride-1 convolutions, AvgPool 2 to downsample, and
+    no final pool (the head reads the flattened 512×H/8×W/8 map).
+    """
 
     def __init__(
         self,
@@ -269,12 +277,16 @@ class ResNet18(nn.Module):
                 in_planes = planes
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.classifier = nn.Linear(in_planes, num_classes)
+        self.global_pool = not avgpool
+        h, w = (1, 1) if self.global_pool else (image_size[0] // 8, image_size[1] // 8)
+        self.classifier = nn.Linear(in_planes * h * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.norm1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+        if self.global_pool:
+            out = F.adaptive_avg_pool2d(out, 1)
+        return self.classifier(torch.flatten(out, 1))
 
 
 # --------------------------------------------------------------------------------------------

@@ -279,6 +279,25 @@ class StageFinished:
     detail: str
 
 
+class _StageClock:
+    """Announces each stage of STAGES (StageStarted, numbered by its place there), times it from
+    then on and announces its end (StageFinished); ``seconds`` keeps each stage's time."""
+
+    def __init__(self, emit: EventCallback) -> None:
+        self.emit = emit
+        self.seconds: dict[str, float] = {}
+        self._stage = ""
+        self._started = 0.0
+
+    def start(self, stage: str, detail: str) -> None:
+        self._stage, self._started = stage, time.perf_counter()
+        self.emit(StageStarted(stage, STAGES.index(stage) + 1, len(STAGES), detail))
+
+    def finish(self, detail: str) -> None:
+        self.seconds[self._stage] = time.perf_counter() - self._started
+        self.emit(StageFinished(self._stage, self.seconds[self._stage], detail))
+
+
 @dataclass(frozen=True)
 class RunSummary:
     folder: Path
@@ -342,13 +361,11 @@ def run_pipeline(
     evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``."""
     emit = on_event or (lambda event: None)
     folder = Path(folder) if folder is not None else default_run_folder(plan)
-    total = len(STAGES)
-    seconds: dict[str, float] = {}
+    stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(RunStarted(plan, folder, data_folder))
 
     # 1. buffer
-    started = time.perf_counter()
     needed = plan.distill.needed_epochs
     reused = False
     if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
@@ -360,41 +377,35 @@ def run_pipeline(
             Path(buffer) if buffer is not None else buffer_folder(plan.buffer, plan.profile)
         )
     if reused:
-        emit(StageStarted("buffer", 1, total, f"reusing {buffer_dir}"))
+        stages.start("buffer", f"reusing {buffer_dir}")
     else:
-        emit(StageStarted("buffer", 1, total, f"training into {buffer_dir}"))
+        stages.start("buffer", f"training into {buffer_dir}")
         trajectory.train_buffer(
             plan.buffer, buffer_dir, data_root=data_root, download=download, device=device,
             parallel=parallel, on_event=on_event,
         )  # fmt: skip
-    seconds["buffer"] = time.perf_counter() - started
-    emit(StageFinished("buffer", seconds["buffer"], str(buffer_dir)))
+    stages.finish(str(buffer_dir))
 
     # 2. distill
-    started = time.perf_counter()
-    emit(StageStarted("distill", 2, total, str(folder)))
+    stages.start("distill", str(folder))
     distill_summary = distill_engine.distill(
         plan.distill, folder, buffer=buffer_dir, data_root=data_root, download=download,
         device=device, on_event=on_event,
     )  # fmt: skip
-    seconds["distill"] = time.perf_counter() - started
-    emit(StageFinished("distill", seconds["distill"], str(folder)))
+    stages.finish(str(folder))
 
     # 3. evaluate the set
-    started = time.perf_counter()
     set_path = evaluate.find_set(folder)
     distilled_set = distilled.load(set_path)
-    emit(StageStarted("evaluate", 3, total, str(set_path)))
+    stages.start("evaluate", str(set_path))
     evaluation = evaluate.evaluate_set(
         distilled_set, plan.evaluation, data_root=data_root, download=download,
         test_subset=plan.test_subset, device=device, parallel=parallel, on_event=on_event,
     )  # fmt: skip
-    seconds["evaluate"] = time.perf_counter() - started
-    emit(StageFinished("evaluate", seconds["evaluate"], f"{evaluation.mean_std_text()} %"))
+    stages.finish(f"{evaluation.mean_std_text()} %")
 
     # 4. the random-real baseline, same protocol and test images
-    started = time.perf_counter()
-    emit(StageStarted("baseline", 4, total, f"random real images, IPC {plan.distill.ipc}"))
+    stages.start("baseline", f"random real images, IPC {plan.distill.ipc}")
     zca_file = buffer_dir / trajectory.ZCA_NAME if plan.buffer.zca else None
     prepared = baselines.prepare_baseline(
         baselines.BaselineConfig(
@@ -407,12 +418,10 @@ def run_pipeline(
     baseline, _ = baselines.evaluate_baseline(
         prepared, plan.evaluation, device=device, parallel=parallel, on_event=on_event
     )
-    seconds["baseline"] = time.perf_counter() - started
-    emit(StageFinished("baseline", seconds["baseline"], f"{baseline.mean_std_text()} %"))
+    stages.finish(f"{baseline.mean_std_text()} %")
 
     # 5. pictures
-    started = time.perf_counter()
-    emit(StageStarted("visualize", 5, total, str(folder)))
+    stages.start("visualize", str(folder))
     grid = visualize_engine.save_image(
         visualize_engine.class_grid(
             distilled_set, upsample=2 if distilled_set.images.shape[-1] < 64 else 1
@@ -425,14 +434,13 @@ def run_pipeline(
         ),
         folder / CURVES_NAME,
     )
-    seconds["visualize"] = time.perf_counter() - started
-    emit(StageFinished("visualize", seconds["visualize"], str(grid)))
+    stages.finish(str(grid))
 
     summary = RunSummary(
         folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
         buffer_reused=reused, distill=distill_summary, set_path=set_path,
         evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
-        summary=folder / SUMMARY_NAME, seconds=seconds,
+        summary=folder / SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
     store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary

@@ -147,9 +147,8 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return decode_metadata(raw)
 
 
-def read(path: Path, expected_format: str) -> Stored:
-    """Read a ddpp file, checking that its ``format`` is exactly ``expected_format``."""
-    path = Path(path)
+def _read_checked_metadata(path: Path, expected_format: str) -> dict[str, Any]:
+    """The metadata of a ddpp file whose ``format`` is exactly ``expected_format``."""
     metadata = read_metadata(path)
     found = metadata.get("format")
     if found != expected_format:
@@ -161,11 +160,31 @@ def read(path: Path, expected_format: str) -> Stored:
             )
         what = f"format '{found}'" if found else "no ddpp format tag"
         raise DdppError(f"{path} is not a {expected_format} file (it has {what}).")
+    return metadata
+
+
+def read(path: Path, expected_format: str) -> Stored:
+    """Read a ddpp file, checking that its ``format`` is exactly ``expected_format``."""
+    path = Path(path)
+    metadata = _read_checked_metadata(path, expected_format)
     try:
         tensors = load_file(str(path))
     except Exception as exc:
         raise DdppError(f"{path} is truncated or corrupted: {exc}") from None
-    return Stored(path=path, format=found, tensors=tensors, metadata=metadata)
+    return Stored(path=path, format=expected_format, tensors=tensors, metadata=metadata)
+
+
+def read_shapes(path: Path, expected_format: str) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of a ddpp file of ``expected_format``, read from its header only.
+
+    A cheap check of a large file (e.g. every expert of a buffer before resuming) without loading
+    its tensors; the same format errors as :func:`read`.
+    """
+    path = Path(path)
+    _read_checked_metadata(path, expected_format)
+    with safe_open(str(path), framework="pt") as handle:
+        names = handle.keys()  # a safe_open handle is not a mapping: it cannot be iterated
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in names}
 
 
 def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

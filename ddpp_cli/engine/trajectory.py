@@ -25,7 +25,6 @@ from typing import Any
 
 import platformdirs
 import torch
-from safetensors import safe_open
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import augment, batched, data, models, store, zca
@@ -202,12 +201,7 @@ def load_trajectory(path: Path, layout: ParamLayout | None = None) -> Trajectory
 
 def _check_expert_file(path: Path, epochs: int, numel: int) -> None:
     """Cheap validity check of an existing expert file (header, format and tensor shape)."""
-    metadata = store.read_metadata(path)
-    if metadata.get("format") != store.TRAJECTORY_FORMAT:
-        raise DdppError(f"{path} is not a {store.TRAJECTORY_FORMAT} file; remove it and rerun.")
-    with safe_open(str(path), framework="pt") as handle:
-        names = set(handle.keys())
-        shape = tuple(handle.get_slice("params").get_shape()) if "params" in names else ()
+    shape = store.read_shapes(path, store.TRAJECTORY_FORMAT).get("params", ())
     if shape != (epochs + 1, numel):
         raise DdppError(
             f"{path} holds a trajectory of shape {shape}, expected {(epochs + 1, numel)}; "
@@ -259,6 +253,45 @@ def _check_folder(folder: Path, config: BufferConfig) -> None:
         raise DdppError(f"{folder} holds expert files but no {MANIFEST_NAME}; use an empty --out.")
 
 
+def _expert_network(config: BufferConfig, prepared: PreparedData, index: int) -> torch.nn.Module:
+    """Expert ``index``'s freshly initialised network: the same draw alone or batched."""
+    with seeded(derive_seed(config.seed, "expert", index, "init")):
+        return models.create(
+            config.arch, prepared.channels, prepared.num_classes, prepared.image_size
+        )
+
+
+def _expert_generator(config: BufferConfig, index: int) -> torch.Generator:
+    """Expert ``index``'s stream of batch orders and DSA draws: the same alone or batched."""
+    return make_generator(config.seed, "expert", index, "train")
+
+
+def _expert_optimizer(config: BufferConfig, parameters: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def _splits_on(
+    prepared: PreparedData,
+    device: torch.device,
+    train_images: torch.Tensor | None,
+    test_images: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train images and labels, test images and labels on ``device`` (images given are kept)."""
+    return (
+        train_images if train_images is not None else prepared.train.images.to(device),
+        prepared.train.labels.to(device),
+        test_images if test_images is not None else prepared.test.images.to(device),
+        prepared.test.labels.to(device),
+    )
+
+
+def _check_finite(index: int, epoch: int, loss: float) -> None:
+    if not math.isfinite(loss):
+        raise DdppError(f"expert {index} diverged at epoch {epoch} (loss {loss}); lower --lr.")
+
+
 def train_expert(
     config: BufferConfig,
     prepared: PreparedData,
@@ -271,20 +304,11 @@ def train_expert(
 ) -> tuple[torch.Tensor, list[float], list[float]]:
     """Train expert ``index``; returns snapshots (E+1, P), test accuracy and loss per epoch."""
     emit = on_event or (lambda event: None)
-    train_x = train_images if train_images is not None else prepared.train.images.to(device)
-    test_x = test_images if test_images is not None else prepared.test.images.to(device)
-    train_y = prepared.train.labels.to(device)
-    test_y = prepared.test.labels.to(device)
-    with seeded(derive_seed(config.seed, "expert", index, "init")):
-        model = models.create(
-            config.arch, prepared.channels, prepared.num_classes, prepared.image_size
-        )
-    model.to(device)
-    generator = make_generator(config.seed, "expert", index, "train")
+    train_x, train_y, test_x, test_y = _splits_on(prepared, device, train_images, test_images)
+    model = _expert_network(config, prepared, index).to(device)
+    generator = _expert_generator(config, index)
     dsa = augment.DSA(config.dsa_strategy)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = _expert_optimizer(config, model.parameters())
     snapshots = [flat_parameters(model).cpu()]
     accuracies: list[float] = []
     losses: list[float] = []
@@ -299,8 +323,7 @@ def train_expert(
             dsa=dsa,
             generator=generator,
         )
-        if not math.isfinite(loss):
-            raise DdppError(f"expert {index} diverged at epoch {epoch} (loss {loss}); lower --lr.")
+        _check_finite(index, epoch, loss)
         snapshots.append(flat_parameters(model).cpu())
         accuracies.append(accuracy(model, test_x, test_y))
         losses.append(loss)
@@ -308,7 +331,7 @@ def train_expert(
     return torch.stack(snapshots), accuracies, losses
 
 
-def train_experts(
+def train_experts_batched(
     config: BufferConfig,
     prepared: PreparedData,
     indices: list[int],
@@ -324,26 +347,13 @@ def train_experts(
     :func:`train_expert`, so its trajectory equals sequential training to float tolerance.
     """
     emit = on_event or (lambda event: None)
-    train_x = train_images if train_images is not None else prepared.train.images.to(device)
-    test_x = test_images if test_images is not None else prepared.test.images.to(device)
-    train_y = prepared.train.labels.to(device)
-    test_y = prepared.test.labels.to(device)
-    networks = []
-    for index in indices:
-        with seeded(derive_seed(config.seed, "expert", index, "init")):
-            networks.append(
-                models.create(
-                    config.arch, prepared.channels, prepared.num_classes, prepared.image_size
-                ).to(device)
-            )
-    stacked = batched.StackedNetworks(networks)
-    del networks
-    generators = [make_generator(config.seed, "expert", index, "train") for index in indices]
+    train_x, train_y, test_x, test_y = _splits_on(prepared, device, train_images, test_images)
+    stacked = batched.StackedNetworks(
+        [_expert_network(config, prepared, index).to(device) for index in indices]
+    )
+    generators = [_expert_generator(config, index) for index in indices]
     dsa = augment.DSA(config.dsa_strategy)
-    optimizer = torch.optim.SGD(
-        stacked.parameters(), lr=config.lr, momentum=config.momentum,
-        weight_decay=config.weight_decay,
-    )  # fmt: skip
+    optimizer = _expert_optimizer(config, stacked.parameters())
     snapshots = [stacked.flat().cpu()]
     accuracies: list[list[float]] = []
     losses: list[list[float]] = []
@@ -355,10 +365,7 @@ def train_experts(
             batch_size=config.batch_size, dsa=dsa, generators=generators,
         )  # fmt: skip
         for index, loss in zip(indices, epoch_losses, strict=True):
-            if not math.isfinite(loss):
-                raise DdppError(
-                    f"expert {index} diverged at epoch {epoch} (loss {loss}); lower --lr."
-                )
+            _check_finite(index, epoch, loss)
         snapshots.append(stacked.flat().cpu())
         accuracies.append(stacked.accuracy(test_x, test_y))
         losses.append(epoch_losses)
@@ -473,7 +480,7 @@ def train_buffer(
                 )
             ]  # fmt: skip
         else:
-            results = train_experts(
+            results = train_experts_batched(
                 config, prepared, group, device, on_event,
                 train_images=train_images, test_images=test_images,
             )  # fmt: skip

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ CLIP_STDS = 2.5
 PADDING = 2  # pixels between grid cells (make_grid's default)
 BACKGROUND = (255, 255, 255)
 INK = (33, 33, 33)
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".gif": "GIF"}
 
 
@@ -142,7 +139,7 @@ def save_image(
 
 
 def _write_bytes(path: Path, payload: bytes) -> None:
-    """Atomic write with the permissions of an ordinary new file; DdppError if impossible."""
+    """``store.atomic_write_bytes`` with a DdppError for paths that cannot be written."""
     if path.is_dir():
         raise DdppError(f"cannot write {path}: it is a folder; give a file name.")
     for parent in path.parents:
@@ -151,8 +148,7 @@ def _write_bytes(path: Path, payload: bytes) -> None:
                 raise DdppError(f"cannot write {path}: {parent} is a file, not a folder.")
             break
     try:
-        store.atomic_write_bytes(path, payload)
-        path.chmod(0o666 & ~_UMASK)  # pictures are for sharing: not the temporary file's 0600
+        store.atomic_write_bytes(path, payload)  # ordinary permissions, not mkstemp's 0600
     except OSError as exc:
         reason = exc.strerror or exc.__class__.__name__
         raise DdppError(f"cannot write {path}: {reason}; choose another path.") from None
