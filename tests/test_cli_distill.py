@@ -113,7 +113,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_mnist, buffer_dir, tmp_pat
             raise KeyboardInterrupt
         return original(self, state)
 
-    monkeypatch.setattr(distill._Run, "step", interrupted_step)
+    monkeypatch.setattr(distill.MatchingStep, "step", interrupted_step)
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
     assert result.exit_code == 130, result.output
     assert "--resume" in result.output
@@ -182,7 +182,7 @@ def test_sigterm_checkpoints_like_ctrl_c(tiny_mnist, buffer_dir, tmp_path, monke
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, state)
 
-    monkeypatch.setattr(distill._Run, "step", terminated_step)
+    monkeypatch.setattr(distill.MatchingStep, "step", terminated_step)
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
     assert result.exit_code == 130, result.output
     assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 2

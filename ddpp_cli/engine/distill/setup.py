@@ -41,7 +41,6 @@ class RunSetup:
     val_idx: torch.Tensor
     layout: ParamLayout
     student: Student
-    dsa: DSA
     labels: torch.Tensor  # class-major hard labels, on the device
     device: torch.device
 
@@ -174,7 +173,7 @@ def set_up(
     return RunSetup(
         config=config, buffer=buffer, manifest=manifest, expert_paths=expert_paths,
         prepared=prepared, preprocessing=preprocessing, train_idx=train_idx, val_idx=val_idx,
-        layout=layout, student=student, dsa=dsa, labels=labels, device=device,
+        layout=layout, student=student, labels=labels, device=device,
     )  # fmt: skip
 
 
