@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -206,7 +206,7 @@ class _Loop:
         self.files.save_checkpoint(saved)
         self.emit(CheckpointSaved(saved.iteration, self.files.checkpoint))
 
-    def stop_diverged(self, problem: str, record: dict[str, Any], last_good: StateDict) -> None:
+    def stop_diverged(self, problem: str, record: dict[str, Any], last_good: StateDict) -> NoReturn:
         """Save the last good set, log the failed iteration and raise :class:`DivergedError`."""
         iteration = record["iteration"]
         path = self.files.save_diverged(last_good, iteration)
