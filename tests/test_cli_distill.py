@@ -104,16 +104,16 @@ def test_forced_nan_exits_1_with_a_loadable_set(tiny_mnist, buffer_dir, tmp_path
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = distill._Run.step
+    original = distill.MatchingStep.step
     calls = []
 
-    def interrupted_step(self):
+    def interrupted_step(self, state):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(self)
+        return original(self, state)
 
-    monkeypatch.setattr(distill._Run, "step", interrupted_step)
+    monkeypatch.setattr(distill.MatchingStep, "step", interrupted_step)
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
     assert result.exit_code == 130, result.output
     assert "--resume" in result.output
@@ -173,16 +173,16 @@ def test_default_buffer_and_run_folder(tiny_mnist, buffer_dir, tmp_path):
 
 def test_sigterm_checkpoints_like_ctrl_c(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = distill._Run.step
+    original = distill.MatchingStep.step
     calls = []
 
-    def terminated_step(self):
+    def terminated_step(self, state):
         calls.append(1)
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
+        return original(self, state)
 
-    monkeypatch.setattr(distill._Run, "step", terminated_step)
+    monkeypatch.setattr(distill.MatchingStep, "step", terminated_step)
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
     assert result.exit_code == 130, result.output
     assert store.read_metadata(out / distill.CHECKPOINT_NAME)["iteration"] == 2

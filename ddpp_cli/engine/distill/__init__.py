@@ -1,0 +1,106 @@
+"""Distillation (``ddpp distill``): MTT trajectory matching with DDPP parameter pruning (SPEC §6).
+
+State: synthetic images X (K·IPC, C, H, W), class-major hard labels, and a learnable step size α.
+Each iteration picks an expert (shuffled, cycling) and a start epoch i, unrolls a student from
+θ_i for N steps on augmented minibatches of X (keeping the graph), prunes the parameters whose
+end value and the target θ_{i+M} are difficult to match, and backpropagates the normalised
+matching loss over the kept parameters into X and α (SGD, momentum 0.5 on both).
+
+A run folder holds ``distilled.safetensors`` (the current set), ``checkpoint.safetensors``
+(everything needed to continue bit for bit), ``metrics.jsonl`` (one line per iteration),
+``best.safetensors`` (the set with the best validation accuracy) and ``summary.json`` (the final
+result). All randomness comes from three CPU generators derived from the seed (expert order,
+start epochs, minibatches and DSA draws), whose states are checkpointed; evaluation runs are
+seeded on their own. The engine never prints: progress goes to ``on_event``.
+
+Modules, one job each: ``config`` (settings, buffer and run folder locations, the resume rule),
+``state`` (:class:`DistillState` and its checkpoint form), ``files`` (the run folder's files),
+``setup`` (buffer, data, validation split, student), ``step`` (one iteration and its guards),
+``validation`` (held-out split, validation, the final test), ``events``, and ``run`` (the loop).
+"""
+
+from ddpp_cli.engine import presets as presets  # the CLI reads presets.KEYS through here
+from ddpp_cli.engine.distill.config import (
+    CHANGEABLE_ON_RESUME,
+    CHECKPOINT_NAME,
+    INITS,
+    RESOLVED_AT_START,
+    DistillConfig,
+    default_run_dir,
+    find_buffer,
+    resume_config,
+    saved_config,
+)
+from ddpp_cli.engine.distill.events import (
+    CheckpointSaved,
+    DistillStarted,
+    DistillSummary,
+    DivergedError,
+    EventCallback,
+    IterationFinished,
+    TestFinished,
+    TestStarted,
+    ValidationFinished,
+    ValidationStarted,
+)
+from ddpp_cli.engine.distill.files import (
+    BEST_NAME,
+    DISTILLED_NAME,
+    METRICS_NAME,
+    SNAPSHOTS_DIRNAME,
+    SUMMARY_NAME,
+    RunFolder,
+    read_checkpoint,
+)
+from ddpp_cli.engine.distill.run import distill, summary_json
+from ddpp_cli.engine.distill.setup import RunSetup, set_up
+from ddpp_cli.engine.distill.state import GENERATORS, Best, DistillState, StateDict
+from ddpp_cli.engine.distill.step import MatchingStep, divergence, read_snapshots
+from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_validation
+from ddpp_cli.engine.unroll import UnrollStep, plan_unroll, unroll
+
+__all__ = [
+    "BEST_NAME",
+    "CHANGEABLE_ON_RESUME",
+    "CHECKPOINT_NAME",
+    "DISTILLED_NAME",
+    "GENERATORS",
+    "INITS",
+    "MAX_VAL_SIZE",
+    "METRICS_NAME",
+    "RESOLVED_AT_START",
+    "SNAPSHOTS_DIRNAME",
+    "SUMMARY_NAME",
+    "Best",
+    "CheckpointSaved",
+    "DistillConfig",
+    "DistillStarted",
+    "DistillState",
+    "DistillSummary",
+    "DivergedError",
+    "EventCallback",
+    "IterationFinished",
+    "MatchingStep",
+    "RunFolder",
+    "RunSetup",
+    "StateDict",
+    "TestFinished",
+    "TestStarted",
+    "UnrollStep",
+    "Validation",
+    "ValidationFinished",
+    "ValidationStarted",
+    "default_run_dir",
+    "distill",
+    "divergence",
+    "find_buffer",
+    "plan_unroll",
+    "read_checkpoint",
+    "read_snapshots",
+    "resume_config",
+    "saved_config",
+    "set_up",
+    "split_validation",
+    "summary_json",
+    "unroll",
+]

@@ -1,0 +1,280 @@
+"""The settings of a distillation run (SPEC §6): :class:`DistillConfig`, where its buffer and run
+folder are, and the one rule for what a resumed run may change (:func:`resume_config`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from ddpp_cli.engine import augment, data, models, presets, store
+from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.trajectory import MANIFEST_NAME, default_buffer_dir
+from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+INITS = ("real", "noise")
+# Settings a resumed run may change: the length of the run, and when and how much it validates,
+# tests and checkpoints (evaluation draws from its own seeds, never from the run's generators).
+CHANGEABLE_ON_RESUME = (
+    "iterations",
+    "eval_every",
+    "eval_runs",
+    "eval_epochs",
+    "test_runs",
+    "checkpoint_every",
+    "snapshot_every",
+    # How the same maths is executed: exact in both unroll modes (equal up to rounding), so an
+    # out-of-memory run may continue with --unroll memory (bit for bit only if unchanged).
+    "unroll",
+    "compile",
+    "channels_last",
+)
+# Settings a run resolves when it starts (from the buffer and the data) where the config has None.
+RESOLVED_AT_START = ("zca", "train_subset", "val_size")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that determines a distillation run (SPEC §6); see :meth:`from_preset`.
+
+    ``zca`` and ``train_subset`` None mean "as the buffer was made"; ``val_size`` None means
+    10 % of the training split (at most 5000); ``batch_syn`` None means all images every step;
+    ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
+
+    Execution (docs/performance.md): ``unroll`` "graph" keeps the unrolled graph (memory grows
+    with ``syn_steps``), "memory" recomputes one step at a time in reverse (constant memory,
+    same gradients); ``amp`` "bf16" autocasts the student's forward (GPU; loss, mask and updates
+    stay float32); ``compile`` wraps the per-step gradient in ``torch.compile``;
+    ``channels_last`` uses channels-last activations (helps on GPUs, not on the CPU).
+    """
+
+    dataset: str
+    ipc: int
+    syn_steps: int
+    expert_epochs: int
+    max_start_epoch: int
+    lr_img: float
+    lr_lr: float
+    lr_teacher: float
+    batch_syn: int | None = None
+    zca: bool | None = None
+    arch: str = "convnet"
+    eps: float = 0.1
+    iterations: int = 5000
+    init: str = "real"
+    dsa_strategy: str = augment.DEFAULT_STRATEGY
+    eval_every: int = 500
+    eval_runs: int = 3
+    eval_epochs: int = 1000
+    test_runs: int = 5
+    checkpoint_every: int = 100
+    snapshot_every: int = 0
+    val_size: int | None = None
+    train_subset: int | None = None
+    seed: int = 0
+    unroll: str = "graph"
+    amp: str = "off"
+    compile: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", data.info(self.dataset).name)
+        models.check_known(self.arch)
+        if self.ipc < 1:
+            raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
+        if not 0.0 <= self.eps < 1.0:
+            raise DdppError(
+                f"--eps must be in [0, 1) (got {self.eps}); 0 turns pruning off, 0.1 is the "
+                "paper's value."
+            )
+        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("eval_runs", "eval_epochs", "checkpoint_every"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("eval_every", "test_runs", "snapshot_every"):
+            _at_least(name, getattr(self, name), 0)
+        for name in ("batch_syn", "train_subset"):
+            if getattr(self, name) is not None:
+                _at_least(name, getattr(self, name), 1)
+        if self.val_size is not None:
+            _at_least("val_size", self.val_size, 0)
+            if self.val_size == 0 and self.eval_every > 0:
+                raise DdppError("--val-size 0 leaves nothing to validate on; use --eval-every 0.")
+        for name in ("lr_img", "lr_teacher"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise DdppError(f"{_flag(name)} must be a positive number (got {value}).")
+        if not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
+            raise DdppError(f"--lr-lr must be zero (a fixed lr) or positive (got {self.lr_lr}).")
+        if self.init not in INITS:
+            raise DdppError(f"--init must be one of: {', '.join(INITS)} (got '{self.init}').")
+        DSA(self.dsa_strategy)  # unknown op -> DdppError
+        if self.unroll not in UNROLL_MODES:
+            raise DdppError(
+                f"--unroll must be one of: {', '.join(UNROLL_MODES)} (got '{self.unroll}')."
+            )
+        if self.amp not in AMP_MODES:
+            raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
+
+    @classmethod
+    def from_preset(cls, dataset: str, ipc: int, **values: Any) -> DistillConfig:
+        """A config with SPEC §6's preset for ``dataset``/``ipc`` where ``values`` has None.
+
+        The preset's ZCA choice only picks the default buffer; the buffer's own preprocessing
+        decides (``zca`` stays None unless given).
+        """
+        preset = presets.resolve(dataset, ipc)
+        del preset["zca"]
+        given = {k: v for k, v in values.items() if v is not None}
+        return cls(dataset=dataset, ipc=ipc, **{**preset, **given})
+
+    @property
+    def needed_epochs(self) -> int:
+        """Epochs an expert must have: T⁺ − 1 + M."""
+        return self.max_start_epoch - 1 + self.expert_epochs
+
+    def preset_zca(self) -> bool:
+        """ZCA as given, else as SPEC §6's preset says (which default buffer to use)."""
+        if self.zca is not None:
+            return self.zca
+        return bool(presets.resolve(self.dataset, self.ipc)["zca"])
+
+    def buffer_command(self, out: Path | None = None) -> str:
+        """The ``ddpp buffer`` command that makes the buffer this config needs."""
+        parts = ["ddpp buffer", f"--dataset {self.dataset}", f"--arch {self.arch}"]
+        use_zca = self.preset_zca()
+        if use_zca != data.info(self.dataset).default_zca:
+            parts.append("--zca" if use_zca else "--no-zca")
+        if self.train_subset is not None:
+            parts.append(f"--train-subset {self.train_subset}")
+        epochs = max(self.needed_epochs, 50)
+        if epochs != 50:
+            parts.append(f"--epochs {epochs}")
+        if out is not None:
+            parts.append(f"--out {out}")
+        return " ".join(parts)
+
+    def check_buffer(self, folder: Path, manifest: dict[str, Any]) -> None:
+        """DdppError when the buffer does not fit: dataset, architecture, preprocessing, epochs."""
+        dataset = manifest.get("dataset")
+        if not isinstance(dataset, str) or data.info(dataset).name != self.dataset:
+            raise DdppError(
+                f"the buffer at {folder} was made for dataset '{dataset}', not "
+                f"'{self.dataset}'; pass a {self.dataset} buffer with --buffer or make one with "
+                f"'{self.buffer_command()}'."
+            )
+        if manifest.get("arch") != self.arch:
+            raise DdppError(
+                f"the buffer at {folder} was made with architecture '{manifest.get('arch')}', "
+                f"not '{self.arch}'; pass --arch {manifest.get('arch')} or make a buffer with "
+                f"'{self.buffer_command()}'."
+            )
+        kind = (manifest.get("preprocessing") or {}).get("kind")
+        if self.zca is not None and (kind == "zca") != self.zca:
+            raise DdppError(
+                f"the buffer at {folder} is {'ZCA-whitened' if kind == 'zca' else 'normalised'}"
+                f" but {'--zca' if self.zca else '--no-zca'} was given; drop the option or pass "
+                "a matching buffer."
+            )
+        epochs = int(manifest.get("epochs", 0))
+        if self.needed_epochs > epochs:
+            raise DdppError(
+                f"--max-start-epoch {self.max_start_epoch} with --expert-epochs "
+                f"{self.expert_epochs} needs experts of at least {self.needed_epochs} epochs "
+                f"(max_start_epoch − 1 + expert_epochs), but the buffer at {folder} has "
+                f"{epochs}; lower them or train longer experts."
+            )
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share with its checkpoint: all but
+        :data:`CHANGEABLE_ON_RESUME`, which do not touch the images' trajectory."""
+        settings = asdict(self)
+        for name in CHANGEABLE_ON_RESUME:
+            del settings[name]
+        return settings
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise DdppError(f"{_flag(name)} must be an integer ≥ {minimum} (got {value}).")
+
+
+def default_run_dir(config: DistillConfig, now: datetime | None = None) -> Path:
+    """``<user data dir>/ddpp/runs/<dataset>-ipc<K>-eps<E>-<timestamp>``."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    name = f"{config.dataset}-ipc{config.ipc}-eps{config.eps:g}-{stamp}"
+    return platformdirs.user_data_path("ddpp") / "runs" / name
+
+
+def find_buffer(config: DistillConfig, buffer: Path | None = None) -> Path:
+    """The buffer folder to use (``buffer``, else the default one); DdppError if missing."""
+    folder = Path(buffer) if buffer is not None else None
+    if folder is None:
+        folder = default_buffer_dir(config.dataset, config.arch, config.preset_zca())
+        if not (folder / MANIFEST_NAME).is_file():
+            raise DdppError(
+                f"no buffer of expert trajectories at {folder}; make it with "
+                f"'{config.buffer_command()}' or pass --buffer."
+            )
+    elif not (folder / MANIFEST_NAME).is_file():
+        raise DdppError(
+            f"no buffer at {folder} (no {MANIFEST_NAME}); make it with "
+            f"'{config.buffer_command(folder)}' or pass the right --buffer."
+        )
+    return folder
+
+
+def saved_config(folder: Path) -> DistillConfig:
+    """The config stored in the checkpoint of run folder ``folder`` (for ``--resume``)."""
+    path = Path(folder) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise DdppError(f"{folder} holds no {CHECKPOINT_NAME}; it is not a run to resume.")
+    stored = store.read_metadata(path).get("config")
+    known = {f.name for f in fields(DistillConfig)}
+    if not isinstance(stored, dict) or not set(stored) <= known:
+        raise DdppError(f"{path} holds no readable config; it was not written by this ddpp.")
+    return DistillConfig(**stored)
+
+
+def resume_config(
+    folder: Path, given: DistillConfig | Mapping[str, Any] | None = None
+) -> DistillConfig:
+    """The config that continues the run in ``folder``: the one rule of ``--resume``.
+
+    ``given`` is either a whole config (the run restarted with the same settings; its ``zca``,
+    ``train_subset`` and ``val_size`` left None mean "as the run resolved them"), or the
+    settings the user gave explicitly (None values are ignored; every other setting comes from
+    the checkpoint), or None (continue as saved). Only :data:`CHANGEABLE_ON_RESUME` may differ
+    from the checkpoint's config; DdppError names any other difference, and refuses
+    ``iterations`` below those already done.
+    """
+    previous = saved_config(folder)
+    if isinstance(given, DistillConfig):
+        kept = {k: getattr(previous, k) for k in RESOLVED_AT_START if getattr(given, k) is None}
+        config = replace(given, **kept)
+    else:
+        config = replace(previous, **{k: v for k, v in (given or {}).items() if v is not None})
+    if config.identity() != previous.identity():
+        raise DdppError(
+            f"the run in {folder} was made with other settings "
+            f"({store.describe_difference(previous.identity(), config.identity())}); resume "
+            "without changing them, or start a new run with another --out."
+        )
+    done = store.read_metadata(Path(folder) / CHECKPOINT_NAME).get("iteration", 0)
+    if config.iterations < int(done):
+        raise DdppError(
+            f"the run in {folder} has already done {done} iterations; "
+            f"--iterations {config.iterations} is fewer."
+        )
+    return config

@@ -1,0 +1,108 @@
+"""What a distillation run reports (``on_event``) and returns, and its divergence error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate import EvalResult
+
+EventCallback = Callable[[object], None]
+
+
+class DivergedError(DdppError):
+    """The run diverged (non-finite loss, lr or images, or lr ≤ 0); the last good state is saved.
+
+    The CLI maps it to exit status 1 (not 2: the input was valid, the optimisation failed).
+    """
+
+    def __init__(self, message: str, *, iteration: int, distilled: Path, metrics: Path) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+        self.distilled = distilled
+        self.metrics = metrics
+
+
+@dataclass(frozen=True)
+class DistillStarted:
+    folder: Path
+    config: DistillConfig  # resolved against the buffer
+    buffer: Path
+    experts: int
+    buffer_epochs: int
+    num_params: int
+    train_size: int
+    val_size: int
+    test_size: int
+    preprocessing: str
+    start_iteration: int
+    resumed: bool
+    device: str
+
+
+@dataclass(frozen=True)
+class IterationFinished:
+    iteration: int  # 1-based: the number of updates done
+    iterations: int
+    loss: float
+    pruned_fraction: float
+    lr: float  # α after this iteration's update
+    start_epoch: int
+    expert: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ValidationStarted:
+    iteration: int
+    runs: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class ValidationFinished:
+    iteration: int
+    accuracy: float
+    std: float
+    best_iteration: int
+    best_accuracy: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    iteration: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class TestStarted:
+    path: Path
+    runs: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class TestFinished:
+    path: Path
+    result: EvalResult
+
+
+@dataclass(frozen=True)
+class DistillSummary:
+    folder: Path
+    distilled: Path
+    best: Path | None
+    checkpoint: Path
+    metrics: Path
+    summary: Path
+    iterations: int
+    final_lr: float
+    best_iteration: int | None
+    best_val_accuracy: float | None
+    tested: Path | None
+    test: EvalResult | None
+    pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
+    seconds: float = 0.0

@@ -1,0 +1,199 @@
+"""The run folder and its files (docs/formats.md, "Distill run folder"): the current set,
+the checkpoint, ``metrics.jsonl``, the best set, the image snapshots and the summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine import store
+from ddpp_cli.engine.distill.config import CHECKPOINT_NAME
+from ddpp_cli.engine.distill.state import GENERATORS, StateDict
+from ddpp_cli.engine.distilled import DistilledSet
+from ddpp_cli.engine.distilled import save as save_set
+from ddpp_cli.engine.errors import DdppError
+
+DISTILLED_NAME = "distilled.safetensors"
+METRICS_NAME = "metrics.jsonl"
+BEST_NAME = "best.safetensors"
+SNAPSHOTS_DIRNAME = "snapshots"  # iter_NNNNNN.safetensors with --snapshot-every (for --animate)
+SUMMARY_NAME = "summary.json"
+
+# (images, lr, iteration) -> the distilled-set file's content for this run.
+SetMaker = Callable[[torch.Tensor, float, int], DistilledSet]
+
+
+def check_startable(folder: Path) -> None:
+    """DdppError when ``folder`` holds files of a run but no checkpoint to resume from."""
+    if folder.is_dir() and any(
+        (folder / name).exists() for name in (DISTILLED_NAME, METRICS_NAME, BEST_NAME)
+    ):
+        raise DdppError(
+            f"{folder} holds files of a run but no {CHECKPOINT_NAME} to resume from; use an "
+            "empty --out."
+        )
+
+
+def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
+    """The saved state of the checkpoint at ``path`` and its whole metadata (DdppError when
+    a tensor is missing or has the wrong number of dimensions)."""
+    stored = store.read(path, store.CHECKPOINT_FORMAT)
+    tensors = {"images": store.require_tensor(stored, "images", ndim=4)}
+    for name in ("lr", "expert_order", *(f"rng_{g}" for g in GENERATORS)):
+        tensors[name] = store.require_tensor(stored, name, ndim=1)
+    for name in ("momentum_images", "momentum_lr"):
+        if name in stored.tensors:
+            tensors[name] = stored.tensors[name]
+    meta = stored.metadata
+    if not isinstance(meta.get("iteration"), int) or not isinstance(
+        meta.get("expert_position"), int
+    ):
+        raise DdppError(f"{path} holds no iteration; it was not written by this ddpp.")
+    state_meta = {
+        "iteration": meta["iteration"],
+        "expert_position": meta["expert_position"],
+        "experts": [int(e) for e in meta.get("experts") or []],
+        "best_iteration": meta.get("best_iteration"),
+        "best_val_accuracy": meta.get("best_val_accuracy"),
+        "elapsed_seconds": meta.get("elapsed_seconds"),
+    }
+    return StateDict(tensors, state_meta), meta
+
+
+class RunFolder:
+    """Writes and trims the files of one run folder.
+
+    ``as_set`` makes a set file's content from (images, lr, iteration); ``run_tensors`` and
+    ``run_meta`` are what every checkpoint holds besides the state (labels, config, buffer,
+    layout).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        as_set: SetMaker,
+        run_tensors: dict[str, torch.Tensor],
+        run_meta: dict[str, Any],
+    ) -> None:
+        self.folder = folder
+        self.distilled = folder / DISTILLED_NAME
+        self.checkpoint = folder / CHECKPOINT_NAME
+        self.metrics = folder / METRICS_NAME
+        self.best = folder / BEST_NAME
+        self.summary = folder / SUMMARY_NAME
+        self.as_set = as_set
+        self.run_tensors = run_tensors
+        self.run_meta = run_meta
+
+    def create(self) -> None:
+        """Make the folder; drop temporaries a killed write left behind."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        store.remove_stale_temporaries(self.folder)
+
+    # -- set files --------------------------------------------------------------------------
+
+    def save_set(self, path: Path, saved: StateDict, extra: dict[str, Any] | None = None) -> Path:
+        distilled = self.as_set(saved.images, saved.lr, saved.iteration)
+        return save_set(path, distilled, {"iteration": saved.iteration, **(extra or {})})
+
+    def save_checkpoint(self, saved: StateDict) -> None:
+        """``distilled.safetensors`` and ``checkpoint.safetensors`` of the state ``saved``."""
+        self.save_set(self.distilled, saved)
+        tensors = {**saved.tensors, **self.run_tensors}
+        store.write(self.checkpoint, tensors, store.CHECKPOINT_FORMAT, self.checkpoint_meta(saved))
+
+    def checkpoint_meta(self, saved: StateDict) -> dict[str, Any]:
+        return {"config": self.run_meta["config"], **saved.meta, **self.run_meta}
+
+    def save_best(self, saved: StateDict, accuracy: float, std: float) -> Path:
+        return self.save_set(self.best, saved, {"val_accuracy": accuracy, "val_std": std})
+
+    def save_diverged(self, saved: StateDict, iteration: int) -> Path:
+        """The last good set as ``distilled.safetensors``, marked with the iteration that
+        diverged (the checkpoint stays at the last saved one)."""
+        return self.save_set(self.distilled, saved, {"diverged_at": iteration})
+
+    # -- image snapshots (--snapshot-every) -------------------------------------------------
+
+    def snapshot_path(self, iteration: int) -> Path:
+        """Where ``--snapshot-every`` keeps the images of ``iteration`` (for ``--animate``)."""
+        return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
+
+    def save_image_snapshot(self, images: torch.Tensor, lr: float, iteration: int) -> Path:
+        """The images of ``iteration`` as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
+        path = self.snapshot_path(iteration)
+        path.parent.mkdir(exist_ok=True)
+        return save_set(path, self.as_set(images, lr, iteration), {"iteration": iteration})
+
+    # -- metrics.jsonl ----------------------------------------------------------------------
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.metrics, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics_records(self) -> list[dict[str, Any]]:
+        """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped)."""
+        if not self.metrics.is_file():
+            return []
+        records = []
+        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def pruned_stats(self) -> dict[str, float]:
+        """Min, max and mean of the pruned fraction over ``metrics.jsonl`` (empty if none)."""
+        values = [
+            float(r["pruned_fraction"]) for r in self.metrics_records() if "pruned_fraction" in r
+        ]
+        if not values:
+            return {}
+        return {"min": min(values), "max": max(values), "mean": sum(values) / len(values)}
+
+    # -- resume -----------------------------------------------------------------------------
+
+    def truncate(self, iteration: int) -> None:
+        """Forget what came after the checkpoint of ``iteration``: the redone iterations'
+        metrics lines and image snapshots."""
+        self.truncate_metrics(iteration)
+        self.truncate_snapshots(iteration)
+
+    def truncate_metrics(self, iteration: int) -> None:
+        """Keep only the lines of iterations ≤ ``iteration`` (none at 0, whose line is redone);
+        a torn last line is dropped too."""
+        if not self.metrics.is_file():
+            return
+        kept = []
+        for record in self.metrics_records():
+            number = record.get("iteration")
+            if isinstance(number, int) and 0 <= number <= iteration and iteration > 0:
+                kept.append(json.dumps(record) + "\n")
+        store.atomic_write_text(self.metrics, "".join(kept))
+
+    def truncate_snapshots(self, iteration: int) -> None:
+        """Drop image snapshots of iterations after ``iteration`` (redone after a resume)."""
+        for path in sorted((self.folder / SNAPSHOTS_DIRNAME).glob("iter_*.safetensors")):
+            number = path.stem.removeprefix("iter_")
+            if number.isdigit() and int(number) > iteration:
+                path.unlink()
+
+    def previous_summary(self) -> dict[str, Any] | None:
+        """``summary.json`` of an earlier finish of this run, if readable."""
+        if not self.summary.is_file():
+            return None
+        try:
+            previous = json.loads(self.summary.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return None
+        return previous if isinstance(previous, dict) else None
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        store.atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")

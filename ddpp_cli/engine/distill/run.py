@@ -1,0 +1,272 @@
+"""The distillation loop (:func:`distill`): set up, then iterate — step, guard, log, validate,
+snapshot, checkpoint — and finally test the chosen set once and write ``summary.json``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+
+from ddpp_cli import __version__
+from ddpp_cli.engine import store
+from ddpp_cli.engine.distill.config import (
+    CHECKPOINT_NAME,
+    DistillConfig,
+    find_buffer,
+    resume_config,
+)
+from ddpp_cli.engine.distill.events import (
+    CheckpointSaved,
+    DistillStarted,
+    DistillSummary,
+    DivergedError,
+    EventCallback,
+    IterationFinished,
+    ValidationFinished,
+)
+from ddpp_cli.engine.distill.files import RunFolder, check_startable, read_checkpoint
+from ddpp_cli.engine.distill.setup import RunSetup, set_up
+from ddpp_cli.engine.distill.state import DistillState, StateDict
+from ddpp_cli.engine.distill.step import MatchingStep, divergence
+from ddpp_cli.engine.distill.validation import Validation, final_test
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate import EvalResult
+from ddpp_cli.engine.trajectory import MANIFEST_NAME, read_manifest
+
+
+def distill(
+    config: DistillConfig,
+    folder: Path,
+    *,
+    buffer: Path | None = None,
+    data_root: Path | None = None,
+    download: bool = True,
+    device: torch.device | str = "cpu",
+    on_event: EventCallback | None = None,
+) -> DistillSummary:
+    """Run (or resume, when ``folder`` holds a checkpoint) a distillation into ``folder``.
+
+    Raises DdppError on bad input, :class:`DivergedError` when the run diverges (after saving
+    the last good set), and re-raises KeyboardInterrupt after writing a checkpoint.
+    """
+    emit = on_event or (lambda event: None)
+    device = torch.device(device)
+    folder = Path(folder)
+    resuming = (folder / CHECKPOINT_NAME).is_file()
+    if resuming:
+        config, buffer = resume_config(folder, config), _resume_buffer(folder, buffer)
+    else:
+        check_startable(folder)
+    setup = set_up(
+        config, find_buffer(config, buffer), data_root=data_root, download=download,
+        device=device, emit=emit,
+    )  # fmt: skip
+    files = RunFolder(folder, setup.as_set, *setup.checkpoint_contents())
+    files.create()
+    if resuming:
+        saved, _ = read_checkpoint(files.checkpoint)
+        state = setup.restored_state(saved, files.checkpoint)
+        files.truncate(state.iteration)
+    else:
+        state = setup.fresh_state()
+        if setup.config.snapshot_every > 0:  # the initial images: the animation's first frame
+            files.save_image_snapshot(state.images, float(state.lr.detach()), 0)
+    emit(_started(setup, folder, state, resumed=resuming))
+    _loop(setup, files, state, emit)
+    return _finish(setup, files, state, emit)
+
+
+def _resume_buffer(folder: Path, buffer: Path | None) -> Path | None:
+    """The buffer to resume with: ``buffer``, else the checkpoint's; DdppError when it was made
+    with other settings than the run's."""
+    meta = store.read_metadata(folder / CHECKPOINT_NAME)
+    if buffer is None and meta.get("buffer"):
+        buffer = Path(meta["buffer"])
+    if (
+        buffer is not None
+        and meta.get("buffer_config") is not None
+        and (Path(buffer) / MANIFEST_NAME).is_file()
+        and read_manifest(Path(buffer)).get("config") != meta["buffer_config"]
+    ):
+        raise DdppError(
+            f"the buffer at {buffer} was made with other settings than the one this run "
+            "started from; resume with the original buffer (--buffer)."
+        )
+    return buffer
+
+
+def _started(setup: RunSetup, folder: Path, state: DistillState, resumed: bool) -> DistillStarted:
+    return DistillStarted(
+        folder=folder, config=setup.config, buffer=setup.buffer,
+        experts=len(setup.expert_paths), buffer_epochs=setup.buffer_epochs,
+        num_params=setup.layout.numel, train_size=len(setup.train_idx),
+        val_size=len(setup.val_idx), test_size=len(setup.prepared.test.labels),
+        preprocessing=setup.preprocessing["kind"], start_iteration=state.iteration,
+        resumed=resumed, device=str(setup.device),
+    )  # fmt: skip
+
+
+def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback) -> None:
+    """Iterate until ``iterations``; on Ctrl-C, checkpoint the last completed iteration."""
+    loop = _Loop(setup, files, state, emit)
+    last_good = state.state_dict()
+    try:
+        if state.iteration == 0:
+            loop.initial_validation()  # redone on resume from iteration 0
+        while state.iteration < setup.config.iterations:
+            last_good = state.state_dict()  # for the guards and Ctrl-C
+            started = time.perf_counter()
+            record = {"iteration": state.iteration + 1, **loop.matching.step(state)}
+            problem = divergence(record["loss"], state)
+            if problem is not None:
+                loop.stop_diverged(problem, record, last_good)
+            state.iteration += 1
+            record["lr"] = float(state.lr.detach())
+            loop.report(record, time.perf_counter() - started)
+            if loop.validation.due(state.iteration):
+                loop.validate_and_keep_best(record)
+            loop.log(record, started)
+            loop.save_due_files()
+    except KeyboardInterrupt:
+        loop.checkpoint(last_good)
+        raise
+
+
+class _Loop:
+    """The pieces the loop uses: the step, validation, the files and the event callback."""
+
+    def __init__(
+        self, setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback
+    ) -> None:
+        self.config = setup.config
+        self.files = files
+        self.state = state
+        self.emit = emit
+        self.labels = setup.labels
+        self.matching = MatchingStep(
+            setup.config, setup.student, setup.expert_paths, setup.labels,
+            setup.prepared.image_size, setup.device,
+        )  # fmt: skip
+        train = setup.prepared.train
+        self.validation = Validation(
+            setup.config, train.images[setup.val_idx], train.labels[setup.val_idx],
+            setup.prepared.num_classes, setup.device, emit,
+        )  # fmt: skip
+
+    def validate_and_keep_best(self, record: dict[str, Any]) -> None:
+        """Validate the current images; save them as the best set when they beat it."""
+        state, iteration = self.state, self.state.iteration
+        lr = float(state.lr.detach())
+        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
+        if state.best.improved_by(accuracy):
+            state.best.iteration, state.best.accuracy = iteration, accuracy
+            self.files.save_best(state.state_dict(), accuracy, std)
+        record.update(val_accuracy=accuracy, val_std=std)
+        best = state.best
+        self.emit(ValidationFinished(iteration, accuracy, std, best.iteration, best.accuracy))
+
+    def initial_validation(self) -> None:
+        """Iteration 0: validate the initial images, log them and write the first checkpoint."""
+        started = time.perf_counter()
+        record: dict[str, Any] = {"iteration": 0, "lr": float(self.state.lr.detach())}
+        if self.config.eval_every > 0:
+            self.validate_and_keep_best(record)
+        record["seconds"] = time.perf_counter() - started
+        self.files.log(record)
+        self.checkpoint(self.state.state_dict())
+
+    def report(self, record: dict[str, Any], seconds: float) -> None:
+        self.emit(
+            IterationFinished(
+                record["iteration"], self.config.iterations, record["loss"],
+                record["pruned_fraction"], record["lr"], record["start_epoch"], record["expert"],
+                seconds,
+            )
+        )  # fmt: skip
+
+    def log(self, record: dict[str, Any], started: float) -> None:
+        """Add the iteration's seconds (and the run's total) to ``record``; append it."""
+        record["seconds"] = time.perf_counter() - started
+        self.state.elapsed += record["seconds"]
+        record["elapsed"] = self.state.elapsed
+        self.files.log(record)
+
+    def save_due_files(self) -> None:
+        """The image snapshot and the checkpoint, when this iteration is due for them."""
+        c, state = self.config, self.state
+        if c.snapshot_every > 0 and state.iteration % c.snapshot_every == 0:
+            lr = float(state.lr.detach())
+            self.files.save_image_snapshot(state.images, lr, state.iteration)
+        if state.iteration % c.checkpoint_every == 0 or state.iteration == c.iterations:
+            self.checkpoint(state.state_dict())
+
+    def checkpoint(self, saved: StateDict) -> None:
+        self.files.save_checkpoint(saved)
+        self.emit(CheckpointSaved(saved.iteration, self.files.checkpoint))
+
+    def stop_diverged(self, problem: str, record: dict[str, Any], last_good: StateDict) -> NoReturn:
+        """Save the last good set, log the failed iteration and raise :class:`DivergedError`."""
+        iteration = record["iteration"]
+        path = self.files.save_diverged(last_good, iteration)
+        self.files.log({**record, "lr": float(self.state.lr.detach()), "diverged": problem})
+        raise DivergedError(
+            f"{problem} at iteration {iteration} (expert {record['expert']}, start "
+            f"epoch {record['start_epoch']}); the run diverged. The last good set "
+            f"(iteration {last_good.iteration}) is in {path}. Lower --lr-img (now "
+            f"{self.config.lr_img:g}) or --lr-teacher and start a new run.",
+            iteration=iteration,
+            distilled=path,
+            metrics=self.files.metrics,
+        )
+
+
+def _finish(
+    setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback
+) -> DistillSummary:
+    """Test the best set (or the final one) once and write ``summary.json``."""
+    config = setup.config
+    best = files.best if state.best.iteration is not None and files.best.is_file() else None
+    tested = best or files.distilled
+    test: EvalResult | None = None
+    if config.test_runs > 0:
+        previous = files.previous_summary()
+        same_end = previous is not None and (
+            previous.get("iterations"),
+            previous.get("best_iteration"),
+        ) == (state.iteration, state.best.iteration)
+        test = final_test(
+            config, tested, setup.prepared.test.images, setup.prepared.test.labels,
+            num_classes=setup.prepared.num_classes, device=setup.device, emit=emit,
+            previous=previous if same_end else None,
+        )  # fmt: skip
+    summary = DistillSummary(
+        folder=files.folder, distilled=files.distilled, best=best, checkpoint=files.checkpoint,
+        metrics=files.metrics, summary=files.summary, iterations=state.iteration,
+        final_lr=float(state.lr.detach()), best_iteration=state.best.iteration,
+        best_val_accuracy=state.best.accuracy, tested=tested if test is not None else None,
+        test=test, pruned_fraction=files.pruned_stats(), seconds=state.elapsed,
+    )  # fmt: skip
+    files.write_summary(summary_json(summary))
+    return summary
+
+
+def summary_json(summary: DistillSummary) -> dict[str, Any]:
+    """The JSON form of a summary (``summary.json`` and ``ddpp distill --json``)."""
+    return {
+        "folder": str(summary.folder),
+        "distilled": str(summary.distilled),
+        "best": None if summary.best is None else str(summary.best),
+        "checkpoint": str(summary.checkpoint),
+        "metrics": str(summary.metrics),
+        "iterations": summary.iterations,
+        "final_lr": summary.final_lr,
+        "best_iteration": summary.best_iteration,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "tested": None if summary.tested is None else str(summary.tested),
+        "test": None if summary.test is None else summary.test.to_json(),
+        "pruned_fraction": summary.pruned_fraction,
+        "seconds": summary.seconds,
+        "ddpp_version": __version__,
+    }

@@ -1,0 +1,242 @@
+"""What a run is made of before its first iteration: the buffer (checked against the config),
+the data prepared as the buffer was, the validation split, the model and the student, and the
+first state (fresh, or from a checkpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ddpp_cli.engine import data, models, store, zca
+from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.device import make_generator, seeded
+from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.distill.events import EventCallback
+from ddpp_cli.engine.distill.state import DistillState, StateDict
+from ddpp_cli.engine.distill.validation import split_validation, validation_size
+from ddpp_cli.engine.distilled import DistilledSet, zca_reference
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.functional import ParamLayout
+from ddpp_cli.engine.preprocess import PreparedData, prepare
+from ddpp_cli.engine.trajectory import ZCA_NAME, expert_files, read_manifest
+from ddpp_cli.engine.unroll import Student
+
+
+@dataclass
+class RunSetup:
+    """The fixed parts of a run: its resolved config, buffer, data split, model and labels."""
+
+    config: DistillConfig  # resolved against the buffer (zca, train_subset, val_size)
+    buffer: Path
+    manifest: dict[str, Any]
+    expert_paths: dict[int, Path]
+    prepared: PreparedData
+    preprocessing: dict[str, Any]
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    layout: ParamLayout
+    student: Student
+    labels: torch.Tensor  # class-major hard labels, on the device
+    device: torch.device
+
+    @property
+    def buffer_config(self) -> dict[str, Any]:
+        return self.manifest.get("config") or {}
+
+    @property
+    def buffer_epochs(self) -> int:
+        return int(self.manifest["epochs"])
+
+    def as_set(self, images: torch.Tensor, lr: float, iteration: int) -> DistilledSet:
+        """The distilled-set file's content for ``images`` and ``lr`` at ``iteration``."""
+        settings = {
+            **asdict(self.config),
+            "iteration": iteration,
+            "image_size": self.buffer_config.get("image_size"),
+            "data_seed": int(self.buffer_config.get("seed") or 0),
+            "buffer": self.buffer_config,
+            "buffer_path": str(self.buffer.resolve()),
+        }
+        return DistilledSet(
+            images=images.detach().cpu(), labels=self.labels.cpu(), lr=lr,
+            dataset=self.config.dataset, class_names=tuple(self.prepared.train.class_names),
+            preprocessing=self.preprocessing, source="distill", arch=self.config.arch,
+            settings=settings, seed=self.config.seed,
+        )  # fmt: skip
+
+    def checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """What every checkpoint holds besides the state: the labels and the run's settings."""
+        meta = {
+            "config": asdict(self.config),
+            "buffer": str(self.buffer.resolve()),
+            "buffer_config": self.buffer_config,
+            "dataset": self.config.dataset,
+            "arch": self.config.arch,
+            "layout": self.layout.to_json(),
+            "seed": self.config.seed,
+        }
+        return {"labels": self.labels.detach().clone()}, meta
+
+    def initial_images(self) -> torch.Tensor:
+        """Iteration 0's images: IPC random real training images per class, or noise."""
+        c, train = self.config, self.prepared.train
+        generator = make_generator(c.seed, "init")
+        if c.init == "noise":
+            return torch.randn((len(self.labels), *train.images.shape[1:]), generator=generator)
+        pool_labels = train.labels[self.train_idx]
+        shuffled = data.shuffled_per_class(pool_labels, self.prepared.num_classes, generator)
+        chosen = torch.cat([self.train_idx[members[: c.ipc]] for members in shuffled])
+        return train.images[chosen].clone()
+
+    def fresh_state(self) -> DistillState:
+        """Iteration 0: initial images, α = lr_teacher, new generators."""
+        c = self.config
+        return DistillState.start(
+            self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
+            lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
+        )  # fmt: skip
+
+    def restored_state(self, saved: StateDict, path: Path) -> DistillState:
+        """The state of the checkpoint at ``path``, checked to fit this run."""
+        shape = (len(self.labels), self.prepared.channels, *self.prepared.image_size)
+        if saved.images.shape != shape:
+            raise DdppError(
+                f"{path}: images of shape {tuple(saved.images.shape)} do not fit this run."
+            )
+        experts = saved.meta["experts"]
+        missing = [e for e in experts if e not in self.expert_paths]
+        if not experts or missing:
+            raise DdppError(
+                f"{path} uses experts {missing or experts} that the buffer at {self.buffer} "
+                "no longer holds; resume with the buffer the run was started with (--buffer)."
+            )
+        c = self.config
+        return DistillState.from_state_dict(
+            saved, lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device
+        )
+
+
+def set_up(
+    config: DistillConfig,
+    buffer: Path,
+    *,
+    data_root: Path | None,
+    download: bool,
+    device: torch.device,
+    emit: EventCallback,
+) -> RunSetup:
+    """Check the buffer against ``config``, load the data as the buffer was made, split off
+    the validation images and build the student; DdppError on any mismatch."""
+    manifest = read_manifest(buffer)
+    config.check_buffer(buffer, manifest)
+    buffer_config = manifest.get("config") or {}
+    is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    if config.train_subset is None and buffer_config.get("train_subset") is not None:
+        config = replace(config, train_subset=int(buffer_config["train_subset"]))
+    config = replace(config, zca=is_zca)
+    expert_paths = expert_files(buffer)
+    if not expert_paths:
+        raise DdppError(
+            f"the buffer at {buffer} holds no expert files yet; finish it with "
+            f"'{config.buffer_command(buffer)}'."
+        )
+    prepared, preprocessing = _prepare_data(config, buffer, manifest, data_root, download)
+    num_classes = prepared.num_classes
+    config = replace(
+        config, val_size=validation_size(config, len(prepared.train.labels), num_classes)
+    )
+    train_idx, val_idx = split_validation(
+        prepared.train.labels, num_classes, config.val_size,
+        make_generator(config.seed, "val_split"),
+    )  # fmt: skip
+    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
+
+    with seeded(0):
+        model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
+    layout = ParamLayout.of(model)
+    layout.check_compatible(
+        ParamLayout.from_json(manifest.get("layout")), f"the buffer at {buffer}"
+    )
+    dsa = DSA(config.dsa_strategy)
+    student = Student(
+        model.to(device).train(), layout, dsa, amp=config.amp, compile=config.compile,
+        channels_last=config.channels_last, on_notice=lambda text: emit(Notice(text)),
+    )  # fmt: skip
+    for path in expert_paths.values():
+        _check_expert(path, (int(manifest["epochs"]) + 1, layout.numel))
+    labels = torch.arange(num_classes).repeat_interleave(config.ipc).to(device)
+    return RunSetup(
+        config=config, buffer=buffer, manifest=manifest, expert_paths=expert_paths,
+        prepared=prepared, preprocessing=preprocessing, train_idx=train_idx, val_idx=val_idx,
+        layout=layout, student=student, labels=labels, device=device,
+    )  # fmt: skip
+
+
+def _prepare_data(
+    config: DistillConfig,
+    buffer: Path,
+    manifest: dict[str, Any],
+    data_root: Path | None,
+    download: bool,
+) -> tuple[PreparedData, dict[str, Any]]:
+    """The data prepared as the buffer's (same subset, size, seed, ZCA) and its description."""
+    buffer_config = manifest.get("config") or {}
+    zca_path = buffer / ZCA_NAME
+    whitening = None
+    if config.zca:
+        if not zca_path.is_file():
+            raise DdppError(
+                f"the buffer at {buffer} is ZCA-whitened but its {ZCA_NAME} is missing; "
+                "remake the buffer."
+            )
+        whitening = zca.load(zca_path)
+    prepared = prepare(
+        config.dataset, data_root, use_zca=bool(config.zca), download=download,
+        train_subset=config.train_subset, image_size=buffer_config.get("image_size"),
+        seed=int(buffer_config.get("seed") or 0), whitening=whitening,
+    )  # fmt: skip
+    described = manifest.get("data") or {}
+    found = {
+        "channels": prepared.channels,
+        "image_size": list(prepared.image_size),
+        "num_classes": prepared.num_classes,
+    }
+    for key, value in found.items():
+        if key in described and described[key] != value:
+            raise DdppError(
+                f"the buffer at {buffer} was made on data with {key} {described[key]}, but the "
+                f"data found now has {value}; pass the --data-dir the buffer was made from."
+            )
+    preprocessing = zca_reference(zca_path) if config.zca else prepared.preprocessing.describe()
+    return prepared, preprocessing
+
+
+def _check_ipc(config: DistillConfig, labels: torch.Tensor, class_names: tuple[str, ...]) -> None:
+    counts = torch.bincount(labels, minlength=len(class_names))
+    smallest = int(counts.min())
+    if config.ipc > smallest:
+        label = int(counts.argmin())
+        held = f" after holding out {config.val_size} for validation" if config.val_size else ""
+        raise DdppError(
+            f"--ipc {config.ipc} is more than class '{class_names[label]}' has ({smallest} "
+            f"training images{held}); use --ipc {smallest} or less."
+        )
+
+
+def _check_expert(path: Path, shape: tuple[int, int]) -> None:
+    """DdppError unless ``path`` is a trajectory file whose ``params`` has ``shape``."""
+    if store.read_metadata(path).get("format") != store.TRAJECTORY_FORMAT:
+        raise DdppError(f"{path} is not a {store.TRAJECTORY_FORMAT} file; remove it.")
+    with safe_open(str(path), framework="pt") as handle:
+        names = list(handle.keys())
+        found = tuple(handle.get_slice("params").get_shape()) if "params" in names else ()
+    if found != shape:
+        raise DdppError(
+            f"{path} holds a trajectory of shape {found}, but the buffer's manifest and "
+            f"architecture need {shape}; remove the file and rerun 'ddpp buffer'."
+        )

@@ -1,0 +1,88 @@
+"""One iteration of SPEC §6 (:class:`MatchingStep`) and the guards a run checks after it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.distill.state import DistillState
+from ddpp_cli.engine.unroll import Student, match, plan_unroll
+
+
+def read_snapshots(path: Path, rows: tuple[int, ...]) -> list[torch.Tensor]:
+    """Rows ``rows`` of an expert file's ``params`` [E+1, P], without loading the whole file."""
+    with safe_open(str(path), framework="pt") as handle:
+        params = handle.get_slice("params")
+        return [params[row].float() for row in rows]
+
+
+class MatchingStep:
+    """Picks an expert and a start epoch, unrolls the student from θ_i on the images, matches
+    θ_{i+M} with pruning and steps both optimizers (skipped when the loss is not finite)."""
+
+    def __init__(
+        self,
+        config: DistillConfig,
+        student: Student,
+        expert_paths: dict[int, Path],
+        labels: torch.Tensor,
+        image_size: tuple[int, int],
+        device: torch.device,
+    ) -> None:
+        self.config = config
+        self.student = student
+        self.expert_paths = expert_paths
+        self.labels = labels
+        self.image_size = image_size
+        self.device = device
+
+    def step(self, state: DistillState) -> dict[str, Any]:
+        """One iteration on ``state``; returns its metrics (loss, pruned fraction, start epoch,
+        expert). The caller checks the guards (:func:`divergence`)."""
+        c = self.config
+        expert = state.next_expert()
+        start_epoch = int(
+            torch.randint(c.max_start_epoch, (1,), generator=state.generators["start"])
+        )
+        start, target = (
+            t.to(self.device)
+            for t in read_snapshots(
+                self.expert_paths[expert], (start_epoch, start_epoch + c.expert_epochs)
+            )
+        )
+        steps = plan_unroll(
+            len(self.labels), c.syn_steps, c.batch_syn, self.student.dsa, self.image_size,
+            state.generators["unroll"],
+        )  # fmt: skip
+        state.zero_grad()
+        result = match(
+            self.student, start, target, state.images, self.labels, state.lr, steps, c.eps,
+            c.unroll,
+        )  # fmt: skip
+        record = {
+            "loss": result.loss,
+            "pruned_fraction": result.pruned_fraction,
+            "start_epoch": start_epoch,
+            "expert": expert,
+        }
+        if math.isfinite(result.loss):
+            state.optimizer_step()
+        return record
+
+
+def divergence(loss: float, state: DistillState) -> str | None:
+    """What went wrong in the last step (non-finite loss, α not finite and positive, or
+    non-finite images), or None."""
+    lr = float(state.lr.detach())
+    if not math.isfinite(loss):
+        return f"the matching loss became {loss}"
+    if not math.isfinite(lr) or lr <= 0:
+        return f"the learned lr became {lr}"
+    if not bool(torch.isfinite(state.images.detach()).all()):
+        return "the images became non-finite"
+    return None
