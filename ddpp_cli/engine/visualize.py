@@ -30,7 +30,7 @@ from ddpp_cli.engine.errors import DdppError
 
 EXPORT_FORMAT = "ddpp.export/1"
 EXPORT_MANIFEST = "set.json"
-METRICS_NAME = "metrics.jsonl"  # as written by engine/distill.py
+METRICS_NAME = "metrics.jsonl"  # as written by engine/distill/
 RUN_MARKERS = ("checkpoint.safetensors", "distilled.safetensors", "best.safetensors", METRICS_NAME)
 CLIP_STDS = 2.5
 PADDING = 2  # pixels between grid cells (make_grid's default)

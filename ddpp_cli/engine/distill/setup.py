@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
@@ -230,11 +229,7 @@ def _check_ipc(config: DistillConfig, labels: torch.Tensor, class_names: tuple[s
 
 def _check_expert(path: Path, shape: tuple[int, int]) -> None:
     """DdppError unless ``path`` is a trajectory file whose ``params`` has ``shape``."""
-    if store.read_metadata(path).get("format") != store.TRAJECTORY_FORMAT:
-        raise DdppError(f"{path} is not a {store.TRAJECTORY_FORMAT} file; remove it.")
-    with safe_open(str(path), framework="pt") as handle:
-        names = list(handle.keys())
-        found = tuple(handle.get_slice("params").get_shape()) if "params" in names else ()
+    found = store.read_shapes(path, store.TRAJECTORY_FORMAT).get("params", ())
     if found != shape:
         raise DdppError(
             f"{path} holds a trajectory of shape {found}, but the buffer's manifest and "
