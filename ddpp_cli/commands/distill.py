@@ -142,14 +142,8 @@ def summary_table(summary: distill_engine.DistillSummary) -> Table:
 
 
 def print_paths(summary: distill_engine.DistillSummary) -> None:
-    for label, path in (
-        ("distilled", summary.distilled),
-        ("best", summary.best),
-        ("checkpoint", summary.checkpoint),
-        ("metrics", summary.metrics),
-        ("summary", summary.summary),
-    ):
-        if path is not None:
+    for label in ("distilled", "best", "checkpoint", "metrics", "summary"):
+        if (path := getattr(summary, label)) is not None:
             line(out, f"{label + ':':<12}{path}")
 
 
@@ -281,10 +275,7 @@ def distill_and_report(
     folder: Path, resolved: resume.Resolved, engine_options: dict[str, Any], *, quiet: bool,
     json_out: bool,
 ) -> None:  # fmt: skip
-    """Run the engine with a progress display, then print the summary (or JSON, or the folder).
-
-    ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given.
-    """
+    """Run the engine (``engine_options``: :data:`ENGINE_OPTIONS`) and print its summary."""
     progress = make_progress(err, disable=quiet)
     display = DistillDisplay(progress, resolved.origin, quiet or json_out)
 

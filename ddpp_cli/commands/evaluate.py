@@ -99,7 +99,6 @@ ZcaFileOpt = Annotated[
 def eval_config(
     arch: str, *, runs: int, epochs: int, lr: float | None, batch_size: int, dsa: bool, seed: int
 ) -> evaluate.EvalConfig:
-    """The EvalConfig of evaluate's and crossarch's shared training options."""
     return evaluate.EvalConfig(
         arch=arch, runs=runs, epochs=epochs, lr=lr, batch_size=batch_size,
         dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none", seed=seed,
@@ -110,63 +109,78 @@ BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca")
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
 
 
+ArchOpt = Annotated[
+    str | None,
+    typer.Option("--arch", help="Network to train (default: the set's, else convnet)."),
+]
+
+BaselineOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--baseline",
+        help="Evaluate a coreset of real images instead: random or herding.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+BaselineDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help=f"Baseline dataset: {', '.join(data.available())}.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+BaselineIpcOpt = Annotated[
+    int | None,
+    typer.Option("--ipc", help="Baseline images per class.", rich_help_panel=opt.BASELINE),
+]
+
+NoZcaOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-zca",
+        help="Baseline: normalise instead of ZCA (the non-CIFAR default).",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+BaselineSubsetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--train-subset",
+        help="Baseline: pick from a stratified subset of N images.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+SaveOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--save",
+        help="Baseline: also write the coreset as a distilled-set file.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+
 def command(
     target: SetOrRunArgument = None,
-    arch: Annotated[
-        str | None,
-        typer.Option("--arch", help="Network to train (default: the set's, else convnet)."),
-    ] = None,
+    arch: ArchOpt = None,
     runs: RunsOpt = 5,
     epochs: EpochsOpt = 1000,
     lr: LrOpt = None,
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
     zca_file: ZcaFileOpt = None,
-    baseline: Annotated[
-        str | None,
-        typer.Option(
-            "--baseline",
-            help="Evaluate a coreset of real images instead: random or herding.",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            "-d",
-            help=f"Baseline dataset: {', '.join(data.available())}.",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = None,
-    ipc: Annotated[
-        int | None,
-        typer.Option("--ipc", help="Baseline images per class.", rich_help_panel=opt.BASELINE),
-    ] = None,
-    no_zca: Annotated[
-        bool,
-        typer.Option(
-            "--no-zca",
-            help="Baseline: normalise instead of ZCA (the non-CIFAR default).",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = False,
-    train_subset: Annotated[
-        int | None,
-        typer.Option(
-            "--train-subset",
-            help="Baseline: pick from a stratified subset of N images.",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = None,
-    save: Annotated[
-        Path | None,
-        typer.Option(
-            "--save",
-            help="Baseline: also write the coreset as a distilled-set file.",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = None,
+    baseline: BaselineOpt = None,
+    dataset: BaselineDatasetOpt = None,
+    ipc: BaselineIpcOpt = None,
+    no_zca: NoZcaOpt = False,
+    train_subset: BaselineSubsetOpt = None,
+    save: SaveOpt = None,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     test_subset: opt.TestSubsetOpt = None,
@@ -245,8 +259,7 @@ def _evaluate_baseline(
 ) -> tuple[evaluate.EvalResult, Path | None, Path | None]:  # fmt: skip
     """Pick the coreset, write it with ``--save`` (rank 0 only), then evaluate it.
 
-    Returns the result, the coreset file written and the ZCA file written next to it.
-    """
+    Returns the result, the coreset file and the ZCA file written next to it."""
     main = run["world"].is_main  # one rank writes the user's files
     saved = None
     with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:

@@ -13,6 +13,67 @@ from ddpp_cli.commands._options import quiet_option
 from ddpp_cli.engine import distilled, evaluate
 from ddpp_cli.engine import visualize as visualize_engine
 
+GridOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="Write the image grid here (.png, .jpg, .webp). Default when no other output "
+        "is asked for: <set>-grid.png next to the set.",
+    ),
+]
+
+ClipOpt = Annotated[
+    bool,
+    typer.Option(
+        "--clip", help="MTT's clipped view: each image clamped to mean ± 2.5 std, stretched."
+    ),
+]
+
+UpsampleOpt = Annotated[
+    int, typer.Option("--upsample", help="Enlarge each image K times (nearest neighbour).")
+]
+
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option("--classes", help="Grid of these classes only: indices or names, e.g. 0,3,7."),
+]
+
+MaxPerRowOpt = Annotated[
+    int, typer.Option("--max-per-row", help="Images per row before a class wraps.")
+]
+
+ExportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--export",
+        help="Write every image as DIR/NN_<class>/NNNN.png (a torchvision ImageFolder) plus "
+        "DIR/set.json with the labels and learned lr.",
+    ),
+]
+
+CurvesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--curves",
+        help="Draw a run's loss, pruned fraction, learned lr and validation accuracy (PNG).",
+    ),
+]
+
+AnimateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--animate",
+        help="A GIF of the class grid over a run, from the snapshots 'ddpp distill "
+        "--snapshot-every N' kept.",
+    ),
+]
+
+ZcaFileOpt = Annotated[
+    Path | None,
+    typer.Option("--zca", help="The buffer's zca.safetensors, for a ZCA set whose file moved."),
+]
+
 
 def command(
     target: Annotated[
@@ -23,58 +84,15 @@ def command(
             show_default=False,
         ),
     ],
-    grid_out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            help="Write the image grid here (.png, .jpg, .webp). Default when no other output "
-            "is asked for: <set>-grid.png next to the set.",
-        ),
-    ] = None,
-    clip: Annotated[
-        bool,
-        typer.Option(
-            "--clip", help="MTT's clipped view: each image clamped to mean ± 2.5 std, stretched."
-        ),
-    ] = False,
-    upsample: Annotated[
-        int, typer.Option("--upsample", help="Enlarge each image K times (nearest neighbour).")
-    ] = 1,
-    classes: Annotated[
-        str | None,
-        typer.Option("--classes", help="Grid of these classes only: indices or names, e.g. 0,3,7."),
-    ] = None,
-    max_per_row: Annotated[
-        int, typer.Option("--max-per-row", help="Images per row before a class wraps.")
-    ] = 10,
-    export: Annotated[
-        Path | None,
-        typer.Option(
-            "--export",
-            help="Write every image as DIR/NN_<class>/NNNN.png (a torchvision ImageFolder) plus "
-            "DIR/set.json with the labels and learned lr.",
-        ),
-    ] = None,
-    curves: Annotated[
-        Path | None,
-        typer.Option(
-            "--curves",
-            help="Draw a run's loss, pruned fraction, learned lr and validation accuracy (PNG).",
-        ),
-    ] = None,
-    animate: Annotated[
-        Path | None,
-        typer.Option(
-            "--animate",
-            help="A GIF of the class grid over a run, from the snapshots 'ddpp distill "
-            "--snapshot-every N' kept.",
-        ),
-    ] = None,
-    zca_file: Annotated[
-        Path | None,
-        typer.Option("--zca", help="The buffer's zca.safetensors, for a ZCA set whose file moved."),
-    ] = None,
+    grid_out: GridOutOpt = None,
+    clip: ClipOpt = False,
+    upsample: UpsampleOpt = 1,
+    classes: ClassesOpt = None,
+    max_per_row: MaxPerRowOpt = 10,
+    export: ExportOpt = None,
+    curves: CurvesOpt = None,
+    animate: AnimateOpt = None,
+    zca_file: ZcaFileOpt = None,
     quiet: quiet_option("the paths written") = False,
 ) -> None:
     """Pictures of a distilled set or run: class grid, ImageFolder export, curves, animation."""
