@@ -121,7 +121,7 @@ EpsOpt = Annotated[
     float | None,
     typer.Option(
         "--eps",
-        help="Pruning threshold ε in [0, 1); 0 = plain MTT. [default: 0.1]",
+        help="Pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
         rich_help_panel=DISTILL,
     ),
 ]
@@ -129,14 +129,14 @@ ArchOpt = Annotated[
     str | None,
     typer.Option(
         "--arch",
-        help=f"Architecture of the experts and the student: {ARCHITECTURES}. [default: convnet]",
+        help=f"Architecture of the experts and the student: {ARCHITECTURES}. (default: convnet)",
         rich_help_panel=DISTILL,
     ),
 ]
 IterationsOpt = Annotated[
     int | None,
     typer.Option(
-        "--iterations", help="Distillation iterations. [default: 5000]", rich_help_panel=DISTILL
+        "--iterations", help="Distillation iterations. (default: 5000)", rich_help_panel=DISTILL
     ),
 ]
 SynStepsOpt = Annotated[
@@ -186,7 +186,7 @@ LrTeacherOpt = Annotated[
 InitOpt = Annotated[
     str | None,
     typer.Option(
-        "--init", help="Initial images: real or noise. [default: real]", rich_help_panel=DISTILL
+        "--init", help="Initial images: real or noise. (default: real)", rich_help_panel=DISTILL
     ),
 ]
 
@@ -196,21 +196,21 @@ EvalEveryOpt = Annotated[
     int | None,
     typer.Option(
         "--eval-every",
-        help="Validate every N iterations; 0 = never. [default: 500]",
+        help="Validate every N iterations; 0 = never. (default: 500)",
         rich_help_panel=VALIDATION,
     ),
 ]
 EvalRunsOpt = Annotated[
     int | None,
     typer.Option(
-        "--eval-runs", help="Networks per validation. [default: 3]", rich_help_panel=VALIDATION
+        "--eval-runs", help="Networks per validation. (default: 3)", rich_help_panel=VALIDATION
     ),
 ]
 EvalEpochsOpt = Annotated[
     int | None,
     typer.Option(
         "--eval-epochs",
-        help="Epochs per validation network (distill: also per test network). [default: 1000]",
+        help="Epochs per validation network (distill: also per test network). (default: 1000)",
         rich_help_panel=VALIDATION,
     ),
 ]
@@ -229,7 +229,7 @@ CheckpointEveryOpt = Annotated[
     int | None,
     typer.Option(
         "--checkpoint-every",
-        help="Checkpoint every N iterations. [default: 100]",
+        help="Checkpoint every N iterations. (default: 100)",
         rich_help_panel=RUN_FOLDER,
     ),
 ]

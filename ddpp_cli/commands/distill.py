@@ -152,7 +152,7 @@ SnapshotEveryOpt = Annotated[
     typer.Option(
         "--snapshot-every",
         help="Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
-        "--animate'); 0 = never. [default: 0]",
+        "--animate'); 0 = never. (default: 0)",
         rich_help_panel=opt.RUN_FOLDER,
     ),
 ]
@@ -160,7 +160,7 @@ TestRunsOpt = Annotated[
     int | None,
     typer.Option(
         "--test-runs",
-        help="Networks for the final test; 0 = skip. [default: 5]",
+        help="Networks for the final test; 0 = skip. (default: 5)",
         rich_help_panel=opt.VALIDATION,
     ),
 ]
@@ -176,7 +176,7 @@ UnrollOpt = Annotated[
         "--unroll",
         help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
         "memory: recompute one step at a time in reverse (constant memory, same gradients, "
-        "about 1.3x the time). [default: graph]",
+        "about 1.3x the time). (default: graph)",
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -185,7 +185,7 @@ AmpOpt = Annotated[
     typer.Option(
         "--amp",
         help="off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
-        "pruning and updates stay float32). [default: off]",
+        "pruning and updates stay float32). (default: off)",
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -194,7 +194,7 @@ CompileOpt = Annotated[
     typer.Option(
         "--compile/--no-compile",
         help="torch.compile the per-step gradient (falls back with a notice if it cannot "
-        "compile). [default: no-compile]",
+        "compile). (default: no-compile)",
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -203,7 +203,7 @@ ChannelsLastOpt = Annotated[
     typer.Option(
         "--channels-last/--no-channels-last",
         help="Channels-last activations (helps on GPUs, slower on CPUs). "
-        "[default: no-channels-last]",
+        "(default: no-channels-last)",
         rich_help_panel=opt.EXECUTION,
     ),
 ]
