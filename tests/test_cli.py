@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -147,17 +146,36 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# Runs ddpp in a child that says when expert 1 has finished its first epoch (of 4), then waits
+# to be killed: the kill lands mid-expert by construction, not by timing.
+_SIGNALLING_DDPP = """
+import sys, time
+from ddpp_cli.cli import main
+from ddpp_cli.commands import buffer
+from ddpp_cli.engine import trajectory
+
+class Signalling(buffer.BufferDisplay):
+    def __call__(self, event):
+        super().__call__(event)
+        if isinstance(event, trajectory.EpochFinished) and event.index == 1:
+            print("expert 1 is training", flush=True)
+            time.sleep(600)  # until the SIGKILL
+
+buffer.BufferDisplay = Signalling
+sys.argv = ["ddpp", *sys.argv[1:]]
+main()
+"""
+
+
 def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_path):
     out = tmp_path / "b"
     args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "4", "--quiet")
-    command = [sys.executable, "-m", "ddpp_cli", *args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = out / "expert_0000.safetensors"
-    deadline = time.monotonic() + 120
-    while not first.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    assert first.exists(), process.stderr.read() if process.poll() is not None else "timeout"
-    time.sleep(0.2)  # expert 1 is training now (each epoch takes longer than this)
+    child = [sys.executable, "-c", _SIGNALLING_DDPP, *args]
+    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    signalled = process.stdout.readline()  # "" if the child ends without signalling
+    if signalled.strip() != "expert 1 is training":
+        process.kill()
+        pytest.fail(f"no sign of expert 1: {signalled!r} {process.communicate()}")
     process.send_signal(signal.SIGKILL)
     process.wait()
     files = trajectory.expert_files(out)
@@ -166,6 +184,7 @@ def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_
         assert store.read(path, store.TRAJECTORY_FORMAT).tensors["params"].shape == (5, 317_706)
     hashes = {i: _sha(p) for i, p in files.items()}
 
+    command = [sys.executable, "-m", "ddpp_cli", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     files = trajectory.expert_files(out)

@@ -1,0 +1,94 @@
+"""Display helpers shared by several commands: consoles, notes, interrupts, result tables."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ddpp_cli.engine import evaluate
+from ddpp_cli.engine.distill import DivergedError
+from ddpp_cli.progress import percent
+
+out = Console()
+err = Console(stderr=True)
+
+
+def line(console: Console, text: str) -> None:
+    """One line of text as written (no highlighting, no wrapping of long paths)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def note(console: Console, message: str) -> None:
+    line(console, f"[yellow]note:[/] {message}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a kill, a scheduler's preemption) like Ctrl-C: checkpoint, then exit."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def distilling(progress, resume_hint: str) -> Iterator[None]:
+    """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
+    interrupted one with 130, each with one line (``resume_hint`` says how to continue)."""
+    try:
+        with sigterm_as_interrupt(), progress:
+            yield
+    except DivergedError as exc:
+        line(err, f"[bold red]diverged:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        line(err, f"[yellow]interrupted[/]; {resume_hint}")
+        raise typer.Exit(130) from None
+
+
+def protocol_line(result: evaluate.EvalResult) -> str:
+    """How an evaluation was done, in one line under its table."""
+    p = result.protocol
+    dsa = "off" if p["dsa_strategy"] == "none" else "on"
+    runs = f"{p['runs']} run" + ("s" if p["runs"] != 1 else "")
+    return (
+        f"protocol: {p['arch']}, {p['epochs']} epochs, lr {result.lr:g} ({p['lr_source']}), "
+        f"{p['lr_schedule']}, batch {p['batch_size']}, SGD momentum {p['momentum']:g}, "
+        f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
+        f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
+        "± is the population std"
+    )
+
+
+def print_result(title: str, result: evaluate.EvalResult) -> None:
+    """One evaluation: a table of runs with mean ± std, the protocol line and the time."""
+    table = Table(title=title)
+    table.add_column("run", justify="right")
+    table.add_column("test accuracy", justify="right")
+    for run, acc in enumerate(result.accuracies):
+        diverged = run in result.protocol.get("diverged_runs", [])
+        table.add_row(str(run + 1), percent(acc) + (" (diverged)" if diverged else ""))
+    table.add_section()
+    table.add_row("mean ± std", f"[bold]{result.mean_std_text()} %[/]")
+    out.print(table)
+    line(out, protocol_line(result))
+    out.print(f"time: {result.seconds:.0f} s", highlight=False)
+
+
+def set_label(path: Path, distilled_set) -> str:
+    return f"{path} ({distilled_set.source}, {distilled_set.dataset}, IPC {distilled_set.ipc})"

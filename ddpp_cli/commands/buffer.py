@@ -1,0 +1,183 @@
+"""``ddpp buffer``: train (or import) expert trajectories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ddpp_cli.commands._display import err, line, note, out
+from ddpp_cli.commands._options import (
+    ARCHITECTURES,
+    BUFFER,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ExpertsOpt,
+    ImageSizeOpt,
+    ParallelOpt,
+    SeedOpt,
+    TestSubsetOpt,
+    TrainSubsetOpt,
+    ZcaOpt,
+    quiet_option,
+)
+from ddpp_cli.engine import augment, data, trajectory
+from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.distributed import join_world
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.progress import make_progress, percent
+
+
+class BufferDisplay:
+    """Turns buffer engine events into two progress bars (experts, epochs of the current one).
+
+    With ``--parallel K`` several experts start together; the epochs bar follows the first one
+    of the group and is labelled with the whole group.
+    """
+
+    def __init__(self, progress, device: str = "") -> None:
+        self.progress = progress
+        self.device = device
+        self.experts_task = None
+        self.epochs_task = None
+        self.group: list[int] = []  # experts started and not yet finished
+
+    def __call__(self, event: object) -> None:
+        p = self.progress
+        match event:
+            case trajectory.BufferStarted():
+                self._started(event)
+            case trajectory.ExpertStarted():
+                if not self.group:
+                    p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
+                self.group.append(event.index)
+                label = "expert" + ("s" if len(self.group) > 1 else "")
+                many = len(self.group) > 1
+                indices = f"{self.group[0]}–{self.group[-1]}" if many else event.index
+                p.update(self.epochs_task, description=f"{label} {indices}")
+            case trajectory.EpochFinished():
+                if not self.group or event.index == self.group[0]:
+                    p.update(
+                        self.epochs_task,
+                        advance=1,
+                        info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
+                    )
+            case trajectory.ExpertFinished() if not event.record.resumed:
+                if event.record.index in self.group:
+                    self.group.remove(event.record.index)
+                acc = event.record.test_accuracy[-1] if event.record.test_accuracy else None
+                p.update(self.experts_task, advance=1, info=f"last expert {percent(acc)}")
+            case Notice() if not p.disable:
+                note(p.console, event.message)
+
+    def _started(self, event: trajectory.BufferStarted) -> None:
+        p = self.progress
+        if not p.disable:
+            line(
+                p.console,
+                f"buffer [bold]{event.folder}[/]: {event.total} experts "
+                f"({event.existing} done), {event.train_size} train / {event.test_size} test "
+                f"images, {event.num_params:,} parameters, {event.preprocessing}"
+                + (f", on {self.device}" if self.device else ""),
+            )
+        self.experts_task = p.add_task(
+            "experts", total=event.total, completed=event.existing, info=""
+        )
+        self.epochs_task = p.add_task("epochs", total=1, visible=False, info="")
+
+
+def command(
+    dataset: DatasetOpt = "cifar10",
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = True,
+    arch: Annotated[
+        str, typer.Option("--arch", help=f"Expert architecture: {ARCHITECTURES}.")
+    ] = "convnet",
+    experts: ExpertsOpt = 100,
+    epochs: Annotated[
+        int, typer.Option("--epochs", help="Training epochs per expert.", rich_help_panel=BUFFER)
+    ] = 50,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.01,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 256,
+    zca: ZcaOpt = None,
+    dsa: Annotated[
+        bool, typer.Option("--dsa/--no-dsa", help="Differentiable augmentation while training.")
+    ] = True,
+    train_subset: TrainSubsetOpt = None,
+    test_subset: TestSubsetOpt = None,
+    image_size: ImageSizeOpt = None,
+    import_dir: Annotated[
+        Path | None,
+        typer.Option("--import", help="Convert MTT replay_buffer_*.pt files from this folder."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Buffer folder (default: the ddpp data folder's 'buffers')."),
+    ] = None,
+    parallel: ParallelOpt = 1,
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    quiet: quiet_option("the buffer folder") = False,
+) -> None:
+    """Train expert trajectories (resumable; rerun the same command to continue).
+
+    Under torchrun the ranks split the experts; rank 0 prints.
+    """
+    use_zca = data.info(dataset).default_zca if zca is None else zca
+    folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
+    if import_dir is not None:
+        progress = make_progress(err, disable=quiet)
+        with progress:
+            summary = trajectory.import_mtt(
+                import_dir, folder, dataset=dataset, arch=arch, use_zca=use_zca,
+                data_root=data_dir, download=download, image_size=image_size,
+                on_event=BufferDisplay(progress),
+            )  # fmt: skip
+    else:
+        world, torch_device = join_world(resolve_device(device))
+        config = trajectory.BufferConfig(
+            dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
+            batch_size=batch_size, dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none",
+            zca=use_zca, train_subset=train_subset, test_subset=test_subset, image_size=image_size,
+            seed=seed,
+        )  # fmt: skip
+        progress = make_progress(err, disable=quiet or not world.is_main)
+        with progress:
+            summary = trajectory.train_buffer(
+                config, folder, data_root=data_dir, download=download, device=torch_device,
+                on_event=BufferDisplay(progress, str(torch_device)), parallel=parallel,
+                world=world,
+            )  # fmt: skip
+        if not world.is_main:
+            return
+    if quiet:
+        line(out, str(summary.folder))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(summary: trajectory.BufferSummary) -> None:
+    table = Table(title=f"Expert trajectories in {summary.folder}")
+    table.add_column("expert", justify="right")
+    table.add_column("final test acc", justify="right")
+    table.add_column("best test acc", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("file")
+    for record in summary.experts:
+        accs = record.test_accuracy
+        seconds = "–" if record.seconds is None else f"{record.seconds:.0f}"
+        table.add_row(
+            str(record.index),
+            percent(accs[-1] if accs else None),
+            percent(max(accs) if accs else None),
+            "resumed" if record.resumed else seconds,
+            record.path.name,
+        )
+    out.print(table)
+    line(out, f"manifest: {summary.manifest}")
+    if summary.zca is not None:
+        line(out, f"zca:      {summary.zca}")

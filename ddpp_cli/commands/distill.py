@@ -1,0 +1,300 @@
+"""``ddpp distill``: trajectory matching with parameter pruning, from a buffer into a run folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine import evaluate, resume
+from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.progress import make_progress, percent
+
+CONFIG_FIELDS = tuple(f.name for f in fields(distill_engine.DistillConfig))
+# Options that are not settings of the run: where things are and where it runs.
+ENGINE_OPTIONS = ("buffer_dir", "data_dir", "download", "device")
+
+
+class DistillDisplay:
+    """Turns distillation events into the settings table, an iteration bar and an eval bar."""
+
+    def __init__(self, progress, origin: dict[str, str], quiet: bool) -> None:
+        self.progress = progress
+        self.origin = origin
+        self.quiet = quiet
+        self.iterations_task = None
+        self.eval_task = None
+        self.phase = "validation"
+        self.last_val = "–"
+        self.status = ""
+
+    def _info(self) -> str:
+        return f"{self.status}  val {self.last_val}"
+
+    def __call__(self, event: object) -> None:
+        p = self.progress
+        match event:
+            case distill_engine.DistillStarted():
+                if not self.quiet:
+                    p.console.print(settings_table(event, self.origin))
+                self.iterations_task = p.add_task(
+                    "iterations",
+                    total=event.config.iterations,
+                    completed=event.start_iteration,
+                    info="",
+                )
+                self.eval_task = p.add_task("evaluation", total=1, visible=False, info="")
+            case distill_engine.IterationFinished():
+                self.status = (
+                    f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  "
+                    f"lr {event.lr:.4g}"
+                )
+                p.update(self.iterations_task, advance=1, info=self._info())
+            case distill_engine.ValidationStarted():
+                self.phase = f"validation @ {event.iteration}"
+            case distill_engine.TestStarted():
+                self.phase = "test"
+            case evaluate.RunStarted():
+                p.reset(self.eval_task, total=event.epochs, visible=True, info="")
+                description = f"{self.phase} run {event.run + 1}/{event.runs}"
+                p.update(self.eval_task, description=description)
+            case evaluate.EpochFinished():
+                p.update(self.eval_task, advance=1)
+            case distill_engine.ValidationFinished():
+                p.update(self.eval_task, visible=False)
+                self.last_val = (
+                    f"{percent(event.accuracy)} (best {percent(event.best_accuracy)} "
+                    f"@ {event.best_iteration})"
+                )
+                p.update(self.iterations_task, info=self._info())
+            case distill_engine.TestFinished():
+                p.update(self.eval_task, visible=False)
+
+
+def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str]) -> Table:
+    """Every resolved setting with where it came from, then the run's folder, buffer and data."""
+    table = Table(title="ddpp distill: resolved settings", title_justify="left")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("from")
+    rows = asdict(event.config)
+    if rows["batch_syn"] is None:
+        rows["batch_syn"] = "all"
+    for name, value in rows.items():
+        source = origin.get(name, "default")
+        if name in ("zca", "train_subset") and source != "option":
+            source = "buffer" if source != "resume" else source
+        table.add_row(name, str(value), source)
+    table.add_section()
+    table.add_row("run folder", str(event.folder), "resumed" if event.resumed else "new")
+    table.add_row(
+        "buffer", f"{event.buffer} ({event.experts} experts × {event.buffer_epochs} epochs)", ""
+    )
+    table.add_row(
+        "data",
+        f"{event.train_size} train / {event.val_size} validation / "
+        f"{event.test_size} test ({event.preprocessing})",
+        "",
+    )
+    table.add_row("parameters", f"{event.num_params:,}", "")
+    table.add_row("device", event.device, "")
+    return table
+
+
+def summary_table(summary: distill_engine.DistillSummary) -> Table:
+    table = Table(
+        title=f"Distillation in {summary.folder}", title_justify="left", show_header=False
+    )
+    table.add_column("", style="bold")
+    table.add_column("")
+    if summary.test is not None:
+        test = summary.test
+        table.add_row(
+            "test accuracy",
+            f"[bold]{test.mean_std_text()} %[/] ({len(test.accuracies)} "
+            f"run{'s' if len(test.accuracies) != 1 else ''} × "
+            f"{test.protocol.get('epochs')} epochs, lr {test.lr:.4g}) on {summary.tested.name}",
+        )
+    if summary.best_iteration is not None:
+        table.add_row(
+            "best validation",
+            f"{percent(summary.best_val_accuracy)} at iteration {summary.best_iteration}",
+        )
+    table.add_row("iterations", str(summary.iterations))
+    table.add_row("learned lr", f"{summary.final_lr:.6g}")
+    if summary.pruned_fraction:
+        pf = summary.pruned_fraction
+        table.add_row(
+            "pruned fraction",
+            f"{100 * pf['min']:.2f} – {100 * pf['max']:.2f} % (mean {100 * pf['mean']:.2f} %)",
+        )
+    table.add_row("time", f"{summary.seconds:.0f} s distilling")
+    return table
+
+
+def print_paths(summary: distill_engine.DistillSummary) -> None:
+    for label in ("distilled", "best", "checkpoint", "metrics", "summary"):
+        if (path := getattr(summary, label)) is not None:
+            line(out, f"{label + ':':<12}{path}")
+
+
+SnapshotEveryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--snapshot-every",
+        help="Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
+        "--animate'); 0 = never. (default: 0)",
+        rich_help_panel=opt.RUN_FOLDER,
+    ),
+]
+TestRunsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--test-runs",
+        help="Networks for the final test; 0 = skip. (default: 5)",
+        rich_help_panel=opt.VALIDATION,
+    ),
+]
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--resume", help="Continue the run in this folder.", rich_help_panel=opt.RUN_FOLDER
+    ),
+]
+UnrollOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unroll",
+        help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
+        "memory: recompute one step at a time in reverse (constant memory, same gradients, "
+        "about 1.3x the time). (default: graph)",
+        rich_help_panel=opt.EXECUTION,
+    ),
+]
+AmpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--amp",
+        help="off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
+        "pruning and updates stay float32). (default: off)",
+        rich_help_panel=opt.EXECUTION,
+    ),
+]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the per-step gradient (falls back with a notice if it cannot "
+        "compile). (default: no-compile)",
+        rich_help_panel=opt.EXECUTION,
+    ),
+]
+ChannelsLastOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--channels-last/--no-channels-last",
+        help="Channels-last activations (helps on GPUs, slower on CPUs). "
+        "(default: no-channels-last)",
+        rich_help_panel=opt.EXECUTION,
+    ),
+]
+
+
+def command(
+    dataset: opt.DatasetOpt = None,
+    ipc: opt.IpcOpt = None,
+    eps: opt.EpsOpt = None,
+    buffer_dir: opt.BufferDirOpt = None,
+    arch: opt.ArchOpt = None,
+    iterations: opt.IterationsOpt = None,
+    syn_steps: opt.SynStepsOpt = None,
+    expert_epochs: opt.ExpertEpochsOpt = None,
+    max_start_epoch: opt.MaxStartEpochOpt = None,
+    batch_syn: opt.BatchSynOpt = None,
+    lr_img: opt.LrImgOpt = None,
+    lr_lr: opt.LrLrOpt = None,
+    lr_teacher: opt.LrTeacherOpt = None,
+    init: opt.InitOpt = None,
+    zca: opt.ZcaOpt = None,
+    eval_every: opt.EvalEveryOpt = None,
+    eval_runs: opt.EvalRunsOpt = None,
+    eval_epochs: opt.EvalEpochsOpt = None,
+    test_runs: TestRunsOpt = None,
+    checkpoint_every: opt.CheckpointEveryOpt = None,
+    snapshot_every: SnapshotEveryOpt = None,
+    val_size: opt.ValSizeOpt = None,
+    train_subset: opt.TrainSubsetOpt = None,
+    resume_dir: ResumeOpt = None,
+    out_dir: opt.RunFolderOpt = None,
+    data_dir: opt.DataDirOpt = None,
+    download: opt.DownloadOpt = True,
+    device: opt.DeviceOpt = "auto",
+    seed: opt.SeedOpt = None,
+    unroll: UnrollOpt = None,
+    amp: AmpOpt = None,
+    compile: CompileOpt = None,
+    channels_last: ChannelsLastOpt = None,
+    quiet: opt.quiet_option("the run folder") = False,
+    json_out: opt.JsonOpt = False,
+) -> None:
+    """Distill a dataset from a buffer: trajectory matching with parameter pruning.
+
+    Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1.
+    """
+    options = dict(locals())
+    engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
+    output = {name: options.pop(name) for name in ("quiet", "json_out")}
+    resume_dir, out_dir = options.pop("resume_dir"), options.pop("out_dir")
+    folder, resolved = resolve_run(opt.settings(options, CONFIG_FIELDS), resume_dir, out_dir)
+    distill_and_report(folder, resolved, engine_options, **output)
+
+
+def resolve_run(
+    given: dict[str, Any], resume_dir: Path | None, out_dir: Path | None
+) -> tuple[Path, resume.Resolved]:
+    """The run folder and its resolved config (:func:`ddpp_cli.engine.resume.resolve`)."""
+    if resume_dir is not None and out_dir is not None and resume_dir.resolve() != out_dir.resolve():
+        raise DdppError(
+            f"--resume {resume_dir} and --out {out_dir} name different folders; drop one."
+        )
+    folder = resume_dir or out_dir
+    resolved = resume.resolve(given, folder, resume=resume_dir is not None)
+    return folder or distill_engine.default_run_dir(resolved.config), resolved
+
+
+def distill_and_report(
+    folder: Path, resolved: resume.Resolved, engine_options: dict[str, Any], *, quiet: bool,
+    json_out: bool,
+) -> None:  # fmt: skip
+    """Run the engine (``engine_options``: :data:`ENGINE_OPTIONS`) and print its summary."""
+    progress = make_progress(err, disable=quiet)
+    display = DistillDisplay(progress, resolved.origin, quiet or json_out)
+
+    def on_event(event: object) -> None:
+        if isinstance(event, Notice):
+            note(err, event.message)
+        display(event)
+
+    resume_hint = f"checkpoint saved in {folder}; continue with 'ddpp distill --resume {folder}'."
+    with distilling(progress, resume_hint):
+        summary = distill_engine.distill(
+            resolved.config, folder, buffer=engine_options["buffer_dir"],
+            data_root=engine_options["data_dir"], download=engine_options["download"],
+            device=resolve_device(engine_options["device"]), on_event=on_event,
+        )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(distill_engine.summary_json(summary)))
+    elif quiet:
+        line(out, str(summary.folder))
+    else:
+        out.print(summary_table(summary))
+        print_paths(summary)

@@ -1,0 +1,257 @@
+"""``ddpp run``: buffer → distill → evaluate (vs random real images) → visualize in one go."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.commands.buffer import BufferDisplay
+from ddpp_cli.commands.distill import DistillDisplay
+from ddpp_cli.commands.evaluate import EvalDisplay
+from ddpp_cli.engine import pipeline, presets
+from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.progress import make_progress, percent
+
+# Settings of plan_run: its keyword arguments and its overrides.
+SETTINGS = ("eps", "profile", "arch", "seed", *pipeline.OVERRIDE_KEYS)
+# Options that are not settings of the run: where things are and where it runs.
+ENGINE_OPTIONS = ("buffer_dir", "out_dir", "data_dir", "download", "device", "parallel")
+
+
+class RunDisplay:
+    """One progress display for a whole ``ddpp run``: a stage line, then each stage's own bars."""
+
+    def __init__(self, progress, origin: dict[str, str], quiet: bool, device: str) -> None:
+        self.progress = progress
+        self.origin = origin
+        self.quiet = quiet
+        self.device = device
+        self.stage_display = None
+        self.tasks_before: set = set()
+
+    def __call__(self, event: object) -> None:
+        p = self.progress
+        match event:
+            case pipeline.RunStarted() if not p.disable:
+                d = event.plan.distill
+                line(
+                    p.console,
+                    f"ddpp run: {d.dataset} IPC {d.ipc}, ε {d.eps:g}, profile "
+                    f"{event.plan.profile}, on {self.device}; data from {event.data_folder}",
+                )
+            case pipeline.StageStarted():
+                self._stage_started(event)
+            case pipeline.StageFinished():
+                for task in set(p.task_ids) - self.tasks_before:
+                    p.remove_task(task)
+                self.stage_display = None
+                if not p.disable and event.stage in ("evaluate", "baseline"):
+                    p.console.print(
+                        f"    {event.stage}: {event.detail} ({event.seconds:.0f} s)",
+                        highlight=False,
+                    )
+            case Notice() if not p.disable:
+                note(p.console, event.message)
+            case pipeline.RunStarted() | Notice():
+                pass  # not shown with --quiet
+            case _ if self.stage_display is not None:
+                self.stage_display(event)
+
+    def _stage_started(self, event: pipeline.StageStarted) -> None:
+        p = self.progress
+        if not p.disable:
+            line(
+                p.console,
+                f"[bold cyan][{event.index}/{event.total}] {event.stage}[/]: {event.detail}",
+            )
+        self.tasks_before = set(p.task_ids)
+        if event.stage == "buffer":
+            self.stage_display = BufferDisplay(p, self.device)
+        elif event.stage == "distill":
+            self.stage_display = DistillDisplay(p, self.origin, self.quiet)
+        elif event.stage in ("evaluate", "baseline"):
+            self.stage_display = EvalDisplay(p)
+        else:
+            self.stage_display = None
+
+
+def summary_table(summary: pipeline.RunSummary) -> Table:
+    plan = summary.plan
+    table = Table(
+        title=f"ddpp run: {plan.distill.dataset}, IPC {plan.distill.ipc}, ε {plan.distill.eps:g}, "
+        f"profile {plan.profile}",
+        title_justify="left",
+    )
+    table.add_column("set")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("runs")
+    result, baseline = summary.evaluation, summary.baseline
+    source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
+    for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
+        table.add_row(
+            label,
+            f"[bold]{value.mean_std_text()} %[/]",
+            " / ".join(percent(a) for a in value.accuracies),
+        )
+    table.add_section()
+    color = "green" if summary.gain > 0 else "red"
+    table.add_row("gain", f"[{color}]{100 * summary.gain:+.2f} points[/]", "")
+    return table
+
+
+def protocol_lines(summary: pipeline.RunSummary) -> list[str]:
+    result, baseline = summary.evaluation, summary.baseline
+    p = result.protocol
+    times = ", ".join(f"{stage} {secs:.0f} s" for stage, secs in summary.seconds.items())
+    return [
+        f"protocol: {p['arch']}, {p['epochs']} epochs, lr {result.lr:.4g} (learned) / "
+        f"{baseline.lr:g} (baseline), DSA {'off' if p['dsa_strategy'] == 'none' else 'on'}, "
+        f"same seeds; tested on the same {p['test_size']} images; ± is the population std",
+        f"time: {sum(summary.seconds.values()) / 60:.1f} min ({times})",
+    ]
+
+
+def print_summary(summary: pipeline.RunSummary) -> None:
+    out.print(summary_table(summary))
+    for text in protocol_lines(summary):
+        line(out, text)
+    if summary.gain <= 0:
+        out.print(
+            "[yellow]the distilled set is not ahead of random real images[/]: the budget is "
+            "too small for this dataset/IPC; raise --iterations (and --experts, --buffer-epochs).",
+            highlight=False,
+        )
+    for label, path in (
+        ("data", summary.data_folder),
+        ("buffer", summary.buffer),
+        ("run", summary.folder),
+        ("set", summary.set_path),
+        ("grid", summary.grid),
+        ("curves", summary.curves),
+        ("summary", summary.summary),
+    ):
+        line(out, f"{label + ':':<9}{path}")
+
+
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        help="paper: SPEC settings (GPU hours); quick: a small budget that finishes in "
+        "minutes on a CPU for MNIST-sized data at IPC 1 (1 expert on 5000 images, 60 "
+        "iterations of at most 20 steps from start epochs < 3, lr-img ≥ 1000 unless ZCA, no "
+        "validation, 3 networks × 300 epochs tested on 2000 images). Options override either.",
+        rich_help_panel=opt.DISTILL,
+    ),
+]
+BufferEpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--buffer-epochs",
+        help="Epochs per expert (quick: as needed, paper 50).",
+        rich_help_panel=opt.BUFFER,
+    ),
+]
+RunsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--runs",
+        help="Networks per set and baseline (quick 3, paper 5).",
+        rich_help_panel=opt.EVALUATION,
+    ),
+]
+EpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--epochs",
+        help="Epochs per network (quick 300, paper 1000).",
+        rich_help_panel=opt.EVALUATION,
+    ),
+]
+
+
+def command(
+    dataset: opt.DatasetOpt,
+    ipc: opt.IpcOpt,
+    eps: opt.EpsOpt = None,
+    profile: ProfileOpt = "paper",
+    arch: opt.ArchOpt = None,
+    experts: opt.ExpertsOpt = None,
+    buffer_epochs: BufferEpochsOpt = None,
+    train_subset: opt.TrainSubsetOpt = None,
+    zca: opt.ZcaOpt = None,
+    image_size: opt.ImageSizeOpt = None,
+    iterations: opt.IterationsOpt = None,
+    syn_steps: opt.SynStepsOpt = None,
+    expert_epochs: opt.ExpertEpochsOpt = None,
+    max_start_epoch: opt.MaxStartEpochOpt = None,
+    batch_syn: opt.BatchSynOpt = None,
+    lr_img: opt.LrImgOpt = None,
+    lr_lr: opt.LrLrOpt = None,
+    lr_teacher: opt.LrTeacherOpt = None,
+    init: opt.InitOpt = None,
+    eval_every: opt.EvalEveryOpt = None,
+    eval_runs: opt.EvalRunsOpt = None,
+    eval_epochs: opt.EvalEpochsOpt = None,
+    checkpoint_every: opt.CheckpointEveryOpt = None,
+    val_size: opt.ValSizeOpt = None,
+    runs: RunsOpt = None,
+    epochs: EpochsOpt = None,
+    test_subset: opt.TestSubsetOpt = None,
+    buffer_dir: opt.BufferDirOpt = None,
+    out_dir: opt.RunFolderOpt = None,
+    parallel: opt.ParallelOpt = 1,
+    data_dir: opt.DataDirOpt = None,
+    download: opt.DownloadOpt = True,
+    device: opt.DeviceOpt = "auto",
+    seed: opt.SeedOpt = 0,
+    quiet: opt.quiet_option("the run folder") = False,
+    json_out: opt.JsonOpt = False,
+) -> None:
+    """Everything in one go: buffer → distill → evaluate (vs random real images) → visualize.
+
+    Reuses a fitting buffer; rerunning with the same --out continues an interrupted run.
+    """
+    options = dict(locals())
+    dataset, ipc = options.pop("dataset"), options.pop("ipc")
+    engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
+    output = {name: options.pop(name) for name in ("quiet", "json_out")}
+    given = opt.settings(options, SETTINGS)
+    given["profile"] = given["profile"].strip().lower()
+    plan = pipeline.plan_run(dataset, ipc, **given)
+    run_and_report(plan, engine_options, **output)
+
+
+def run_and_report(
+    plan: pipeline.RunPlan, engine_options: dict[str, Any], *, quiet: bool, json_out: bool
+) -> None:
+    """Run the pipeline with one progress display, then print the summary (or JSON, or folder).
+
+    ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given.
+    """
+    torch_device = resolve_device(engine_options["device"])
+    folder = engine_options["out_dir"] or pipeline.default_run_folder(plan)
+    origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
+    progress = make_progress(err, disable=quiet or json_out)
+    display = RunDisplay(progress, origin, quiet or json_out, str(torch_device))
+    resume_hint = (
+        f"finished stages and checkpoints are kept; rerun with --out {folder} to continue."
+    )
+    with distilling(progress, resume_hint):
+        summary = pipeline.run_pipeline(
+            plan, folder, buffer=engine_options["buffer_dir"],
+            data_root=engine_options["data_dir"], download=engine_options["download"],
+            device=torch_device, parallel=engine_options["parallel"], on_event=display,
+        )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(summary.to_json()))
+    elif quiet:
+        line(out, str(summary.folder))
+    else:
+        print_summary(summary)
