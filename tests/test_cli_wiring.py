@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from ddpp_cli.cli import app
 from ddpp_cli.commands import _options
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import pipeline, resume, store
+from ddpp_cli.engine import pipeline, store
 from ddpp_cli.engine.errors import DdppError
 
 runner = CliRunner()
@@ -145,7 +145,7 @@ def _saved_run(folder: Path, iteration: int = 4) -> distill_engine.DistillConfig
 
 def test_resume_takes_the_saved_config_and_changeable_options(tmp_path):
     saved = _saved_run(tmp_path / "run")
-    resolved = resume.resolve({"iterations": 20, "eval_every": 0}, tmp_path / "run")
+    resolved = distill_engine.resolve({"iterations": 20, "eval_every": 0}, tmp_path / "run")
     assert resolved.resumed
     assert resolved.config == replace(saved, iterations=20, eval_every=0)
     assert resolved.origin["iterations"] == "option" and resolved.origin["lr_img"] == "resume"
@@ -158,15 +158,28 @@ def test_resume_takes_the_saved_config_and_changeable_options(tmp_path):
 def test_resume_refuses_a_conflict(tmp_path, given, message):
     _saved_run(tmp_path / "run")
     with pytest.raises(DdppError, match=message):
-        resume.resolve(given, tmp_path / "run")
+        distill_engine.resolve(given, tmp_path / "run")
+
+
+def test_resume_checks_batch_syn_0_like_any_other_change(tmp_path):
+    saved = _saved_run(tmp_path / "run")
+    assert saved.batch_syn is None  # every image: --batch-syn 0 changes nothing
+    assert distill_engine.resolve({"batch_syn": 0}, tmp_path / "run").config == saved
+    folder = tmp_path / "minibatched"
+    config = replace(saved, batch_syn=5)
+    folder.mkdir()
+    meta = {"config": asdict(config), "iteration": 4}
+    store.write(folder / distill_engine.CHECKPOINT_NAME, {}, store.CHECKPOINT_FORMAT, meta)
+    with pytest.raises(DdppError, match="batch_syn: 5 there vs None now"):
+        distill_engine.resolve({"batch_syn": 0}, folder)
 
 
 def test_a_new_run_needs_dataset_and_ipc_and_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(DdppError, match="--dataset and --ipc"):
-        resume.resolve({"dataset": "mnist"}, None)
+        distill_engine.resolve({"dataset": "mnist"}, None)
     with pytest.raises(DdppError, match="not a run to resume"):
-        resume.resolve({}, tmp_path, resume=True)
-    fresh = resume.resolve({"dataset": "mnist", "ipc": 1, "batch_syn": 0}, tmp_path)
+        distill_engine.resolve({}, tmp_path, resume=True)
+    fresh = distill_engine.resolve({"dataset": "mnist", "ipc": 1, "batch_syn": 0}, tmp_path)
     assert not fresh.resumed and fresh.config.batch_syn is None
     assert fresh.origin["syn_steps"] == "preset" and fresh.origin["batch_syn"] == "option"
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import evaluate, resume
+from ddpp_cli.engine import evaluate
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
@@ -260,19 +260,19 @@ def command(
 
 def resolve_run(
     given: dict[str, Any], resume_dir: Path | None, out_dir: Path | None
-) -> tuple[Path, resume.Resolved]:
-    """The run folder and its resolved config (:func:`ddpp_cli.engine.resume.resolve`)."""
+) -> tuple[Path, distill_engine.Resolved]:
+    """The run folder and its resolved config (:func:`ddpp_cli.engine.distill.resolve`)."""
     if resume_dir is not None and out_dir is not None and resume_dir.resolve() != out_dir.resolve():
         raise DdppError(
             f"--resume {resume_dir} and --out {out_dir} name different folders; drop one."
         )
     folder = resume_dir or out_dir
-    resolved = resume.resolve(given, folder, resume=resume_dir is not None)
+    resolved = distill_engine.resolve(given, folder, resume=resume_dir is not None)
     return folder or distill_engine.default_run_dir(resolved.config), resolved
 
 
 def distill_and_report(
-    folder: Path, resolved: resume.Resolved, engine_options: dict[str, Any], *, quiet: bool,
+    folder: Path, resolved: distill_engine.Resolved, engine_options: dict[str, Any], *, quiet: bool,
     json_out: bool,
 ) -> None:  # fmt: skip
     """Run the engine (``engine_options``: :data:`ENGINE_OPTIONS`) and print its summary."""

@@ -21,13 +21,16 @@ Modules, one job each: ``config`` (settings, buffer and run folder locations, th
 
 from ddpp_cli.engine import presets as presets  # the CLI reads presets.KEYS through here
 from ddpp_cli.engine.distill.config import (
+    ALL_IMAGES,
     CHANGEABLE_ON_RESUME,
     CHECKPOINT_NAME,
     INITS,
     RESOLVED_AT_START,
     DistillConfig,
+    Resolved,
     default_run_dir,
     find_buffer,
+    resolve,
     resume_config,
     saved_config,
 )
@@ -60,6 +63,7 @@ from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_v
 from ddpp_cli.engine.unroll import UnrollStep, plan_unroll, unroll
 
 __all__ = [
+    "ALL_IMAGES",
     "BEST_NAME",
     "CHANGEABLE_ON_RESUME",
     "CHECKPOINT_NAME",
@@ -81,6 +85,7 @@ __all__ = [
     "EventCallback",
     "IterationFinished",
     "MatchingStep",
+    "Resolved",
     "RunFolder",
     "RunSetup",
     "StateDict",
@@ -97,6 +102,7 @@ __all__ = [
     "plan_unroll",
     "read_checkpoint",
     "read_snapshots",
+    "resolve",
     "resume_config",
     "saved_config",
     "set_up",

@@ -1,5 +1,6 @@
 """The settings of a distillation run (SPEC §6): :class:`DistillConfig`, where its buffer and run
-folder are, and the one rule for what a resumed run may change (:func:`resume_config`)."""
+folder are, and the one rule that merges preset, saved run and given options (:func:`resolve`,
+with :func:`resume_config` for what a resumed run may change)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ CHANGEABLE_ON_RESUME = (
 )
 # Settings a run resolves when it starts (from the buffer and the data) where the config has None.
 RESOLVED_AT_START = ("zca", "train_subset", "val_size")
+ALL_IMAGES = 0  # batch_syn as given on the command line for "every image each step" (None here)
 
 
 @dataclass(frozen=True)
@@ -278,3 +280,45 @@ def resume_config(
             f"--iterations {config.iterations} is fewer."
         )
     return config
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The config a run uses, where each value came from, and whether it resumes."""
+
+    config: DistillConfig
+    origin: dict[str, str]  # field -> "preset", "resume" or "option" (missing: the default)
+    resumed: bool
+
+
+def resolve(given: Mapping[str, Any], folder: Path | None, *, resume: bool = False) -> Resolved:
+    """Preset, then saved run, then given options: the settings of the run in ``folder``.
+
+    ``given`` maps DistillConfig field names to the options the user set (None = not given). A
+    folder holding a checkpoint continues its saved config (:func:`resume_config` says what may
+    change); otherwise the run starts from the preset of its dataset and IPC. ``resume`` True
+    means the user asked to resume, so ``folder`` must hold a checkpoint. ``batch_syn``
+    :data:`ALL_IMAGES` means every image each step.
+    """
+    given = {name: value for name, value in given.items() if value is not None}
+    all_images = given.get("batch_syn") == ALL_IMAGES
+    if all_images:
+        given["batch_syn"] = None
+    resumed = folder is not None and (Path(folder) / CHECKPOINT_NAME).is_file()
+    if resumed:
+        config = resume_config(folder, given)  # a None (all images) is not applied here...
+        if all_images:  # ...but checked like any other change
+            config = resume_config(folder, replace(config, batch_syn=None))
+        origin = {name: "resume" for name in asdict(config)}
+    elif resume:
+        raise DdppError(f"{folder} holds no {CHECKPOINT_NAME}; it is not a run to resume.")
+    else:
+        if given.get("dataset") is None or given.get("ipc") is None:
+            raise DdppError("--dataset and --ipc are needed to start a run (or --resume RUN).")
+        rest = {k: v for k, v in given.items() if k not in ("dataset", "ipc")}
+        config = DistillConfig.from_preset(given["dataset"], given["ipc"], **rest)
+        origin = {name: "preset" for name in presets.KEYS}
+    if all_images:
+        config = replace(config, batch_syn=None)
+    origin.update({name: "option" for name in given})
+    return Resolved(config, origin, resumed)
