@@ -42,6 +42,10 @@ from ddpp_cli.engine.training import predict, train_epoch
 DEFAULT_LR = 0.01
 LR_DECAY = 0.1
 STD_KIND = "population (np.std, ddof=0)"
+# How ddpp reports a set's accuracy: the set is chosen on a validation split held out from the
+# training data, and each run's network is tested once, after its last epoch. MTT reported the
+# best test accuracy over all its evaluation points instead (docs/reproduce.md).
+SELECTION_RULE = "validation split, tested once"
 
 EventCallback = Callable[[object], None]
 SetForRun = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -113,9 +117,10 @@ class EvalResult:
     seconds: float
     lr: float
     protocol: dict[str, Any] = field(default_factory=dict)
+    selection: str = SELECTION_RULE
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr and the protocol."""
+        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr, protocol and selection."""
         return {
             "arch": self.arch,
             "accuracies": list(self.accuracies),
@@ -124,6 +129,7 @@ class EvalResult:
             "seconds": self.seconds,
             "lr": self.lr,
             "protocol": dict(self.protocol),
+            "selection": self.selection,
         }
 
     def mean_std_text(self) -> str:
