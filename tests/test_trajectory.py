@@ -8,7 +8,7 @@ from ddpp_cli.engine import models, store, trajectory
 from ddpp_cli.engine.device import seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
-from ddpp_cli.engine.trajectory import BufferConfig, import_mtt, train_buffer
+from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 
 def small_config(**overrides) -> BufferConfig:
@@ -140,73 +140,3 @@ def test_zca_buffer_saves_and_reuses_the_whitening(tiny_mnist, tmp_path):
         "zca_file": "zca.safetensors",
         "regularization": 0.1,
     }
-
-
-def _mtt_buffer(layout: ParamLayout, experts: int, epochs: int, seed: int) -> list:
-    generator = torch.Generator().manual_seed(seed)
-    return [
-        [
-            [torch.randn(shape, generator=generator) for shape in layout.shapes]
-            for _ in range(epochs + 1)
-        ]
-        for _ in range(experts)
-    ]
-
-
-def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
-    with seeded(0):
-        layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
-    source = tmp_path / "mtt"
-    source.mkdir()
-    buffers = [_mtt_buffer(layout, 2, 3, seed=0), _mtt_buffer(layout, 1, 3, seed=1)]
-    for number, content in enumerate(buffers):
-        torch.save(content, source / f"replay_buffer_{number}.pt")
-    summary = import_mtt(
-        source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False
-    )
-    experts = [expert for content in buffers for expert in content]
-    assert len(summary.experts) == 3
-    for record, expert in zip(summary.experts, experts, strict=True):
-        params = trajectory.load_trajectory(record.path, layout).params
-        assert params.shape == (4, layout.numel)
-        for epoch, tensors in enumerate(expert):
-            unflat = layout.unflatten(params[epoch])
-            for name, tensor in zip(layout.names, tensors, strict=True):
-                assert torch.equal(unflat[name], tensor)
-    assert trajectory.read_manifest(tmp_path / "out")["epochs"] == 3
-
-
-@pytest.mark.parametrize(
-    "content",
-    [{"not": "a list"}, [[torch.zeros(3)]], [], [[["text"]]]],
-    ids=["dict", "too-shallow", "empty", "not-tensors"],
-)
-def test_import_refuses_wrong_structures(tiny_mnist, tmp_path, content):
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save(content, source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="MTT"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
-
-
-class Exploit:
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
-def test_import_refuses_arbitrary_pickles(tiny_mnist, tmp_path):
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save([Exploit()], source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="weights-only"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
-
-
-def test_import_refuses_wrong_architecture(tiny_mnist, tmp_path):
-    with seeded(0):
-        layout = ParamLayout.of(models.create("convnet-d4", 1, 10, 28))
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save(_mtt_buffer(layout, 1, 1, 0), source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="do not match the architecture"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
