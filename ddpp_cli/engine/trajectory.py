@@ -770,31 +770,33 @@ def import_mtt(
         for path in existing.values():
             _check_expert_file(path, described["epochs"], layout.numel)
     complete = _source_positions(existing)
-
-    emit(
-        BufferStarted(
-            folder=folder,
-            total=experts,
-            existing=sum(1 for i in existing if experts is None or i < experts),
-            train_size=len(prepared.train.labels),
-            test_size=len(prepared.test.labels),
-            num_params=layout.numel,
-            preprocessing=prepared.preprocessing.kind,
-        )
+    started = BufferStarted(
+        folder=folder,
+        total=experts,
+        existing=sum(1 for i in existing if experts is None or i < experts),
+        train_size=len(prepared.train.labels),
+        test_size=len(prepared.test.labels),
+        num_params=layout.numel,
+        preprocessing=prepared.preprocessing.kind,
     )
     records: list[ExpertRecord] = []
     index = 0
-    for path in files:
+    for number, path in enumerate(files):
         if experts is not None and index >= experts:
             break
-        if path.name in complete and all(index + p in existing for p in range(complete[path.name])):
+        skip = path.name in complete and all(
+            index + p in existing for p in range(complete[path.name])
+        )
+        content = None if skip else _load_mtt_file(path)
+        if number == 0:
+            emit(started)  # after the first file proved readable
+        if content is None:
             for _ in range(complete[path.name]):  # converted before a kill: not read again
                 if experts is None or index < experts:
                     records.append(ExpertRecord(index, existing[index], [], resumed=True))
                     emit(ExpertFinished(records[-1]))
                 index += 1
             continue
-        content = _load_mtt_file(path)
         for position in range(len(content)):
             if experts is not None and index >= experts:
                 break
