@@ -26,7 +26,7 @@ def tensors(n_per_class: int, seed: int, noise: float = 1.0):
 
 
 SET = tensors(3, seed=0)
-TEST = tensors(25, seed=1, noise=2.0)
+TEST = tensors(20, seed=1, noise=2.0)
 
 
 def run(records: Path | None, config: EvalConfig = CONFIG, images=SET, **options):
@@ -73,7 +73,6 @@ def test_kill_after_two_runs_then_resume_equals_one_go(tmp_path, monkeypatch, pa
     assert finished == [(0, True), (1, True), (2, False)]
     assert resumed.accuracies == one_go.accuracies  # bit-equal floats
     assert (resumed.mean, resumed.std) == (one_go.mean, one_go.std)
-    assert run(None, parallel=parallel).accuracies == one_go.accuracies
 
 
 def test_more_runs_reuse_the_recorded_ones_and_a_rerun_trains_nothing(tmp_path):
@@ -91,7 +90,7 @@ def test_more_runs_reuse_the_recorded_ones_and_a_rerun_trains_nothing(tmp_path):
     "change",
     [
         {"images": tensors(3, seed=7)},
-        {"config": replace(CONFIG, epochs=2)},
+        {"config": replace(CONFIG, epochs=2)},  # (CONFIG has 3)
         {"config": replace(CONFIG, lr=0.04)},
         {"config": replace(CONFIG, seed=1)},
     ],
