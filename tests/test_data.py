@@ -382,6 +382,21 @@ def test_tinyimagenet_without_words_keeps_wnids_and_generic_val_folders(tmp_path
     assert data.load("imagefolder", generic, "test").labels.tolist() == [0, 1]
 
 
+def test_tinyimagenet_val_rearranged_into_class_folders_as_mtt_expects(tmp_path: Path) -> None:
+    """MTT reads val/images/<wnid>/*.JPEG with ImageFolder; the official test/ stays ignored."""
+    folder = make_tiny_imagenet(tmp_path)
+    (folder / "val" / "val_annotations.txt").unlink()
+    for k, wnid in enumerate(sorted(_TINY_WNIDS)):
+        moved = folder / "val" / "images" / wnid / f"val_{k}.JPEG"
+        moved.parent.mkdir()
+        (folder / "val" / "images" / f"val_{k}.JPEG").rename(moved)
+    for extra in (folder / "val" / "images").glob("*.JPEG"):
+        extra.unlink()
+    test = data.load("tinyimagenet", tmp_path, "test")
+    assert test.labels.tolist() == [0, 1, 2]
+    assert test.class_names[0] == "goldfish"
+
+
 def test_folder_decode_is_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _make_presplit(tmp_path)
     first = data.load("imagefolder", tmp_path)

@@ -510,19 +510,30 @@ def _is_tiny_imagenet_val(folder: Path) -> bool:
     return (folder / "val_annotations.txt").is_file() and (folder / "images").is_dir()
 
 
-def _labelled_test_dir(folder: Path) -> Path:
+def _labelled_test_dir(folder: Path, classes: tuple[str, ...]) -> Path:
     """The labelled held-out split next to ``train/``: ``test/``, else ``val/``.
 
     In Tiny ImageNet's official archive ``test/images/`` has no labels; its labelled ``val/`` is
-    the test split (as in MTT and the papers), so an annotated ``val/`` wins over ``test/``.
+    the test split (as in MTT and the papers), so an annotated ``val/`` wins over ``test/``, and
+    a folder holding nothing but an ``images/`` folder of files is taken as unlabelled. MTT's
+    rearranged ``val/images/<wnid>/`` (class folders under ``images/``) works too.
     """
+    val_images = folder / "val" / "images"
+    if val_images.is_dir() and _visible_dirs(val_images):
+        return val_images
     if _is_tiny_imagenet_val(folder / "val"):
         return folder / "val"
     for name in ("test", "val"):
-        if (folder / name).is_dir():
-            return folder / name
+        candidate = folder / name
+        if not candidate.is_dir():
+            continue
+        inner = [d.name for d in _visible_dirs(candidate)]
+        if inner == ["images"] and "images" not in classes:
+            continue  # Tiny ImageNet's unlabelled test/images/
+        return candidate
     raise DdppError(
-        f"{folder} has train/ but no test/ or val/ folder; add one with the same class folders."
+        f"{folder} has train/ but no labelled test/ or val/ folder; add one with the same "
+        "class folders."
     )
 
 
@@ -674,7 +685,7 @@ def _load_folder_dataset(
     if train_dir.is_dir():
         classes, files, labels = _class_folder_listing(train_dir)
         if split == "test":
-            files, labels = _test_listing(_labelled_test_dir(folder), classes)
+            files, labels = _test_listing(_labelled_test_dir(folder, classes), classes)
         images = _decode_cached(folder, files, labels, mode, size)
         return images, torch.tensor(labels, dtype=torch.int64), _class_names(folder, classes)
 
