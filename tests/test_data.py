@@ -17,6 +17,7 @@ from PIL import Image
 
 from ddpp_cli.engine import data
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.preprocess import prepare
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -309,25 +310,91 @@ def test_covid_single_folder_is_split_80_20_stratified(tmp_path: Path) -> None:
     assert small.images.shape == (17, 1, 16, 16)
 
 
-def test_tinyimagenet_layout_with_original_val_annotations(tmp_path: Path) -> None:
-    root = tmp_path / "tiny-imagenet-200"
-    for k, wnid in enumerate(["n01", "n02"]):
-        for i in range(2):
-            _png(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", k, size=(64, 64))
-        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text("ignored")
-    _png(root / "val" / "images" / "val_0.JPEG", 7, size=(64, 64))
-    _png(root / "val" / "images" / "val_1.JPEG", 8, size=(64, 64))
-    (root / "val" / "val_annotations.txt").write_text(
-        "val_0.JPEG\tn02\t0\t0\t1\t1\nval_1.JPEG\tn01\t0\t0\t1\t1\n"
+_TINY_WNIDS = ("n02124075", "n01443537", "n01629819")  # not sorted on purpose
+_TINY_WORDS = {
+    "n01443537": "goldfish, Carassius auratus",
+    "n01629819": "European fire salamander, Salamandra salamandra",
+    "n02124075": "Egyptian cat",
+    "n09999999": "a class of the full ImageNet list that Tiny ImageNet lacks",
+}
+
+
+def make_tiny_imagenet(root: Path) -> Path:
+    """The official tiny-imagenet-200 layout, ``test/`` included, with 64 px JPEGs.
+
+    Train image ``i`` of wnid ``w`` is the constant value ``40·k + 10·i`` with ``k`` the sorted
+    position of ``w``; val images are ``200 + 10·k + j``; the unlabeled test images are 255.
+    """
+    folder = root / "tiny-imagenet-200"
+    ordered = sorted(_TINY_WNIDS)
+    for wnid in _TINY_WNIDS:
+        k = ordered.index(wnid)
+        for i in range(3):
+            _png(folder / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", 40 * k + 10 * i, (64, 64))
+        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text(f"{wnid}_0.JPEG\t0\t0\t63\t63\n")
+    annotations = []
+    for number, (wnid, j) in enumerate([(w, j) for j in range(2) for w in _TINY_WNIDS]):
+        name = f"val_{number}.JPEG"
+        _png(folder / "val" / "images" / name, 200 + 10 * ordered.index(wnid) + j, (64, 64))
+        annotations.append(f"{name}\t{wnid}\t1\t2\t50\t60")
+    (folder / "val" / "val_annotations.txt").write_text("\n".join(annotations) + "\n")
+    for n in range(4):
+        _png(folder / "test" / "images" / f"test_{n}.JPEG", 255, (64, 64))
+    (folder / "wnids.txt").write_text("\n".join(_TINY_WNIDS) + "\n")
+    (folder / "words.txt").write_text("".join(f"{w}\t{t}\n" for w, t in _TINY_WORDS.items()))
+    return folder
+
+
+def test_tinyimagenet_official_archive_layout_end_to_end(tmp_path: Path) -> None:
+    make_tiny_imagenet(tmp_path)
+    prepared = prepare("tinyimagenet", tmp_path, use_zca=False, download=False)
+    names = ("goldfish", "European fire salamander", "Egyptian cat")  # sorted wnids' order
+    assert prepared.train.class_names == prepared.test.class_names == names
+    assert prepared.train.images.shape == (9, 3, 64, 64)
+    assert prepared.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert prepared.test.images.shape == (6, 3, 64, 64)  # val/ only: test/ has no labels
+    assert prepared.test.labels.tolist() == [2, 0, 1, 2, 0, 1]  # val_annotations.txt order
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert prepared.preprocessing.describe() == {
+        "kind": "normalize",
+        "mean": list(mean),
+        "std": list(std),
+    }
+    pixels = prepared.preprocessing.invert(prepared.test.images)[:, 0, 32, 32] * 255
+    expected = torch.tensor([220.0, 200, 210, 221, 201, 211])
+    assert torch.allclose(pixels, expected, atol=2.0)
+    raw = data.load("tinyimagenet", tmp_path)
+    assert torch.allclose(
+        raw.images[:, 0, 32, 32] * 255,
+        torch.tensor([40.0 * k + 10 * i for k in range(3) for i in range(3)]),
+        atol=2.0,
     )
-    train = data.load("tinyimagenet", tmp_path)
+
+
+def test_tinyimagenet_without_words_keeps_wnids_and_generic_val_folders(tmp_path: Path) -> None:
+    folder = make_tiny_imagenet(tmp_path)
+    (folder / "words.txt").unlink()
+    assert data.load("tinyimagenet", tmp_path).class_names == tuple(sorted(_TINY_WNIDS))
+    generic = tmp_path / "generic"
+    for split in ("train", "val"):
+        for k, name in enumerate(["b", "a"]):
+            _png(generic / split / name / "0.png", 10 * k)
+    assert data.load("imagefolder", generic, "test").labels.tolist() == [0, 1]
+
+
+def test_tinyimagenet_val_rearranged_into_class_folders_as_mtt_expects(tmp_path: Path) -> None:
+    """MTT reads val/images/<wnid>/*.JPEG with ImageFolder; the official test/ stays ignored."""
+    folder = make_tiny_imagenet(tmp_path)
+    (folder / "val" / "val_annotations.txt").unlink()
+    for k, wnid in enumerate(sorted(_TINY_WNIDS)):
+        moved = folder / "val" / "images" / wnid / f"val_{k}.JPEG"
+        moved.parent.mkdir()
+        (folder / "val" / "images" / f"val_{k}.JPEG").rename(moved)
+    for extra in (folder / "val" / "images").glob("*.JPEG"):
+        extra.unlink()
     test = data.load("tinyimagenet", tmp_path, "test")
-    assert train.images.shape == (4, 3, 64, 64) and train.class_names == ("n01", "n02")
-    assert test.labels.tolist() == [1, 0]
-    assert data.normalization("tinyimagenet", train) == (
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
-    )
+    assert test.labels.tolist() == [0, 1, 2]
+    assert test.class_names[0] == "goldfish"
 
 
 def test_folder_decode_is_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

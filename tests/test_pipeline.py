@@ -200,6 +200,9 @@ def test_run_end_to_end_then_reuses_the_buffer(tiny_mnist, tmp_path):
     assert summary["gain"] == pytest.approx(
         summary["distilled"]["mean"] - summary["random_baseline"]["mean"]
     )
+    assert (
+        summary["selection"] == summary["distilled"]["selection"] == "validation split, tested once"
+    )
     buffer = Path(summary["buffer"])
     assert buffer.parent == trajectory.default_buffer_dir("mnist", "convnet", False).parent
 

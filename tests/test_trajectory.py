@@ -8,7 +8,7 @@ from ddpp_cli.engine import models, store, trajectory
 from ddpp_cli.engine.device import seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
-from ddpp_cli.engine.trajectory import BufferConfig, import_mtt, train_buffer
+from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 
 def small_config(**overrides) -> BufferConfig:
@@ -187,8 +187,13 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
     ]
     for number, content in enumerate(buffers):
         torch.save(content, source / f"replay_buffer_{number}.pt")
-    summary = import_mtt(
-        source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False
+    summary = trajectory.import_mtt(
+        source,
+        tmp_path / "out",
+        dataset="mnist",
+        use_zca=False,
+        data_root=tiny_mnist,
+        download=False,
     )
     experts = [expert for content in buffers for expert in content]
     assert len(summary.experts) == 3
@@ -200,47 +205,3 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
             for (name, _), tensor in zip(MTT_CONVNET_D3_1CH_28PX, tensors, strict=True):
                 assert torch.equal(unflat[name], tensor), name
     assert trajectory.read_manifest(tmp_path / "out")["epochs"] == 3
-
-
-@pytest.mark.parametrize(
-    "content",
-    [{"not": "a list"}, [[torch.zeros(3)]], [], [[["text"]]]],
-    ids=["dict", "too-shallow", "empty", "not-tensors"],
-)
-def test_import_refuses_wrong_structures(tiny_mnist, tmp_path, content):
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save(content, source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="MTT"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
-
-
-class Exploit:
-    def __reduce__(self):
-        return (print, ("this must never run",))
-
-
-def test_import_refuses_arbitrary_pickles(tiny_mnist, tmp_path):
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save([Exploit()], source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="weights-only"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)
-
-
-def test_import_refuses_wrong_architecture(tiny_mnist, tmp_path):
-    # MTT's ConvNetD4 at 28 px: a fourth block at Sequential index 12, 2×2 maps into the head.
-    depth4 = [
-        *MTT_CONVNET_D3_1CH_28PX[:-2],
-        ("features.12.weight", (128, 128, 3, 3)),
-        ("features.12.bias", (128,)),
-        ("features.13.weight", (128,)),
-        ("features.13.bias", (128,)),
-        ("classifier.weight", (10, 512)),
-        ("classifier.bias", (10,)),
-    ]
-    source = tmp_path / "mtt"
-    source.mkdir()
-    torch.save(_mtt_buffer(depth4, 1, 1, 0), source / "replay_buffer_0.pt")
-    with pytest.raises(DdppError, match="do not match the architecture"):
-        import_mtt(source, tmp_path / "out", dataset="mnist", data_root=tiny_mnist, download=False)

@@ -233,3 +233,40 @@ def test_prune_mask_is_taken_at_the_end_of_the_unroll():
     expected = 1.0 - float(prune_mask(end, target, 0.1).float().mean())
     result, _, _ = gradients(student, problem, steps, "memory")
     assert result.pruned_fraction == expected
+
+
+def test_accumulator_dtype_is_float32_on_mps_only():
+    assert unroll.accumulator_dtype(torch.device("mps")) == torch.float32
+    assert unroll.accumulator_dtype("mps:0") == torch.float32
+    assert unroll.accumulator_dtype(torch.device("cpu")) == torch.float64
+    assert unroll.accumulator_dtype("cuda:1") == torch.float64
+
+
+def test_memory_mode_accumulates_in_the_dtype_the_device_gets(monkeypatch):
+    """The memory unroll asks accumulator_dtype for lr's device and sums in what it returns."""
+    problem = tiny_problem(torch.float32, channels=3)
+    model, layout, *_ = problem
+    dsa = DSA()
+    steps = plan_unroll(6, 3, None, dsa, (8, 8), make_generator(5, "t"))
+    student = Student(model, layout, dsa)
+    _, _, ga_float64 = gradients(student, problem, steps, "memory")
+    asked = []
+    real_zeros = torch.zeros
+    made = []
+
+    def as_on_mps(device):
+        asked.append(torch.device(device))
+        return torch.float32
+
+    def zeros(*args, **kwargs):
+        tensor = real_zeros(*args, **kwargs)
+        made.append(tensor.dtype)
+        return tensor
+
+    monkeypatch.setattr(unroll, "accumulator_dtype", as_on_mps)
+    monkeypatch.setattr(unroll.torch, "zeros", zeros)
+    _, _, ga_float32 = gradients(student, problem, steps, "memory")
+    monkeypatch.undo()
+    assert asked == [torch.device("cpu")]
+    assert torch.float64 not in made and torch.float32 in made
+    torch.testing.assert_close(ga_float32, ga_float64, rtol=1e-5, atol=0)

@@ -485,7 +485,7 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
     """Files/labels of a test (or val) folder, using the train split's class indices."""
     index = {c: i for i, c in enumerate(classes)}
     annotations = folder / "val_annotations.txt"
-    if annotations.is_file() and (folder / "images").is_dir():  # Tiny ImageNet's original val/
+    if _is_tiny_imagenet_val(folder):
         files, labels = [], []
         for line in annotations.read_text().splitlines():
             parts = line.split("\t")
@@ -503,6 +503,64 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
             "classes must be a subset of the train classes."
         )
     return files, [index[test_classes[i]] for i in local]
+
+
+def _is_tiny_imagenet_val(folder: Path) -> bool:
+    """Tiny ImageNet's official ``val/``: ``images/`` plus ``val_annotations.txt``."""
+    return (folder / "val_annotations.txt").is_file() and (folder / "images").is_dir()
+
+
+def _labelled_test_dir(folder: Path, classes: tuple[str, ...]) -> Path:
+    """The labelled held-out split next to ``train/``: ``test/``, else ``val/``.
+
+    In Tiny ImageNet's official archive ``test/images/`` has no labels; its labelled ``val/`` is
+    the test split (as in MTT and the papers), so an annotated ``val/`` wins over ``test/``, and
+    a folder holding nothing but an ``images/`` folder of files is taken as unlabelled. MTT's
+    rearranged ``val/images/<wnid>/`` (class folders under ``images/``) works too.
+    """
+    val_images = folder / "val" / "images"
+    if val_images.is_dir() and _visible_dirs(val_images):
+        return val_images
+    if _is_tiny_imagenet_val(folder / "val"):
+        return folder / "val"
+    for name in ("test", "val"):
+        candidate = folder / name
+        if not candidate.is_dir():
+            continue
+        inner = [d.name for d in _visible_dirs(candidate)]
+        if inner == ["images"] and "images" not in classes:
+            continue  # Tiny ImageNet's unlabelled test/images/
+        return candidate
+    raise DdppError(
+        f"{folder} has train/ but no labelled test/ or val/ folder; add one with the same "
+        "class folders."
+    )
+
+
+def _class_names(folder: Path, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """Readable class names: Tiny ImageNet's ``words.txt`` (wnid TAB names) when present.
+
+    The first name before the comma is used ("n01443537" → "goldfish"); a name two classes
+    share gets its wnid appended. Without ``words.txt`` the folder names are the names.
+    """
+    words = folder / "words.txt"
+    if not words.is_file():
+        return classes
+    try:
+        lines = words.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DdppError(f"cannot read {words}: {exc}; fix or remove it.") from None
+    table = {}
+    for line in lines:
+        wnid, _, names = line.partition("\t")
+        if names.strip():
+            table[wnid.strip()] = names.split(",")[0].strip()
+    names = [table.get(c, c) for c in classes]
+    counts = {name: names.count(name) for name in names}
+    return tuple(
+        f"{name} ({wnid})" if counts[name] > 1 and name != wnid else name
+        for name, wnid in zip(names, classes, strict=True)
+    )
 
 
 def _is_shared_data_folder(folder: Path) -> bool:
@@ -527,7 +585,10 @@ def _find_dataset_dir(name: str, root: Path) -> Path:
         return folder
     tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
     if name == "tinyimagenet":
-        layout = "train/<class>/… and val/<class>/… folders"
+        layout = (
+            "the official tiny-imagenet-200 layout (train/<wnid>/images/, val/images/ with "
+            "val_annotations.txt) or train/<class>/… and val/<class>/… folders"
+        )
     elif name == "covid19-cxr":
         layout = "one folder per class (the COVID-19 Radiography Database layout)"
     else:
@@ -624,15 +685,9 @@ def _load_folder_dataset(
     if train_dir.is_dir():
         classes, files, labels = _class_folder_listing(train_dir)
         if split == "test":
-            test_dir = next((folder / d for d in ("test", "val") if (folder / d).is_dir()), None)
-            if test_dir is None:
-                raise DdppError(
-                    f"{folder} has train/ but no test/ or val/ folder; add one with the same "
-                    "class folders."
-                )
-            files, labels = _test_listing(test_dir, classes)
+            files, labels = _test_listing(_labelled_test_dir(folder, classes), classes)
         images = _decode_cached(folder, files, labels, mode, size)
-        return images, torch.tensor(labels, dtype=torch.int64), classes
+        return images, torch.tensor(labels, dtype=torch.int64), _class_names(folder, classes)
 
     classes, files, labels = _class_folder_listing(folder)
     if len(classes) < 2:

@@ -20,6 +20,8 @@ rounding. Under ``torchrun`` (``world``) the runs are split between the ranks an
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 import statistics
 import time
@@ -28,8 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import torch
 
+from ddpp_cli import __version__
 from ddpp_cli.engine import augment, batched, data, models, store
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
@@ -42,6 +46,10 @@ from ddpp_cli.engine.training import predict, train_epoch
 DEFAULT_LR = 0.01
 LR_DECAY = 0.1
 STD_KIND = "population (np.std, ddof=0)"
+# How ddpp reports a set's accuracy: the set is chosen on a validation split held out from the
+# training data, and each run's network is tested once, after its last epoch. MTT reported the
+# best test accuracy over all its evaluation points instead (docs/reproduce.md).
+SELECTION_RULE = "validation split, tested once"
 
 EventCallback = Callable[[object], None]
 SetForRun = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -100,6 +108,7 @@ class RunFinished:
     accuracy: float
     seconds: float
     diverged: bool = False
+    resumed: bool = False  # read from the evaluation records, not trained now
 
 
 @dataclass(frozen=True)
@@ -113,9 +122,10 @@ class EvalResult:
     seconds: float
     lr: float
     protocol: dict[str, Any] = field(default_factory=dict)
+    selection: str = SELECTION_RULE
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr and the protocol."""
+        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr, protocol and selection."""
         return {
             "arch": self.arch,
             "accuracies": list(self.accuracies),
@@ -124,6 +134,7 @@ class EvalResult:
             "seconds": self.seconds,
             "lr": self.lr,
             "protocol": dict(self.protocol),
+            "selection": self.selection,
         }
 
     def mean_std_text(self) -> str:
@@ -335,6 +346,121 @@ def protocol(config: EvalConfig, lr: float, lr_source: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------- evaluation records
+
+RECORDS_FORMAT = "ddpp.evaluation/1"
+RECORDS_DIRNAME = "evaluations"
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 over the dtype, shape and bytes of ``tensors`` (any device), hex."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{flat.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_records_dir(set_path: Path | None = None) -> Path:
+    """Where ``evaluate``/``crossarch`` keep the finished runs of a set by default.
+
+    A set in a run folder (``RUN/best.safetensors``, ``RUN/distilled.safetensors``) or the run
+    folder itself: ``RUN/evaluations/``. Any other set file ``DIR/NAME.safetensors``:
+    ``DIR/NAME.eval/``. No file (a baseline): the ddpp data folder's ``evaluations/``. File
+    names inside carry a hash of the set, test split and protocol, so one folder can hold the
+    records of many evaluations without mixing them.
+    """
+    if set_path is None:
+        return platformdirs.user_data_path("ddpp") / RECORDS_DIRNAME
+    set_path = Path(set_path)
+    if set_path.is_dir():
+        return set_path / RECORDS_DIRNAME
+    if set_path.name in RUN_SET_NAMES:
+        return set_path.parent / RECORDS_DIRNAME
+    return set_path.with_name(f"{set_path.stem}.eval")
+
+
+def evaluation_identity(
+    first_set: tuple[torch.Tensor, torch.Tensor],
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    config: EvalConfig,
+    lr: float,
+) -> dict[str, Any]:
+    """What a recorded run must share with a new one to be reused in its place.
+
+    The set (content hash of run 0's images and labels), the test split as transformed (hash),
+    the class count, the protocol (every :class:`EvalConfig` field but ``runs``, since run r does
+    not depend on how many follow) and the learning rate actually used.
+    """
+    settings = asdict(config)
+    del settings["runs"]
+    return {
+        "set_sha256": tensor_digest(*first_set),
+        "test_sha256": tensor_digest(test_images, test_labels),
+        "num_classes": num_classes,
+        "protocol": {**settings, "lr": lr},
+    }
+
+
+@dataclass(frozen=True)
+class EvalRecords:
+    """The finished runs of one evaluation, kept in ``<folder>/<arch>-<hash>.json``.
+
+    Each write replaces the whole file atomically (temporary file, fsync, ``os.replace``).
+    """
+
+    path: Path
+    identity: dict[str, Any]
+    runs: dict[int, dict[str, Any]]
+
+    @classmethod
+    def open(cls, folder: Path, identity: dict[str, Any]) -> EvalRecords:
+        """The records of ``identity`` in ``folder`` (none yet when the file is absent).
+
+        DdppError when the file is unreadable or records another evaluation than its name says.
+        """
+        text = json.dumps(identity, sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        arch = identity["protocol"]["arch"]
+        path = Path(folder) / f"{arch}-{key}.json"
+        if not path.is_file():
+            return cls(path, identity, {})
+        try:
+            content = json.loads(path.read_text())
+            ok = content.get("format") == RECORDS_FORMAT and content.get("identity") == identity
+            runs = {int(run): dict(entry) for run, entry in content["runs"].items()}
+            for entry in runs.values():
+                if not (
+                    isinstance(entry["accuracy"], float)
+                    and isinstance(entry["diverged"], bool)
+                    and isinstance(entry["train_size"], int)
+                ):
+                    raise ValueError("a run lacks its accuracy, diverged flag or train size")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DdppError(
+                f"{path} is not readable evaluation records ({exc}); delete it to evaluate anew."
+            ) from None
+        if not ok:
+            raise DdppError(
+                f"{path} records another set or protocol than its name says; delete it to "
+                "evaluate anew."
+            )
+        return cls(path, identity, runs)
+
+    def save(self) -> None:
+        content = {
+            "format": RECORDS_FORMAT,
+            "ddpp_version": __version__,
+            "identity": self.identity,
+            "runs": {str(run): self.runs[run] for run in sorted(self.runs)},
+        }
+        store.atomic_write_text(self.path, json.dumps(content, indent=2) + "\n")
+
+
 def evaluate_per_run(
     set_for_run: SetForRun,
     test_images: torch.Tensor,
@@ -347,12 +473,19 @@ def evaluate_per_run(
     on_event: EventCallback | None = None,
     parallel: int = 1,
     world: World | None = None,
+    records: Path | None = None,
 ) -> EvalResult:
     """:func:`evaluate_images` where run ``r`` trains on ``set_for_run(r)`` (e.g. a new random
     subset per run, so that the std covers the choice of subset as in the DC benchmark).
 
     ``parallel`` runs train at once as one batched model; under torchrun (``world``) each rank
-    trains its share of the runs and every rank returns the whole result."""
+    trains its share of the runs and every rank returns the whole result.
+
+    ``records`` (a folder, e.g. :func:`default_records_dir`): every finished run is written
+    there at once (a batch of ``parallel`` runs together), and runs found there for the same
+    :func:`evaluation_identity` are taken instead of trained again, so a rerun after a kill
+    continues with the first missing run and returns what an uninterrupted evaluation would.
+    """
     emit = on_event or (lambda event: None)
     parallel = batched.check_parallel(parallel)
     world = world or World()
@@ -365,7 +498,37 @@ def evaluate_per_run(
     def on_epoch(run: int, epoch: int, epochs: int) -> None:
         emit(EpochFinished(config.arch, run, epoch, epochs))
 
-    for group in batched.groups(world.shard(range(config.runs)), parallel):
+    book = None
+    if records is not None:
+        identity = evaluation_identity(
+            set_for_run(0), test_images, test_labels, num_classes=num_classes, config=config,
+            lr=effective_lr,
+        )  # fmt: skip
+        book = EvalRecords.open(records, identity)
+        for run in range(config.runs):
+            if run in book.runs:
+                entry = book.runs[run]
+                done[run] = (entry["accuracy"], entry["diverged"], entry["train_size"], 0.0)
+                emit(
+                    RunFinished(
+                        config.arch, run, config.runs, entry["accuracy"], 0.0,
+                        entry["diverged"], resumed=True,
+                    )
+                )  # fmt: skip
+
+    def keep(runs: Sequence[int]) -> None:
+        if book is None or not world.is_main:
+            return
+        for run in runs:
+            acc, bad, size, seconds = done[run]
+            book.runs[run] = {
+                "accuracy": acc, "diverged": bad, "train_size": size, "seconds": seconds,
+                "device": str(device), "parallel": parallel,
+            }  # fmt: skip
+        book.save()
+
+    missing = [run for run in range(config.runs) if run not in done]
+    for group in batched.groups(world.shard(missing), parallel):
         sets = [set_for_run(run) for run in group]
         for images, labels in sets:
             _check_images(images, labels, test_images, test_labels, num_classes)
@@ -393,14 +556,20 @@ def evaluate_per_run(
         seconds = (time.perf_counter() - group_started) / len(group)
         for run, size, (acc, bad) in zip(group, sizes, outcomes, strict=True):
             done[run] = (acc, bad, size, seconds)
+        keep(group)  # the runs of a batch are recorded together
+        for run in group:
+            acc, bad, _, _ = done[run]
             emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
     if world.distributed:
         mine = set(done)
+        others = []
         for part in world.gather(done):
             for run, (acc, bad, size, seconds) in part.items():
                 if run not in mine:  # trained by another rank
                     done[run] = (acc, bad, size, seconds)
+                    others.append(run)
                     emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
+        keep(others)
     accuracies = [done[run][0] for run in range(config.runs)]
     diverged = [run for run in range(config.runs) if done[run][1]]
     sizes = [done[run][2] for run in range(config.runs)]
@@ -438,16 +607,18 @@ def evaluate_images(
     on_event: EventCallback | None = None,
     parallel: int = 1,
     world: World | None = None,
+    records: Path | None = None,
 ) -> EvalResult:
     """Run the protocol ``config.runs`` times on one set of (model-input space) images.
 
     ``test_images`` must already be transformed like ``images``. The learning rate is
-    ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01. ``parallel`` and
-    ``world`` as in :func:`evaluate_per_run`.
+    ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01. ``parallel``,
+    ``world`` and ``records`` as in :func:`evaluate_per_run`.
     """
     return evaluate_per_run(
         lambda run: (images, labels), test_images, test_labels, num_classes=num_classes,
         config=config, lr=lr, device=device, on_event=on_event, parallel=parallel, world=world,
+        records=records,
     )  # fmt: skip
 
 
@@ -574,9 +745,11 @@ def evaluate_set(
     on_event: EventCallback | None = None,
     parallel: int = 1,
     world: World | None = None,
+    records: Path | None = None,
 ) -> EvalResult:
     """Evaluate a distilled (or coreset) set on its dataset's test split (see
-    :func:`load_test_split` for what is refused); ``parallel`` and ``world`` as in
+    :func:`load_test_split` for what is refused); ``parallel``, ``world`` and ``records`` (the
+    folder that keeps finished runs, see :func:`default_records_dir`) as in
     :func:`evaluate_per_run`."""
     test_images, test_labels, preprocessing = load_test_split(
         distilled, data_root=data_root, download=download, zca_path=zca_path,
@@ -585,7 +758,7 @@ def evaluate_set(
     result = evaluate_images(
         distilled.images, distilled.labels, test_images, test_labels,
         num_classes=distilled.num_classes, config=config, lr=distilled.lr, device=device,
-        on_event=on_event, parallel=parallel, world=world,
+        on_event=on_event, parallel=parallel, world=world, records=records,
     )  # fmt: skip
     return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
 
@@ -603,9 +776,11 @@ def crossarch(
     on_event: EventCallback | None = None,
     parallel: int = 1,
     world: World | None = None,
+    records: Path | None = None,
 ) -> dict[str, EvalResult]:
     """Evaluate one set with every architecture in ``archs`` (like the paper's Table III);
-    ``parallel`` and ``world`` as in :func:`evaluate_per_run`."""
+    ``parallel``, ``world`` and ``records`` (one file per architecture in that folder) as in
+    :func:`evaluate_per_run`."""
     if not archs:
         raise DdppError("--archs names no architecture; e.g. --archs convnet,alexnet.")
     configs = [replace(config, arch=arch) for arch in archs]  # validates every name first
@@ -618,7 +793,7 @@ def crossarch(
         result = evaluate_images(
             distilled.images, distilled.labels, test_images, test_labels,
             num_classes=distilled.num_classes, config=arch_config, lr=distilled.lr,
-            device=device, on_event=on_event, parallel=parallel, world=world,
+            device=device, on_event=on_event, parallel=parallel, world=world, records=records,
         )  # fmt: skip
         results[arch_config.arch] = replace(
             result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}

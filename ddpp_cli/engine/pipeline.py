@@ -332,6 +332,7 @@ class RunSummary:
             "distilled": self.evaluation.to_json(),
             "random_baseline": self.baseline.to_json(),
             "gain": self.gain,
+            "selection": self.evaluation.selection,
             "grid": str(self.grid),
             "curves": str(self.curves),
             "seconds": self.seconds,

@@ -6,6 +6,7 @@ stage (distillation, evaluation, pictures) transforms data exactly as the expert
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,26 @@ class Preprocessing:
         }
 
 
+def recorded_normalization(described: Mapping[str, Any] | None) -> Normalization | None:
+    """The normalisation recorded by :meth:`Preprocessing.describe` (None for ZCA or nothing).
+
+    Pass it to :func:`prepare` so that data is transformed exactly as recorded in a buffer's
+    manifest, e.g. CIFAR-10's mean/std for an MTT CIFAR-100 buffer trained without ZCA.
+    """
+    if not described or described.get("kind") != "normalize":
+        return None
+    try:
+        mean = tuple(float(v) for v in described["mean"])
+        std = tuple(float(v) for v in described["std"])
+    except (KeyError, TypeError, ValueError):
+        raise DdppError(
+            f"the recorded normalisation {dict(described)} has no usable mean and std."
+        ) from None
+    if len(mean) != len(std) or not mean:
+        raise DdppError(f"the recorded normalisation {dict(described)} is malformed.")
+    return Normalization(mean, std)
+
+
 @dataclass(frozen=True)
 class PreparedData:
     """Model-ready train and test splits of one dataset, plus how they were made."""
@@ -123,11 +144,14 @@ def prepare(
     image_size: int | None = None,
     seed: int = 0,
     whitening: zca.ZCA | None = None,
+    normalization: Normalization | None = None,
 ) -> PreparedData:
     """Load ``dataset``, take seeded stratified subsets, and normalise or ZCA-whiten both splits.
 
     ZCA is fitted on the whole train split (the subset is a compute budget, not a different
     distribution) unless an existing ``whitening`` is given, e.g. the one saved with a buffer.
+    Without ZCA, ``normalization`` (e.g. :func:`recorded_normalization` of a buffer's manifest)
+    wins over the dataset's table values or the statistics computed from its train split.
     """
     info = data.info(dataset)
     train = data.load(dataset, root, "train", download=download, image_size=image_size, seed=seed)
@@ -146,6 +170,14 @@ def prepare(
                 f"{tuple(train.images.shape[1:])}."
             )
         preprocessing = Preprocessing(whitening=whitening)
+    elif normalization is not None:
+        if len(normalization.mean) != train.images.shape[1]:
+            raise DdppError(
+                f"the recorded normalisation has {len(normalization.mean)} channels but the "
+                f"{dataset} images have {train.images.shape[1]}; pass the data the buffer was "
+                "made from."
+            )
+        preprocessing = Preprocessing(normalization=normalization)
     else:
         mean, std = data.normalization(dataset, train)
         preprocessing = Preprocessing(normalization=Normalization(tuple(mean), tuple(std)))

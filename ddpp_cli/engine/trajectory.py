@@ -18,7 +18,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,11 @@ import torch
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import augment, batched, data, models, store, zca
-from ddpp_cli.engine.device import derive_seed, make_generator, seeded
+from ddpp_cli.engine.device import derive_seed, make_generator, resolve_device, seeded
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
-from ddpp_cli.engine.preprocess import PreparedData, prepare
+from ddpp_cli.engine.preprocess import Normalization, PreparedData, prepare
 from ddpp_cli.engine.training import accuracy, train_epoch
 
 MANIFEST_NAME = "buffer.json"
@@ -92,7 +92,7 @@ class BufferConfig:
 @dataclass(frozen=True)
 class BufferStarted:
     folder: Path
-    total: int
+    total: int | None  # None: an import without --experts learns the count at its last file
     existing: int
     train_size: int
     test_size: int
@@ -522,6 +522,117 @@ def train_buffer(
     return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)
 
 
+# ------------------------------------------------------------------------------ MTT import
+
+# Options of ``ddpp buffer`` that set how experts are trained, by their config name: none of
+# them can apply to experts MTT already trained.
+IMPORT_REFUSED_OPTIONS = {
+    "epochs": "--epochs",
+    "lr": "--lr",
+    "batch_size": "--batch-size",
+    "dsa": "--dsa/--no-dsa",
+    "train_subset": "--train-subset",
+    "test_subset": "--test-subset",
+    "parallel": "--parallel",
+    "seed": "--seed",
+}
+# MTT's buffer.py saves to <buffer_path>/<dataset>[_NO_ZCA]/<model>/replay_buffer_<n>.pt, with
+# the _NO_ZCA suffix only for CIFAR10/CIFAR100 trained without --zca.
+_MTT_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny": "tinyimagenet"}
+_MTT_ZCA_SUFFIX_DATASETS = ("cifar10", "cifar100")
+_MTT_MODEL_FOLDER = re.compile(r"^(convnet|alexnet|vgg|resnet|lenet|mlp)", re.IGNORECASE)
+# MTT's utils.get_dataset normalises CIFAR-100 (without ZCA) with CIFAR-10's mean and std.
+_MTT_NORMALIZATION_OF = {"cifar100": "cifar10"}
+
+
+def check_import_options(given: Mapping[str, object]) -> None:
+    """DdppError (one line) for the first option given that cannot apply to ``--import``.
+
+    ``given`` maps config names (``epochs``, ``lr``, ``batch_size``, ``dsa``, ``train_subset``,
+    ``test_subset``, ``parallel``, ``seed``, or any other) to the value the user passed; a value of
+    None counts as not given. Names outside :data:`IMPORT_REFUSED_OPTIONS` are ignored.
+    """
+    for name, flag in IMPORT_REFUSED_OPTIONS.items():
+        if given.get(name) is not None:
+            raise DdppError(
+                f"{flag} does not apply to --import: the experts are already trained; drop it."
+            )
+
+
+def mtt_folder_settings(source: Path) -> tuple[str | None, bool | None]:
+    """(dataset, ZCA) as MTT's folder naming tells them, None where it does not.
+
+    ``…/CIFAR10/ConvNet`` was trained with ZCA, ``…/CIFAR10_NO_ZCA/ConvNet`` without (likewise
+    CIFAR100). Other datasets (``Tiny/ConvNet``) carry no ZCA mark, and a folder not named after
+    an MTT model tells nothing.
+    """
+    source = Path(source).expanduser().resolve()
+    if not _MTT_MODEL_FOLDER.match(source.name):
+        return None, None
+    name = source.parent.name.lower()
+    no_zca = name.endswith("_no_zca")
+    dataset = _MTT_DATASETS.get(name.removesuffix("_no_zca"))
+    if no_zca:
+        return dataset, False
+    return dataset, (True if dataset in _MTT_ZCA_SUFFIX_DATASETS else None)
+
+
+def resolve_import_zca(source: Path, dataset: str, use_zca: bool | None) -> bool:
+    """Whether the experts in ``source`` saw ZCA: the folder name's answer, else ``use_zca``.
+
+    DdppError when neither tells, when the two disagree, or when the folder is named after
+    another dataset than ``dataset``.
+    """
+    named_dataset, named_zca = mtt_folder_settings(source)
+    if named_dataset is not None and named_dataset != dataset:
+        raise DdppError(
+            f"{source} is where MTT keeps {named_dataset} experts, not {dataset}; pass "
+            f"--dataset {named_dataset} or the {dataset} buffer folder."
+        )
+    if use_zca is None:
+        if named_zca is None:
+            raise DdppError(
+                f"cannot tell from {source} whether its experts were trained with ZCA (MTT names "
+                "CIFAR folders <dataset>/ConvNet with ZCA, <dataset>_NO_ZCA/ConvNet without); "
+                "pass --zca or --no-zca."
+            )
+        return named_zca
+    if named_zca is not None and use_zca != named_zca:
+        raise DdppError(
+            f"{source} is named as MTT names experts trained {'with' if named_zca else 'without'}"
+            f" ZCA, but {'--zca' if use_zca else '--no-zca'} was given; drop the option."
+        )
+    return use_zca
+
+
+def mtt_normalization(dataset: str) -> Normalization:
+    """The per-channel mean/std MTT normalised ``dataset`` with when ZCA is off.
+
+    ddpp's table values, except CIFAR-100, which MTT normalised with CIFAR-10's.
+    """
+    entry = data.info(_MTT_NORMALIZATION_OF.get(data.info(dataset).name, dataset))
+    if entry.mean is None or entry.std is None:
+        raise DdppError(
+            f"MTT has no normalisation for {dataset}; import its experts with --zca or --no-zca "
+            "on a dataset MTT supports."
+        )
+    return Normalization(tuple(entry.mean), tuple(entry.std))
+
+
+def mtt_files(source: Path) -> list[Path]:
+    """MTT's ``replay_buffer_<n>.pt`` files in ``source``, in the order of ``n``."""
+    source = Path(source)
+    if not source.is_dir():
+        raise DdppError(f"{source} is not a folder of MTT replay_buffer_*.pt files.")
+    files = sorted(
+        source.glob("replay_buffer_*.pt"),
+        key=lambda p: (int(re.sub(r"\D", "", p.stem) or 0), p.name),
+    )
+    if not files:
+        raise DdppError(f"{source} holds no replay_buffer_*.pt files.")
+    return files
+
+
 def _load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
     """One MTT ``replay_buffer_*.pt``: experts → epochs → parameter tensors (weights only)."""
     try:
@@ -561,107 +672,185 @@ def _flatten_mtt_epoch(
     return torch.cat([t.detach().reshape(-1).float() for t in tensors])
 
 
+def _imported_so_far(folder: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of an earlier import of the same source and settings into ``folder``.
+
+    None for an empty folder; DdppError for a folder holding anything else.
+    """
+    if (folder / MANIFEST_NAME).is_file():
+        manifest = read_manifest(folder)
+        previous = manifest.get("config", {})
+        if previous != config:
+            raise DdppError(
+                f"{folder} holds another buffer ({store.describe_difference(previous, config)}); "
+                "import into an empty --out folder or rerun with the same settings."
+            )
+        return manifest
+    if expert_files(folder):
+        raise DdppError(f"{folder} holds expert files but no {MANIFEST_NAME}; use an empty --out.")
+    return None
+
+
+def _source_positions(existing: dict[int, Path]) -> dict[str, int]:
+    """For each MTT file whose experts are all converted already: how many experts it holds."""
+    counts: dict[str, int] = {}
+    seen: dict[str, set[int]] = {}
+    for path in existing.values():
+        origin = store.read_metadata(path).get("source") or {}
+        name, position, count = origin.get("file"), origin.get("position"), origin.get("of")
+        if isinstance(name, str) and isinstance(position, int) and isinstance(count, int):
+            counts[name] = count
+            seen.setdefault(name, set()).add(position)
+    return {name: n for name, n in counts.items() if seen[name] == set(range(n))}
+
+
 def import_mtt(
     source: Path,
     folder: Path,
     *,
     dataset: str,
     arch: str = "convnet",
-    use_zca: bool = False,
+    experts: int | None = None,
+    use_zca: bool | None = None,
     data_root: Path | None = None,
     download: bool = True,
     image_size: int | None = None,
+    device: str = "auto",
     on_event: EventCallback | None = None,
 ) -> BufferSummary:
     """Convert MTT's ``replay_buffer_*.pt`` files in ``source`` into a ddpp buffer in ``folder``.
 
-    The files are read with ``torch.load(weights_only=True)``. The dataset is loaded to describe
-    the data (and fit the ZCA when ``use_zca``), since MTT stores neither.
+    Streams: one file is loaded at a time (``torch.load(weights_only=True)``), and each of its
+    experts is written atomically as ``expert_NNNN.safetensors`` the moment it is converted, in
+    file order (``experts``: only the first N). Rerunning after a kill continues with the first
+    missing expert and gives the files an uninterrupted import writes; files whose experts are
+    all converted are not read again. ZCA on/off comes from MTT's folder name when it tells
+    (:func:`resolve_import_zca`), else from ``use_zca``. Without ZCA the normalisation MTT used
+    (:func:`mtt_normalization`) is recorded in the manifest, for later stages to apply. The
+    dataset is loaded to describe the data (and fit the ZCA), since MTT stores neither.
+    ``device`` is only validated: the conversion runs on the CPU.
     """
     emit = on_event or (lambda event: None)
+    resolve_device(device)
     source, folder = Path(source), Path(folder)
-    if not source.is_dir():
-        raise DdppError(f"{source} is not a folder of MTT replay_buffer_*.pt files.")
-    files = sorted(
-        source.glob("replay_buffer_*.pt"),
-        key=lambda p: int(re.sub(r"\D", "", p.stem) or 0),
-    )
-    if not files:
-        raise DdppError(f"{source} holds no replay_buffer_*.pt files.")
+    files = mtt_files(source)
+    if experts is not None and experts < 1:
+        raise DdppError(f"--experts must be at least 1 (got {experts}).")
     models.check_known(arch)
+    dataset = data.info(dataset).name
+    use_zca = resolve_import_zca(source, dataset, use_zca)
+    config = {
+        "imported_from": str(source.expanduser().resolve()),
+        "dataset": dataset,
+        "arch": arch,
+        "zca": use_zca,
+        "image_size": image_size,
+    }
     folder.mkdir(parents=True, exist_ok=True)
     store.remove_stale_temporaries(folder)
-    if (folder / MANIFEST_NAME).exists() or expert_files(folder):
-        raise DdppError(f"{folder} already holds a buffer; import into an empty --out folder.")
+    manifest = _imported_so_far(folder, config)
 
-    prepared = prepare(
-        dataset, data_root, use_zca=use_zca, download=download, image_size=image_size
-    )
     zca_path = folder / ZCA_NAME if use_zca else None
-    if zca_path is not None:
+    saved_zca = zca.load(zca_path) if zca_path is not None and zca_path.is_file() else None
+    prepared = prepare(
+        dataset, data_root, use_zca=use_zca, download=download, image_size=image_size,
+        whitening=saved_zca, normalization=None if use_zca else mtt_normalization(dataset),
+    )  # fmt: skip
+    if zca_path is not None and saved_zca is None:
         zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": dataset})
     with seeded(0):
         probe = models.create(arch, prepared.channels, prepared.num_classes, prepared.image_size)
     layout = ParamLayout.of(probe)
-
-    trajectories = []
-    for path in files:
-        for number, expert in enumerate(_load_mtt_file(path)):
-            where = f"{path.name} expert {number}"
-            trajectories.append(
-                torch.stack([_flatten_mtt_epoch(epoch, layout, where) for epoch in expert])
-            )
-    epochs = trajectories[0].shape[0] - 1
-    if any(t.shape[0] - 1 != epochs for t in trajectories):
-        raise DdppError(f"the experts in {source} have different numbers of epochs.")
-    config = {
-        "imported_from": str(source.resolve()),
-        "dataset": dataset,
-        "arch": arch,
-        "zca": use_zca,
-    }
-    manifest = {
+    del probe
+    described = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset,
         "arch": arch,
         "config": config,
-        "epochs": epochs,
         "layout": layout.to_json(),
         "preprocessing": prepared.preprocessing.describe(ZCA_NAME if use_zca else None),
         "data": _data_description(prepared),
     }
-    emit(
-        BufferStarted(
-            folder=folder,
-            total=len(trajectories),
-            existing=0,
-            train_size=len(prepared.train.labels),
-            test_size=len(prepared.test.labels),
-            num_params=layout.numel,
-            preprocessing=prepared.preprocessing.kind,
-        )
+    existing = expert_files(folder)
+    if manifest is not None:
+        described["epochs"] = int(manifest["epochs"])
+        for path in existing.values():
+            _check_expert_file(path, described["epochs"], layout.numel)
+    complete = _source_positions(existing)
+    started = BufferStarted(
+        folder=folder,
+        total=experts,
+        existing=sum(1 for i in existing if experts is None or i < experts),
+        train_size=len(prepared.train.labels),
+        test_size=len(prepared.test.labels),
+        num_params=layout.numel,
+        preprocessing=prepared.preprocessing.kind,
     )
-    records = []
-    for index, params in enumerate(trajectories):
-        path = store.write(
-            expert_path(folder, index),
-            {"params": params},
-            store.TRAJECTORY_FORMAT,
-            {
-                "dataset": dataset,
-                "arch": arch,
-                "expert": index,
-                "seed": None,
-                "config": config,
-                "layout": layout.to_json(),
-                "preprocessing": manifest["preprocessing"],
-                "data": manifest["data"],
-                "test_accuracy": [],
-                "train_loss": [],
-            },
+    records: list[ExpertRecord] = []
+    index = 0
+    for number, path in enumerate(files):
+        if experts is not None and index >= experts:
+            break
+        skip = path.name in complete and all(
+            index + p in existing for p in range(complete[path.name])
         )
-        record = ExpertRecord(index, path, [])
-        records.append(record)
-        emit(ExpertFinished(record))
-    manifest_path = _write_manifest(folder, manifest)
+        content = None if skip else _load_mtt_file(path)
+        if number == 0:
+            emit(started)  # after the first file proved readable
+        if content is None:
+            for _ in range(complete[path.name]):  # converted before a kill: not read again
+                if experts is None or index < experts:
+                    records.append(ExpertRecord(index, existing[index], [], resumed=True))
+                    emit(ExpertFinished(records[-1]))
+                index += 1
+            continue
+        for position in range(len(content)):
+            if experts is not None and index >= experts:
+                break
+            expert, content[position] = content[position], None  # drop each once converted
+            where = f"{path.name} expert {position}"
+            epochs = len(expert) - 1
+            if "epochs" not in described:
+                described["epochs"] = epochs
+                _write_manifest(folder, described)  # the manifest before any expert file
+            if epochs != described["epochs"]:
+                raise DdppError(
+                    f"{where} has {epochs} epochs but the experts before it have "
+                    f"{described['epochs']}; MTT files of one buffer must agree."
+                )
+            if index in existing:
+                records.append(ExpertRecord(index, existing[index], [], resumed=True))
+            else:
+                params = torch.stack([_flatten_mtt_epoch(e, layout, where) for e in expert])
+                del expert
+                written = store.write(
+                    expert_path(folder, index),
+                    {"params": params},
+                    store.TRAJECTORY_FORMAT,
+                    {
+                        "dataset": dataset,
+                        "arch": arch,
+                        "expert": index,
+                        "seed": None,
+                        "config": config,
+                        "layout": layout.to_json(),
+                        "preprocessing": described["preprocessing"],
+                        "data": described["data"],
+                        "test_accuracy": [],
+                        "train_loss": [],
+                        "source": {"file": path.name, "position": position, "of": len(content)},
+                    },
+                )
+                del params
+                records.append(ExpertRecord(index, written, []))
+            emit(ExpertFinished(records[-1]))
+            index += 1
+        del content
+        _write_manifest(folder, described)
+    if experts is not None and index < experts:
+        raise DdppError(
+            f"--experts {experts} asks for more experts than {source} holds ({index}); "
+            "the ones found are converted."
+        )
+    manifest_path = _write_manifest(folder, described)
     return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)

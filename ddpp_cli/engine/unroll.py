@@ -254,6 +254,14 @@ def reverse_step(
     return adjoint - lr * h_theta, -lr * h_x, -(adjoint * g.detach()).sum()
 
 
+def accumulator_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype of the dL/dα sum over the unrolled steps: float64, or float32 on MPS.
+
+    MPS has no float64 tensors; elsewhere the sum of N step terms is kept in float64.
+    """
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def backprop_unroll(
     student: Student,
     thetas: list[torch.Tensor],
@@ -265,7 +273,7 @@ def backprop_unroll(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL/dX, dL/dα) from a = dL/dθ̃_N, rebuilding one step's graph at a time in reverse."""
     grad_images = torch.zeros_like(images, memory_format=torch.contiguous_format)
-    grad_lr = torch.zeros((), dtype=torch.float64, device=lr.device)
+    grad_lr = torch.zeros((), dtype=accumulator_dtype(lr.device), device=lr.device)
     source = images.detach().requires_grad_(True)
     for j in reversed(range(len(steps))):
         with torch.enable_grad():
@@ -275,7 +283,7 @@ def backprop_unroll(
             return student.gradient(theta, x_leaf, y, create_graph=True)
 
         adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint)
-        grad_lr += step_lr.double()
+        grad_lr += step_lr.to(grad_lr.dtype)
         if x is source:
             grad_images += grad_x
         else:  # through the DSA and the minibatch indexing (first order, cheap)
