@@ -404,3 +404,20 @@ def test_damaged_expert_file_is_refused(tiny_buffer, tiny_mnist, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:200])
     with pytest.raises(DdppError, match=r"expert_0001\.safetensors"):
         run(small_config(), tmp_path / "run", buffer, tiny_mnist)
+
+
+def test_the_buffers_recorded_normalization_is_what_distillation_uses(
+    tiny_buffer, tiny_mnist, tmp_path
+):
+    # An imported MTT buffer records the mean/std its experts saw (e.g. CIFAR-10's for CIFAR-100
+    # without ZCA); distillation must prepare the data with exactly those, not the table's.
+    buffer = tmp_path / "buffer"
+    shutil.copytree(tiny_buffer, buffer)
+    manifest_path = buffer / "buffer.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["preprocessing"]["kind"] == "normalize"
+    manifest["preprocessing"] = {"kind": "normalize", "mean": [0.5], "std": [0.25]}
+    manifest_path.write_text(json.dumps(manifest))
+    run(small_config(iterations=1, init="noise"), tmp_path / "run", buffer, tiny_mnist)
+    result = distilled.load(tmp_path / "run" / distill.DISTILLED_NAME)
+    assert result.preprocessing == {"kind": "normalize", "mean": [0.5], "std": [0.25]}

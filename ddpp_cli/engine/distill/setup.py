@@ -21,7 +21,7 @@ from ddpp_cli.engine.distilled import DistilledSet, zca_reference
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.functional import ParamLayout
-from ddpp_cli.engine.preprocess import PreparedData, prepare
+from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
 from ddpp_cli.engine.trajectory import ZCA_NAME, expert_files, read_manifest
 from ddpp_cli.engine.unroll import Student
 
@@ -198,6 +198,10 @@ def _prepare_data(
         config.dataset, data_root, use_zca=bool(config.zca), download=download,
         train_subset=config.train_subset, image_size=buffer_config.get("image_size"),
         seed=int(buffer_config.get("seed") or 0), whitening=whitening,
+        # exactly what the experts saw (e.g. an MTT CIFAR-100 import: CIFAR-10's mean/std)
+        normalization=None if config.zca else recorded_normalization(
+            manifest.get("preprocessing")
+        ),
     )  # fmt: skip
     described = manifest.get("data") or {}
     found = {
