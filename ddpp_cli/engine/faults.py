@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,25 @@ class Fault:
 
     status: int
     message: str
+
+
+class StageFailed(Exception):
+    """An exception (its ``__cause__``) escaped a long stage after the stage's finished work was
+    made safe on disk: ``kept`` says what and where, as a clause such as "the last complete
+    state (iteration 41) is in RUN/checkpoint.safetensors"; ``folder`` is the stage's output.
+
+    The engine raises it ``from`` the original exception; the CLI describes the cause (an
+    environment fault, or a bug with its traceback) and adds ``kept`` and how to continue.
+    """
+
+    def __init__(self, kept: str, folder: Path) -> None:
+        super().__init__(kept)
+        self.kept = kept
+        self.folder = folder
+
+    @property
+    def cause(self) -> BaseException | None:
+        return self.__cause__
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
