@@ -31,18 +31,25 @@ class Fault:
 
 
 class StageFailed(Exception):
-    """An exception (its ``__cause__``) escaped a long stage after the stage's finished work was
+    """An exception (its ``__cause__``) escaped a long ``stage`` after the stage's finished work was
     made safe on disk: ``kept`` says what and where, as a clause such as "the last complete
     state (iteration 41) is in RUN/checkpoint.safetensors"; ``folder`` is the stage's output.
 
     The engine raises it ``from`` the original exception; the CLI describes the cause (an
-    environment fault, or a bug with its traceback) and adds ``kept`` and how to continue.
+    environment fault, or a bug with its traceback) and adds ``kept`` and ``continuation``, how
+    to continue, which the caller that knows its command line sets.
     """
 
-    def __init__(self, kept: str, folder: Path) -> None:
+    def __init__(self, stage: str, kept: str, folder: Path) -> None:
         super().__init__(kept)
+        self.stage = stage  # "buffer", "distill"
         self.kept = kept
         self.folder = folder
+        self.continuation = ""
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.cause is not None and is_out_of_memory(self.cause)
 
     @property
     def cause(self) -> BaseException | None:

@@ -116,8 +116,8 @@ def _started(setup: RunSetup, folder: Path, state: DistillState, resumed: bool) 
 
 def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback) -> None:
     """Iterate until ``iterations``. An iteration is complete once its metrics line is written;
-    whatever stops the next one (Ctrl-C, out of memory, a CUDA error, a bug) checkpoints the last
-    complete state, unless a write failed (:meth:`_Loop.keep`)."""
+    whatever else stops the next one (Ctrl-C, out of memory, a CUDA error, a bug) checkpoints
+    the last complete state, unless a write failed (:meth:`_Loop.keep`)."""
     loop = _Loop(setup, files, state, emit)
     last_good = state.state_dict()  # the state after the last complete iteration
     try:
@@ -137,7 +137,7 @@ def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCal
             loop.log(record, started)
             last_good = state.state_dict()
             loop.save_due_files(last_good, new_best)
-    except DivergedError:
+    except DdppError:  # a diverged run keeps its own set; the checkpoint stays as saved
         raise
     except KeyboardInterrupt:
         loop.checkpoint(last_good)
@@ -249,7 +249,7 @@ class _Loop:
             kept = f"the last complete state (iteration {last_good.iteration}) is in "
         else:
             kept = f"the last checkpoint (iteration {files.saved_iteration}) is intact in "
-        raise StageFailed(f"{kept}{files.checkpoint}{failed_too}", files.folder) from exc
+        raise StageFailed("distill", f"{kept}{files.checkpoint}{failed_too}", files.folder) from exc
 
     def stop_diverged(self, problem: str, record: dict[str, Any], last_good: StateDict) -> NoReturn:
         """Save the last good set, log the failed iteration and raise :class:`DivergedError`."""
