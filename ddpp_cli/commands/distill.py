@@ -248,7 +248,9 @@ def command(
 ) -> None:
     """Distill a dataset from a buffer: trajectory matching with parameter pruning.
 
-    Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1.
+    Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1;
+    out of memory (3), a full disk (4) or an unwritable folder (5) keep the last complete state
+    and say how to continue.
     """
     options = dict(locals())
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
