@@ -67,7 +67,7 @@ def _error_line(message: str) -> None:
 
 
 def _kept(exc: Exception) -> str:
-    """ " The last complete state … is in …: continue with '…'." for a StageFailed, else ""."""
+    """What a StageFailed adds to the fault's line: what was kept, and how to continue."""
     if not isinstance(exc, faults.StageFailed):
         return ""
     continuation = f": {exc.continuation}" if exc.continuation else ""

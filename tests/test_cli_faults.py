@@ -419,3 +419,29 @@ def test_run_keeps_the_distill_state_and_continues_with_unroll_memory(
     assert resumed.exit_code == 0, resumed.output
     assert distill.saved_config(out).unroll == "memory"
     assert [r["iteration"] for r in without_timing(out)] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------- the other commands
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "fragment"),
+    [
+        (torch.cuda.OutOfMemoryError(OOM), 3, "; reduce memory with a smaller --parallel or "
+         "--batch-size."),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough "
+                      "memory"), 3, "out of memory ([enforce fail at alloc_cpu.cpp:117]"),
+        (OSError(errno.ENOSPC, "No space left on device", "/x/run.json"), 4, "/x/run.json"),
+    ],
+)  # fmt: skip
+def test_evaluate_faults_are_one_line(straight_run, monkeypatch, error, status, fragment):
+    from ddpp_cli.engine import evaluate
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(evaluate, "evaluate_set", failing)
+    result = invoke("evaluate", straight_run, "--device", "cpu", "--quiet")
+    line = assert_one_fault_line(result, status, fragment)
+    levers = "a smaller --parallel or --batch-size"
+    assert line == f"error: {faults.describe(error, memory_levers=levers).message}"  # alone

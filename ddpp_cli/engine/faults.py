@@ -31,9 +31,10 @@ class Fault:
 
 
 class StageFailed(Exception):
-    """An exception (its ``__cause__``) escaped a long ``stage`` after the stage's finished work was
-    made safe on disk: ``kept`` says what and where, as a clause such as "the last complete
-    state (iteration 41) is in RUN/checkpoint.safetensors"; ``folder`` is the stage's output.
+    """An exception (its ``__cause__``) escaped a long ``stage`` ("buffer", "distill") after the
+    stage's finished work was made safe on disk: ``kept`` says what and where, as a clause such
+    as "the last complete state (iteration 41) is in RUN/checkpoint.safetensors"; ``folder`` is
+    the stage's output.
 
     The engine raises it ``from`` the original exception; the CLI describes the cause (an
     environment fault, or a bug with its traceback) and adds ``kept`` and ``continuation``, how
@@ -42,7 +43,7 @@ class StageFailed(Exception):
 
     def __init__(self, stage: str, kept: str, folder: Path) -> None:
         super().__init__(kept)
-        self.stage = stage  # "buffer", "distill"
+        self.stage = stage
         self.kept = kept
         self.folder = folder
         self.continuation = ""
