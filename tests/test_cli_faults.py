@@ -286,22 +286,22 @@ def test_a_stop_between_checkpoint_and_best_set_is_repaired_on_resume(
     assert invoke(*distill_args(tiny_mnist, buffer_dir, straight)).exit_code == 0
     real_write = store.write
 
-    def disk_full_at_the_best_of_2(path, tensors, format, metadata):
-        if Path(path).name == distill.BEST_NAME and metadata["iteration"] == 2:
+    def disk_full_at_the_last_best(path, tensors, format, metadata):
+        if Path(path).name == distill.BEST_NAME and metadata["iteration"] == 4:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_write(path, tensors, format, metadata)
 
-    monkeypatch.setattr(store, "write", disk_full_at_the_best_of_2)
+    monkeypatch.setattr(store, "write", disk_full_at_the_last_best)
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out))
     assert_one_fault_line(
         result, faults.EXIT_DISK_FULL, f"no space left to write {out / distill.BEST_NAME}",
-        "The last complete state (iteration 2) is in",
+        "The last complete state (iteration 4) is in",
     )  # fmt: skip
-    assert checkpoint_iteration(out) == 2  # the checkpoint came first...
-    assert store.read_metadata(out / distill.BEST_NAME)["iteration"] == 0  # ...the best after
+    assert checkpoint_iteration(out) == 4  # the checkpoint came first...
+    assert store.read_metadata(out / distill.BEST_NAME)["iteration"] == 2  # ...the best after
 
     monkeypatch.setattr(store, "write", real_write)
-    resumed = invoke(*resume_args(tiny_mnist, out))
+    resumed = invoke(*resume_args(tiny_mnist, out))  # nothing left to iterate: only repair
     assert resumed.exit_code == 0, resumed.output
     assert store.read_metadata(out / distill.BEST_NAME)["iteration"] == 4
     assert_same_run(straight, out)
