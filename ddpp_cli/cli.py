@@ -12,10 +12,12 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import typer
+from rich.markup import escape
 
 from ddpp_cli import __version__
 from ddpp_cli.commands import buffer, crossarch, distill, evaluate, run, visualize
 from ddpp_cli.commands._display import err, out
+from ddpp_cli.engine import faults
 from ddpp_cli.engine.errors import DdppError
 
 app = typer.Typer(
@@ -29,21 +31,47 @@ app = typer.Typer(
 F = TypeVar("F", bound=Callable[..., object])
 
 
-def user_errors(command: F) -> F:
-    """Turn a DdppError into one red line and exit status 2; Ctrl-C into status 130."""
+def user_errors(command: F, memory_levers: str = "") -> F:
+    """Exit statuses and one-line errors: a DdppError (bad input) is one red line and status 2,
+    Ctrl-C is status 130, and an environment fault (:mod:`ddpp_cli.engine.faults`: out of
+    memory, a full disk, a path that cannot be written) is one line and its own status, naming
+    ``memory_levers`` (the options that lower this command's memory) for out-of-memory. When
+    the fault stopped a stage that kept its finished work (``StageFailed``), the line says what
+    was kept and how to continue. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except DdppError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            _error_line(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]; everything already written is complete.")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # Typer's own exits and usage errors
+        except Exception as exc:
+            cause = exc.cause if isinstance(exc, faults.StageFailed) else exc
+            fault = faults.describe(cause, memory_levers=memory_levers)
+            if fault is None:
+                raise  # a bug: the traceback (a StageFailed's says where the state is kept)
+            _error_line(fault.message + _kept(exc))
+            raise typer.Exit(fault.status) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _error_line(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _kept(exc: Exception) -> str:
+    """What a StageFailed adds to the fault's line: what was kept, and how to continue."""
+    if not isinstance(exc, faults.StageFailed):
+        return ""
+    continuation = f": {exc.continuation}" if exc.continuation else ""
+    return f" {exc.kept[:1].upper()}{exc.kept[1:]}{continuation}."
 
 
 def _version(value: bool) -> None:
@@ -64,15 +92,16 @@ def root(
     """Dataset distillation by trajectory matching with parameter pruning (DDPP/MTT)."""
 
 
-for _name, _module in (
-    ("buffer", buffer),
-    ("distill", distill),
-    ("evaluate", evaluate),
-    ("crossarch", crossarch),
-    ("visualize", visualize),
-    ("run", run),
+# Each command with the options that lower its memory, named when it runs out of memory.
+for _name, _module, _memory_levers in (
+    ("buffer", buffer, "a smaller --parallel, or a smaller --batch-size (in another --out)"),
+    ("distill", distill, "--unroll memory or a smaller --batch-syn (in a new run)"),
+    ("evaluate", evaluate, "a smaller --parallel or --batch-size"),
+    ("crossarch", crossarch, "a smaller --parallel or --batch-size"),
+    ("visualize", visualize, ""),
+    ("run", run, "--unroll memory, a smaller --batch-syn or a smaller --parallel"),
 ):
-    app.command(_name)(user_errors(_module.command))
+    app.command(_name)(user_errors(_module.command, _memory_levers))
 
 
 def main() -> None:

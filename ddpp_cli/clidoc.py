@@ -10,11 +10,64 @@ from typing import Any
 
 import typer
 
+from ddpp_cli.engine import faults
+
 HEADER = """# Command-line reference
 
 Generated from the code by `python -m ddpp_cli.clidoc > docs/cli.md`; a test fails when this file
-is stale. Every command prints one red line and exits with status 2 on bad input.
+is stale.
+
+## Exit statuses
+
+Every failure ends with one line (`error: ...`) saying what failed and what to do; only a bug
+shows a traceback. Faults of the environment (3, 4, 5) stopping `ddpp distill`, `ddpp run` or
+`ddpp buffer` keep what was finished: the line says which iteration the checkpoint holds (or how
+many experts are kept) and the command that continues.
 """
+
+# (status, meaning, what to do): the table under "Exit statuses".
+EXIT_STATUSES = (
+    ("0", "done", "—"),
+    (
+        "1",
+        "the distillation diverged (loss, α or images not finite, or α ≤ 0); the last good set "
+        "is in `RUN/distilled.safetensors`",
+        "a lower `--lr-img` or `--lr-lr`, in a new run",
+    ),
+    (
+        "2",
+        "bad input: an unknown name, a value out of range, missing data, an incompatible or "
+        "unreadable file",
+        "what the line says",
+    ),
+    (
+        f"{faults.EXIT_OUT_OF_MEMORY}",
+        "out of memory (GPU, MPS or host)",
+        "the options the line names: `--unroll memory` (may change on `--resume`), a smaller "
+        "`--batch-syn`, `--parallel` or `--batch-size`",
+    ),
+    (
+        f"{faults.EXIT_DISK_FULL}",
+        "disk full (or quota exceeded)",
+        "free space or choose another output folder, then the same command again",
+    ),
+    (
+        f"{faults.EXIT_CANNOT_WRITE}",
+        "an output path cannot be written (permission denied, read-only, moved or deleted "
+        "while running)",
+        "make it writable or choose another, then the same command again",
+    ),
+    (
+        "130",
+        "interrupted (Ctrl-C or SIGTERM); a distillation writes a checkpoint first",
+        "the same command (`ddpp distill --resume RUN`)",
+    ),
+)
+
+
+def _exit_status_table() -> list[str]:
+    rows = [f"| {status} | {meaning} | {todo} |" for status, meaning, todo in EXIT_STATUSES]
+    return ["| status | meaning | what to do |", "|---|---|---|", *rows, ""]
 
 
 def _is_argument(param: Any) -> bool:
@@ -64,7 +117,7 @@ def render(app: typer.Typer) -> str:
     """The Markdown reference of every command and option of ``app``."""
     group = typer.main.get_command(app)
     ctx = typer.Context(group)
-    lines = [HEADER, "## `ddpp`", "", (group.help or "").strip(), ""]
+    lines = [HEADER, *_exit_status_table(), "## `ddpp`", "", (group.help or "").strip(), ""]
     lines += ["| command | description |", "|---|---|"]
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)

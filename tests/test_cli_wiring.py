@@ -44,6 +44,7 @@ SHARED_SETTINGS = [
     ("--train-subset", "300", "train_subset", 300),
     ("--no-zca", None, "zca", False),
     ("--seed", "5", "seed", 5),
+    ("--unroll", "memory", "unroll", "memory"),  # the lever an out-of-memory run continues with
 ]
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ddpp_cli.engine import evaluate
+from ddpp_cli.engine import evaluate, faults
 from ddpp_cli.engine.distill import DivergedError
 from ddpp_cli.progress import percent
 
@@ -47,11 +47,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def distilling(progress, resume_hint: str) -> Iterator[None]:
-    """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
-    interrupted one with 130, each with one line (``resume_hint`` says how to continue)."""
+def continuing(continuation: Callable[[faults.StageFailed], str]) -> Iterator[None]:
+    """Say how to continue when a stage that kept its work stops (:class:`faults.StageFailed`),
+    e.g. "continue with 'ddpp distill --resume RUN'"; the CLI's handler prints it."""
     try:
-        with sigterm_as_interrupt(), progress:
+        yield
+    except faults.StageFailed as exc:
+        exc.continuation = continuation(exc)
+        raise
+
+
+@contextlib.contextmanager
+def distilling(
+    progress, resume_hint: str, continuation: Callable[[faults.StageFailed], str] | None = None
+) -> Iterator[None]:
+    """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
+    interrupted one with 130, each with one line (``resume_hint`` says how to continue); a stage
+    stopped by an environment fault says how to continue with ``continuation`` (see
+    :func:`continuing`) and leaves the line and status to the CLI's handler."""
+    try:
+        with continuing(continuation or (lambda failed: "")), sigterm_as_interrupt(), progress:
             yield
     except DivergedError as exc:
         line(err, f"[bold red]diverged:[/] {exc}")

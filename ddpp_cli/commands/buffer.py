@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands._display import err, line, note, out
+from ddpp_cli.commands._display import continuing, err, line, note, out
 from ddpp_cli.commands._options import (
     ARCHITECTURES,
     BUFFER,
@@ -25,7 +25,7 @@ from ddpp_cli.commands._options import (
     ZcaOpt,
     quiet_option,
 )
-from ddpp_cli.engine import augment, data, trajectory
+from ddpp_cli.engine import augment, data, faults, trajectory
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.events import Notice
@@ -146,7 +146,7 @@ def command(
             seed=seed,
         )  # fmt: skip
         progress = make_progress(err, disable=quiet or not world.is_main)
-        with progress:
+        with continuing(_continuation), progress:
             summary = trajectory.train_buffer(
                 config, folder, data_root=data_dir, download=download, device=torch_device,
                 on_event=BufferDisplay(progress, str(torch_device)), parallel=parallel,
@@ -158,6 +158,12 @@ def command(
         line(out, str(summary.folder))
         return
     _print_summary(summary)
+
+
+def _continuation(failed: faults.StageFailed) -> str:
+    """How to continue a buffer stopped by a fault: the finished experts are kept."""
+    smaller = " with a smaller --parallel" if failed.out_of_memory else ""
+    return f"the same command{smaller} continues with the missing ones"
 
 
 def _print_summary(summary: trajectory.BufferSummary) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import evaluate
+from ddpp_cli.engine import evaluate, faults
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
@@ -248,7 +248,9 @@ def command(
 ) -> None:
     """Distill a dataset from a buffer: trajectory matching with parameter pruning.
 
-    Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1.
+    Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1;
+    out of memory (3), a full disk (4) or an unwritable folder (5) keep the last complete state
+    and say how to continue.
     """
     options = dict(locals())
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
@@ -284,8 +286,13 @@ def distill_and_report(
             note(err, event.message)
         display(event)
 
-    resume_hint = f"checkpoint saved in {folder}; continue with 'ddpp distill --resume {folder}'."
-    with distilling(progress, resume_hint):
+    resume = f"ddpp distill --resume {folder}"
+    resume_hint = f"checkpoint saved in {folder}; continue with '{resume}'."
+
+    def continuation(failed: faults.StageFailed) -> str:
+        return f"continue with '{resume}{' --unroll memory' if failed.out_of_memory else ''}'"
+
+    with distilling(progress, resume_hint, continuation):
         summary = distill_engine.distill(
             resolved.config, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],

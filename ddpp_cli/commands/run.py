@@ -11,9 +11,9 @@ from rich.table import Table
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands.buffer import BufferDisplay
-from ddpp_cli.commands.distill import DistillDisplay
+from ddpp_cli.commands.distill import DistillDisplay, UnrollOpt
 from ddpp_cli.commands.evaluate import EvalDisplay
-from ddpp_cli.engine import pipeline, presets
+from ddpp_cli.engine import faults, pipeline, presets
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
@@ -207,6 +207,7 @@ def command(
     buffer_dir: opt.BufferDirOpt = None,
     out_dir: opt.RunFolderOpt = None,
     parallel: opt.ParallelOpt = 1,
+    unroll: UnrollOpt = None,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     device: opt.DeviceOpt = "auto",
@@ -243,7 +244,12 @@ def run_and_report(
     resume_hint = (
         f"finished stages and checkpoints are kept; rerun with --out {folder} to continue."
     )
-    with distilling(progress, resume_hint):
+
+    def continuation(failed: faults.StageFailed) -> str:
+        more = " --unroll memory" if failed.out_of_memory and failed.stage == "distill" else ""
+        return f"continue by running the same command again with --out {folder}{more}"
+
+    with distilling(progress, resume_hint, continuation):
         summary = pipeline.run_pipeline(
             plan, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],

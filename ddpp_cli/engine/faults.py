@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -27,6 +28,33 @@ class Fault:
 
     status: int
     message: str
+
+
+class StageFailed(Exception):
+    """An exception (its ``__cause__``) escaped a long ``stage`` ("buffer", "distill") after the
+    stage's finished work was made safe on disk: ``kept`` says what and where, as a clause such
+    as "the last complete state (iteration 41) is in RUN/checkpoint.safetensors"; ``folder`` is
+    the stage's output.
+
+    The engine raises it ``from`` the original exception; the CLI describes the cause (an
+    environment fault, or a bug with its traceback) and adds ``kept`` and ``continuation``, how
+    to continue, which the caller that knows its command line sets.
+    """
+
+    def __init__(self, stage: str, kept: str, folder: Path) -> None:
+        super().__init__(kept)
+        self.stage = stage
+        self.kept = kept
+        self.folder = folder
+        self.continuation = ""
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.cause is not None and is_out_of_memory(self.cause)
+
+    @property
+    def cause(self) -> BaseException | None:
+        return self.__cause__
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ from ddpp_cli.engine import augment, batched, data, models, store, zca
 from ddpp_cli.engine.device import derive_seed, make_generator, resolve_device, seeded
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.faults import StageFailed
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
 from ddpp_cli.engine.preprocess import Normalization, PreparedData, prepare
 from ddpp_cli.engine.training import accuracy, train_epoch
@@ -397,17 +398,64 @@ def train_buffer(
 
     ``parallel`` experts are trained at once as one batched model. Under torchrun (``world``)
     each rank trains its share of the missing experts; every rank returns the whole summary.
+    An exception while training (out of memory, a full disk, a bug) comes out as
+    :class:`~ddpp_cli.engine.faults.StageFailed` from it, saying how many experts are kept.
     """
     emit = on_event or (lambda event: None)
     parallel = batched.check_parallel(parallel)
     world = world or World()
     device = torch.device(device)
     folder = Path(folder)
+    prepared, zca_path = _prepare_folder(config, folder, data_root, download, world)
+    layout = _expert_layout(config, prepared)
+    manifest = _manifest(config, prepared, layout)
+    existing = expert_files(folder)
+    for path in existing.values():
+        _check_expert_file(path, config.epochs, layout.numel)
+    if world.is_main:
+        _write_manifest(folder, manifest)
+    world.barrier()  # no expert file before the manifest (and ZCA) that describe it
+
+    emit(
+        BufferStarted(
+            folder=folder,
+            total=config.experts,
+            existing=sum(1 for i in existing if i < config.experts),
+            train_size=len(prepared.train.labels),
+            test_size=len(prepared.test.labels),
+            num_params=layout.numel,
+            preprocessing=prepared.preprocessing.kind,
+        )
+    )
+    resumed = _resumed_records(config, existing, emit)
+    missing = [i for i in range(config.experts) if i not in existing]
+    try:
+        trained = _train_missing(
+            config, prepared, folder, manifest, world.shard(missing), device=device,
+            parallel=parallel, world=world, on_event=on_event,
+        )  # fmt: skip
+    except DdppError:
+        raise
+    except Exception as exc:
+        kept = sum(1 for i in expert_files(folder) if i < config.experts)
+        text = f"{kept} of {config.experts} experts are finished and kept in {folder}"
+        raise StageFailed("buffer", text, folder) from exc
+    trained = _gather_records(trained, world, folder, manifest, emit)
+    records = sorted(resumed + trained, key=lambda record: record.index)
+    return BufferSummary(
+        folder=folder, manifest=folder / MANIFEST_NAME, zca=zca_path, experts=records
+    )
+
+
+def _prepare_folder(
+    config: BufferConfig, folder: Path, data_root: Path | None, download: bool, world: World
+) -> tuple[PreparedData, Path | None]:
+    """Make (or check) the buffer folder and load the data, whitened with the folder's ZCA
+    (fitted and saved by rank 0 on the first run); returns the data and the ZCA file."""
     folder.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         store.remove_stale_temporaries(folder)
     _check_folder(folder, config)
-
     zca_path = folder / ZCA_NAME if config.zca else None
     saved_zca = zca.load(zca_path) if zca_path is not None and zca_path.is_file() else None
     world.barrier()  # every rank has looked for a saved ZCA before rank 0 may write one
@@ -424,14 +472,21 @@ def train_buffer(
     )
     if zca_path is not None and saved_zca is None and world.is_main:
         zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": config.dataset})
+    return prepared, zca_path
 
+
+def _expert_layout(config: BufferConfig, prepared: PreparedData) -> ParamLayout:
+    """The parameter layout of the experts' network."""
     with seeded(0):
         probe = models.create(
             config.arch, prepared.channels, prepared.num_classes, prepared.image_size
         )
-    layout = ParamLayout.of(probe)
-    del probe
-    manifest = {
+    return ParamLayout.of(probe)
+
+
+def _manifest(config: BufferConfig, prepared: PreparedData, layout: ParamLayout) -> dict[str, Any]:
+    """The content of ``buffer.json`` (and of every expert file's metadata)."""
+    return {
         "format": MANIFEST_FORMAT,
         "dataset": config.dataset,
         "arch": config.arch,
@@ -441,36 +496,40 @@ def train_buffer(
         "preprocessing": prepared.preprocessing.describe(ZCA_NAME if config.zca else None),
         "data": _data_description(prepared),
     }
-    existing = expert_files(folder)
-    for path in existing.values():
-        _check_expert_file(path, config.epochs, layout.numel)
-    manifest_path = folder / MANIFEST_NAME
-    if world.is_main:
-        _write_manifest(folder, manifest)
-    world.barrier()  # no expert file before the manifest (and ZCA) that describe it
 
-    emit(
-        BufferStarted(
-            folder=folder,
-            total=config.experts,
-            existing=sum(1 for i in existing if i < config.experts),
-            train_size=len(prepared.train.labels),
-            test_size=len(prepared.test.labels),
-            num_params=layout.numel,
-            preprocessing=prepared.preprocessing.kind,
-        )
-    )
-    resumed: list[ExpertRecord] = []
+
+def _resumed_records(
+    config: BufferConfig, existing: dict[int, Path], emit: EventCallback
+) -> list[ExpertRecord]:
+    """The records of the experts already in the folder (each announced as finished)."""
+    resumed = []
     for index in range(config.experts):
         if index in existing:
             accuracies = store.read_metadata(existing[index]).get("test_accuracy") or []
             resumed.append(ExpertRecord(index, existing[index], list(accuracies), resumed=True))
             emit(ExpertFinished(resumed[-1]))
-    missing = [i for i in range(config.experts) if i not in existing]
+    return resumed
+
+
+def _train_missing(
+    config: BufferConfig,
+    prepared: PreparedData,
+    folder: Path,
+    manifest: dict[str, Any],
+    indices: list[int],
+    *,
+    device: torch.device,
+    parallel: int,
+    world: World,
+    on_event: EventCallback | None,
+) -> list[ExpertRecord]:
+    """Train the experts ``indices``, ``parallel`` at a time; each group's files are written
+    the moment it finishes (then the manifest, by rank 0)."""
+    emit = on_event or (lambda event: None)
     train_images = prepared.train.images.to(device)
     test_images = prepared.test.images.to(device)
     trained: list[ExpertRecord] = []
-    for group in batched.groups(world.shard(missing), parallel):
+    for group in batched.groups(indices, parallel):
         started = time.perf_counter()
         if len(group) == 1:
             results = [
@@ -485,41 +544,70 @@ def train_buffer(
                 train_images=train_images, test_images=test_images,
             )  # fmt: skip
         seconds = (time.perf_counter() - started) / len(group)
-        for index, (snapshots, accuracies, losses) in zip(group, results, strict=True):
-            path = store.write(
-                expert_path(folder, index),
-                {"params": snapshots},
-                store.TRAJECTORY_FORMAT,
-                {
-                    "dataset": config.dataset,
-                    "arch": config.arch,
-                    "expert": index,
-                    "seed": config.seed,
-                    "config": config.identity(),
-                    "layout": layout.to_json(),
-                    "preprocessing": manifest["preprocessing"],
-                    "data": manifest["data"],
-                    "test_accuracy": accuracies,
-                    "train_loss": losses,
-                },
-            )
-            trained.append(ExpertRecord(index, path, accuracies, seconds=seconds))
+        records = [
+            _write_expert(config, folder, manifest, index, *result, seconds=seconds)
+            for index, result in zip(group, results, strict=True)
+        ]
         if world.is_main:
             _write_manifest(folder, manifest)
-        for record in trained[-len(group) :]:
+        for record in records:
             emit(ExpertFinished(record))
-    if world.distributed:
-        mine = {record.index for record in trained}
-        everyone = [record for part in world.gather(trained) for record in part]
-        for record in everyone:
-            if record.index not in mine:
-                emit(ExpertFinished(record))  # trained by another rank
-        trained = everyone
-        if world.is_main:
-            _write_manifest(folder, manifest)
-        world.barrier()  # the manifest lists every expert before any rank returns
-    records = sorted(resumed + trained, key=lambda record: record.index)
-    return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)
+        trained += records
+    return trained
+
+
+def _write_expert(
+    config: BufferConfig,
+    folder: Path,
+    manifest: dict[str, Any],
+    index: int,
+    snapshots: torch.Tensor,
+    accuracies: list[float],
+    losses: list[float],
+    *,
+    seconds: float,
+) -> ExpertRecord:
+    """Write expert ``index``'s file (atomically) and return its record."""
+    path = store.write(
+        expert_path(folder, index),
+        {"params": snapshots},
+        store.TRAJECTORY_FORMAT,
+        {
+            "dataset": config.dataset,
+            "arch": config.arch,
+            "expert": index,
+            "seed": config.seed,
+            "config": config.identity(),
+            "layout": manifest["layout"],
+            "preprocessing": manifest["preprocessing"],
+            "data": manifest["data"],
+            "test_accuracy": accuracies,
+            "train_loss": losses,
+        },
+    )
+    return ExpertRecord(index, path, accuracies, seconds=seconds)
+
+
+def _gather_records(
+    trained: list[ExpertRecord],
+    world: World,
+    folder: Path,
+    manifest: dict[str, Any],
+    emit: EventCallback,
+) -> list[ExpertRecord]:
+    """Under torchrun, every rank's records (announcing the other ranks' experts); the
+    manifest is rewritten once all are in. Alone, ``trained`` as it is."""
+    if not world.distributed:
+        return trained
+    mine = {record.index for record in trained}
+    everyone = [record for part in world.gather(trained) for record in part]
+    for record in everyone:
+        if record.index not in mine:
+            emit(ExpertFinished(record))  # trained by another rank
+    if world.is_main:
+        _write_manifest(folder, manifest)
+    world.barrier()  # the manifest lists every expert before any rank returns
+    return everyone
 
 
 # ------------------------------------------------------------------------------ MTT import

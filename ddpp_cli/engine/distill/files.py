@@ -3,10 +3,11 @@ the checkpoint, ``metrics.jsonl``, the best set, the image snapshots and the sum
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +26,22 @@ SUMMARY_NAME = "summary.json"
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
 SetMaker = Callable[[torch.Tensor, float, int], DistilledSet]
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _a_write(method: Method) -> Method:
+    """Mark the folder's ``write_failed`` when ``method`` raises (not on Ctrl-C): after a failed
+    write ddpp writes nothing more, and the files already there stay as they were."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            self.write_failed = True
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_startable(folder: Path) -> None:
@@ -69,7 +86,8 @@ class RunFolder:
 
     ``as_set`` makes a set file's content from (images, lr, iteration); ``run_tensors`` and
     ``run_meta`` are what every checkpoint holds besides the state (labels, config, buffer,
-    layout).
+    layout). ``saved_iteration`` is the iteration of the checkpoint on disk (None before the
+    first); ``write_failed`` becomes True when a write of this folder raised.
     """
 
     def __init__(
@@ -88,7 +106,10 @@ class RunFolder:
         self.as_set = as_set
         self.run_tensors = run_tensors
         self.run_meta = run_meta
+        self.saved_iteration: int | None = None
+        self.write_failed = False
 
+    @_a_write
     def create(self) -> None:
         """Make the folder; drop temporaries a killed write left behind."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -100,18 +121,37 @@ class RunFolder:
         distilled = self.as_set(saved.images, saved.lr, saved.iteration)
         return save_set(path, distilled, {"iteration": saved.iteration, **(extra or {})})
 
+    @_a_write
     def save_checkpoint(self, saved: StateDict) -> None:
         """``distilled.safetensors`` and ``checkpoint.safetensors`` of the state ``saved``."""
         self.save_set(self.distilled, saved)
         tensors = {**saved.tensors, **self.run_tensors}
         store.write(self.checkpoint, tensors, store.CHECKPOINT_FORMAT, self.checkpoint_meta(saved))
+        self.saved_iteration = saved.iteration
 
     def checkpoint_meta(self, saved: StateDict) -> dict[str, Any]:
         return {"config": self.run_meta["config"], **saved.meta, **self.run_meta}
 
-    def save_best(self, saved: StateDict, accuracy: float, std: float) -> Path:
+    @_a_write
+    def save_best(self, saved: StateDict, accuracy: float, std: float | None) -> Path:
+        """The best set; only after the checkpoint of the same iteration (never newer)."""
         return self.save_set(self.best, saved, {"val_accuracy": accuracy, "val_std": std})
 
+    def restore_best(self, saved: StateDict) -> None:
+        """Write the best set from the checkpoint ``saved`` when the run stopped between the
+        checkpoint of a new best and the best set (which then holds an older iteration)."""
+        if saved.meta.get("best_iteration") != saved.iteration:
+            return
+        if self.best.is_file() and (
+            store.read_metadata(self.best).get("iteration") == saved.iteration
+        ):
+            return
+        line = next(
+            (r for r in self.metrics_records() if r.get("iteration") == saved.iteration), {}
+        )
+        self.save_best(saved, saved.meta["best_val_accuracy"], line.get("val_std"))
+
+    @_a_write
     def save_diverged(self, saved: StateDict, iteration: int) -> Path:
         """The last good set as ``distilled.safetensors``, marked with the iteration that
         diverged (the checkpoint stays at the last saved one)."""
@@ -123,6 +163,7 @@ class RunFolder:
         """Where ``--snapshot-every`` keeps the images of ``iteration`` (for ``--animate``)."""
         return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
 
+    @_a_write
     def save_image_snapshot(self, images: torch.Tensor, lr: float, iteration: int) -> Path:
         """The images of ``iteration`` as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
         path = self.snapshot_path(iteration)
@@ -131,6 +172,7 @@ class RunFolder:
 
     # -- metrics.jsonl ----------------------------------------------------------------------
 
+    @_a_write
     def log(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -160,6 +202,7 @@ class RunFolder:
 
     # -- resume -----------------------------------------------------------------------------
 
+    @_a_write
     def truncate(self, iteration: int) -> None:
         """Forget what came after the checkpoint of ``iteration``: the redone iterations'
         metrics lines and image snapshots."""
@@ -195,5 +238,6 @@ class RunFolder:
             return None
         return previous if isinstance(previous, dict) else None
 
+    @_a_write
     def write_summary(self, summary: dict[str, Any]) -> None:
         store.atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")

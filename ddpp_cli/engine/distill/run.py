@@ -33,6 +33,7 @@ from ddpp_cli.engine.distill.step import MatchingStep, divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
+from ddpp_cli.engine.faults import StageFailed
 from ddpp_cli.engine.trajectory import MANIFEST_NAME, read_manifest
 
 
@@ -49,7 +50,10 @@ def distill(
     """Run (or resume, when ``folder`` holds a checkpoint) a distillation into ``folder``.
 
     Raises DdppError on bad input, :class:`DivergedError` when the run diverges (after saving
-    the last good set), and re-raises KeyboardInterrupt after writing a checkpoint.
+    the last good set), and re-raises KeyboardInterrupt after writing a checkpoint. Any other
+    exception that stops an iteration (out of memory, a full disk, a bug) comes out as
+    :class:`~ddpp_cli.engine.faults.StageFailed` from it, once the last complete state is
+    checkpointed (or, after a failed write, the checkpoint on disk is known intact).
     """
     emit = on_event or (lambda event: None)
     device = torch.device(device)
@@ -68,7 +72,9 @@ def distill(
     if resuming:
         saved, _ = read_checkpoint(files.checkpoint)
         state = setup.restored_state(saved, files.checkpoint)
+        files.saved_iteration = state.iteration
         files.truncate(state.iteration)
+        files.restore_best(saved)
     else:
         state = setup.fresh_state()
         if setup.config.snapshot_every > 0:  # the initial images: the animation's first frame
@@ -109,14 +115,16 @@ def _started(setup: RunSetup, folder: Path, state: DistillState, resumed: bool) 
 
 
 def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback) -> None:
-    """Iterate until ``iterations``; on Ctrl-C, checkpoint the last completed iteration."""
+    """Iterate until ``iterations``. An iteration is complete once its metrics line is written;
+    whatever else stops the next one (Ctrl-C, out of memory, a CUDA error, a bug) checkpoints
+    the last complete state, unless a write failed (:meth:`_Loop.keep`)."""
     loop = _Loop(setup, files, state, emit)
-    last_good = state.state_dict()
+    last_good = state.state_dict()  # the state after the last complete iteration
     try:
         if state.iteration == 0:
             loop.initial_validation()  # redone on resume from iteration 0
+            last_good = state.state_dict()
         while state.iteration < setup.config.iterations:
-            last_good = state.state_dict()  # for the guards and Ctrl-C
             started = time.perf_counter()
             record = {"iteration": state.iteration + 1, **loop.matching.step(state)}
             problem = divergence(record["loss"], state)
@@ -125,13 +133,17 @@ def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCal
             state.iteration += 1
             record["lr"] = float(state.lr.detach())
             loop.report(record, time.perf_counter() - started)
-            if loop.validation.due(state.iteration):
-                loop.validate_and_keep_best(record)
+            new_best = loop.validate(record) if loop.validation.due(state.iteration) else None
             loop.log(record, started)
-            loop.save_due_files()
+            last_good = state.state_dict()
+            loop.save_due_files(last_good, new_best)
+    except DdppError:  # a diverged run keeps its own set; the checkpoint stays as saved
+        raise
     except KeyboardInterrupt:
         loop.checkpoint(last_good)
         raise
+    except Exception as exc:
+        loop.keep(last_good, exc)
 
 
 class _Loop:
@@ -155,27 +167,28 @@ class _Loop:
             setup.prepared.num_classes, setup.device, emit,
         )  # fmt: skip
 
-    def validate_and_keep_best(self, record: dict[str, Any]) -> None:
-        """Validate the current images; save them as the best set when they beat it."""
+    def validate(self, record: dict[str, Any]) -> tuple[float, float] | None:
+        """Validate the current images; (accuracy, std) when they beat the best so far (then
+        the state's best is this iteration), else None."""
         state, iteration = self.state, self.state.iteration
         lr = float(state.lr.detach())
         accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
-        if state.best.improved_by(accuracy):
+        improved = state.best.improved_by(accuracy)
+        if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy
-            self.files.save_best(state.state_dict(), accuracy, std)
         record.update(val_accuracy=accuracy, val_std=std)
         best = state.best
         self.emit(ValidationFinished(iteration, accuracy, std, best.iteration, best.accuracy))
+        return (accuracy, std) if improved else None
 
     def initial_validation(self) -> None:
         """Iteration 0: validate the initial images, log them and write the first checkpoint."""
         started = time.perf_counter()
         record: dict[str, Any] = {"iteration": 0, "lr": float(self.state.lr.detach())}
-        if self.config.eval_every > 0:
-            self.validate_and_keep_best(record)
+        new_best = self.validate(record) if self.config.eval_every > 0 else None
         record["seconds"] = time.perf_counter() - started
         self.files.log(record)
-        self.checkpoint(self.state.state_dict())
+        self.save_checkpoint_and_best(self.state.state_dict(), new_best)
 
     def report(self, record: dict[str, Any], seconds: float) -> None:
         self.emit(
@@ -193,18 +206,50 @@ class _Loop:
         record["elapsed"] = self.state.elapsed
         self.files.log(record)
 
-    def save_due_files(self) -> None:
-        """The image snapshot and the checkpoint, when this iteration is due for them."""
-        c, state = self.config, self.state
-        if c.snapshot_every > 0 and state.iteration % c.snapshot_every == 0:
-            lr = float(state.lr.detach())
-            self.files.save_image_snapshot(state.images, lr, state.iteration)
-        if state.iteration % c.checkpoint_every == 0 or state.iteration == c.iterations:
-            self.checkpoint(state.state_dict())
+    def save_due_files(self, saved: StateDict, new_best: tuple[float, float] | None) -> None:
+        """The image snapshot, the checkpoint and the best set, when the iteration of
+        ``saved`` (the current state) is due for them or found a new best."""
+        c = self.config
+        if c.snapshot_every > 0 and saved.iteration % c.snapshot_every == 0:
+            self.files.save_image_snapshot(saved.images, saved.lr, saved.iteration)
+        if (
+            saved.iteration % c.checkpoint_every == 0
+            or saved.iteration == c.iterations
+            or new_best is not None
+        ):
+            self.save_checkpoint_and_best(saved, new_best)
+
+    def save_checkpoint_and_best(
+        self, saved: StateDict, new_best: tuple[float, float] | None
+    ) -> None:
+        """The checkpoint of ``saved``, then (at a new best) the best set: the best set is never
+        newer than the checkpoint that produced it."""
+        self.checkpoint(saved)
+        if new_best is not None:
+            self.files.save_best(saved, *new_best)
 
     def checkpoint(self, saved: StateDict) -> None:
         self.files.save_checkpoint(saved)
         self.emit(CheckpointSaved(saved.iteration, self.files.checkpoint))
+
+    def keep(self, last_good: StateDict, exc: Exception) -> NoReturn:
+        """After ``exc`` stopped an iteration: checkpoint ``last_good`` unless a write failed
+        (then the checkpoint on disk, written atomically, is intact), and raise
+        :class:`~ddpp_cli.engine.faults.StageFailed` from ``exc`` saying which iteration it
+        holds; ``exc`` itself when there is no checkpoint to continue from."""
+        files, failed_too = self.files, ""
+        if not files.write_failed:
+            try:
+                self.checkpoint(last_good)
+            except Exception as second:  # the disk is full as well, say
+                failed_too = f"; saving iteration {last_good.iteration} failed too ({second})"
+        if files.saved_iteration is None:
+            raise exc
+        if files.saved_iteration == last_good.iteration and not failed_too:
+            kept = f"the last complete state (iteration {last_good.iteration}) is in "
+        else:
+            kept = f"the last checkpoint (iteration {files.saved_iteration}) is intact in "
+        raise StageFailed("distill", f"{kept}{files.checkpoint}{failed_too}", files.folder) from exc
 
     def stop_diverged(self, problem: str, record: dict[str, Any], last_good: StateDict) -> NoReturn:
         """Save the last good set, log the failed iteration and raise :class:`DivergedError`."""
