@@ -223,6 +223,18 @@ def test_herding_baseline_is_saved_as_a_set(tiny_mnist, tmp_path):
     assert saved.preprocessing["kind"] == "normalize"
 
 
+def test_save_refuses_an_existing_file_unless_force(tiny_mnist, tmp_path):
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"made by the user")
+    args = ("--baseline", "random", "--dataset", "mnist", "--data-dir", tiny_mnist,
+            "--no-download", "--ipc", "1", "--save", out, *FAST)  # fmt: skip
+    assert_one_line_error(invoke("evaluate", *args), str(out), "--force")
+    assert out.read_bytes() == b"made by the user"
+    eval_json(*args, "--force")
+    assert distilled.load(out).source == "random"
+    assert_one_line_error(invoke("evaluate", "x.safetensors", "--force"), "--force")
+
+
 # --------------------------------------------------------------------------- crossarch
 
 

@@ -11,7 +11,16 @@ import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, line, note, out, print_result, set_label
-from ddpp_cli.engine import augment, baselines, data, distilled, evaluate, models, trajectory
+from ddpp_cli.engine import (
+    augment,
+    baselines,
+    data,
+    distilled,
+    evaluate,
+    models,
+    store,
+    trajectory,
+)
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
@@ -151,7 +160,7 @@ def eval_config(
     )  # fmt: skip
 
 
-BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca")
+BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca", "force")
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
 
 
@@ -227,6 +236,14 @@ def command(
     no_zca: NoZcaOpt = False,
     train_subset: BaselineSubsetOpt = None,
     save: SaveOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Baseline: replace the --save file (and its .zca file) if they exist.",
+            rich_help_panel=opt.BASELINE,
+        ),
+    ] = False,
     records: RecordsOpt = None,
     no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
@@ -265,6 +282,8 @@ def command(
             )
         payload = {"set": str(path), **result.to_json()}
     else:
+        if save is not None:  # before any work: nothing the user made is replaced silently
+            store.refuse_existing(save, _zca_beside(save), force=force)
         baseline_config = baselines.BaselineConfig(
             method=baseline.strip().lower(), dataset=dataset, ipc=ipc,
             zca=False if no_zca else None, train_subset=train_subset, seed=seed,
@@ -305,6 +324,11 @@ def _check_target(target: Path | None, baseline: str | None, baseline_only: dict
         raise DdppError("--baseline needs --dataset D and --ipc K.")
 
 
+def _zca_beside(save: Path) -> Path:
+    """Where a saved ZCA coreset's whitening goes: ``NAME.zca.safetensors`` beside it."""
+    return save.with_name(f"{save.stem}.zca.safetensors")
+
+
 def _evaluate_baseline(
     baseline_config: baselines.BaselineConfig, config: evaluate.EvalConfig, save: Path | None,
     display: EvalDisplay, data_options: dict, run: dict,
@@ -316,7 +340,7 @@ def _evaluate_baseline(
     saved = None
     with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
         zca_out = (
-            save.with_name(f"{save.stem}.zca.safetensors")
+            _zca_beside(save)
             if save is not None and main
             else Path(scratch) / trajectory.ZCA_NAME
         )

@@ -369,15 +369,20 @@ def folder_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _clear_previous_export(out_dir: Path) -> None:
-    """Remove an earlier export from ``out_dir``; refuse a folder holding anything else."""
+def check_export_folder(out_dir: Path, force: bool = False) -> None:
+    """DdppError unless ``out_dir`` is absent or empty, or holds an earlier ddpp export and
+    ``force`` allows replacing it. A folder holding anything else is refused even with force."""
+    _previous_export(Path(out_dir), force)
+
+
+def _previous_export(out_dir: Path, force: bool) -> dict[str, Any] | None:
+    """The manifest of an earlier export in ``out_dir`` (None: absent or empty folder)."""
     if not out_dir.exists():
-        return
+        return None
     if not out_dir.is_dir():
         raise DdppError(f"cannot export to {out_dir}: it is a file; give a folder.")
-    entries = list(out_dir.iterdir())
-    if not entries:
-        return
+    if not any(out_dir.iterdir()):
+        return None
     manifest = out_dir / EXPORT_MANIFEST
     previous = None
     if manifest.is_file():
@@ -390,6 +395,20 @@ def _clear_previous_export(out_dir: Path) -> None:
             f"cannot export to {out_dir}: the folder is not empty and holds no earlier ddpp "
             "export; choose a new or empty folder."
         )
+    if not force:
+        raise DdppError(
+            f"{out_dir} already holds an export; pass --force to replace it, or choose a new "
+            "or empty folder."
+        )
+    return previous
+
+
+def _clear_previous_export(out_dir: Path, force: bool) -> None:
+    """Remove an earlier export from ``out_dir`` (only with ``force``); refuse a folder holding
+    anything else."""
+    previous = _previous_export(out_dir, force)
+    if previous is None:
+        return
     for relative in previous.get("files", []):
         target = (out_dir / str(relative)).resolve()
         if target.parent.parent == out_dir.resolve() and target.suffix == ".png":
@@ -401,20 +420,21 @@ def _clear_previous_export(out_dir: Path) -> None:
 
 
 def export_folder(
-    distilled: DistilledSet, out_dir: Path, zca_path: Path | None = None
+    distilled: DistilledSet, out_dir: Path, zca_path: Path | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Write every image as ``out_dir/NN_<class>/NNNN.png`` plus ``set.json``; returns the manifest.
 
     Pixels are the set's images with normalisation or ZCA undone, clamped to [0, 1] and rounded
     to 8 bits. ``set.json`` lists the files in set order with their labels, the learned lr, the
     class names and folders, the dataset and where the set came from. Re-exporting into the same
-    folder replaces the earlier export; any other non-empty folder is refused.
+    folder replaces the earlier export only with ``force``; any other non-empty folder is
+    refused (see :func:`check_export_folder`).
     """
     out_dir = Path(out_dir)
     pixels = pixel_images(distilled, zca_path)
     if int(pixels.shape[1]) not in (1, 3):
         raise DdppError(f"cannot export images with {pixels.shape[1]} channels (only 1 or 3).")
-    _clear_previous_export(out_dir)
+    _clear_previous_export(out_dir, force)
     folders = folder_names(distilled.class_names)
     labels = distilled.labels.tolist()
     digits = max(4, len(str(max(1, distilled.ipc) - 1)))
