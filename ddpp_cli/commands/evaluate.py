@@ -340,9 +340,7 @@ def _evaluate_baseline(
     saved = None
     with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
         zca_out = (
-            _zca_beside(save)
-            if save is not None and main
-            else Path(scratch) / trajectory.ZCA_NAME
+            _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
         )
         prepared = baselines.prepare_baseline(
             baseline_config, zca_out=zca_out, eval_seed=config.seed, **data_options
