@@ -220,6 +220,15 @@ SaveOpt = Annotated[
     ),
 ]
 
+ForceSaveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Baseline: replace the --save file (and its .zca file) if they exist.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
 
 def command(
     target: SetOrRunArgument = None,
@@ -236,14 +245,7 @@ def command(
     no_zca: NoZcaOpt = False,
     train_subset: BaselineSubsetOpt = None,
     save: SaveOpt = None,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Baseline: replace the --save file (and its .zca file) if they exist.",
-            rich_help_panel=opt.BASELINE,
-        ),
-    ] = False,
+    force: ForceSaveOpt = False,
     records: RecordsOpt = None,
     no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
