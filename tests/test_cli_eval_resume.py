@@ -135,3 +135,19 @@ def test_crossarch_resumes_the_architectures_already_evaluated(mnist_set, tiny_m
     convnet = json.loads(first.stdout)["results"]["convnet"]
     assert again["results"]["convnet"]["accuracies"] == convnet["accuracies"]
     assert len(list(folder.glob("*.json"))) == 2  # one file per architecture
+
+
+def test_an_unwritable_default_folder_means_no_records_and_a_note(
+    mnist_set,  # noqa: F811
+    tiny_mnist,
+    monkeypatch,
+):
+    from ddpp_cli.commands import evaluate as command
+
+    assert command._writable(mnist_set.parent / "new" / "deeper")  # created on the first run
+    monkeypatch.setattr(command, "_writable", lambda folder: False)  # e.g. a read-only share
+    shown = invoke("evaluate", *eval_args(mnist_set, tiny_mnist))
+    assert shown.exit_code == 0, shown.output
+    assert "cannot keep records in" in shown.output and "--records DIR" in shown.output
+    assert "records:" not in shown.stdout
+    assert not mnist_set.with_name("set.eval").exists()

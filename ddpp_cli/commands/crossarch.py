@@ -66,7 +66,7 @@ def command(
         raise DdppError("pass a distilled-set file or a run folder to evaluate.")
     if json_out and markdown:
         raise DdppError("--json and --markdown both claim stdout; pass one of them.")
-    records_at = records_dir(target, records, no_records)
+    records_at = records_dir(target, records, no_records, quiet)
     names = [name.strip().lower() for name in archs.split(",") if name.strip()]
     path = evaluate.find_set(target)
     distilled_set = distilled.load(path)

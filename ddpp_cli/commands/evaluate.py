@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -130,14 +131,34 @@ NoRecordsOpt = Annotated[
 ]
 
 
-def records_dir(set_path: Path | None, records: Path | None, no_records: bool) -> Path | None:
+def records_dir(
+    set_path: Path | None, records: Path | None, no_records: bool, quiet: bool = False
+) -> Path | None:
     """Where finished runs are kept: ``--records``, else the set's default; None with
-    ``--no-records``."""
+    ``--no-records``, or (with a note) when the default folder cannot be written, e.g. beside a
+    set in a read-only folder."""
     if no_records:
         if records is not None:
             raise DdppError("--records and --no-records contradict each other; pass one.")
         return None
-    return records if records is not None else evaluate.default_records_dir(set_path)
+    if records is not None:
+        return records
+    default = evaluate.default_records_dir(set_path)
+    if not _writable(default):
+        if not quiet:
+            note(err, f"cannot keep records in {default} (not writable); a kill loses every "
+                      "run: pass --records DIR to keep them elsewhere.")  # fmt: skip
+        return None
+    return default
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` exists writable or could be created (its nearest existing parent is
+    a writable folder)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
 
 
 def records_line(records: Path | None, display: EvalDisplay) -> str | None:
@@ -268,7 +289,7 @@ def command(
     progress = make_progress(err, disable=quiet or not world.is_main)
     data_options = {"data_root": data_dir, "download": download, "zca_path": zca_file}
     data_options["test_subset"] = test_subset
-    records_at = records_dir(target, records, no_records)
+    records_at = records_dir(target, records, no_records, quiet)
     display = EvalDisplay(progress)
     run = {"device": torch_device, "parallel": parallel, "world": world, "records": records_at}
     saved, zca_written = None, None
