@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ddpp_cli.cli import app
 from ddpp_cli.engine import data, pipeline, trajectory
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
 
 runner = CliRunner()
 
@@ -306,3 +307,19 @@ def test_run_bad_input_is_one_line(tiny_mnist, tmp_path):
                         "--out", tmp_path / "r", *args)  # fmt: skip
         assert_one_line_error(result, fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_buffer_named_with_buffer_is_used_and_a_difference_is_noted(tmp_path):
+    plan = pipeline.plan_run("fashionmnist", 1, profile="quick", experts=2)
+    events = []
+    stages = pipeline._StageClock(events.append)
+    mine = _fake_buffer(tmp_path / "mine", 2, seed=7)
+    folder, reused = pipeline._buffer_stage(plan, mine, stages, events.append, {}, {})
+    assert (folder, reused) == (mine, True)
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert notes == [f"{mine} differs from the run's settings (seed: 7 there vs 0 now); using it "
+                     "as --buffer asks."]  # fmt: skip
+    events.clear()
+    same = _fake_buffer(tmp_path / "same", 2)
+    assert pipeline._buffer_stage(plan, same, stages, events.append, {}, {}) == (same, True)
+    assert not [e for e in events if isinstance(e, Notice)]
