@@ -162,6 +162,29 @@ def command(
     _print_summary(summary)
 
 
+def _print_summary(summary: trajectory.BufferSummary) -> None:
+    table = Table(title=f"Expert trajectories in {summary.folder}")
+    table.add_column("expert", justify="right")
+    table.add_column("final test acc", justify="right")
+    table.add_column("best test acc", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_column("file")
+    for record in summary.experts:
+        accs = record.test_accuracy
+        seconds = "–" if record.seconds is None else f"{record.seconds:.0f}"
+        table.add_row(
+            str(record.index),
+            percent(accs[-1] if accs else None),
+            percent(max(accs) if accs else None),
+            "resumed" if record.resumed else seconds,
+            record.path.name,
+        )
+    out.print(table)
+    line(out, f"manifest: {summary.manifest}")
+    if summary.zca is not None:
+        line(out, f"zca:      {summary.zca}")
+
+
 def given_options(ctx: typer.Context) -> dict[str, object]:
     """The options the user set on the command line (not left at their defaults), by name."""
     sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
@@ -194,26 +217,3 @@ def _import(
             image_size=options["image_size"], device=options["device"],
             on_event=BufferDisplay(progress),
         )  # fmt: skip
-
-
-def _print_summary(summary: trajectory.BufferSummary) -> None:
-    table = Table(title=f"Expert trajectories in {summary.folder}")
-    table.add_column("expert", justify="right")
-    table.add_column("final test acc", justify="right")
-    table.add_column("best test acc", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_column("file")
-    for record in summary.experts:
-        accs = record.test_accuracy
-        seconds = "–" if record.seconds is None else f"{record.seconds:.0f}"
-        table.add_row(
-            str(record.index),
-            percent(accs[-1] if accs else None),
-            percent(max(accs) if accs else None),
-            "resumed" if record.resumed else seconds,
-            record.path.name,
-        )
-    out.print(table)
-    line(out, f"manifest: {summary.manifest}")
-    if summary.zca is not None:
-        line(out, f"zca:      {summary.zca}")
