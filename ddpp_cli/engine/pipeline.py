@@ -305,7 +305,7 @@ def search_buffers(
         if not difference:
             if best is None or count > best[0]:
                 best = (count, folder.name, folder)
-        elif "dataset:" not in difference:
+        elif "dataset:" not in difference:  # a buffer of another dataset is no near miss
             rank = difference.count(";")
             if nearest is None or rank < nearest[0]:
                 nearest = (rank, folder, difference)
