@@ -138,7 +138,10 @@ def test_import_of_a_non_tensor_pickle_is_refused(tiny_mnist, tmp_path):
     source = tmp_path / "mtt"
     source.mkdir()
     torch.save({"epochs": 3}, source / "replay_buffer_0.pt")
-    result = invoke(*tiny_buffer_args(tiny_mnist, tmp_path / "b", "--import", str(source)))
+    result = invoke(
+        "buffer", "--import", source, "--dataset", "mnist", "--data-dir", tiny_mnist,
+        "--no-download", "--no-zca", "--out", tmp_path / "b",
+    )  # fmt: skip
     assert_one_line_error(result, "replay_buffer_0.pt")
 
 

@@ -249,3 +249,12 @@ def test_snapshots_make_an_animation_and_are_redone_after_a_resume(
     assert_one_line_error(
         invoke("visualize", out, "--animate", tmp_path / "anim.png"), "writes a GIF"
     )
+
+
+def test_out_folder_of_other_files_is_refused_in_one_line(tiny_mnist, buffer_dir, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "ideas.md").write_text("mine")
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, folder))
+    assert_one_line_error(result, str(folder), "ideas.md", "--out")
+    assert [p.name for p in folder.iterdir()] == ["ideas.md"]

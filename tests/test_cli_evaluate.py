@@ -223,6 +223,18 @@ def test_herding_baseline_is_saved_as_a_set(tiny_mnist, tmp_path):
     assert saved.preprocessing["kind"] == "normalize"
 
 
+def test_save_refuses_an_existing_file_unless_force(tiny_mnist, tmp_path):
+    out = tmp_path / "mine.safetensors"
+    out.write_bytes(b"made by the user")
+    args = ("--baseline", "random", "--dataset", "mnist", "--data-dir", tiny_mnist,
+            "--no-download", "--ipc", "1", "--save", out, *FAST)  # fmt: skip
+    assert_one_line_error(invoke("evaluate", *args), str(out), "--force")
+    assert out.read_bytes() == b"made by the user"
+    eval_json(*args, "--force")
+    assert distilled.load(out).source == "random"
+    assert_one_line_error(invoke("evaluate", "x.safetensors", "--force"), "--force")
+
+
 # --------------------------------------------------------------------------- crossarch
 
 
@@ -255,7 +267,7 @@ def test_parallel_runs_print_the_sequential_accuracies(mnist_set, tiny_mnist):
     args = (mnist_set, "--data-dir", tiny_mnist, "--no-download", "--epochs", "2", "--runs",
             "3", "--test-subset", "20", "--device", "cpu")  # fmt: skip
     one = eval_json(*args)
-    many = eval_json(*args, "--parallel", "2")
+    many = eval_json(*args, "--parallel", "2", "--no-records")  # trained, not read back
     assert many["accuracies"] == one["accuracies"]
     shown = invoke("evaluate", *args, "--parallel", "3")
     assert shown.exit_code == 0 and "mean ± std" in shown.stdout

@@ -195,6 +195,16 @@ def test_a_folder_with_run_files_but_no_checkpoint_is_refused(tmp_path):
         distill.files.check_startable(tmp_path)
 
 
+def test_a_folder_of_other_files_is_refused_and_an_empty_one_is_not(tmp_path):
+    distill.files.check_startable(tmp_path)  # empty
+    (tmp_path / "notes.txt").write_text("mine", encoding="utf-8")
+    (tmp_path / "grid.png").write_bytes(b"")  # a run's own file is not listed
+    with pytest.raises(DdppError, match=r"holds other files \(notes\.txt\), not a ddpp run"):
+        distill.files.check_startable(tmp_path)
+    with pytest.raises(DdppError, match="is a file, not a run folder"):
+        distill.files.check_startable(tmp_path / "notes.txt")
+
+
 # ------------------------------------------------------------------------------ resume rule
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ddpp_cli.cli import app
 from ddpp_cli.engine import data, pipeline, trajectory
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
 
 runner = CliRunner()
 
@@ -98,12 +99,20 @@ def test_buffer_folders_by_profile():
     assert pipeline.buffer_folder(another, "quick").name != name
 
 
+QUICK_FASHION = pipeline.plan_run("fashionmnist", 1, profile="quick", experts=2).buffer
+
+
 def _fake_buffer(folder: Path, experts: int, *, epochs: int = 4, kind: str = "normalize",
-                 dataset: str = "fashionmnist", arch: str = "convnet") -> Path:  # fmt: skip
+                 dataset: str = "fashionmnist", arch: str = "convnet",
+                 **config) -> Path:  # fmt: skip
+    """A buffer folder as train_buffer writes it (manifest with the settings' identity), with
+    empty expert files: enough for the search, which reads manifests and counts files."""
     folder.mkdir(parents=True)
+    identity = {**QUICK_FASHION.identity(), "epochs": epochs, "zca": kind == "zca", **config}
     manifest = {
         "format": trajectory.MANIFEST_FORMAT, "dataset": dataset, "arch": arch, "epochs": epochs,
-        "config": {"image_size": None}, "preprocessing": {"kind": kind},
+        "config": {**identity, "dataset": dataset, "arch": arch},
+        "preprocessing": {"kind": kind},
     }  # fmt: skip
     (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
     for index in range(experts):
@@ -112,7 +121,7 @@ def _fake_buffer(folder: Path, experts: int, *, epochs: int = 4, kind: str = "no
 
 
 def test_reusable_buffer_is_the_fitting_one_with_most_experts(tmp_path):
-    config = pipeline.plan_run("fashionmnist", 1, profile="quick", experts=2).buffer
+    config = QUICK_FASHION
     _fake_buffer(tmp_path / "a-too-few", 1)
     _fake_buffer(tmp_path / "b-short", 5, epochs=3)
     _fake_buffer(tmp_path / "c-zca", 5, kind="zca")
@@ -124,6 +133,51 @@ def test_reusable_buffer_is_the_fitting_one_with_most_experts(tmp_path):
     _fake_buffer(tmp_path / "h-fits-more", 3)
     assert pipeline.find_reusable_buffer(config, 4, tmp_path) == tmp_path / "h-fits-more"
     assert pipeline.find_reusable_buffer(config, 4, tmp_path / "missing") is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"arch": "alexnet"}, "arch: 'alexnet' there vs 'convnet' now"),
+        ({"kind": "zca"}, "zca: True there vs False now"),
+        ({"image_size": 16}, "image_size: 16 there vs None now"),
+        ({"lr": 0.02}, "lr: 0.02 there vs 0.01 now"),
+        ({"batch_size": 128}, "batch_size: 128 there vs 256 now"),
+        ({"dsa_strategy": "none"}, "dsa_strategy: 'none' there vs"),
+        ({"seed": 1}, "seed: 1 there vs 0 now"),
+        ({"train_subset": 100}, "train_subset: 100 there vs 5000 now"),
+        ({"epochs": 3}, "epochs: 3 there vs at least 4 needed"),
+        ({"experts": 1}, "experts: 1 there vs 2 needed"),
+        ({"imported": True}, "lr: None there vs 0.01 now"),  # MTT's: settings unknown
+    ],
+)
+def test_a_buffer_differing_in_any_training_setting_is_not_reused(tmp_path, changes, expected):
+    changes = dict(changes)
+    experts = changes.pop("experts", 3)
+    folder = _fake_buffer(tmp_path / "buffers" / "x", experts, **changes)
+    if changes.get("imported"):
+        manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+        manifest["config"] = {"imported_from": "/mtt/fashion/ConvNet", "dataset": "fashionmnist",
+                              "arch": "convnet", "zca": False, "image_size": None}  # fmt: skip
+        (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
+    search = pipeline.search_buffers(QUICK_FASHION, 4, tmp_path / "buffers")
+    assert search.found is None
+    assert search.nearest[0] == folder and expected in search.nearest[1]
+    # the same buffer with matching settings (more epochs, another test subset) is reused
+    _fake_buffer(tmp_path / "buffers" / "y", 2, epochs=9, test_subset=7)
+    assert pipeline.find_reusable_buffer(QUICK_FASHION, 4, tmp_path / "buffers") == (
+        tmp_path / "buffers" / "y"
+    )
+
+
+def test_a_new_buffer_never_goes_into_a_folder_of_other_settings(tmp_path):
+    folder = pipeline.buffer_folder(QUICK_FASHION, "quick")
+    assert pipeline.training_folder(QUICK_FASHION, "quick") == folder  # absent: used
+    _fake_buffer(folder, 1, lr=0.5)  # e.g. made by 'ddpp buffer --lr 0.5 --out <that folder>'
+    other = pipeline.training_folder(QUICK_FASHION, "quick")
+    assert other.parent == folder.parent and other.name.startswith(folder.name + "-")
+    _fake_buffer(other, 1)  # same settings, fewer experts: extended in place
+    assert pipeline.training_folder(QUICK_FASHION, "quick") == other
 
 
 # ---------------------------------------------------------------------- system data folders
@@ -216,6 +270,31 @@ def test_run_end_to_end_then_reuses_the_buffer(tiny_mnist, tmp_path):
     assert payload["distilled"]["accuracies"] == summary["distilled"]["accuracies"]
     assert payload["random_baseline"]["accuracies"] == summary["random_baseline"]["accuracies"]
 
+    # Another training setting: a new buffer in a new folder, and the run says why.
+    third = tmp_path / "run3"
+    other = [str(a) for a in TINY]
+    other[other.index("--train-subset") + 1] = "60"
+    result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,
+                    "--out", third, *other)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"not reusing {buffer} (train_subset: 80 there vs 60 now)" in " ".join(
+        result.output.split()
+    )
+    payload = json.loads((third / "run.json").read_text())
+    assert payload["buffer_reused"] is False and payload["buffer"] != str(buffer)
+    assert sorted(trajectory.expert_files(buffer)) == [0]  # the old buffer is untouched
+
+
+def test_run_into_a_folder_of_other_files_is_refused_before_any_work(tiny_mnist, tmp_path):
+    folder = tmp_path / "papers"
+    folder.mkdir()
+    (folder / "draft.tex").write_text("mine")
+    result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,
+                    "--out", folder, *TINY)  # fmt: skip
+    assert_one_line_error(result, str(folder), "draft.tex", "not a ddpp run")
+    assert not trajectory.default_buffer_dir("mnist", "convnet", False).parent.exists()
+    assert [p.name for p in folder.iterdir()] == ["draft.tex"]
+
 
 def test_run_bad_input_is_one_line(tiny_mnist, tmp_path):
     for args, fragment in (
@@ -228,3 +307,19 @@ def test_run_bad_input_is_one_line(tiny_mnist, tmp_path):
                         "--out", tmp_path / "r", *args)  # fmt: skip
         assert_one_line_error(result, fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_buffer_named_with_buffer_is_used_and_a_difference_is_noted(tmp_path):
+    plan = pipeline.plan_run("fashionmnist", 1, profile="quick", experts=2)
+    events = []
+    stages = pipeline._StageClock(events.append)
+    mine = _fake_buffer(tmp_path / "mine", 2, seed=7)
+    folder, reused = pipeline._buffer_stage(plan, mine, stages, events.append, {}, {})
+    assert (folder, reused) == (mine, True)
+    notes = [e.message for e in events if isinstance(e, Notice)]
+    assert notes == [f"{mine} differs from the run's settings (seed: 7 there vs 0 now); using it "
+                     "as --buffer asks."]  # fmt: skip
+    events.clear()
+    same = _fake_buffer(tmp_path / "same", 2)
+    assert pipeline._buffer_stage(plan, same, stages, events.append, {}, {}) == (same, True)
+    assert not [e for e in events if isinstance(e, Notice)]

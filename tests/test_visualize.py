@@ -226,7 +226,9 @@ def test_export_grayscale_and_re_export(tmp_path):
     vis.export_folder(gray, out)
     assert Image.open(out / "02_ship" / "0001.png").mode == "L"
     smaller = normalized_set(labels=(0, 1, 2), shape=(1, 5, 5))
-    vis.export_folder(smaller, out)  # replaces the earlier export
+    with pytest.raises(DdppError, match="already holds an export; pass --force"):
+        vis.export_folder(smaller, out)
+    vis.export_folder(smaller, out, force=True)  # replaces the earlier export
     assert not (out / "02_ship" / "0001.png").exists()
     assert len(ImageFolder(str(out))) == 3
     (tmp_path / "busy").mkdir()
@@ -371,3 +373,36 @@ def test_cli_bad_inputs_exit_2_with_one_line(run_dir, tmp_path, norm_set):
     assert_one_line_error(invoke(run_dir, "--upsample", "0"), "--upsample")
     assert_one_line_error(invoke(run_dir, "--animate", tmp_path / "a.gif"), "no image snapshots")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_cli_replaces_an_existing_file_or_export_only_with_force(run_dir, tmp_path, norm_set):
+    for index in range(2):  # two snapshots, enough for an animation
+        distilled.save(run_dir / "snapshots" / f"iter_{index:06d}.safetensors", norm_set)
+    outputs = {
+        "--out": tmp_path / "g.png",
+        "--curves": tmp_path / "c.png",
+        "--animate": tmp_path / "a.gif",
+    }
+    for flag, path in outputs.items():
+        path.write_bytes(b"made by the user")
+        assert_one_line_error(invoke(run_dir, flag, path), str(path), "--force")
+        assert path.read_bytes() == b"made by the user"
+        result = invoke(run_dir, flag, path, "--force")
+        assert result.exit_code == 0, result.output
+        Image.open(path).verify()  # replaced by a real image
+    default = run_dir / "distilled-grid.png"  # the grid drawn when nothing is asked for
+    default.write_bytes(b"kept")
+    assert_one_line_error(invoke(run_dir), str(default), "--force")
+    assert default.read_bytes() == b"kept"
+
+    export = tmp_path / "exp"
+    assert invoke(run_dir, "--export", export).exit_code == 0
+    assert_one_line_error(invoke(run_dir, "--export", export), str(export), "--force")
+    assert invoke(run_dir, "--export", export, "--force").exit_code == 0
+    assert len(ImageFolder(str(export))) == 6
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    for extra in ((), ("--force",)):  # a folder of other files is never mixed into
+        assert_one_line_error(invoke(run_dir, "--export", busy, *extra), str(busy))
+    assert [p.name for p in busy.iterdir()] == ["notes.txt"]

@@ -264,6 +264,10 @@ ParallelOpt = Annotated[
 
 # ------------------------------------------------------------------------------------ output
 
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace output files that already exist (refused without)."),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
 ]

@@ -76,10 +76,12 @@ class BufferDisplay:
 
     def _started(self, event: trajectory.BufferStarted) -> None:
         p = self.progress
+        # an import without --experts learns how many experts there are only at its last file
+        count = "every expert found" if event.total is None else f"{event.total} experts"
         if not p.disable:
             line(
                 p.console,
-                f"buffer [bold]{event.folder}[/]: {event.total} experts "
+                f"buffer [bold]{event.folder}[/]: {count} "
                 f"({event.existing} done), {event.train_size} train / {event.test_size} test "
                 f"images, {event.num_params:,} parameters, {event.preprocessing}"
                 + (f", on {self.device}" if self.device else ""),
@@ -91,6 +93,7 @@ class BufferDisplay:
 
 
 def command(
+    ctx: typer.Context,
     dataset: DatasetOpt = "cifar10",
     data_dir: DataDirOpt = None,
     download: DownloadOpt = True,
@@ -112,7 +115,12 @@ def command(
     image_size: ImageSizeOpt = None,
     import_dir: Annotated[
         Path | None,
-        typer.Option("--import", help="Convert MTT replay_buffer_*.pt files from this folder."),
+        typer.Option(
+            "--import",
+            help="Convert MTT replay_buffer_*.pt files from this folder (resumable; --experts N "
+            "takes the first N; ZCA and the dataset come from MTT's folder name when it tells, "
+            "e.g. cifar10_NO_ZCA/ConvNet).",
+        ),
     ] = None,
     out_dir: Annotated[
         Path | None,
@@ -127,17 +135,11 @@ def command(
 
     Under torchrun the ranks split the experts; rank 0 prints.
     """
-    use_zca = data.info(dataset).default_zca if zca is None else zca
-    folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
     if import_dir is not None:
-        progress = make_progress(err, disable=quiet)
-        with progress:
-            summary = trajectory.import_mtt(
-                import_dir, folder, dataset=dataset, arch=arch, use_zca=use_zca,
-                data_root=data_dir, download=download, image_size=image_size,
-                on_event=BufferDisplay(progress),
-            )  # fmt: skip
+        summary = _import(ctx, import_dir, out_dir, quiet)
     else:
+        use_zca = data.info(dataset).default_zca if zca is None else zca
+        folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
         world, torch_device = join_world(resolve_device(device))
         config = trajectory.BufferConfig(
             dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
@@ -187,3 +189,37 @@ def _print_summary(summary: trajectory.BufferSummary) -> None:
     line(out, f"manifest: {summary.manifest}")
     if summary.zca is not None:
         line(out, f"zca:      {summary.zca}")
+
+
+def given_options(ctx: typer.Context) -> dict[str, object]:
+    """The options the user set on the command line (not left at their defaults), by name."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {
+        name: value
+        for name, value in ctx.params.items()
+        if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")
+    }
+
+
+def _import(
+    ctx: typer.Context, source: Path, out_dir: Path | None, quiet: bool
+) -> trajectory.BufferSummary:
+    """``--import``: refuse training options, take ZCA (and the dataset) from MTT's folder name
+    unless given, convert (resumable)."""
+    given = given_options(ctx)
+    trajectory.check_import_options(given)
+    options = ctx.params
+    named_dataset, _ = trajectory.mtt_folder_settings(source)
+    dataset = given.get("dataset") or named_dataset or options["dataset"]
+    dataset = data.info(dataset).name
+    use_zca = trajectory.resolve_import_zca(source, dataset, options["zca"])
+    folder = out_dir or trajectory.default_buffer_dir(dataset, options["arch"], use_zca)
+    progress = make_progress(err, disable=quiet)
+    with progress:
+        return trajectory.import_mtt(
+            source, folder, dataset=dataset, arch=options["arch"],
+            experts=given.get("experts"), use_zca=options["zca"],
+            data_root=options["data_dir"], download=options["download"],
+            image_size=options["image_size"], device=options["device"],
+            on_event=BufferDisplay(progress),
+        )  # fmt: skip

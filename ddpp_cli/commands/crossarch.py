@@ -17,9 +17,13 @@ from ddpp_cli.commands.evaluate import (
     EpochsOpt,
     EvalDisplay,
     LrOpt,
+    NoRecordsOpt,
+    RecordsOpt,
     RunsOpt,
     SetOrRunArgument,
     ZcaFileOpt,
+    records_dir,
+    records_line,
 )
 from ddpp_cli.engine import augment, distilled, evaluate
 from ddpp_cli.engine.device import resolve_device
@@ -40,6 +44,8 @@ def command(
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
     zca_file: ZcaFileOpt = None,
+    records: RecordsOpt = None,
+    no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     test_subset: opt.TestSubsetOpt = None,
@@ -60,6 +66,7 @@ def command(
         raise DdppError("pass a distilled-set file or a run folder to evaluate.")
     if json_out and markdown:
         raise DdppError("--json and --markdown both claim stdout; pass one of them.")
+    records_at = records_dir(target, records, no_records, quiet)
     names = [name.strip().lower() for name in archs.split(",") if name.strip()]
     path = evaluate.find_set(target)
     distilled_set = distilled.load(path)
@@ -69,11 +76,12 @@ def command(
     )  # fmt: skip
     world, torch_device = join_world(resolve_device(device))
     progress = make_progress(err, disable=quiet or not world.is_main)
+    display = EvalDisplay(progress)
     with progress:
         results = evaluate.crossarch(
             distilled_set, names, config, data_root=data_dir, download=download,
             zca_path=zca_file, test_subset=test_subset, device=torch_device,
-            on_event=EvalDisplay(progress), parallel=parallel, world=world,
+            on_event=display, parallel=parallel, world=world, records=records_at,
         )  # fmt: skip
     if not world.is_main:
         return
@@ -91,6 +99,8 @@ def command(
             out.print(f"{name}: {result.mean_std_text()} %", highlight=False)
     else:
         _print_table(results, path, distilled_set)
+        if records_at is not None:
+            line(out, records_line(records_at, display))
 
 
 def _label(distilled_set) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,16 @@ import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, line, note, out, print_result, set_label
-from ddpp_cli.engine import augment, baselines, data, distilled, evaluate, models, trajectory
+from ddpp_cli.engine import (
+    augment,
+    baselines,
+    data,
+    distilled,
+    evaluate,
+    models,
+    store,
+    trajectory,
+)
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
@@ -32,6 +42,7 @@ class EvalDisplay:
         self.epochs_task = None
         self.arch = None
         self.group: list[int] = []  # runs started and not yet finished
+        self.resumed: dict[str, list[int]] = {}  # arch -> runs taken from the records
 
     def __call__(self, event: object) -> None:
         p = self.progress
@@ -41,6 +52,11 @@ class EvalDisplay:
             case evaluate.EpochFinished():
                 if not self.group or event.run == self.group[0]:
                     p.update(self.epochs_task, advance=1)
+            case evaluate.RunFinished() if event.resumed:
+                self._arch(event.arch, event.runs)
+                self.resumed.setdefault(event.arch, []).append(event.run)
+                info = f"run {event.run + 1} from the records: {percent(event.accuracy)}"
+                p.update(self.runs_task, advance=1, info=info)
             case evaluate.RunFinished():
                 if event.run in self.group:
                     self.group.remove(event.run)
@@ -51,12 +67,16 @@ class EvalDisplay:
             case Notice() if not p.disable:
                 note(p.console, event.message)
 
+    def _arch(self, arch: str, runs: int) -> None:
+        """A runs bar per architecture, added at its first event."""
+        if arch != self.arch:
+            self.arch = arch
+            self.group = []
+            self.runs_task = self.progress.add_task(f"{arch} runs", total=runs, info="")
+
     def _run_started(self, event: evaluate.RunStarted) -> None:
         p = self.progress
-        if event.arch != self.arch:
-            self.arch = event.arch
-            self.group = []
-            self.runs_task = p.add_task(f"{event.arch} runs", total=event.runs, info="")
+        self._arch(event.arch, event.runs)
         if self.epochs_task is None:
             self.epochs_task = p.add_task("epochs", total=event.epochs, info="")
         if not self.group:
@@ -96,6 +116,62 @@ ZcaFileOpt = Annotated[
 ]
 
 
+RecordsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--records",
+        help="Folder keeping each finished run, so that a rerun after a kill continues with the "
+        "first missing run (default: RUN/evaluations/ for a run's set, SET.eval/ beside any "
+        "other set file, the ddpp data folder's 'evaluations' for a baseline).",
+    ),
+]
+NoRecordsOpt = Annotated[
+    bool,
+    typer.Option("--no-records", help="Keep no records: train every run, resume nothing."),
+]
+
+
+def records_dir(
+    set_path: Path | None, records: Path | None, no_records: bool, quiet: bool = False
+) -> Path | None:
+    """Where finished runs are kept: ``--records``, else the set's default; None with
+    ``--no-records``, or (with a note) when the default folder cannot be written, e.g. beside a
+    set in a read-only folder."""
+    if no_records:
+        if records is not None:
+            raise DdppError("--records and --no-records contradict each other; pass one.")
+        return None
+    if records is not None:
+        return records
+    default = evaluate.default_records_dir(set_path)
+    if not _writable(default):
+        if not quiet:
+            note(err, f"cannot keep records in {default} (not writable); a kill loses every "
+                      "run: pass --records DIR to keep them elsewhere.")  # fmt: skip
+        return None
+    return default
+
+
+def _writable(folder: Path) -> bool:
+    """Whether ``folder`` exists writable or could be created (its nearest existing parent is
+    a writable folder)."""
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+
+
+def records_line(records: Path | None, display: EvalDisplay) -> str | None:
+    """``records: DIR`` and which runs were taken from there, for the text output."""
+    if records is None:
+        return None
+    text = f"records: {records}"
+    for arch, runs in display.resumed.items():
+        numbers = ", ".join(str(run + 1) for run in sorted(runs))
+        text += f"; {arch} run{'s' if len(runs) > 1 else ''} {numbers} resumed from there"
+    return text
+
+
 def eval_config(
     arch: str, *, runs: int, epochs: int, lr: float | None, batch_size: int, dsa: bool, seed: int
 ) -> evaluate.EvalConfig:
@@ -105,7 +181,7 @@ def eval_config(
     )  # fmt: skip
 
 
-BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca")
+BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca", "force")
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
 
 
@@ -165,6 +241,15 @@ SaveOpt = Annotated[
     ),
 ]
 
+ForceSaveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Baseline: replace the --save file (and its .zca file) if they exist.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
 
 def command(
     target: SetOrRunArgument = None,
@@ -181,6 +266,9 @@ def command(
     no_zca: NoZcaOpt = False,
     train_subset: BaselineSubsetOpt = None,
     save: SaveOpt = None,
+    force: ForceSaveOpt = False,
+    records: RecordsOpt = None,
+    no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     test_subset: opt.TestSubsetOpt = None,
@@ -201,7 +289,9 @@ def command(
     progress = make_progress(err, disable=quiet or not world.is_main)
     data_options = {"data_root": data_dir, "download": download, "zca_path": zca_file}
     data_options["test_subset"] = test_subset
-    run = {"device": torch_device, "parallel": parallel, "world": world}
+    records_at = records_dir(target, records, no_records, quiet)
+    display = EvalDisplay(progress)
+    run = {"device": torch_device, "parallel": parallel, "world": world, "records": records_at}
     saved, zca_written = None, None
     if baseline is None:
         path = evaluate.find_set(target)
@@ -211,17 +301,19 @@ def command(
         title = f"Evaluation of {set_label(path, distilled_set)} on {torch_device}"
         with progress:
             result = evaluate.evaluate_set(
-                distilled_set, config, on_event=EvalDisplay(progress), **data_options, **run
+                distilled_set, config, on_event=display, **data_options, **run
             )
         payload = {"set": str(path), **result.to_json()}
     else:
+        if save is not None:  # before any work: nothing the user made is replaced silently
+            store.refuse_existing(save, _zca_beside(save), force=force)
         baseline_config = baselines.BaselineConfig(
             method=baseline.strip().lower(), dataset=dataset, ipc=ipc,
             zca=False if no_zca else None, train_subset=train_subset, seed=seed,
         )  # fmt: skip
         config = eval_config(arch or "convnet", **training)
         result, saved, zca_written = _evaluate_baseline(
-            baseline_config, config, save, progress, data_options, run
+            baseline_config, config, save, display, data_options, run
         )
         title = (
             f"Evaluation of the {baseline_config.method} baseline "
@@ -230,6 +322,8 @@ def command(
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
     if world.is_main:
         _report(title, result, payload, saved, zca_written, json_out=json_out, quiet=quiet)
+        if not (json_out or quiet) and records_at is not None:
+            line(out, records_line(records_at, display))
 
 
 def _check_target(target: Path | None, baseline: str | None, baseline_only: dict) -> None:
@@ -253,9 +347,14 @@ def _check_target(target: Path | None, baseline: str | None, baseline_only: dict
         raise DdppError("--baseline needs --dataset D and --ipc K.")
 
 
+def _zca_beside(save: Path) -> Path:
+    """Where a saved ZCA coreset's whitening goes: ``NAME.zca.safetensors`` beside it."""
+    return save.with_name(f"{save.stem}.zca.safetensors")
+
+
 def _evaluate_baseline(
     baseline_config: baselines.BaselineConfig, config: evaluate.EvalConfig, save: Path | None,
-    progress, data_options: dict, run: dict,
+    display: EvalDisplay, data_options: dict, run: dict,
 ) -> tuple[evaluate.EvalResult, Path | None, Path | None]:  # fmt: skip
     """Pick the coreset, write it with ``--save`` (rank 0 only), then evaluate it.
 
@@ -264,19 +363,15 @@ def _evaluate_baseline(
     saved = None
     with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
         zca_out = (
-            save.with_name(f"{save.stem}.zca.safetensors")
-            if save is not None and main
-            else Path(scratch) / trajectory.ZCA_NAME
+            _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
         )
         prepared = baselines.prepare_baseline(
             baseline_config, zca_out=zca_out, eval_seed=config.seed, **data_options
         )
         if save is not None and main:
             saved = distilled.save(save, prepared.make_set(prepared.indices(0, run["device"])))
-        with progress:
-            result, _ = baselines.evaluate_baseline(
-                prepared, config, on_event=EvalDisplay(progress), **run
-            )
+        with display.progress:
+            result, _ = baselines.evaluate_baseline(prepared, config, on_event=display, **run)
     written_zca = prepared.zca_path if data_options["zca_path"] is None else None
     return result, saved, written_zca
 

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands._display import out
-from ddpp_cli.commands._options import quiet_option
-from ddpp_cli.engine import distilled, evaluate
+from ddpp_cli.commands._options import ForceOpt, quiet_option
+from ddpp_cli.engine import distilled, evaluate, store
 from ddpp_cli.engine import visualize as visualize_engine
 
 GridOutOpt = Annotated[
@@ -93,11 +93,20 @@ def command(
     curves: CurvesOpt = None,
     animate: AnimateOpt = None,
     zca_file: ZcaFileOpt = None,
+    force: ForceOpt = False,
     quiet: quiet_option("the paths written") = False,
 ) -> None:
-    """Pictures of a distilled set or run: class grid, ImageFolder export, curves, animation."""
+    """Pictures of a distilled set or run: class grid, ImageFolder export, curves, animation.
+
+    An existing file (or a folder holding an earlier export) is replaced only with --force.
+    """
     draw_grid = grid_out is not None or (export is None and curves is None and animate is None)
     inputs = _read_inputs(target, grid_out, curves, animate, classes, draw_grid, export)
+    store.refuse_existing(
+        inputs.grid_out if draw_grid else None, curves, animate, force=force
+    )  # before anything is written
+    if export is not None:
+        visualize_engine.check_export_folder(export, force)
 
     def written(label: str, path: Path, note: str) -> None:
         text = str(path) if quiet else f"{label:<7} {path}  {note}"
@@ -106,7 +115,9 @@ def command(
     if draw_grid:
         _grid(inputs, max_per_row, upsample, clip, zca_file, written)
     if export is not None:
-        manifest = visualize_engine.export_folder(inputs.set, export, zca_path=zca_file)
+        manifest = visualize_engine.export_folder(
+            inputs.set, export, zca_path=zca_file, force=force
+        )
         written(
             "export:", export,
             f"({len(manifest['files'])} PNGs in {len(manifest['folders'])} class folders, "

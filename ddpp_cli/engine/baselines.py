@@ -273,11 +273,13 @@ def evaluate_baseline(
     on_event: Callable[[object], None] | None = None,
     parallel: int = 1,
     world: World | None = None,
+    records: Path | None = None,
 ) -> tuple[EvalResult, DistilledSet]:
     """Evaluate the baseline under ``config``; also returns run 0's coreset as a set.
 
     ``parallel`` runs train at once as one batched model; under torchrun (``world``) the runs
-    are split between the ranks (see :func:`evaluate.evaluate_per_run`)."""
+    are split between the ranks; ``records`` keeps finished runs for a rerun to continue (see
+    :func:`evaluate.evaluate_per_run`)."""
 
     def set_for_run(run: int) -> tuple[torch.Tensor, torch.Tensor]:
         index = baseline.indices(run, device)
@@ -286,7 +288,7 @@ def evaluate_baseline(
     result = evaluate_per_run(
         set_for_run, baseline.test_images, baseline.test_labels,
         num_classes=baseline.train.num_classes, config=config, lr=None, device=device,
-        on_event=on_event, parallel=parallel, world=world,
+        on_event=on_event, parallel=parallel, world=world, records=records,
     )  # fmt: skip
     c = baseline.config
     result = replace(

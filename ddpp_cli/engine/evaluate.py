@@ -461,6 +461,10 @@ class EvalRecords:
         store.atomic_write_text(self.path, json.dumps(content, indent=2) + "\n")
 
 
+# run -> (accuracy, diverged, train-set size, seconds)
+_Done = dict[int, tuple[float, bool, int, float]]
+
+
 def evaluate_per_run(
     set_for_run: SetForRun,
     test_images: torch.Tensor,
@@ -492,89 +496,126 @@ def evaluate_per_run(
     device = torch.device(device)
     effective_lr, lr_source = resolve_lr(config, lr)
     test_x, test_y = test_images.to(device), test_labels.to(device)
-    done: dict[int, tuple[float, bool, int, float]] = {}  # run -> (acc, diverged, size, s)
     started = time.perf_counter()
-
-    def on_epoch(run: int, epoch: int, epochs: int) -> None:
-        emit(EpochFinished(config.arch, run, epoch, epochs))
-
-    book = None
+    book, done = None, {}
     if records is not None:
         identity = evaluation_identity(
             set_for_run(0), test_images, test_labels, num_classes=num_classes, config=config,
             lr=effective_lr,
         )  # fmt: skip
         book = EvalRecords.open(records, identity)
-        for run in range(config.runs):
-            if run in book.runs:
-                entry = book.runs[run]
-                done[run] = (entry["accuracy"], entry["diverged"], entry["train_size"], 0.0)
-                emit(
-                    RunFinished(
-                        config.arch, run, config.runs, entry["accuracy"], 0.0,
-                        entry["diverged"], resumed=True,
-                    )
-                )  # fmt: skip
+        done = _recorded_runs(book, config, emit)
 
     def keep(runs: Sequence[int]) -> None:
-        if book is None or not world.is_main:
-            return
-        for run in runs:
-            acc, bad, size, seconds = done[run]
-            book.runs[run] = {
-                "accuracy": acc, "diverged": bad, "train_size": size, "seconds": seconds,
-                "device": str(device), "parallel": parallel,
-            }  # fmt: skip
-        book.save()
+        if book is not None and world.is_main:
+            _record(book, done, runs, device, parallel)
 
     missing = [run for run in range(config.runs) if run not in done]
     for group in batched.groups(world.shard(missing), parallel):
         sets = [set_for_run(run) for run in group]
         for images, labels in sets:
             _check_images(images, labels, test_images, test_labels, num_classes)
-        sizes = [int(images.shape[0]) for images, _ in sets]
-        if len(group) > 1 and len(set(sizes)) > 1:
-            emit(Notice(f"runs {group} train on sets of different sizes; one at a time instead."))
         for run in group:
             emit(RunStarted(config.arch, run, config.runs, config.epochs))
         group_started = time.perf_counter()
-        if len(group) == 1 or len(set(sizes)) > 1:
-            outcomes = []
-            for run, (images, labels) in zip(group, sets, strict=True):
-                outcomes.append(
-                    _train_and_test(
-                        images, labels, test_x, test_y, arch=config.arch,
-                        num_classes=num_classes, lr=effective_lr, config=config, run=run,
-                        device=device, on_epoch=functools.partial(on_epoch, run),
-                    )
-                )  # fmt: skip
-        else:
-            outcomes = _train_and_test_group(
-                sets, test_x, test_y, arch=config.arch, num_classes=num_classes,
-                lr=effective_lr, config=config, runs=group, device=device, on_epoch=on_epoch,
-            )  # fmt: skip
+        outcomes = _train_group(
+            group, sets, test_x, test_y, num_classes=num_classes, lr=effective_lr,
+            config=config, device=device, emit=emit,
+        )  # fmt: skip
         seconds = (time.perf_counter() - group_started) / len(group)
-        for run, size, (acc, bad) in zip(group, sizes, outcomes, strict=True):
-            done[run] = (acc, bad, size, seconds)
+        for run, (images, _), (acc, bad) in zip(group, sets, outcomes, strict=True):
+            done[run] = (acc, bad, int(images.shape[0]), seconds)
         keep(group)  # the runs of a batch are recorded together
         for run in group:
-            acc, bad, _, _ = done[run]
-            emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
+            emit(RunFinished(config.arch, run, config.runs, done[run][0], seconds, done[run][1]))
     if world.distributed:
-        mine = set(done)
-        others = []
-        for part in world.gather(done):
-            for run, (acc, bad, size, seconds) in part.items():
-                if run not in mine:  # trained by another rank
-                    done[run] = (acc, bad, size, seconds)
-                    others.append(run)
-                    emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
-        keep(others)
+        keep(_gather_runs(world, done, config, emit))
+    return _per_run_result(
+        config, done, effective_lr, lr_source, test_images, num_classes, device,
+        time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _recorded_runs(book: EvalRecords, config: EvalConfig, emit: EventCallback) -> _Done:
+    """The runs ``book`` already holds (each announced as a resumed RunFinished)."""
+    done: _Done = {}
+    for run in range(config.runs):
+        if run in book.runs:
+            entry = book.runs[run]
+            done[run] = (entry["accuracy"], entry["diverged"], entry["train_size"], 0.0)
+            emit(
+                RunFinished(
+                    config.arch, run, config.runs, entry["accuracy"], 0.0, entry["diverged"],
+                    resumed=True,
+                )
+            )  # fmt: skip
+    return done
+
+
+def _record(
+    book: EvalRecords, done: _Done, runs: Sequence[int], device: torch.device, parallel: int
+) -> None:
+    """Add ``runs`` (finished, in ``done``) to the records and write them at once."""
+    for run in runs:
+        acc, bad, size, seconds = done[run]
+        book.runs[run] = {
+            "accuracy": acc, "diverged": bad, "train_size": size, "seconds": seconds,
+            "device": str(device), "parallel": parallel,
+        }  # fmt: skip
+    book.save()
+
+
+def _train_group(
+    group: Sequence[int], sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    test_x: torch.Tensor, test_y: torch.Tensor, *, num_classes: int, lr: float,
+    config: EvalConfig, device: torch.device, emit: EventCallback,
+) -> list[tuple[float, bool]]:  # fmt: skip
+    """(accuracy, diverged) of each run of ``group``: as one batched model, or one at a time
+    when there is one run or the runs' sets differ in size."""
+
+    def on_epoch(run: int, epoch: int, epochs: int) -> None:
+        emit(EpochFinished(config.arch, run, epoch, epochs))
+
+    sizes = [int(images.shape[0]) for images, _ in sets]
+    if len(group) > 1 and len(set(sizes)) > 1:
+        emit(Notice(f"runs {group} train on sets of different sizes; one at a time instead."))
+    if len(group) > 1 and len(set(sizes)) == 1:
+        return _train_and_test_group(
+            sets, test_x, test_y, arch=config.arch, num_classes=num_classes, lr=lr,
+            config=config, runs=group, device=device, on_epoch=on_epoch,
+        )  # fmt: skip
+    return [
+        _train_and_test(
+            images, labels, test_x, test_y, arch=config.arch, num_classes=num_classes, lr=lr,
+            config=config, run=run, device=device, on_epoch=functools.partial(on_epoch, run),
+        )
+        for run, (images, labels) in zip(group, sets, strict=True)
+    ]  # fmt: skip
+
+
+def _gather_runs(world: World, done: _Done, config: EvalConfig, emit: EventCallback) -> list[int]:
+    """Under torchrun: add the runs the other ranks trained to ``done``; returns them."""
+    mine = set(done)
+    others = []
+    for part in world.gather(done):
+        for run, (acc, bad, size, seconds) in part.items():
+            if run not in mine:  # trained by another rank
+                done[run] = (acc, bad, size, seconds)
+                others.append(run)
+                emit(RunFinished(config.arch, run, config.runs, acc, seconds, bad))
+    return others
+
+
+def _per_run_result(
+    config: EvalConfig, done: _Done, lr: float, lr_source: str, test_images: torch.Tensor,
+    num_classes: int, device: torch.device, seconds: float,
+) -> EvalResult:  # fmt: skip
+    """Every run's accuracy with mean ± std and the protocol followed."""
     accuracies = [done[run][0] for run in range(config.runs)]
     diverged = [run for run in range(config.runs) if done[run][1]]
     sizes = [done[run][2] for run in range(config.runs)]
     mean, std = summarize(accuracies)
-    record = protocol(config, effective_lr, lr_source)
+    record = protocol(config, lr, lr_source)
     record.update(
         train_size=sizes[0] if len(set(sizes)) == 1 else sizes,
         test_size=int(test_images.shape[0]),
@@ -584,14 +625,9 @@ def evaluate_per_run(
         device=str(device),
     )
     return EvalResult(
-        arch=config.arch,
-        accuracies=accuracies,
-        mean=mean,
-        std=std,
-        seconds=time.perf_counter() - started,
-        lr=effective_lr,
+        arch=config.arch, accuracies=accuracies, mean=mean, std=std, seconds=seconds, lr=lr,
         protocol=record,
-    )
+    )  # fmt: skip
 
 
 def evaluate_images(

@@ -33,6 +33,7 @@ from ddpp_cli.engine import baselines, data, distilled, evaluate, presets, store
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
 
 PROFILES = ("quick", "paper")
 STAGES = ("buffer", "distill", "evaluate", "baseline", "visualize")
@@ -122,9 +123,30 @@ def plan_run(
     preset = presets.resolve(info.name, ipc)
     use_zca = bool(given.get("zca", preset["zca"]))
     origin: dict[str, str] = {"dataset": "option", "ipc": "option", "test_runs": "run"}
+    quick = profile == "quick"
+    distill_config = _plan_distill(info.name, ipc, eps, arch, seed, use_zca, quick, given, origin)
+    buffer_config = _plan_buffer(distill_config, quick, given, origin)
+    evaluation = evaluate.EvalConfig(
+        arch=arch,
+        runs=given.get("runs", QUICK["runs"] if quick else PAPER["runs"]),
+        epochs=given.get("epochs", QUICK["epochs"] if quick else PAPER["epochs"]),
+        seed=seed,
+    )
+    test_subset = given.get("test_subset", QUICK["test_subset"] if quick else None)
+    for name in ("runs", "epochs", "test_subset"):
+        origin[name] = "option" if name in given else ("profile" if quick else "default")
+    return RunPlan(profile, buffer_config, distill_config, evaluation, test_subset, origin)
 
+
+def _plan_distill(
+    dataset: str, ipc: int, eps: float, arch: str, seed: int, use_zca: bool, quick: bool,
+    given: dict[str, Any], origin: dict[str, str],
+) -> distill_engine.DistillConfig:  # fmt: skip
+    """The distillation settings: the preset, the quick profile's cuts, then the options
+    (``origin`` is told where each came from)."""
+    preset = presets.resolve(dataset, ipc)
     distill_values: dict[str, Any] = {}
-    if profile == "quick":
+    if quick:
         distill_values = {
             "syn_steps": min(preset["syn_steps"], QUICK["syn_steps"]),
             "max_start_epoch": min(preset["max_start_epoch"], QUICK["max_start_epoch"]),
@@ -141,14 +163,19 @@ def plan_run(
     if all_images:
         del distill_values["batch_syn"]
     # The run evaluates the set itself (with the baseline), so the distiller's own test is off.
-    distill_config = distill_engine.DistillConfig.from_preset(
-        info.name, ipc, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
+    config = distill_engine.DistillConfig.from_preset(
+        dataset, ipc, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
         train_subset=given.get("train_subset"), **distill_values,
     )  # fmt: skip
-    if all_images:
-        distill_config = replace(distill_config, batch_syn=None)
+    return replace(config, batch_syn=None) if all_images else config
 
-    quick = profile == "quick"
+
+def _plan_buffer(
+    distill_config: distill_engine.DistillConfig, quick: bool, given: dict[str, Any],
+    origin: dict[str, str],
+) -> trajectory.BufferConfig:  # fmt: skip
+    """The buffer settings: experts long enough for ``distill_config``, the profile's count and
+    subsets, then the options (``origin`` is told where each came from)."""
     needed = distill_config.needed_epochs
     buffer_epochs = given.get(
         "buffer_epochs", needed if quick else max(PAPER["buffer_epochs"], needed)
@@ -159,30 +186,20 @@ def plan_run(
             f"{distill_config.max_start_epoch} with --expert-epochs "
             f"{distill_config.expert_epochs} needs experts of {needed} epochs."
         )
-    buffer_config = trajectory.BufferConfig(
-        dataset=info.name,
-        arch=arch,
+    config = trajectory.BufferConfig(
+        dataset=distill_config.dataset,
+        arch=distill_config.arch,
         experts=given.get("experts", QUICK["experts"] if quick else PAPER["experts"]),
         epochs=buffer_epochs,
-        zca=use_zca,
+        zca=distill_config.zca,
         train_subset=given.get("train_subset", QUICK["buffer_train_subset"] if quick else None),
         test_subset=QUICK["buffer_test_subset"] if quick else None,
         image_size=given.get("image_size"),
-        seed=seed,
+        seed=distill_config.seed,
     )
     for name in ("experts", "buffer_epochs", "train_subset"):
         origin[name] = "option" if name in given else ("profile" if quick else "default")
-
-    evaluation = evaluate.EvalConfig(
-        arch=arch,
-        runs=given.get("runs", QUICK["runs"] if quick else PAPER["runs"]),
-        epochs=given.get("epochs", QUICK["epochs"] if quick else PAPER["epochs"]),
-        seed=seed,
-    )
-    test_subset = given.get("test_subset", QUICK["test_subset"] if quick else None)
-    for name in ("runs", "epochs", "test_subset"):
-        origin[name] = "option" if name in given else ("profile" if quick else "default")
-    return RunPlan(profile, buffer_config, distill_config, evaluation, test_subset, origin)
+    return config
 
 
 # ----------------------------------------------------------------------------------- buffers
@@ -214,44 +231,105 @@ def buffer_folder(config: trajectory.BufferConfig, profile: str) -> Path:
     return base.with_name(f"{base.name}-{digest}")
 
 
-def fits(manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int) -> bool:
-    """Whether a buffer (its manifest) can serve a distillation that ``config`` describes."""
-    saved = manifest.get("config") or {}
-    kind = (manifest.get("preprocessing") or {}).get("kind")
+# Settings of :meth:`BufferConfig.identity` that a reused buffer may differ in: more epochs than
+# the distillation needs are fine, and the test subset only changes the accuracies recorded.
+_REUSE_IGNORES = ("epochs", "test_subset")
+
+
+def buffer_difference(
+    manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int
+) -> str:
+    """Why a buffer (its manifest) cannot serve a run that ``config`` describes, in
+    :func:`store.describe_difference`'s words; "" when it can.
+
+    Every training setting must match (dataset, architecture, preprocessing, image size, lr,
+    momentum, weight decay, batch size, DSA, seed, train subset), and the experts must have at
+    least ``needed_epochs`` epochs. An imported MTT buffer records none of the training
+    settings, so it is only used when named with ``--buffer``.
+    """
+    saved = dict(manifest.get("config") or {})
     dataset = manifest.get("dataset")
     try:
-        same_dataset = isinstance(dataset, str) and data.info(dataset).name == config.dataset
+        saved["dataset"] = data.info(dataset).name if isinstance(dataset, str) else dataset
     except DdppError:
-        return False
-    return (
-        same_dataset
-        and manifest.get("arch") == config.arch
-        and (kind == "zca") == config.zca
-        and saved.get("image_size") == config.image_size
-        and int(manifest.get("epochs", 0)) >= needed_epochs
-    )
+        saved["dataset"] = dataset
+    saved["arch"] = manifest.get("arch")
+    kind = (manifest.get("preprocessing") or {}).get("kind")
+    saved["zca"] = kind == "zca" if kind is not None else saved.get("zca")
+    wanted = config.identity()
+    for name in _REUSE_IGNORES:
+        saved.pop(name, None)
+        wanted.pop(name, None)
+    saved.pop("imported_from", None)
+    differences = [store.describe_difference(saved, wanted)]
+    epochs = manifest.get("epochs")
+    if not isinstance(epochs, int) or epochs < needed_epochs:
+        differences.append(f"epochs: {epochs!r} there vs at least {needed_epochs} needed")
+    return "; ".join(text for text in differences if text)
 
 
-def find_reusable_buffer(
+def fits(manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int) -> bool:
+    """Whether a buffer (its manifest) can serve a distillation that ``config`` describes."""
+    return not buffer_difference(manifest, config, needed_epochs)
+
+
+@dataclass(frozen=True)
+class BufferSearch:
+    """The outcome of :func:`search_buffers`."""
+
+    found: Path | None  # the fitting buffer with the most experts
+    nearest: tuple[Path, str] | None  # when none fits: the closest buffer and what differs
+
+
+def search_buffers(
     config: trajectory.BufferConfig, needed_epochs: int, root: Path | None = None
-) -> Path | None:
-    """A complete buffer under ``root`` (default: the ddpp buffers folder) that fits ``config``:
-    at least ``config.experts`` finished experts. The one with the most experts wins."""
+) -> BufferSearch:
+    """The complete buffers under ``root`` (default: the ddpp buffers folder) that fit
+    ``config`` with at least ``config.experts`` finished experts; the one with the most wins.
+    When none fits, the buffer of the same dataset differing in the fewest settings (with the
+    difference) says why."""
     root = Path(root) if root is not None else platformdirs.user_data_path("ddpp") / "buffers"
     if not root.is_dir():
-        return None
+        return BufferSearch(None, None)
     best: tuple[int, str, Path] | None = None
+    nearest: tuple[int, Path, str] | None = None
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         try:
             manifest = trajectory.read_manifest(folder)
         except DdppError:
             continue
-        if not fits(manifest, config, needed_epochs):
-            continue
+        difference = buffer_difference(manifest, config, needed_epochs)
         count = len(trajectory.expert_files(folder))
-        if count >= config.experts and (best is None or count > best[0]):
-            best = (count, folder.name, folder)
-    return None if best is None else best[2]
+        if not difference and count < config.experts:
+            difference = f"experts: {count} there vs {config.experts} needed"
+        if not difference:
+            if best is None or count > best[0]:
+                best = (count, folder.name, folder)
+        elif "dataset:" not in difference:  # a buffer of another dataset is no near miss
+            rank = difference.count(";")
+            if nearest is None or rank < nearest[0]:
+                nearest = (rank, folder, difference)
+    return BufferSearch(None if best is None else best[2], None if nearest is None else nearest[1:])
+
+
+def find_reusable_buffer(
+    config: trajectory.BufferConfig, needed_epochs: int, root: Path | None = None
+) -> Path | None:
+    """The buffer :func:`search_buffers` finds (None when none fits)."""
+    return search_buffers(config, needed_epochs, root).found
+
+
+def training_folder(config: trajectory.BufferConfig, profile: str) -> Path:
+    """Where a run trains a new buffer: :func:`buffer_folder`, unless that folder holds a buffer
+    of other settings (e.g. one ``ddpp buffer --lr …`` made in its default folder), which is
+    never overwritten or extended: then the folder named after a hash of the settings."""
+    folder = buffer_folder(config, profile)
+    if (folder / trajectory.MANIFEST_NAME).is_file():
+        saved = trajectory.read_manifest(folder).get("config")
+        if saved != config.identity():
+            digest = json.dumps(config.identity(), sort_keys=True).encode()
+            return folder.with_name(f"{folder.name}-{hashlib.sha256(digest).hexdigest()[:8]}")
+    return folder
 
 
 # ------------------------------------------------------------------------------------ events
@@ -362,50 +440,84 @@ def run_pipeline(
     evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``."""
     emit = on_event or (lambda event: None)
     folder = Path(folder) if folder is not None else default_run_folder(plan)
+    if not (folder / distill_engine.CHECKPOINT_NAME).is_file():
+        distill_engine.files.check_startable(folder)  # before hours of buffer training
     stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(RunStarted(plan, folder, data_folder))
+    sources = {"data_root": data_root, "download": download}
+    run = {"device": device, "parallel": parallel, "on_event": on_event}
 
-    # 1. buffer
-    needed = plan.distill.needed_epochs
-    reused = False
-    if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
-        buffer_dir, reused = Path(buffer), True
-    elif buffer is None and (found := find_reusable_buffer(plan.buffer, needed)) is not None:
-        buffer_dir, reused = found, True
-    else:
-        buffer_dir = (
-            Path(buffer) if buffer is not None else buffer_folder(plan.buffer, plan.profile)
-        )
-    if reused:
-        stages.start("buffer", f"reusing {buffer_dir}")
-    else:
-        stages.start("buffer", f"training into {buffer_dir}")
-        trajectory.train_buffer(
-            plan.buffer, buffer_dir, data_root=data_root, download=download, device=device,
-            parallel=parallel, on_event=on_event,
-        )  # fmt: skip
-    stages.finish(str(buffer_dir))
+    buffer_dir, reused = _buffer_stage(plan, buffer, stages, emit, sources, run)
 
-    # 2. distill
     stages.start("distill", str(folder))
     distill_summary = distill_engine.distill(
-        plan.distill, folder, buffer=buffer_dir, data_root=data_root, download=download,
-        device=device, on_event=on_event,
-    )  # fmt: skip
+        plan.distill, folder, buffer=buffer_dir, device=device, on_event=on_event, **sources
+    )
     stages.finish(str(folder))
 
-    # 3. evaluate the set
     set_path = evaluate.find_set(folder)
     distilled_set = distilled.load(set_path)
     stages.start("evaluate", str(set_path))
     evaluation = evaluate.evaluate_set(
-        distilled_set, plan.evaluation, data_root=data_root, download=download,
-        test_subset=plan.test_subset, device=device, parallel=parallel, on_event=on_event,
-    )  # fmt: skip
+        distilled_set, plan.evaluation, test_subset=plan.test_subset, **sources, **run
+    )
     stages.finish(f"{evaluation.mean_std_text()} %")
 
-    # 4. the random-real baseline, same protocol and test images
+    baseline = _baseline_stage(plan, buffer_dir, stages, sources, run)
+    grid, curves = _pictures_stage(distilled_set, folder, stages)
+
+    summary = RunSummary(
+        folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
+        buffer_reused=reused, distill=distill_summary, set_path=set_path,
+        evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
+        summary=folder / SUMMARY_NAME, seconds=stages.seconds,
+    )  # fmt: skip
+    store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary
+
+
+def _buffer_stage(
+    plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: EventCallback,
+    sources: dict[str, Any], run: dict[str, Any],
+) -> tuple[Path, bool]:  # fmt: skip
+    """Stage 1: the buffer to distill from, and whether it was reused rather than trained.
+
+    ``--buffer`` holding a buffer is used as asked (with a Notice when its settings differ from
+    the plan's); otherwise a buffer under the ddpp buffers folder whose every training setting
+    matches is reused, else a new one is trained (a Notice names what the nearest one lacked).
+    """
+    needed = plan.distill.needed_epochs
+    if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
+        buffer_dir, reused = Path(buffer), True
+        difference = buffer_difference(trajectory.read_manifest(buffer_dir), plan.buffer, needed)
+        if difference:
+            emit(Notice(f"{buffer_dir} differs from the run's settings ({difference}); using it "
+                        "as --buffer asks."))  # fmt: skip
+    elif buffer is not None:
+        buffer_dir, reused = Path(buffer), False
+    else:
+        search = search_buffers(plan.buffer, needed)
+        buffer_dir, reused = search.found, search.found is not None
+        if buffer_dir is None:
+            buffer_dir = training_folder(plan.buffer, plan.profile)
+            if search.nearest is not None and search.nearest[0] != buffer_dir:
+                emit(Notice(f"not reusing {search.nearest[0]} ({search.nearest[1]}); training a "
+                            f"new buffer in {buffer_dir}."))  # fmt: skip
+    if reused:
+        stages.start("buffer", f"reusing {buffer_dir}")
+    else:
+        stages.start("buffer", f"training into {buffer_dir}")
+        trajectory.train_buffer(plan.buffer, buffer_dir, **sources, **run)
+    stages.finish(str(buffer_dir))
+    return buffer_dir, reused
+
+
+def _baseline_stage(
+    plan: RunPlan, buffer_dir: Path, stages: _StageClock, sources: dict[str, Any],
+    run: dict[str, Any],
+) -> evaluate.EvalResult:  # fmt: skip
+    """Stage 4: the random-real baseline under the set's protocol and test images."""
     stages.start("baseline", f"random real images, IPC {plan.distill.ipc}")
     zca_file = buffer_dir / trajectory.ZCA_NAME if plan.buffer.zca else None
     prepared = baselines.prepare_baseline(
@@ -413,15 +525,18 @@ def run_pipeline(
             method="random", dataset=plan.distill.dataset, ipc=plan.distill.ipc,
             zca=plan.buffer.zca, image_size=plan.buffer.image_size, seed=plan.evaluation.seed,
         ),
-        data_root=data_root, download=download, zca_path=zca_file,
-        test_subset=plan.test_subset, eval_seed=plan.evaluation.seed,
+        zca_path=zca_file, test_subset=plan.test_subset, eval_seed=plan.evaluation.seed,
+        **sources,
     )  # fmt: skip
-    baseline, _ = baselines.evaluate_baseline(
-        prepared, plan.evaluation, device=device, parallel=parallel, on_event=on_event
-    )
+    baseline, _ = baselines.evaluate_baseline(prepared, plan.evaluation, **run)
     stages.finish(f"{baseline.mean_std_text()} %")
+    return baseline
 
-    # 5. pictures
+
+def _pictures_stage(
+    distilled_set: distilled.DistilledSet, folder: Path, stages: _StageClock
+) -> tuple[Path, Path]:
+    """Stage 5: the class grid and the curves, in the run folder."""
     stages.start("visualize", str(folder))
     grid = visualize_engine.save_image(
         visualize_engine.class_grid(
@@ -436,12 +551,4 @@ def run_pipeline(
         folder / CURVES_NAME,
     )
     stages.finish(str(grid))
-
-    summary = RunSummary(
-        folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
-        buffer_reused=reused, distill=distill_summary, set_path=set_path,
-        evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
-        summary=folder / SUMMARY_NAME, seconds=stages.seconds,
-    )  # fmt: skip
-    store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
-    return summary
+    return grid, curves

@@ -91,6 +91,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def refuse_existing(*paths: Path | None, force: bool = False) -> None:
+    """DdppError (one line naming the file and ``--force``) for the first of ``paths`` that
+    exists, unless ``force``; None entries are skipped. Call before any work is done."""
+    if force:
+        return
+    for path in paths:
+        if path is not None and (Path(path).exists() or Path(path).is_symlink()):
+            raise DdppError(
+                f"{path} already exists; pass --force to replace it, or choose another name."
+            )
+
+
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete temporary files left by writes that were killed; returns how many were removed."""
     removed = 0

@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -825,7 +825,73 @@ def import_mtt(
     if experts is not None and experts < 1:
         raise DdppError(f"--experts must be at least 1 (got {experts}).")
     models.check_known(arch)
-    dataset = data.info(dataset).name
+    target = _import_target(
+        source, folder, dataset=data.info(dataset).name, arch=arch, use_zca=use_zca,
+        data_root=data_root, download=download, image_size=image_size,
+    )  # fmt: skip
+    existing = expert_files(folder)
+    if target.manifest is not None:
+        target.described["epochs"] = int(target.manifest["epochs"])
+        for path in existing.values():
+            _check_expert_file(path, target.described["epochs"], target.layout.numel)
+    complete = _source_positions(existing)
+    started = replace(
+        target.started,
+        total=experts,
+        existing=sum(1 for i in existing if experts is None or i < experts),
+    )
+    records: list[ExpertRecord] = []
+    for number, path in enumerate(files):
+        if experts is not None and len(records) >= experts:
+            break
+        index = len(records)
+        skip = path.name in complete and all(
+            index + p in existing for p in range(complete[path.name])
+        )
+        content = None if skip else _load_mtt_file(path)
+        if number == 0:
+            emit(started)  # after the first file proved readable
+        if content is None:  # converted before a kill: not read again
+            count = complete[path.name]
+            if experts is not None:
+                count = min(count, experts - index)
+            for i in range(index, index + count):
+                records.append(ExpertRecord(i, existing[i], [], resumed=True))
+                emit(ExpertFinished(records[-1]))
+            continue
+        _convert_file(target, path, content, existing, records, experts, emit)
+        del content
+        _write_manifest(folder, target.described)
+    if experts is not None and len(records) < experts:
+        raise DdppError(
+            f"--experts {experts} asks for more experts than {source} holds ({len(records)}); "
+            "the ones found are converted."
+        )
+    manifest_path = _write_manifest(folder, target.described)
+    return BufferSummary(
+        folder=folder, manifest=manifest_path, zca=target.zca_path, experts=records
+    )
+
+
+@dataclass
+class _ImportTarget:
+    """What an import writes into its folder: the settings, the manifest so far, the layout."""
+
+    folder: Path
+    config: dict[str, Any]
+    manifest: dict[str, Any] | None  # of an earlier import into the folder
+    described: dict[str, Any]  # the manifest being written ("epochs" once known)
+    layout: ParamLayout
+    zca_path: Path | None
+    started: BufferStarted
+
+
+def _import_target(
+    source: Path, folder: Path, *, dataset: str, arch: str, use_zca: bool | None,
+    data_root: Path | None, download: bool, image_size: int | None,
+) -> _ImportTarget:  # fmt: skip
+    """Resolve ZCA, check the folder (empty or an earlier import of the same source and
+    settings), load the data to describe it (and fit or reuse the ZCA), lay out the parameters."""
     use_zca = resolve_import_zca(source, dataset, use_zca)
     config = {
         "imported_from": str(source.expanduser().resolve()),
@@ -837,7 +903,6 @@ def import_mtt(
     folder.mkdir(parents=True, exist_ok=True)
     store.remove_stale_temporaries(folder)
     manifest = _imported_so_far(folder, config)
-
     zca_path = folder / ZCA_NAME if use_zca else None
     saved_zca = zca.load(zca_path) if zca_path is not None and zca_path.is_file() else None
     prepared = prepare(
@@ -849,7 +914,6 @@ def import_mtt(
     with seeded(0):
         probe = models.create(arch, prepared.channels, prepared.num_classes, prepared.image_size)
     layout = ParamLayout.of(probe)
-    del probe
     described = {
         "format": MANIFEST_FORMAT,
         "dataset": dataset,
@@ -859,86 +923,69 @@ def import_mtt(
         "preprocessing": prepared.preprocessing.describe(ZCA_NAME if use_zca else None),
         "data": _data_description(prepared),
     }
-    existing = expert_files(folder)
-    if manifest is not None:
-        described["epochs"] = int(manifest["epochs"])
-        for path in existing.values():
-            _check_expert_file(path, described["epochs"], layout.numel)
-    complete = _source_positions(existing)
     started = BufferStarted(
-        folder=folder,
-        total=experts,
-        existing=sum(1 for i in existing if experts is None or i < experts),
-        train_size=len(prepared.train.labels),
-        test_size=len(prepared.test.labels),
-        num_params=layout.numel,
+        folder=folder, total=None, existing=0, train_size=len(prepared.train.labels),
+        test_size=len(prepared.test.labels), num_params=layout.numel,
         preprocessing=prepared.preprocessing.kind,
-    )
-    records: list[ExpertRecord] = []
-    index = 0
-    for number, path in enumerate(files):
-        if experts is not None and index >= experts:
+    )  # fmt: skip
+    return _ImportTarget(folder, config, manifest, described, layout, zca_path, started)
+
+
+def _convert_file(
+    target: _ImportTarget, path: Path, content: list, existing: dict[int, Path],
+    records: list[ExpertRecord], experts: int | None, emit: EventCallback,
+) -> None:  # fmt: skip
+    """Convert the experts of one loaded MTT file in order (each written atomically, those
+    found in ``existing`` kept), appending to ``records``; each one is dropped once written."""
+    described = target.described
+    total = len(content)
+    for position in range(total):
+        if experts is not None and len(records) >= experts:
             break
-        skip = path.name in complete and all(
-            index + p in existing for p in range(complete[path.name])
-        )
-        content = None if skip else _load_mtt_file(path)
-        if number == 0:
-            emit(started)  # after the first file proved readable
-        if content is None:
-            for _ in range(complete[path.name]):  # converted before a kill: not read again
-                if experts is None or index < experts:
-                    records.append(ExpertRecord(index, existing[index], [], resumed=True))
-                    emit(ExpertFinished(records[-1]))
-                index += 1
-            continue
-        for position in range(len(content)):
-            if experts is not None and index >= experts:
-                break
-            expert, content[position] = content[position], None  # drop each once converted
-            where = f"{path.name} expert {position}"
-            epochs = len(expert) - 1
-            if "epochs" not in described:
-                described["epochs"] = epochs
-                _write_manifest(folder, described)  # the manifest before any expert file
-            if epochs != described["epochs"]:
-                raise DdppError(
-                    f"{where} has {epochs} epochs but the experts before it have "
-                    f"{described['epochs']}; MTT files of one buffer must agree."
-                )
-            if index in existing:
-                records.append(ExpertRecord(index, existing[index], [], resumed=True))
-            else:
-                params = torch.stack([_flatten_mtt_epoch(e, layout, where) for e in expert])
-                del expert
-                written = store.write(
-                    expert_path(folder, index),
-                    {"params": params},
-                    store.TRAJECTORY_FORMAT,
-                    {
-                        "dataset": dataset,
-                        "arch": arch,
-                        "expert": index,
-                        "seed": None,
-                        "config": config,
-                        "layout": layout.to_json(),
-                        "preprocessing": described["preprocessing"],
-                        "data": described["data"],
-                        "test_accuracy": [],
-                        "train_loss": [],
-                        "source": {"file": path.name, "position": position, "of": len(content)},
-                    },
-                )
-                del params
-                records.append(ExpertRecord(index, written, []))
-            emit(ExpertFinished(records[-1]))
-            index += 1
-        del content
-        _write_manifest(folder, described)
-    if experts is not None and index < experts:
-        raise DdppError(
-            f"--experts {experts} asks for more experts than {source} holds ({index}); "
-            "the ones found are converted."
-        )
-    manifest_path = _write_manifest(folder, described)
-    return BufferSummary(folder=folder, manifest=manifest_path, zca=zca_path, experts=records)
+        index = len(records)
+        expert, content[position] = content[position], None  # drop each once converted
+        where = f"{path.name} expert {position}"
+        epochs = len(expert) - 1
+        if "epochs" not in described:
+            described["epochs"] = epochs
+            _write_manifest(target.folder, described)  # the manifest before any expert file
+        if epochs != described["epochs"]:
+            raise DdppError(
+                f"{where} has {epochs} epochs but the experts before it have "
+                f"{described['epochs']}; MTT files of one buffer must agree."
+            )
+        if index in existing:
+            records.append(ExpertRecord(index, existing[index], [], resumed=True))
+        else:
+            params = torch.stack([_flatten_mtt_epoch(e, target.layout, where) for e in expert])
+            del expert
+            source = {"file": path.name, "position": position, "of": total}
+            written = _write_imported_expert(target, index, params, source)
+            del params
+            records.append(ExpertRecord(index, written, []))
+        emit(ExpertFinished(records[-1]))
+
+
+def _write_imported_expert(
+    target: _ImportTarget, index: int, params: torch.Tensor, source: dict[str, Any]
+) -> Path:
+    """``expert_NNNN.safetensors`` of an imported expert (no seed or accuracies: MTT kept none)."""
+    described = target.described
+    return store.write(
+        expert_path(target.folder, index),
+        {"params": params},
+        store.TRAJECTORY_FORMAT,
+        {
+            "dataset": described["dataset"],
+            "arch": described["arch"],
+            "expert": index,
+            "seed": None,
+            "config": target.config,
+            "layout": described["layout"],
+            "preprocessing": described["preprocessing"],
+            "data": described["data"],
+            "test_accuracy": [],
+            "train_loss": [],
+            "source": source,
+        },
+    )

@@ -369,15 +369,20 @@ def folder_names(class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _clear_previous_export(out_dir: Path) -> None:
-    """Remove an earlier export from ``out_dir``; refuse a folder holding anything else."""
+def check_export_folder(out_dir: Path, force: bool = False) -> None:
+    """DdppError unless ``out_dir`` is absent or empty, or holds an earlier ddpp export and
+    ``force`` allows replacing it. A folder holding anything else is refused even with force."""
+    _previous_export(Path(out_dir), force)
+
+
+def _previous_export(out_dir: Path, force: bool) -> dict[str, Any] | None:
+    """The manifest of an earlier export in ``out_dir`` (None: absent or empty folder)."""
     if not out_dir.exists():
-        return
+        return None
     if not out_dir.is_dir():
         raise DdppError(f"cannot export to {out_dir}: it is a file; give a folder.")
-    entries = list(out_dir.iterdir())
-    if not entries:
-        return
+    if not any(out_dir.iterdir()):
+        return None
     manifest = out_dir / EXPORT_MANIFEST
     previous = None
     if manifest.is_file():
@@ -390,6 +395,20 @@ def _clear_previous_export(out_dir: Path) -> None:
             f"cannot export to {out_dir}: the folder is not empty and holds no earlier ddpp "
             "export; choose a new or empty folder."
         )
+    if not force:
+        raise DdppError(
+            f"{out_dir} already holds an export; pass --force to replace it, or choose a new "
+            "or empty folder."
+        )
+    return previous
+
+
+def _clear_previous_export(out_dir: Path, force: bool) -> None:
+    """Remove an earlier export from ``out_dir`` (only with ``force``); refuse a folder holding
+    anything else."""
+    previous = _previous_export(out_dir, force)
+    if previous is None:
+        return
     for relative in previous.get("files", []):
         target = (out_dir / str(relative)).resolve()
         if target.parent.parent == out_dir.resolve() and target.suffix == ".png":
@@ -401,20 +420,21 @@ def _clear_previous_export(out_dir: Path) -> None:
 
 
 def export_folder(
-    distilled: DistilledSet, out_dir: Path, zca_path: Path | None = None
+    distilled: DistilledSet, out_dir: Path, zca_path: Path | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Write every image as ``out_dir/NN_<class>/NNNN.png`` plus ``set.json``; returns the manifest.
 
     Pixels are the set's images with normalisation or ZCA undone, clamped to [0, 1] and rounded
     to 8 bits. ``set.json`` lists the files in set order with their labels, the learned lr, the
     class names and folders, the dataset and where the set came from. Re-exporting into the same
-    folder replaces the earlier export; any other non-empty folder is refused.
+    folder replaces the earlier export only with ``force``; any other non-empty folder is
+    refused (see :func:`check_export_folder`).
     """
     out_dir = Path(out_dir)
     pixels = pixel_images(distilled, zca_path)
     if int(pixels.shape[1]) not in (1, 3):
         raise DdppError(f"cannot export images with {pixels.shape[1]} channels (only 1 or 3).")
-    _clear_previous_export(out_dir)
+    _clear_previous_export(out_dir, force)
     folders = folder_names(distilled.class_names)
     labels = distilled.labels.tolist()
     digits = max(4, len(str(max(1, distilled.ipc) - 1)))
@@ -587,6 +607,45 @@ def _lighter(color: tuple[int, int, int], amount: float = 0.6) -> tuple[int, int
     return tuple(int(c + (255 - c) * amount) for c in color)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
+class _PlotArea:
+    """The plot rectangle of a panel and its data ranges: maps data to pixel coordinates."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+
+    def px(self, x: float) -> float:
+        span = self.x_range[1] - self.x_range[0]
+        return self.left + (x - self.x_range[0]) / span * (self.right - self.left)
+
+    def py(self, y: float) -> float:
+        low, high = self.y_range
+        return self.bottom - (y - low) / (high - low) * (self.bottom - self.top)
+
+
+_GRID_COLOR, _AXIS_COLOR = (228, 228, 228), (90, 90, 90)
+
+
+def _value_range(values: list[float]) -> tuple[float, float]:
+    """The y range of a panel: the values with a 5 % margin, from 0 when none is negative."""
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    if high - low < 1e-12 * max(1.0, abs(high)):
+        spread = abs(high) * 0.05 or 1.0
+        low, high = low - spread, high + spread
+    else:
+        margin = (high - low) * 0.05
+        low, high = low - margin, high + margin
+    if min(values) >= 0 > low:
+        low = 0.0  # losses, fractions and accuracies are never negative
+    return low, high
+
+
 def _draw_panel(
     canvas: Image.Image,
     box: tuple[int, int, int, int],
@@ -602,90 +661,92 @@ def _draw_panel(
     draw.text(
         ((left + right) / 2, top + unit * 0.4), panel.title, fill=INK, font=title_face, anchor="mt"
     )
-
     values = [v * panel.scale for _, v in points]
-    if values:
-        low, high = min(values), max(values)
-        if high - low < 1e-12 * max(1.0, abs(high)):
-            spread = abs(high) * 0.05 or 1.0
-            low, high = low - spread, high + spread
-        else:
-            margin = (high - low) * 0.05
-            low, high = low - margin, high + margin
-        if min(values) >= 0 > low:
-            low = 0.0  # losses, fractions and accuracies are never negative
-    else:
-        low, high = 0.0, 1.0
+    low, high = _value_range(values)
     y_ticks = [t for t in nice_ticks(low, high) if low - 1e-12 <= t <= high + 1e-12]
-    y_texts = tick_labels(y_ticks)
     x_ticks = [
         t for t in nice_ticks(*x_range, target=6, integer=True) if x_range[0] <= t <= x_range[1]
     ]
-    x_texts = tick_labels(x_ticks)
+    y_text_width = max((_text_size(t, tick_face)[0] for t in tick_labels(y_ticks)), default=0)
+    plot = _PlotArea(
+        left=left + int(unit * 2.2) + y_text_width + int(unit * 0.6),
+        top=top + int(unit * 2.4),
+        right=right - int(unit * 1.2),
+        bottom=bottom - int(unit * 3.4),
+        x_range=x_range,
+        y_range=(low, high),
+    )
+    _draw_axes(draw, plot, x_ticks, y_ticks, unit, tick_face)
+    _draw_axis_labels(canvas, draw, plot, panel.ylabel, left, bottom, unit, label_face)
+    if not points:
+        middle = ((plot.left + plot.right) / 2, (plot.top + plot.bottom) / 2)
+        text = "no values recorded (yet)"
+        draw.text(middle, text, fill=_AXIS_COLOR, font=label_face, anchor="mm")
+        return
+    _draw_curve(draw, plot, panel, points, values, unit, tick_face)
 
-    y_text_width = max((_text_size(t, tick_face)[0] for t in y_texts), default=0)
-    plot_left = left + int(unit * 2.2) + y_text_width + int(unit * 0.6)
-    plot_right = right - int(unit * 1.2)
-    plot_top = top + int(unit * 2.4)
-    plot_bottom = bottom - int(unit * 3.4)
 
-    def px(x: float) -> float:
-        span = x_range[1] - x_range[0]
-        return plot_left + (x - x_range[0]) / span * (plot_right - plot_left)
-
-    def py(y: float) -> float:
-        return plot_bottom - (y - low) / (high - low) * (plot_bottom - plot_top)
-
-    grid_color, axis_color = (228, 228, 228), (90, 90, 90)
+def _draw_axes(
+    draw: ImageDraw.ImageDraw, plot: _PlotArea, x_ticks: list[float], y_ticks: list[float],
+    unit: int, tick_face: Any,
+) -> None:  # fmt: skip
+    """Grid lines, tick marks and tick labels on both axes, and the plot's frame."""
     tick = max(3, unit // 3)
-    for value, text in zip(y_ticks, y_texts, strict=True):
-        y = py(value)
-        draw.line([(plot_left, y), (plot_right, y)], fill=grid_color)
-        draw.line([(plot_left - tick, y), (plot_left, y)], fill=axis_color)
-        draw.text((plot_left - tick - 3, y), text, fill=INK, font=tick_face, anchor="rm")
-    for value, text in zip(x_ticks, x_texts, strict=True):
-        x = px(value)
-        draw.line([(x, plot_top), (x, plot_bottom)], fill=grid_color)
-        draw.line([(x, plot_bottom), (x, plot_bottom + tick)], fill=axis_color)
-        draw.text((x, plot_bottom + tick + 2), text, fill=INK, font=tick_face, anchor="mt")
-    draw.rectangle([plot_left, plot_top, plot_right, plot_bottom], outline=axis_color)
+    for value, text in zip(y_ticks, tick_labels(y_ticks), strict=True):
+        y = plot.py(value)
+        draw.line([(plot.left, y), (plot.right, y)], fill=_GRID_COLOR)
+        draw.line([(plot.left - tick, y), (plot.left, y)], fill=_AXIS_COLOR)
+        draw.text((plot.left - tick - 3, y), text, fill=INK, font=tick_face, anchor="rm")
+    for value, text in zip(x_ticks, tick_labels(x_ticks), strict=True):
+        x = plot.px(value)
+        draw.line([(x, plot.top), (x, plot.bottom)], fill=_GRID_COLOR)
+        draw.line([(x, plot.bottom), (x, plot.bottom + tick)], fill=_AXIS_COLOR)
+        draw.text((x, plot.bottom + tick + 2), text, fill=INK, font=tick_face, anchor="mt")
+    draw.rectangle([plot.left, plot.top, plot.right, plot.bottom], outline=_AXIS_COLOR)
 
-    # Axis labels: "iteration" under the x axis, the quantity rotated along the y axis.
+
+def _draw_axis_labels(
+    canvas: Image.Image, draw: ImageDraw.ImageDraw, plot: _PlotArea, ylabel: str, left: int,
+    bottom: int, unit: int, label_face: Any,
+) -> None:  # fmt: skip
+    """ "iteration" under the x axis, the quantity rotated along the y axis."""
     draw.text(
-        ((plot_left + plot_right) / 2, bottom - unit * 0.5),
+        ((plot.left + plot.right) / 2, bottom - unit * 0.5),
         "iteration",
         fill=INK,
         font=label_face,
         anchor="mb",
     )
-    width, height = _text_size(panel.ylabel, label_face)
+    width, height = _text_size(ylabel, label_face)
     label = Image.new("RGBA", (width + 4, height + 8), (255, 255, 255, 0))
-    ImageDraw.Draw(label).text((2, 2), panel.ylabel, fill=INK, font=label_face, anchor="lt")
+    ImageDraw.Draw(label).text((2, 2), ylabel, fill=INK, font=label_face, anchor="lt")
     label = label.rotate(90, expand=True)
     canvas.paste(
-        label, (left + int(unit * 0.5), int((plot_top + plot_bottom) / 2 - label.height / 2)), label
+        label, (left + int(unit * 0.5), int((plot.top + plot.bottom) / 2 - label.height / 2)), label
     )
 
-    if not points:
-        middle = ((plot_left + plot_right) / 2, (plot_top + plot_bottom) / 2)
-        text = "no values recorded (yet)"
-        draw.text(middle, text, fill=axis_color, font=label_face, anchor="mm")
-        return
-    xy = [(px(x), py(v)) for (x, _), v in zip(points, values, strict=True)]
+
+def _draw_curve(
+    draw: ImageDraw.ImageDraw, plot: _PlotArea, panel: Panel, points: list[tuple[float, float]],
+    values: list[float], unit: int, tick_face: Any,
+) -> None:  # fmt: skip
+    """The curve (smoothed over a light raw line when long), markers, and its note: the best
+    point for marked panels, else the last value."""
+    xy = [(plot.px(x), plot.py(v)) for (x, _), v in zip(points, values, strict=True)]
     line_width = max(1, unit // 7)
     if panel.smooth and len(points) > 20:
         draw.line(xy, fill=_lighter(panel.color), width=1)
         window = max(2, len(points) // 40)
         smooth = moving_average(values, window)
         draw.line(
-            [(x, py(v)) for (x, _), v in zip(xy, smooth, strict=True)],
+            [(x, plot.py(v)) for (x, _), v in zip(xy, smooth, strict=True)],
             fill=panel.color,
             width=line_width + 1,
             joint="curve",
         )
         note = f"light: every iteration; dark: mean of {window}"
         draw.text(
-            (plot_right - 4, plot_top + 4), note, fill=axis_color, font=tick_face, anchor="rt"
+            (plot.right - 4, plot.top + 4), note, fill=_AXIS_COLOR, font=tick_face, anchor="rt"
         )
     elif len(xy) > 1:
         draw.line(xy, fill=panel.color, width=line_width + 1, joint="curve")
@@ -699,12 +760,12 @@ def _draw_panel(
         r = max(4, unit // 2)
         draw.ellipse([x - r, y - r, x + r, y + r], outline=INK, width=2)
         note = f"best {values[best]:.2f}{panel.unit} at iteration {points[best][0]:g}"
-        draw.text((plot_right - 4, plot_bottom - 4), note, fill=INK, font=tick_face, anchor="rb")
+        draw.text((plot.right - 4, plot.bottom - 4), note, fill=INK, font=tick_face, anchor="rb")
     else:
         last = values[-1]
         shown = tick_labels([last])[0] if 0 < abs(last) < 1e-3 else f"{last:.4g}"
         note = f"last {shown}{panel.unit}"
-        draw.text((plot_left + 6, plot_top + 4), note, fill=INK, font=tick_face, anchor="lt")
+        draw.text((plot.left + 6, plot.top + 4), note, fill=INK, font=tick_face, anchor="lt")
 
 
 def curves_image(

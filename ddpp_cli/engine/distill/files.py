@@ -44,14 +44,37 @@ def _a_write(method: Method) -> Method:
     return wrapper  # type: ignore[return-value]
 
 
+# What else ddpp puts in a run folder: ``ddpp run``'s summary and pictures, ``ddpp visualize``'s
+# default grids, ``ddpp evaluate``'s records.
+RUN_EXTRAS = (
+    "run.json", "grid.png", "curves.png", "distilled-grid.png", "best-grid.png", "evaluations",
+)  # fmt: skip
+
+
 def check_startable(folder: Path) -> None:
-    """DdppError when ``folder`` holds files of a run but no checkpoint to resume from."""
-    if folder.is_dir() and any(
-        (folder / name).exists() for name in (DISTILLED_NAME, METRICS_NAME, BEST_NAME)
-    ):
+    """DdppError when a new run cannot start in ``folder``: it holds files of a run but no
+    checkpoint to resume from, or files that are not a run's (never mixed into)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DdppError(f"{folder} is a file, not a run folder; give a new or empty --out.")
+    if not folder.is_dir():
+        return
+    if any((folder / name).exists() for name in (DISTILLED_NAME, METRICS_NAME, BEST_NAME)):
         raise DdppError(
             f"{folder} holds files of a run but no {CHECKPOINT_NAME} to resume from; use an "
             "empty --out."
+        )
+    run_names = {SNAPSHOTS_DIRNAME, SUMMARY_NAME, *RUN_EXTRAS}
+    others = sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name not in run_names and not entry.name.endswith(".tmp")
+    )
+    if others:
+        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise DdppError(
+            f"{folder} holds other files ({listed}), not a ddpp run; give a new or empty --out "
+            "so that nothing is mixed with them."
         )
 
 
