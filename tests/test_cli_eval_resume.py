@@ -142,10 +142,10 @@ def test_an_unwritable_default_folder_means_no_records_and_a_note(
     tiny_mnist,
     monkeypatch,
 ):
-    from ddpp_cli.commands import evaluate as command
+    from ddpp_cli.commands import _evaluation
 
-    assert command._writable(mnist_set.parent / "new" / "deeper")  # created on the first run
-    monkeypatch.setattr(command, "_writable", lambda folder: False)  # e.g. a read-only share
+    assert _evaluation._writable(mnist_set.parent / "new" / "deeper")  # created on first run
+    monkeypatch.setattr(_evaluation, "_writable", lambda folder: False)  # e.g. read-only share
     shown = invoke("evaluate", *eval_args(mnist_set, tiny_mnist))
     assert shown.exit_code == 0, shown.output
     assert "cannot keep records in" in shown.output and "--records DIR" in shown.output

@@ -252,6 +252,16 @@ SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", help="Seed for every random draw.", rich_help_panel=EXECUTION),
 ]
+UnrollOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unroll",
+        help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
+        "memory: recompute one step at a time in reverse (constant memory, same gradients, "
+        "about 1.3x the time). (default: graph)",
+        rich_help_panel=EXECUTION,
+    ),
+]
 ParallelOpt = Annotated[
     int,
     typer.Option(

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, line, out, protocol_line, set_label
-from ddpp_cli.commands.evaluate import (
+from ddpp_cli.commands._evaluation import (
     BatchOpt,
     DsaOpt,
     EpochsOpt,

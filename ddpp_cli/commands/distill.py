@@ -170,16 +170,6 @@ ResumeOpt = Annotated[
         "--resume", help="Continue the run in this folder.", rich_help_panel=opt.RUN_FOLDER
     ),
 ]
-UnrollOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--unroll",
-        help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
-        "memory: recompute one step at a time in reverse (constant memory, same gradients, "
-        "about 1.3x the time). (default: graph)",
-        rich_help_panel=opt.EXECUTION,
-    ),
-]
 AmpOpt = Annotated[
     str | None,
     typer.Option(
@@ -239,7 +229,7 @@ def command(
     download: opt.DownloadOpt = True,
     device: opt.DeviceOpt = "auto",
     seed: opt.SeedOpt = None,
-    unroll: UnrollOpt = None,
+    unroll: opt.UnrollOpt = None,
     amp: AmpOpt = None,
     compile: CompileOpt = None,
     channels_last: ChannelsLastOpt = None,

@@ -10,9 +10,9 @@ from rich.table import Table
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.commands._evaluation import EvalDisplay
 from ddpp_cli.commands.buffer import BufferDisplay
-from ddpp_cli.commands.distill import DistillDisplay, UnrollOpt
-from ddpp_cli.commands.evaluate import EvalDisplay
+from ddpp_cli.commands.distill import DistillDisplay
 from ddpp_cli.engine import faults, pipeline, presets
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.events import Notice
@@ -207,7 +207,7 @@ def command(
     buffer_dir: opt.BufferDirOpt = None,
     out_dir: opt.RunFolderOpt = None,
     parallel: opt.ParallelOpt = 1,
-    unroll: UnrollOpt = None,
+    unroll: opt.UnrollOpt = None,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     device: opt.DeviceOpt = "auto",
