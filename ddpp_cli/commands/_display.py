@@ -47,17 +47,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def distilling(progress, resume_hint: str) -> Iterator[None]:
+def distilling(progress, resume_hint: str, *, speak: bool = True) -> Iterator[None]:
     """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
-    interrupted one with 130, each with one line (``resume_hint`` says how to continue)."""
+    interrupted one with 130, each with one line (``resume_hint`` says how to continue) unless
+    ``speak`` is False (the ranks of a torchrun job but rank 0)."""
     try:
         with sigterm_as_interrupt(), progress:
             yield
     except DivergedError as exc:
-        line(err, f"[bold red]diverged:[/] {exc}")
+        if speak:
+            line(err, f"[bold red]diverged:[/] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        line(err, f"[yellow]interrupted[/]; {resume_hint}")
+        if speak:
+            line(err, f"[yellow]interrupted[/]; {resume_hint}")
         raise typer.Exit(130) from None
 
 

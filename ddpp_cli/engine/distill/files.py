@@ -3,10 +3,11 @@ the checkpoint, ``metrics.jsonl``, the best set, the image snapshots and the sum
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +26,18 @@ SUMMARY_NAME = "summary.json"
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
 SetMaker = Callable[[torch.Tensor, float, int], DistilledSet]
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _writing(method: Method) -> Method:
+    """A method that writes to the folder: skipped (returning None) by a folder that does not
+    write, i.e. on every rank of a torchrun job but rank 0."""
+
+    @functools.wraps(method)
+    def run(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        return method(self, *args, **kwargs) if self.writes else None
+
+    return run  # type: ignore[return-value]
 
 
 def check_startable(folder: Path) -> None:
@@ -69,7 +82,8 @@ class RunFolder:
 
     ``as_set`` makes a set file's content from (images, lr, iteration); ``run_tensors`` and
     ``run_meta`` are what every checkpoint holds besides the state (labels, config, buffer,
-    layout).
+    layout). With ``writes=False`` (the ranks of a torchrun job other than rank 0) every
+    writing method does nothing (``save_set`` still returns its path); reading works.
     """
 
     def __init__(
@@ -78,6 +92,8 @@ class RunFolder:
         as_set: SetMaker,
         run_tensors: dict[str, torch.Tensor],
         run_meta: dict[str, Any],
+        *,
+        writes: bool = True,
     ) -> None:
         self.folder = folder
         self.distilled = folder / DISTILLED_NAME
@@ -88,7 +104,9 @@ class RunFolder:
         self.as_set = as_set
         self.run_tensors = run_tensors
         self.run_meta = run_meta
+        self.writes = writes
 
+    @_writing
     def create(self) -> None:
         """Make the folder; drop temporaries a killed write left behind."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -97,9 +115,12 @@ class RunFolder:
     # -- set files --------------------------------------------------------------------------
 
     def save_set(self, path: Path, saved: StateDict, extra: dict[str, Any] | None = None) -> Path:
+        if not self.writes:
+            return path
         distilled = self.as_set(saved.images, saved.lr, saved.iteration)
         return save_set(path, distilled, {"iteration": saved.iteration, **(extra or {})})
 
+    @_writing
     def save_checkpoint(self, saved: StateDict) -> None:
         """``distilled.safetensors`` and ``checkpoint.safetensors`` of the state ``saved``."""
         self.save_set(self.distilled, saved)
@@ -123,6 +144,7 @@ class RunFolder:
         """Where ``--snapshot-every`` keeps the images of ``iteration`` (for ``--animate``)."""
         return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
 
+    @_writing
     def save_image_snapshot(self, images: torch.Tensor, lr: float, iteration: int) -> Path:
         """The images of ``iteration`` as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
         path = self.snapshot_path(iteration)
@@ -131,6 +153,7 @@ class RunFolder:
 
     # -- metrics.jsonl ----------------------------------------------------------------------
 
+    @_writing
     def log(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -160,12 +183,14 @@ class RunFolder:
 
     # -- resume -----------------------------------------------------------------------------
 
+    @_writing
     def truncate(self, iteration: int) -> None:
         """Forget what came after the checkpoint of ``iteration``: the redone iterations'
         metrics lines and image snapshots."""
         self.truncate_metrics(iteration)
         self.truncate_snapshots(iteration)
 
+    @_writing
     def truncate_metrics(self, iteration: int) -> None:
         """Keep only the lines of iterations ≤ ``iteration`` (none at 0, whose line is redone);
         a torn last line is dropped too."""
@@ -178,6 +203,7 @@ class RunFolder:
                 kept.append(json.dumps(record) + "\n")
         store.atomic_write_text(self.metrics, "".join(kept))
 
+    @_writing
     def truncate_snapshots(self, iteration: int) -> None:
         """Drop image snapshots of iterations after ``iteration`` (redone after a resume)."""
         for path in sorted((self.folder / SNAPSHOTS_DIRNAME).glob("iter_*.safetensors")):
@@ -195,5 +221,6 @@ class RunFolder:
             return None
         return previous if isinstance(previous, dict) else None
 
+    @_writing
     def write_summary(self, summary: dict[str, Any]) -> None:
         store.atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")
