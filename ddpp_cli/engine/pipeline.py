@@ -32,6 +32,7 @@ from ddpp_cli import __version__
 from ddpp_cli.engine import baselines, data, distilled, evaluate, presets, store, trajectory
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 
 PROFILES = ("quick", "paper")
@@ -354,13 +355,17 @@ def run_pipeline(
     device: torch.device | str = "cpu",
     parallel: int = 1,
     on_event: EventCallback | None = None,
+    world: World | None = None,
 ) -> RunSummary:
     """Carry out ``plan``: make or reuse the buffer, distill into ``folder`` (resumed when it
     holds a checkpoint), evaluate the set and the random baseline, draw the grid and curves,
     and write ``run.json`` there. ``parallel`` networks are trained at once in the buffer and
-    evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``."""
+    evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``.
+    Under torchrun (``world``) the ranks split the experts, each distillation minibatch and the
+    evaluation runs; rank 0 picks the folders and alone writes the pictures and ``run.json``."""
     emit = on_event or (lambda event: None)
-    folder = Path(folder) if folder is not None else default_run_folder(plan)
+    world = world or World()
+    folder = world.from_main(Path(folder) if folder is not None else default_run_folder(plan))
     stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(RunStarted(plan, folder, data_folder))
@@ -376,13 +381,14 @@ def run_pipeline(
         buffer_dir = (
             Path(buffer) if buffer is not None else buffer_folder(plan.buffer, plan.profile)
         )
+    buffer_dir, reused = world.from_main((buffer_dir, reused))  # one choice for every rank
     if reused:
         stages.start("buffer", f"reusing {buffer_dir}")
     else:
         stages.start("buffer", f"training into {buffer_dir}")
         trajectory.train_buffer(
             plan.buffer, buffer_dir, data_root=data_root, download=download, device=device,
-            parallel=parallel, on_event=on_event,
+            parallel=parallel, on_event=on_event, world=world,
         )  # fmt: skip
     stages.finish(str(buffer_dir))
 
@@ -390,7 +396,7 @@ def run_pipeline(
     stages.start("distill", str(folder))
     distill_summary = distill_engine.distill(
         plan.distill, folder, buffer=buffer_dir, data_root=data_root, download=download,
-        device=device, on_event=on_event,
+        device=device, on_event=on_event, world=world,
     )  # fmt: skip
     stages.finish(str(folder))
 
@@ -401,6 +407,7 @@ def run_pipeline(
     evaluation = evaluate.evaluate_set(
         distilled_set, plan.evaluation, data_root=data_root, download=download,
         test_subset=plan.test_subset, device=device, parallel=parallel, on_event=on_event,
+        world=world,
     )  # fmt: skip
     stages.finish(f"{evaluation.mean_std_text()} %")
 
@@ -416,24 +423,27 @@ def run_pipeline(
         test_subset=plan.test_subset, eval_seed=plan.evaluation.seed,
     )  # fmt: skip
     baseline, _ = baselines.evaluate_baseline(
-        prepared, plan.evaluation, device=device, parallel=parallel, on_event=on_event
-    )
+        prepared, plan.evaluation, device=device, parallel=parallel, on_event=on_event,
+        world=world,
+    )  # fmt: skip
     stages.finish(f"{baseline.mean_std_text()} %")
 
     # 5. pictures
     stages.start("visualize", str(folder))
-    grid = visualize_engine.save_image(
-        visualize_engine.class_grid(
-            distilled_set, upsample=2 if distilled_set.images.shape[-1] < 64 else 1
-        ),
-        folder / GRID_NAME,
-    )
-    curves = visualize_engine.save_image(
-        visualize_engine.curves_image(
-            visualize_engine.read_metrics(folder), title=f"ddpp run {folder.name}"
-        ),
-        folder / CURVES_NAME,
-    )
+    grid, curves = folder / GRID_NAME, folder / CURVES_NAME
+    if world.is_main:  # one rank draws and writes
+        visualize_engine.save_image(
+            visualize_engine.class_grid(
+                distilled_set, upsample=2 if distilled_set.images.shape[-1] < 64 else 1
+            ),
+            grid,
+        )
+        visualize_engine.save_image(
+            visualize_engine.curves_image(
+                visualize_engine.read_metrics(folder), title=f"ddpp run {folder.name}"
+            ),
+            curves,
+        )
     stages.finish(str(grid))
 
     summary = RunSummary(
@@ -442,5 +452,6 @@ def run_pipeline(
         evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
         summary=folder / SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
-    store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
+    if world.is_main:
+        store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
