@@ -86,27 +86,26 @@ def ratio(label: str, numerator: float | None, denominator: float | None, claim:
     return {"label": label, "ratio": value, "claim": claim}
 
 
-def distill_ratios(args: argparse.Namespace, clock: Clock, ipc: int, n: int) -> list[dict]:
+def measure(
+    args: argparse.Namespace, clock: Clock, runs: dict, plan: list, ipc: int, n: int
+) -> None:
+    """Run the distillation configurations of ``plan`` (name, options, N, mode, seconds) that
+    the budget allows into ``runs``; "mtt" runs MTT's distill.py."""
+    for name, options, steps, mode, needed in plan:
+        if name == "mtt" and not args.mtt:
+            continue
+        if not clock.allows(f"distill {name}", needed):
+            continue
+        limit = min(clock.left(), needed * 3)
+        if name == "mtt":
+            runs[name] = distill_bench.run_mtt(bench_args(args), ipc, steps, 0, timeout=limit)
+        else:
+            runs[name] = distill_bench.run_child(options, ipc, steps, mode, timeout=limit)
+        report(name, runs[name])
+
+
+def distill_ratios(args: argparse.Namespace, runs: dict, ipc: int, n: int) -> list[dict]:
     """One GPU: graph vs memory, N 60 vs N 20 memory, bf16 / channels-last / compile, MTT."""
-    runs: dict[str, dict[str, Any]] = {}
-    plan = [
-        ("graph", bench_args(args), ipc, n, "graph", 60),
-        ("memory", bench_args(args), ipc, n, "memory", 60),
-        ("memory N60", bench_args(args), ipc, 3 * n, "memory", 90),
-        ("bf16", bench_args(args, amp="bf16"), ipc, n, "graph", 60),
-        ("channels-last", bench_args(args, channels_last=True), ipc, n, "graph", 60),
-        ("compile", bench_args(args, compile=True), ipc, n, "graph", 240),
-    ]
-    for name, options, i, steps, mode, needed in plan:
-        if clock.allows(f"distill {name}", needed):
-            limit = min(clock.left(), needed * 3)
-            runs[name] = distill_bench.run_child(options, i, steps, mode, timeout=limit)
-            report(name, runs[name])
-    if args.mtt and clock.allows("MTT's distill.py", 90):
-        limit = min(clock.left(), 270)
-        runs["mtt"] = distill_bench.run_mtt(bench_args(args), ipc, n, 0, timeout=limit)
-        report("mtt", runs["mtt"])
-    print()
     graph = runs.get("graph", {"error": "skipped"})
 
     def t(name: str) -> float | None:
@@ -137,17 +136,17 @@ def distill_ratios(args: argparse.Namespace, clock: Clock, ipc: int, n: int) -> 
     if args.mtt:
         results += [
             ratio(
-                f"ddpp graph vs MTT s/it ({where}, 1 GPU)",
+                f"ddpp graph vs MTT s/it ({where}, one device)",
                 seconds(graph),
                 t("mtt"),
                 "target ≤ 1.0×",
             ),
-            ratio(f"ddpp memory vs MTT s/it ({where}, 1 GPU)", t("memory"), t("mtt"), "–"),
+            ratio(f"ddpp memory vs MTT s/it ({where}, one device)", t("memory"), t("mtt"), "–"),
             ratio(f"ddpp graph vs MTT peak memory ({where})", memory(graph), m("mtt"), "≤ 1×"),
         ]
     else:
         print("MTT: not compared (pass --mtt DIR, a checkout of mtt-distillation)")
-    return [{"runs": runs}, *results]
+    return results
 
 
 def report(name: str, record: dict[str, Any]) -> None:
@@ -232,9 +231,24 @@ def main(argv: list[str] | None = None) -> None:
     clock = Clock(args.budget)
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "CPU (dry run)"
     print(f"gpu_check on {name}, torch {torch.__version__}, budget {args.budget:.0f} s")
-    results = distill_ratios(args, clock, ipc, n)
-    results += multi_gpu_ratio(args, clock, ipc, n)
-    results += parallel_ratios(args, clock)
+    runs: dict[str, dict[str, Any]] = {}
+    first = [  # the ratios the issue's targets need, before the optional ones
+        ("graph", bench_args(args), n, "graph", 60),
+        ("memory", bench_args(args), n, "memory", 60),
+        ("mtt", None, n, "mtt", 90),
+    ]
+    then = [
+        ("bf16", bench_args(args, amp="bf16"), n, "graph", 60),
+        ("channels-last", bench_args(args, channels_last=True), n, "graph", 60),
+        ("memory N60", bench_args(args), 3 * n, "memory", 90),
+        ("compile", bench_args(args, compile=True), n, "graph", 240),  # compiling is slow
+    ]
+    measure(args, clock, runs, first, ipc, n)
+    others = multi_gpu_ratio(args, clock, ipc, n)
+    others += parallel_ratios(args, clock)
+    measure(args, clock, runs, then, ipc, n)
+    print()
+    results = [{"runs": runs}, *distill_ratios(args, runs, ipc, n), *others]
     print(f"done, {args.budget - clock.left():.0f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")

@@ -134,6 +134,10 @@ def test_two_ranks_match_one_process_and_resume_across_world_sizes(buffer, tiny_
     assert any(r.get("pruned_fraction", 0) > 0 for r in records(one["graph"]))  # mask nonzero
     # One process for two iterations, then two ranks resume to four (and the other way below).
     run(tmp_path / "one-then-two", buffer, tiny_mnist, iterations=2)
+    # Minibatches of one image: rank 0's share is empty at every step.
+    single = {"batch_syn": 1, "iterations": 2, "lr_lr": 1e-8}
+    for mode in ("graph", "memory"):
+        run(tmp_path / f"one-single-{mode}", buffer, tiny_mnist, unroll=mode, **single)
     common = {"buffer": str(buffer), "data": str(tiny_mnist)}
     torchrun(
         tmp_path,
@@ -142,13 +146,20 @@ def test_two_ranks_match_one_process_and_resume_across_world_sizes(buffer, tiny_
             {**common, "folder": str(tmp_path / "two-memory"), "overrides": {"unroll": "memory"}},
             {**common, "folder": str(tmp_path / "two-then-one"), "overrides": {"iterations": 2}},
             {**common, "folder": str(tmp_path / "one-then-two"), "overrides": {}},
+            *(
+                {**common, "folder": str(tmp_path / f"two-single-{mode}"),
+                 "overrides": {**single, "unroll": mode}}
+                for mode in ("graph", "memory")
+            ),
         ],
-    )
+    )  # fmt: skip
     run(tmp_path / "two-then-one", buffer, tiny_mnist)
     assert_same_run(tmp_path / "two-graph", one["graph"])
     assert_same_run(tmp_path / "two-memory", one["memory"])
     assert_same_run(tmp_path / "two-then-one", one["graph"])
     assert_same_run(tmp_path / "one-then-two", one["graph"])
+    for mode in ("graph", "memory"):
+        assert_same_run(tmp_path / f"two-single-{mode}", tmp_path / f"one-single-{mode}")
     assert (tmp_path / "two-graph" / distill.BEST_NAME).is_file()
     assert not list((tmp_path / "two-graph").glob("*.tmp*"))
 

@@ -194,10 +194,14 @@ class Student:
         *,
         create_graph: bool,
     ) -> torch.Tensor:
-        """This rank's part of g: ``share`` · ∇CE on its share ``x`` (zero when it is empty,
-        still attached to θ so that every rank runs the same backward)."""
+        """This rank's part of g: ``share`` · ∇CE on its share ``x`` (zero when it is empty).
+
+        An empty share's zero stays attached to θ and to X (through the empty ``x``): autograd
+        runs a node's backward only on a path to the inputs asked for, and every rank must run
+        the backward of every step's all-reduce, in the same order, or the collectives of the
+        ranks no longer match."""
         if x.shape[0] == 0:
-            return theta * 0.0
+            return theta * 0.0 + x.sum() * 0.0
         grad = self.gradient(theta, x, y, create_graph=create_graph)
         return grad if share == 1.0 else grad * share
 
