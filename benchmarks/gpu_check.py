@@ -185,7 +185,7 @@ def parallel_ratios(args: argparse.Namespace, clock: Clock) -> list[dict]:
         out = Path(folder) / "parallel.json"
         command = [
             sys.executable, str(HERE / "parallel_bench.py"), "--device", args.device,
-            "--ks", "2,8" if args.tiny else "2,4,8", "--json", str(out),
+            "--ks", "2" if args.tiny else "2,4,8", "--json", str(out),
         ]  # fmt: skip
         if args.tiny:
             command += ["--eval-epochs", "1"]
