@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpp_cli.engine import distill, distilled
+from ddpp_cli.engine import distill, distilled, models
 from ddpp_cli.engine.augment import DSA, DSAParams
 from ddpp_cli.engine.distill import DistillConfig
+from ddpp_cli.engine.distill.setup import _check_shardable
 from ddpp_cli.engine.distributed import World
+from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,3 +187,21 @@ def test_a_draws_rows_augment_those_samples_as_the_whole_draw_does():
         whole = dsa.apply(images, params)
         parts = [dsa.apply(images[a:b], params.rows(a, b)) for a, b in ((0, 2), (2, 5))]
         torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-6)
+
+
+def test_a_folder_that_does_not_write_leaves_nothing(tmp_path):
+    folder = tmp_path / "run"
+    files = distill.RunFolder(folder, lambda *a: None, {}, {}, writes=False)
+    files.create()
+    files.log({"iteration": 1})
+    files.write_summary({"iterations": 1})
+    files.truncate(0)
+    assert not folder.exists()
+
+
+def test_batchnorm_is_refused_only_across_ranks():
+    bn = models.create("convnet-bn", 1, 10, 8)
+    _check_shardable("convnet-bn", bn, World())  # one process: fine
+    _check_shardable("convnet", models.create("convnet", 1, 10, 8), World(0, 2, 0))
+    with pytest.raises(DdppError, match="BatchNorm"):
+        _check_shardable("convnet-bn", bn, World(0, 2, 0))
