@@ -59,20 +59,27 @@ def continuing(continuation: Callable[[faults.StageFailed], str]) -> Iterator[No
 
 @contextlib.contextmanager
 def distilling(
-    progress, resume_hint: str, continuation: Callable[[faults.StageFailed], str] | None = None
+    progress,
+    resume_hint: str,
+    continuation: Callable[[faults.StageFailed], str] | None = None,
+    *,
+    speak: bool = True,
 ) -> Iterator[None]:
     """Around a distillation: SIGTERM acts as Ctrl-C; a diverged run exits with status 1 and an
-    interrupted one with 130, each with one line (``resume_hint`` says how to continue); a stage
-    stopped by an environment fault says how to continue with ``continuation`` (see
-    :func:`continuing`) and leaves the line and status to the CLI's handler."""
+    interrupted one with 130, each with one line (``resume_hint`` says how to continue) unless
+    ``speak`` is False (the ranks of a torchrun job but rank 0); a stage stopped by an
+    environment fault says how to continue with ``continuation`` (see :func:`continuing`) and
+    leaves the line and status to the CLI's handler."""
     try:
         with continuing(continuation or (lambda failed: "")), sigterm_as_interrupt(), progress:
             yield
     except DivergedError as exc:
-        line(err, f"[bold red]diverged:[/] {exc}")
+        if speak:
+            line(err, f"[bold red]diverged:[/] {exc}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        line(err, f"[yellow]interrupted[/]; {resume_hint}")
+        if speak:
+            line(err, f"[yellow]interrupted[/]; {resume_hint}")
         raise typer.Exit(130) from None
 
 

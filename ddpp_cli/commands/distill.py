@@ -15,6 +15,7 @@ from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate, faults
 from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
@@ -267,12 +268,18 @@ def distill_and_report(
     folder: Path, resolved: distill_engine.Resolved, engine_options: dict[str, Any], *, quiet: bool,
     json_out: bool,
 ) -> None:  # fmt: skip
-    """Run the engine (``engine_options``: :data:`ENGINE_OPTIONS`) and print its summary."""
-    progress = make_progress(err, disable=quiet)
-    display = DistillDisplay(progress, resolved.origin, quiet or json_out)
+    """Run the engine (``engine_options``: :data:`ENGINE_OPTIONS`) and print its summary.
+
+    Under torchrun the ranks share the work (docs/parallel.md); rank 0 prints.
+    """
+    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    folder = world.from_main(folder)  # a default folder's timestamp is rank 0's
+    main = world.is_main
+    progress = make_progress(err, disable=quiet or not main)
+    display = DistillDisplay(progress, resolved.origin, quiet or json_out or not main)
 
     def on_event(event: object) -> None:
-        if isinstance(event, Notice):
+        if isinstance(event, Notice) and main:
             note(err, event.message)
         display(event)
 
@@ -282,12 +289,14 @@ def distill_and_report(
     def continuation(failed: faults.StageFailed) -> str:
         return f"continue with '{resume}{' --unroll memory' if failed.out_of_memory else ''}'"
 
-    with distilling(progress, resume_hint, continuation):
+    with distilling(progress, resume_hint, continuation, speak=main):
         summary = distill_engine.distill(
             resolved.config, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],
-            device=resolve_device(engine_options["device"]), on_event=on_event,
+            device=torch_device, on_event=on_event, world=world,
         )  # fmt: skip
+    if not main:
+        return
     if json_out:
         typer.echo(json.dumps(distill_engine.summary_json(summary)))
     elif quiet:

@@ -15,6 +15,7 @@ from ddpp_cli.commands.buffer import BufferDisplay
 from ddpp_cli.commands.distill import DistillDisplay
 from ddpp_cli.engine import faults, pipeline, presets
 from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
 
@@ -234,13 +235,15 @@ def run_and_report(
 ) -> None:
     """Run the pipeline with one progress display, then print the summary (or JSON, or folder).
 
-    ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given.
+    ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given. Under torchrun the ranks
+    share every stage (docs/parallel.md); rank 0 prints.
     """
-    torch_device = resolve_device(engine_options["device"])
-    folder = engine_options["out_dir"] or pipeline.default_run_folder(plan)
+    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    folder = world.from_main(engine_options["out_dir"] or pipeline.default_run_folder(plan))
     origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
-    progress = make_progress(err, disable=quiet or json_out)
-    display = RunDisplay(progress, origin, quiet or json_out, str(torch_device))
+    silent = quiet or json_out or not world.is_main
+    progress = make_progress(err, disable=silent)
+    display = RunDisplay(progress, origin, silent, str(torch_device))
     resume_hint = (
         f"finished stages and checkpoints are kept; rerun with --out {folder} to continue."
     )
@@ -249,12 +252,15 @@ def run_and_report(
         more = " --unroll memory" if failed.out_of_memory and failed.stage == "distill" else ""
         return f"continue by running the same command again with --out {folder}{more}"
 
-    with distilling(progress, resume_hint, continuation):
+    with distilling(progress, resume_hint, continuation, speak=world.is_main):
         summary = pipeline.run_pipeline(
             plan, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],
             device=torch_device, parallel=engine_options["parallel"], on_event=display,
+            world=world,
         )  # fmt: skip
+    if not world.is_main:
+        return
     if json_out:
         typer.echo(json.dumps(summary.to_json()))
     elif quiet:

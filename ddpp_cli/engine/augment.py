@@ -190,6 +190,15 @@ class DSAParams:
     op: str
     values: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def rows(self, start: int, stop: int) -> DSAParams:
+        """The draw of samples ``start`` … ``stop − 1`` (the ops act on each sample alone, so
+        applying this to those samples equals slicing the whole batch's result)."""
+        values = {
+            name: value[start:stop] if value.dim() > 0 else value
+            for name, value in self.values.items()
+        }
+        return DSAParams(self.op, values)
+
 
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """The ops named by a strategy string (``"none"`` or ``""``: no ops), or a DdppError."""

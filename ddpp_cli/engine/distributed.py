@@ -6,6 +6,12 @@ process group (gloo on CPU, nccl on CUDA, one GPU per local rank). Work items (e
 runs) are split round-robin with :meth:`World.shard`; each item draws its randomness from streams
 derived from its own index, so the split does not change any result. Without ``torchrun`` the
 world is one process and every method is a no-op.
+
+Distillation splits one computation instead of work items: every rank holds the same state and
+takes a contiguous share of each minibatch (:meth:`World.split`); partial sums are added up with
+:meth:`World.sum` (in place) or :func:`sum_across` (differentiable: its backward adds up the
+incoming gradients of every rank, as the gradient of a sum whose parts live on different ranks
+must), and :meth:`World.agree` cheaply checks that the ranks still hold the same values.
 """
 
 from __future__ import annotations
@@ -58,6 +64,59 @@ class World:
         values: list[Any] = [None] * self.size
         dist.all_gather_object(values, value)
         return values
+
+    def from_main(self, value: T) -> T:
+        """Rank 0's ``value`` (picklable), on every rank."""
+        return self.gather(value)[0] if self.distributed else value
+
+    def split(self, total: int) -> tuple[int, int]:
+        """This rank's contiguous share [start, stop) of ``total`` items; the shares differ by
+        at most one item (a rank gets none when ``total`` < ``size``)."""
+        return self.rank * total // self.size, (self.rank + 1) * total // self.size
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` replaced in place by its sum over the ranks (not differentiable)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def agree(self, value: Any, what: str) -> None:
+        """RuntimeError unless every rank passes an equal ``value`` (small, picklable): a bug
+        check that the ranks' replicated state and random draws have not drifted apart."""
+        if not self.distributed:
+            return
+        values = self.gather(value)
+        if any(other != values[0] for other in values[1:]):
+            raise RuntimeError(f"the ranks disagree on {what}: {values}")
+
+
+class _SumAcross(torch.autograd.Function):
+    """y = Σ_ranks x. Each rank's loss depends on y, so dL/dx on a rank is the sum over the
+    ranks of their dL/dy: the backward is a sum across ranks too."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+def sum_across(world: World, tensor: torch.Tensor) -> torch.Tensor:
+    """Σ over the ranks of ``tensor``, differentiable (``tensor`` itself in one process).
+
+    Under autograd every rank must run the backward through this sum (their graphs are the
+    same), and each rank's downstream loss must be weighted so that the ranks' losses add up to
+    the one objective (e.g. a loss replicated on every rank divided by ``world.size``).
+    """
+    if not world.distributed:
+        return tensor
+    return _SumAcross.apply(tensor)
 
 
 def _env_int(name: str, default: int) -> int:

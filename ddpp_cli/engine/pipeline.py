@@ -32,6 +32,7 @@ from ddpp_cli import __version__
 from ddpp_cli.engine import baselines, data, distilled, evaluate, presets, store, trajectory
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 
@@ -433,26 +434,36 @@ def run_pipeline(
     device: torch.device | str = "cpu",
     parallel: int = 1,
     on_event: EventCallback | None = None,
+    world: World | None = None,
 ) -> RunSummary:
     """Carry out ``plan``: make or reuse the buffer, distill into ``folder`` (resumed when it
     holds a checkpoint), evaluate the set and the random baseline, draw the grid and curves,
     and write ``run.json`` there. ``parallel`` networks are trained at once in the buffer and
-    evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``."""
+    evaluation stages (``--parallel``). Engine events of every stage are passed to ``on_event``.
+    Under torchrun (``world``) the ranks split the experts, each distillation minibatch and the
+    evaluation runs; rank 0 picks the folders and alone writes the pictures and ``run.json``."""
     emit = on_event or (lambda event: None)
-    folder = Path(folder) if folder is not None else default_run_folder(plan)
+    world = world or World()
+    folder = world.from_main(Path(folder) if folder is not None else default_run_folder(plan))
     if not (folder / distill_engine.CHECKPOINT_NAME).is_file():
         distill_engine.files.check_startable(folder)  # before hours of buffer training
     stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(RunStarted(plan, folder, data_folder))
     sources = {"data_root": data_root, "download": download}
-    run = {"device": device, "parallel": parallel, "on_event": on_event}
+    run = {"device": device, "parallel": parallel, "on_event": on_event, "world": world}
 
     buffer_dir, reused = _buffer_stage(plan, buffer, stages, emit, sources, run)
 
     stages.start("distill", str(folder))
     distill_summary = distill_engine.distill(
-        plan.distill, folder, buffer=buffer_dir, device=device, on_event=on_event, **sources
+        plan.distill,
+        folder,
+        buffer=buffer_dir,
+        device=device,
+        on_event=on_event,
+        world=world,
+        **sources,
     )
     stages.finish(str(folder))
 
@@ -465,7 +476,7 @@ def run_pipeline(
     stages.finish(f"{evaluation.mean_std_text()} %")
 
     baseline = _baseline_stage(plan, buffer_dir, stages, sources, run)
-    grid, curves = _pictures_stage(distilled_set, folder, stages)
+    grid, curves = _pictures_stage(distilled_set, folder, stages, draw=world.is_main)
 
     summary = RunSummary(
         folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
@@ -473,7 +484,8 @@ def run_pipeline(
         evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
         summary=folder / SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
-    store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
+    if world.is_main:
+        store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
 
 
@@ -504,6 +516,8 @@ def _buffer_stage(
             if search.nearest is not None and search.nearest[0] != buffer_dir:
                 emit(Notice(f"not reusing {search.nearest[0]} ({search.nearest[1]}); training a "
                             f"new buffer in {buffer_dir}."))  # fmt: skip
+    world = run.get("world") or World()
+    buffer_dir, reused = world.from_main((buffer_dir, reused))  # one choice for every rank
     if reused:
         stages.start("buffer", f"reusing {buffer_dir}")
     else:
@@ -534,21 +548,18 @@ def _baseline_stage(
 
 
 def _pictures_stage(
-    distilled_set: distilled.DistilledSet, folder: Path, stages: _StageClock
+    distilled_set: distilled.DistilledSet, folder: Path, stages: _StageClock, *, draw: bool
 ) -> tuple[Path, Path]:
-    """Stage 5: the class grid and the curves, in the run folder."""
+    """Stage 5: the class grid and the curves, in the run folder (drawn by one rank: ``draw``)."""
     stages.start("visualize", str(folder))
-    grid = visualize_engine.save_image(
-        visualize_engine.class_grid(
-            distilled_set, upsample=2 if distilled_set.images.shape[-1] < 64 else 1
-        ),
-        folder / GRID_NAME,
-    )
-    curves = visualize_engine.save_image(
-        visualize_engine.curves_image(
-            visualize_engine.read_metrics(folder), title=f"ddpp run {folder.name}"
-        ),
-        folder / CURVES_NAME,
-    )
+    grid, curves = folder / GRID_NAME, folder / CURVES_NAME
+    if draw:
+        upsample = 2 if distilled_set.images.shape[-1] < 64 else 1
+        visualize_engine.save_image(
+            visualize_engine.class_grid(distilled_set, upsample=upsample), grid
+        )
+        metrics = visualize_engine.read_metrics(folder)
+        title = f"ddpp run {folder.name}"
+        visualize_engine.save_image(visualize_engine.curves_image(metrics, title=title), curves)
     stages.finish(str(grid))
     return grid, curves

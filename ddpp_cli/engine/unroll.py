@@ -17,6 +17,16 @@ every step. Two ways to get it, equal up to rounding:
 :class:`Student` holds the network as a pure function of a flat parameter vector, with the
 execution options that do not change the maths: bf16 autocast for the network's forward,
 ``torch.compile`` of the per-step gradient, and channels-last activations.
+
+Across ranks (``Student(world=...)``, under torchrun) every rank holds the same θ̃_j, X and α and
+replays the same draws; rank r takes the contiguous share [s_r, e_r) of each step's minibatch of
+B images and computes g_j^r = (e_r − s_r)/B · ∇CE on it, so that Σ_r g_j^r is the full-batch
+mean's gradient g_j. In ``graph`` mode the sum is differentiable (its backward sums across ranks
+too) and each rank backpropagates L / world size; in ``memory`` mode the forward sums each g_j
+and the reverse pass sums each Hessian-vector product (∂g_j/∂θ)ᵀ a, so the adjoint stays the
+same on every rank. Each rank's dL/dX covers its shares only and its dL/dα its part of
+−Σ_j ⟨a_j, g_j⟩; both are summed across the ranks at the end, so every rank steps the same X
+and α. The result equals one process's up to rounding (docs/parallel.md).
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpp_cli.engine.augment import DSA, DSAParams
+from ddpp_cli.engine.distributed import World, sum_across
 from ddpp_cli.engine.functional import ParamLayout, functional_forward
 from ddpp_cli.engine.pruning import matching_loss, prune_mask
 
@@ -38,6 +49,7 @@ AMP_MODES = ("off", "bf16")
 COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which traces the same but skips codegen
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+SumFn = Callable[[torch.Tensor], torch.Tensor]
 NoticeCallback = Callable[[str], None]
 
 
@@ -47,6 +59,10 @@ class UnrollStep:
 
     indices: torch.Tensor | None
     augment: DSAParams
+
+    def batch(self, num_images: int) -> int:
+        """The minibatch's size B (``num_images`` when it is all of X)."""
+        return num_images if self.indices is None else int(self.indices.numel())
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,8 @@ class Student:
     gradient g, the parameter updates, the mask and the matching loss stay in float32.
     ``compile`` wraps the per-step gradient in ``torch.compile``; if compiling fails, the
     student reports it once through ``on_notice`` and runs eagerly. ``channels_last`` passes the
-    augmented images in channels-last memory format (convolutions keep it).
+    augmented images in channels-last memory format (convolutions keep it). ``world`` (under
+    torchrun) makes :meth:`inputs` this rank's share of each minibatch (see the module notes).
     """
 
     def __init__(
@@ -109,6 +126,7 @@ class Student:
         compile: bool = False,
         channels_last: bool = False,
         on_notice: NoticeCallback | None = None,
+        world: World | None = None,
     ) -> None:
         if amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
@@ -117,6 +135,7 @@ class Student:
         self.dsa = dsa
         self.amp = amp
         self.channels_last = channels_last
+        self.world = world or World()
         self.on_notice = on_notice or (lambda message: None)
         self._compiled: Callable[..., torch.Tensor] | None = None
         if compile:
@@ -133,13 +152,23 @@ class Student:
         return F.cross_entropy(logits.to(theta.dtype), y)
 
     def inputs(self, images: torch.Tensor, labels: torch.Tensor, step: UnrollStep) -> tuple:
-        """The step's augmented minibatch A_j(b_j) (differentiable w.r.t. ``images``) and labels."""
-        if step.indices is None:
+        """The step's augmented minibatch A_j(b_j) (differentiable w.r.t. ``images``) and labels;
+        across ranks, this rank's contiguous share of it (possibly empty)."""
+        augment = step.augment
+        if not self.world.distributed and step.indices is None:
             x, y = images, labels
         else:
-            index = step.indices.to(images.device)
-            x, y = images[index], labels[index]
-        x = self.dsa.apply(x, step.augment)
+            start, stop = self.world.split(step.batch(len(labels)))
+            if step.indices is None:
+                x, y = images[start:stop], labels[start:stop]
+            else:
+                index = step.indices[start:stop].to(images.device)
+                x, y = images[index], labels[index]
+            if self.world.distributed:
+                augment = augment.rows(start, stop)
+        if x.shape[0] == 0:
+            return x, y
+        x = self.dsa.apply(x, augment)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
@@ -148,6 +177,33 @@ class Student:
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
         return torch.func.grad(self.loss)(theta, x, y)
+
+    def share(self, step: UnrollStep, num_images: int) -> float:
+        """This rank's share (e_r − s_r) / B of the step's minibatch (1 in one process)."""
+        if not self.world.distributed:
+            return 1.0
+        start, stop = self.world.split(step.batch(num_images))
+        return (stop - start) / step.batch(num_images)
+
+    def shard_gradient(
+        self,
+        theta: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        share: float,
+        *,
+        create_graph: bool,
+    ) -> torch.Tensor:
+        """This rank's part of g: ``share`` · ∇CE on its share ``x`` (zero when it is empty).
+
+        An empty share's zero stays attached to θ and to X (through the empty ``x``): autograd
+        runs a node's backward only on a path to the inputs asked for, and every rank must run
+        the backward of every step's all-reduce, in the same order, or the collectives of the
+        ranks no longer match."""
+        if x.shape[0] == 0:
+            return theta * 0.0 + x.sum() * 0.0
+        grad = self.gradient(theta, x, y, create_graph=create_graph)
+        return grad if share == 1.0 else grad * share
 
     def gradient(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool
@@ -187,7 +243,9 @@ def unroll_graph(
         theta = start.detach().requires_grad_(True)
         for step in steps:
             x, y = student.inputs(images, labels, step)
-            theta = theta - lr * student.gradient(theta, x, y, create_graph=True)
+            share = student.share(step, len(labels))
+            grad = student.shard_gradient(theta, x, y, share, create_graph=True)
+            theta = theta - lr * sum_across(student.world, grad)
     return theta
 
 
@@ -225,8 +283,9 @@ def unroll_states(
     for step in steps:
         with torch.no_grad():
             x, y = student.inputs(images, labels, step)
-        grad = student.gradient(thetas[-1], x, y, create_graph=False)
-        thetas.append((thetas[-1] - lr * grad).detach())
+        share = student.share(step, len(labels))
+        grad = student.shard_gradient(thetas[-1], x, y, share, create_graph=False)
+        thetas.append((thetas[-1] - lr * student.world.sum(grad)).detach())
     return thetas
 
 
@@ -236,12 +295,15 @@ def reverse_step(
     x: torch.Tensor,
     lr: torch.Tensor,
     adjoint: torch.Tensor,
+    sum_ranks: SumFn | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backpropagate a = dL/dθ' through θ' = θ − α g(θ, x) (one step, exact).
 
     ``grad_fn(theta, x)`` must return g differentiably (``create_graph``). Returns
     (dL/dθ, dL/dx, dL/dα) = (a − α (∂g/∂θ)ᵀ a, −α (∂g/∂x)ᵀ a, −⟨a, g⟩), the products being
-    vector-Jacobian products through the gradient (Hessian-vector products for θ).
+    vector-Jacobian products through the gradient (Hessian-vector products for θ). When g is a
+    sum of parts on several ranks (``grad_fn`` giving this rank's part), ``sum_ranks`` adds up
+    the parts of (∂g/∂θ)ᵀ a; dL/dx and dL/dα are then this rank's parts.
     """
     lr = lr.detach()
     with torch.enable_grad():
@@ -251,6 +313,8 @@ def reverse_step(
         h_theta, h_x = torch.autograd.grad(g, (theta, x), grad_outputs=adjoint, allow_unused=True)
     h_theta = torch.zeros_like(theta) if h_theta is None else h_theta
     h_x = torch.zeros_like(x) if h_x is None else h_x
+    if sum_ranks is not None:
+        h_theta = sum_ranks(h_theta)
     return adjoint - lr * h_theta, -lr * h_x, -(adjoint * g.detach()).sum()
 
 
@@ -271,7 +335,8 @@ def backprop_unroll(
     steps: list[UnrollStep],
     adjoint: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dL/dX, dL/dα) from a = dL/dθ̃_N, rebuilding one step's graph at a time in reverse."""
+    """(dL/dX, dL/dα) from a = dL/dθ̃_N, rebuilding one step's graph at a time in reverse
+    (across ranks: this rank's parts of both; the adjoint is summed at every step)."""
     grad_images = torch.zeros_like(images, memory_format=torch.contiguous_format)
     grad_lr = torch.zeros((), dtype=accumulator_dtype(lr.device), device=lr.device)
     source = images.detach().requires_grad_(True)
@@ -279,10 +344,15 @@ def backprop_unroll(
         with torch.enable_grad():
             x, y = student.inputs(source, labels, steps[j])
 
-        def grad_fn(theta: torch.Tensor, x_leaf: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
-            return student.gradient(theta, x_leaf, y, create_graph=True)
+        share = student.share(steps[j], len(labels))
 
-        adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint)
+        def grad_fn(
+            theta: torch.Tensor, x_leaf: torch.Tensor, y: torch.Tensor = y, share: float = share
+        ) -> torch.Tensor:
+            return student.shard_gradient(theta, x_leaf, y, share, create_graph=True)
+
+        sum_ranks = student.world.sum if student.world.distributed else None
+        adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint, sum_ranks)
         grad_lr += step_lr.to(grad_lr.dtype)
         if x is source:
             grad_images += grad_x
@@ -309,7 +379,8 @@ def match(
     """Unroll, prune (mask on θ̃_N), and accumulate dL/dX and dL/dα into ``.grad``.
 
     ``images`` and ``lr`` are leaves that require grad. Nothing is accumulated when L is not
-    finite (the caller stops the run).
+    finite (the caller stops the run). Across ranks (``student.world``) the gradients, which
+    must be None before the call, are the whole ones, the same on every rank.
     """
     if mode not in UNROLL_MODES:
         raise ValueError(f"unroll mode must be one of {UNROLL_MODES}, got {mode!r}")
@@ -326,13 +397,19 @@ def match(
     result = MatchResult(value, 1.0 - float(mask.float().mean()))
     if not torch.isfinite(loss.detach()):
         return result
+    world = student.world
     if mode == "graph":
+        if world.distributed:  # each rank's copy of L counts 1/size of the one objective
+            loss = loss / world.size
         loss.backward(inputs=[images, lr])
-        return result
-    (adjoint,) = torch.autograd.grad(loss, end)
-    grad_images, grad_lr = backprop_unroll(student, thetas, images, labels, lr, steps, adjoint)
-    _accumulate(images, grad_images)
-    _accumulate(lr, grad_lr)
+    else:
+        (adjoint,) = torch.autograd.grad(loss, end)
+        grad_images, grad_lr = backprop_unroll(student, thetas, images, labels, lr, steps, adjoint)
+        _accumulate(images, grad_images)
+        _accumulate(lr, grad_lr)
+    if world.distributed:  # each rank holds its parts: add them up
+        for leaf in (images, lr):
+            leaf.grad = world.sum(torch.zeros_like(leaf) if leaf.grad is None else leaf.grad)
     return result
 
 

@@ -29,19 +29,23 @@ SetMaker = Callable[[torch.Tensor, float, int], DistilledSet]
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
-def _a_write(method: Method) -> Method:
-    """Mark the folder's ``write_failed`` when ``method`` raises (not on Ctrl-C): after a failed
-    write ddpp writes nothing more, and the files already there stay as they were."""
+def _writing(method: Method) -> Method:
+    """A method that writes to the folder: skipped (returning None) by a folder that does not
+    write (every rank of a torchrun job but rank 0); when it raises (not on Ctrl-C) the folder's
+    ``write_failed`` is set: after a failed write ddpp writes nothing more, and the files
+    already there stay as they were."""
 
     @functools.wraps(method)
-    def wrapper(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+    def run(self: RunFolder, *args: Any, **kwargs: Any) -> Any:
+        if not self.writes:
+            return None
         try:
             return method(self, *args, **kwargs)
         except Exception:
             self.write_failed = True
             raise
 
-    return wrapper  # type: ignore[return-value]
+    return run  # type: ignore[return-value]
 
 
 # What else ddpp puts in a run folder: ``ddpp run``'s summary and pictures, ``ddpp visualize``'s
@@ -111,6 +115,8 @@ class RunFolder:
     ``run_meta`` are what every checkpoint holds besides the state (labels, config, buffer,
     layout). ``saved_iteration`` is the iteration of the checkpoint on disk (None before the
     first); ``write_failed`` becomes True when a write of this folder raised.
+    With ``writes=False`` (the ranks of a torchrun job other than rank 0) every
+    writing method does nothing (``save_set`` still returns its path); reading works.
     """
 
     def __init__(
@@ -119,6 +125,8 @@ class RunFolder:
         as_set: SetMaker,
         run_tensors: dict[str, torch.Tensor],
         run_meta: dict[str, Any],
+        *,
+        writes: bool = True,
     ) -> None:
         self.folder = folder
         self.distilled = folder / DISTILLED_NAME
@@ -129,10 +137,11 @@ class RunFolder:
         self.as_set = as_set
         self.run_tensors = run_tensors
         self.run_meta = run_meta
+        self.writes = writes
         self.saved_iteration: int | None = None
         self.write_failed = False
 
-    @_a_write
+    @_writing
     def create(self) -> None:
         """Make the folder; drop temporaries a killed write left behind."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -141,10 +150,12 @@ class RunFolder:
     # -- set files --------------------------------------------------------------------------
 
     def save_set(self, path: Path, saved: StateDict, extra: dict[str, Any] | None = None) -> Path:
+        if not self.writes:
+            return path
         distilled = self.as_set(saved.images, saved.lr, saved.iteration)
         return save_set(path, distilled, {"iteration": saved.iteration, **(extra or {})})
 
-    @_a_write
+    @_writing
     def save_checkpoint(self, saved: StateDict) -> None:
         """``distilled.safetensors`` and ``checkpoint.safetensors`` of the state ``saved``."""
         self.save_set(self.distilled, saved)
@@ -155,7 +166,7 @@ class RunFolder:
     def checkpoint_meta(self, saved: StateDict) -> dict[str, Any]:
         return {"config": self.run_meta["config"], **saved.meta, **self.run_meta}
 
-    @_a_write
+    @_writing
     def save_best(self, saved: StateDict, accuracy: float, std: float | None) -> Path:
         """The best set; only after the checkpoint of the same iteration (never newer)."""
         return self.save_set(self.best, saved, {"val_accuracy": accuracy, "val_std": std})
@@ -174,7 +185,7 @@ class RunFolder:
         )
         self.save_best(saved, saved.meta["best_val_accuracy"], line.get("val_std"))
 
-    @_a_write
+    @_writing
     def save_diverged(self, saved: StateDict, iteration: int) -> Path:
         """The last good set as ``distilled.safetensors``, marked with the iteration that
         diverged (the checkpoint stays at the last saved one)."""
@@ -186,7 +197,7 @@ class RunFolder:
         """Where ``--snapshot-every`` keeps the images of ``iteration`` (for ``--animate``)."""
         return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
 
-    @_a_write
+    @_writing
     def save_image_snapshot(self, images: torch.Tensor, lr: float, iteration: int) -> Path:
         """The images of ``iteration`` as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
         path = self.snapshot_path(iteration)
@@ -195,7 +206,7 @@ class RunFolder:
 
     # -- metrics.jsonl ----------------------------------------------------------------------
 
-    @_a_write
+    @_writing
     def log(self, record: dict[str, Any]) -> None:
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
@@ -225,13 +236,14 @@ class RunFolder:
 
     # -- resume -----------------------------------------------------------------------------
 
-    @_a_write
+    @_writing
     def truncate(self, iteration: int) -> None:
         """Forget what came after the checkpoint of ``iteration``: the redone iterations'
         metrics lines and image snapshots."""
         self.truncate_metrics(iteration)
         self.truncate_snapshots(iteration)
 
+    @_writing
     def truncate_metrics(self, iteration: int) -> None:
         """Keep only the lines of iterations ≤ ``iteration`` (none at 0, whose line is redone);
         a torn last line is dropped too."""
@@ -244,6 +256,7 @@ class RunFolder:
                 kept.append(json.dumps(record) + "\n")
         store.atomic_write_text(self.metrics, "".join(kept))
 
+    @_writing
     def truncate_snapshots(self, iteration: int) -> None:
         """Drop image snapshots of iterations after ``iteration`` (redone after a resume)."""
         for path in sorted((self.folder / SNAPSHOTS_DIRNAME).glob("iter_*.safetensors")):
@@ -261,6 +274,6 @@ class RunFolder:
             return None
         return previous if isinstance(previous, dict) else None
 
-    @_a_write
+    @_writing
     def write_summary(self, summary: dict[str, Any]) -> None:
         store.atomic_write_text(self.summary, json.dumps(summary, indent=2) + "\n")

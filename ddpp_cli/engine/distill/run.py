@@ -31,6 +31,7 @@ from ddpp_cli.engine.distill.setup import RunSetup, set_up
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.step import MatchingStep, divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
 from ddpp_cli.engine.faults import StageFailed
@@ -46,8 +47,12 @@ def distill(
     download: bool = True,
     device: torch.device | str = "cpu",
     on_event: EventCallback | None = None,
+    world: World | None = None,
 ) -> DistillSummary:
     """Run (or resume, when ``folder`` holds a checkpoint) a distillation into ``folder``.
+
+    Under torchrun (``world``) every rank calls this alike: the ranks share each minibatch
+    (docs/parallel.md), rank 0 alone writes files.
 
     Raises DdppError on bad input, :class:`DivergedError` when the run diverges (after saving
     the last good set), and re-raises KeyboardInterrupt after writing a checkpoint. Any other
@@ -65,9 +70,12 @@ def distill(
         check_startable(folder)
     setup = set_up(
         config, find_buffer(config, buffer), data_root=data_root, download=download,
-        device=device, emit=emit,
+        device=device, emit=emit, world=world,
     )  # fmt: skip
-    files = RunFolder(folder, setup.as_set, *setup.checkpoint_contents())
+    setup.world.barrier()  # every rank has seen whether the folder held a checkpoint
+    files = RunFolder(
+        folder, setup.as_set, *setup.checkpoint_contents(), writes=setup.world.is_main
+    )
     files.create()
     if resuming:
         saved, _ = read_checkpoint(files.checkpoint)
@@ -164,7 +172,7 @@ class _Loop:
         train = setup.prepared.train
         self.validation = Validation(
             setup.config, train.images[setup.val_idx], train.labels[setup.val_idx],
-            setup.prepared.num_classes, setup.device, emit,
+            setup.prepared.num_classes, setup.device, emit, setup.world,
         )  # fmt: skip
 
     def validate(self, record: dict[str, Any]) -> tuple[float, float] | None:
@@ -272,6 +280,7 @@ def _finish(
 ) -> DistillSummary:
     """Test the best set (or the final one) once and write ``summary.json``."""
     config = setup.config
+    setup.world.barrier()  # rank 0 has written the files the other ranks read now
     best = files.best if state.best.iteration is not None and files.best.is_file() else None
     tested = best or files.distilled
     test: EvalResult | None = None
@@ -284,7 +293,7 @@ def _finish(
         test = final_test(
             config, tested, setup.prepared.test.images, setup.prepared.test.labels,
             num_classes=setup.prepared.num_classes, device=setup.device, emit=emit,
-            previous=previous if same_end else None,
+            previous=previous if same_end else None, world=setup.world,
         )  # fmt: skip
     summary = DistillSummary(
         folder=files.folder, distilled=files.distilled, best=best, checkpoint=files.checkpoint,

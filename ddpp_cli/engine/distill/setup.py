@@ -4,7 +4,7 @@ first state (fresh, or from a checkpoint)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ddpp_cli.engine.distill.events import EventCallback
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.validation import split_validation, validation_size
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.functional import ParamLayout
@@ -42,6 +43,7 @@ class RunSetup:
     student: Student
     labels: torch.Tensor  # class-major hard labels, on the device
     device: torch.device
+    world: World = field(default_factory=World)  # under torchrun: this rank's place
 
     @property
     def buffer_config(self) -> dict[str, Any]:
@@ -128,9 +130,12 @@ def set_up(
     download: bool,
     device: torch.device,
     emit: EventCallback,
+    world: World | None = None,
 ) -> RunSetup:
     """Check the buffer against ``config``, load the data as the buffer was made, split off
-    the validation images and build the student; DdppError on any mismatch."""
+    the validation images and build the student (sharing each minibatch with the other ranks
+    of ``world``); DdppError on any mismatch."""
+    world = world or World()
     manifest = read_manifest(buffer)
     config.check_buffer(buffer, manifest)
     buffer_config = manifest.get("config") or {}
@@ -161,10 +166,12 @@ def set_up(
     layout.check_compatible(
         ParamLayout.from_json(manifest.get("layout")), f"the buffer at {buffer}"
     )
+    _check_shardable(config.arch, model, world)
     dsa = DSA(config.dsa_strategy)
     student = Student(
         model.to(device).train(), layout, dsa, amp=config.amp, compile=config.compile,
         channels_last=config.channels_last, on_notice=lambda text: emit(Notice(text)),
+        world=world,
     )  # fmt: skip
     for path in expert_paths.values():
         _check_expert(path, (int(manifest["epochs"]) + 1, layout.numel))
@@ -172,7 +179,7 @@ def set_up(
     return RunSetup(
         config=config, buffer=buffer, manifest=manifest, expert_paths=expert_paths,
         prepared=prepared, preprocessing=preprocessing, train_idx=train_idx, val_idx=val_idx,
-        layout=layout, student=student, labels=labels, device=device,
+        layout=layout, student=student, labels=labels, device=device, world=world,
     )  # fmt: skip
 
 
@@ -217,6 +224,18 @@ def _prepare_data(
             )
     preprocessing = zca_reference(zca_path) if config.zca else prepared.preprocessing.describe()
     return prepared, preprocessing
+
+
+def _check_shardable(arch: str, model: torch.nn.Module, world: World) -> None:
+    """DdppError when ranks would share minibatches of a network with batch statistics (a
+    shard's BatchNorm statistics are not the minibatch's, so the result would change)."""
+    if world.distributed and any(
+        isinstance(module, torch.nn.modules.batchnorm._BatchNorm) for module in model.modules()
+    ):
+        raise DdppError(
+            f"--arch {arch} uses BatchNorm, whose statistics change when the ranks split a "
+            "minibatch; distill it in one process, or with an architecture without BatchNorm."
+        )
 
 
 def _check_ipc(config: DistillConfig, labels: torch.Tensor, class_names: tuple[str, ...]) -> None:

@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.state import DistillState
-from ddpp_cli.engine.unroll import Student, match, plan_unroll
+from ddpp_cli.engine.unroll import Student, UnrollStep, match, plan_unroll
 
 
 def read_snapshots(path: Path, rows: tuple[int, ...]) -> list[torch.Tensor]:
@@ -59,6 +59,7 @@ class MatchingStep:
             len(self.labels), c.syn_steps, c.batch_syn, self.student.dsa, self.image_size,
             state.generators["unroll"],
         )  # fmt: skip
+        self._check_ranks_agree(state, expert, start_epoch, steps)
         state.zero_grad()
         result = match(
             self.student, start, target, state.images, self.labels, state.lr, steps, c.eps,
@@ -73,6 +74,26 @@ class MatchingStep:
         if math.isfinite(result.loss):
             state.optimizer_step()
         return record
+
+    def _check_ranks_agree(
+        self, state: DistillState, expert: int, start_epoch: int, steps: list[UnrollStep]
+    ) -> None:
+        """Under torchrun: RuntimeError unless every rank drew the same expert, start epoch,
+        minibatches and DSA parameters and holds the same α and X (fingerprints, one small
+        gather per iteration; the draws come from the same seeded generators on every rank)."""
+        world = self.student.world
+        if not world.distributed:
+            return
+        draws = 0.0
+        for j, step in enumerate(steps, start=1):
+            if step.indices is not None:
+                positions = torch.arange(1, step.indices.numel() + 1, dtype=torch.float64)
+                draws += j * float((step.indices.double() * positions).sum())
+            draws += j * sum(float(v.double().sum()) for v in step.augment.values.values())
+        images = float(state.images.detach().double().sum())
+        ops = ",".join(step.augment.op for step in steps)
+        fingerprint = (expert, start_epoch, ops, draws, float(state.lr.detach()), images)
+        world.agree(fingerprint, f"the draws or state of iteration {state.iteration + 1}")
 
 
 def divergence(loss: float, state: DistillState) -> str | None:

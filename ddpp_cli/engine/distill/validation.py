@@ -18,6 +18,7 @@ from ddpp_cli.engine.distill.events import (
     ValidationStarted,
 )
 from ddpp_cli.engine.distilled import load as load_set
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
 
 MAX_VAL_SIZE = 5000
@@ -66,8 +67,10 @@ class Validation:
         num_classes: int,
         device: torch.device,
         emit: EventCallback,
+        world: World | None = None,
     ) -> None:
         self.config = config
+        self.world = world or World()  # under torchrun the ranks split the networks
         self.images = images
         self.labels = labels
         self.num_classes = num_classes
@@ -88,7 +91,7 @@ class Validation:
         result = evaluate_images(
             images, labels, self.images, self.labels, num_classes=self.num_classes,
             config=eval_config(c, c.eval_runs, "val_eval"), lr=lr, device=self.device,
-            on_event=self.emit,
+            on_event=self.emit, world=self.world,
         )  # fmt: skip
         return result.mean, result.std
 
@@ -103,10 +106,11 @@ def final_test(
     device: torch.device,
     emit: EventCallback,
     previous: dict[str, Any] | None,
+    world: World | None = None,
 ) -> EvalResult:
     """The test accuracy of the set ``tested``; the result of ``previous`` (an earlier
     ``summary.json`` of the same final state and protocol) when there is one, so that the
-    test split is used once."""
+    test split is used once. Under torchrun the ranks of ``world`` split the networks."""
     old = (previous or {}).get("test")
     protocol = old.get("protocol", {}) if isinstance(old, dict) else {}
     if protocol.get("runs") == config.test_runs and protocol.get("epochs") == config.eval_epochs:
@@ -116,7 +120,7 @@ def final_test(
     result = evaluate_images(
         chosen.images, chosen.labels, test_images, test_labels, num_classes=num_classes,
         lr=chosen.lr, device=device, config=eval_config(config, config.test_runs, "test_eval"),
-        on_event=emit,
+        on_event=emit, world=world,
     )  # fmt: skip
     emit(TestFinished(tested, result))
     return result
