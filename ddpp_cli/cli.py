@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
@@ -17,7 +18,7 @@ from rich.markup import escape
 from ddpp_cli import __version__
 from ddpp_cli.commands import buffer, crossarch, distill, evaluate, run, visualize
 from ddpp_cli.commands._display import err, out
-from ddpp_cli.engine import faults
+from ddpp_cli.engine import distributed, faults
 from ddpp_cli.engine.errors import DdppError
 
 app = typer.Typer(
@@ -105,8 +106,20 @@ for _name, _module, _memory_levers in (
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. Under torchrun each rank ends through
+    :func:`distributed.end_process` (its exit status, no abort in the interpreter's teardown)."""
+    if not distributed.launched():
+        app()
+        return
+    try:
+        app()
+        status = 0
+    except SystemExit as exc:  # how click ends every command, with its status
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()  # a bug: shown as Python would show it
+        status = 1
+    distributed.end_process(status)
 
 
 if __name__ == "__main__":

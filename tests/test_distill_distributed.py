@@ -67,6 +67,8 @@ DRIVER = textwrap.dedent(
             config, job["folder"], buffer=job["buffer"], data_root=job["data"],
             download=False, device=device, world=world,
         )
+    from ddpp_cli.engine.distributed import end_process
+    end_process(0)  # as ddpp's main() ends a torchrun rank
     """
 )
 

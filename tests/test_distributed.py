@@ -77,6 +77,8 @@ DRIVER = textwrap.dedent(
         except SystemExit as exc:
             if exc.code:
                 raise
+    from ddpp_cli.engine.distributed import end_process
+    end_process(0)  # as ddpp's main() ends a torchrun rank
     """
 )
 
@@ -132,3 +134,28 @@ def test_torchrun_splits_the_work_and_matches_one_process(tiny_mnist, tmp_path):
 def _no_inherited_world(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+
+
+class Ended(Exception):
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"), [(["--version"], 0), (["distill", "--eps", "2"], 2), (["nope"], 2)]
+)
+def test_main_ends_a_torchrun_rank_with_the_commands_status(monkeypatch, argv, status):
+    from ddpp_cli import cli
+
+    def end(code: int):
+        raise Ended(code)
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(sys, "argv", ["ddpp", *argv])
+    monkeypatch.setattr(distributed, "end_process", end)
+    with pytest.raises(Ended) as ended:
+        cli.main()
+    assert ended.value.status == status
+    assert distributed.launched()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not distributed.launched()
