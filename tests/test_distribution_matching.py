@@ -90,3 +90,26 @@ def test_siamese_augmentation_feeds_the_loss_identically_on_both_sides():
     pairs = [DSA().siamese([r, r.clone()], generator) for r in real]
     loss = dm.distribution_matching_loss(model, [p[0] for p in pairs], [p[1] for p in pairs])
     assert loss.item() == 0.0
+
+
+def test_one_iteration_is_one_sgd_step_on_the_loss_with_siamese_draws():
+    from ddpp_cli.engine.gradient_matching import draw_real
+
+    generator = torch.Generator().manual_seed(0)
+    pools = [torch.randn(6, 1, 8, 8, generator=generator) + c for c in range(2)]
+    syn = torch.randn(4, 1, 8, 8, generator=generator).requires_grad_(True)
+    labels = torch.tensor([0, 0, 1, 1])
+    start = syn.detach().clone()
+    model = dm.frozen_network("convnet-d3", 1, 2, 8, seed=0, iteration=3)
+    optimizer = torch.optim.SGD([syn], lr=1.0, momentum=0.5)
+    loss = dm.distribution_matching_iteration(
+        model, syn, labels, optimizer, pools, batch_real=5, generator=make_generator(0, "dm")
+    )
+    replay = make_generator(0, "dm")
+    real = [draw_real(pool, 5, replay) for pool in pools]
+    ref = start.clone().requires_grad_(True)
+    pairs = [DSA().siamese([r, s], replay) for r, s in zip(real, [ref[:2], ref[2:]], strict=True)]
+    expected = dm.distribution_matching_loss(model, [p[0] for p in pairs], [p[1] for p in pairs])
+    (grad,) = torch.autograd.grad(expected, ref)
+    assert loss == pytest.approx(expected.item() / 2, rel=1e-6)
+    assert torch.allclose(syn.detach(), start - grad, atol=1e-6)

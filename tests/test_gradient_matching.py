@@ -147,3 +147,70 @@ def test_get_loops_table_and_unknown_choices():
         gm.get_loops(5)
     with pytest.raises(DdppError, match="choose one of: layerwise, mse, cos"):
         gm.gradient_distance([torch.zeros(2)], [torch.zeros(2)], "ours")
+
+
+# ------------------------------------------------------------------------ one DC/DSA iteration
+
+
+def tiny_problem(seed: int = 0, ipc: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    pools = [torch.randn(6, 1, 8, 8, generator=generator) + c for c in range(2)]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        network = models.create("convnet-d3", 1, 2, 8)
+    syn = torch.randn(2 * ipc, 1, 8, 8, generator=generator).requires_grad_(True)
+    labels = torch.arange(2).repeat_interleave(ipc)
+    return network, pools, syn, labels
+
+
+def test_one_outer_step_is_one_sgd_step_on_the_matching_loss_and_leaves_the_net_untrained():
+    from ddpp_cli.engine.device import make_generator
+    from ddpp_cli.engine.functional import flat_parameters
+
+    network, pools, syn, labels = tiny_problem()
+    start, weights = syn.detach().clone(), flat_parameters(network)
+    optimizer = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+    loops = gm.MatchingLoops(outer_loop=1, inner_loop=5, batch_real=4)
+    loss = gm.gradient_matching_iteration(
+        network, syn, labels, optimizer, pools, loops, make_generator(0, "dc")
+    )
+    # Replay the draws: the same real batches, the same loss, one plain SGD step.
+    replay = make_generator(0, "dc")
+    real = [gm.draw_real(pool, 4, replay) for pool in pools]
+    ref_syn = start.clone().requires_grad_(True)
+    params = dict(network.named_parameters())
+    expected = gm.gradient_matching_loss(network, params, real, [ref_syn[:1], ref_syn[1:]])
+    (grad,) = torch.autograd.grad(expected, ref_syn)
+    assert loss == pytest.approx(expected.item() / 2, rel=1e-6)
+    assert torch.allclose(syn.detach(), start - 0.1 * grad, atol=1e-7)
+    assert torch.equal(flat_parameters(network), weights)  # IPC 1: the net is never trained
+    assert all(p.grad is None for p in network.parameters())
+
+
+@pytest.mark.parametrize("strategy", ["none", "color_crop_cutout_flip_scale_rotate"])
+def test_iterations_train_the_net_between_outer_steps_and_are_reproducible(strategy):
+    from ddpp_cli.engine.device import make_generator
+    from ddpp_cli.engine.functional import flat_parameters
+
+    results = []
+    for _ in range(2):
+        network, pools, syn, labels = tiny_problem(ipc=2)
+        weights = flat_parameters(network)
+        optimizer = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+        loops = gm.MatchingLoops(outer_loop=2, inner_loop=2, batch_real=4, dsa_strategy=strategy)
+        loss = gm.gradient_matching_iteration(
+            network, syn, labels, optimizer, pools, loops, make_generator(1, "dc")
+        )
+        assert math.isfinite(loss)
+        assert not torch.equal(flat_parameters(network), weights)  # trained once in between
+        results.append((syn.detach().clone(), flat_parameters(network)))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_matching_loops_settings():
+    assert gm.MatchingLoops.for_ipc(10).inner_loop == 50
+    assert gm.MatchingLoops.for_ipc(1, dsa_strategy="crop").dsa.strategy == "crop"
+    with pytest.raises(DdppError, match="unknown DSA op"):
+        gm.MatchingLoops(1, 1, dsa_strategy="blur")
+    with pytest.raises(DdppError, match="outer loop"):
+        gm.MatchingLoops(0, 1)

@@ -27,7 +27,9 @@ import torch
 from torch import nn
 
 from ddpp_cli.engine import models
+from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import derive_seed, seeded
+from ddpp_cli.engine.gradient_matching import class_slices, draw_real, optimized_tensors
 
 
 def embedding(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -80,3 +82,32 @@ def distribution_matching_loss(
     return torch.stack(
         [((r - s) ** 2).sum() for r, s in zip(real_means, syn_means, strict=True)]
     ).sum()
+
+
+def distribution_matching_iteration(
+    network: nn.Module,
+    syn_images: torch.Tensor,
+    syn_labels: torch.Tensor,
+    image_optimizer: torch.optim.Optimizer,
+    real_by_class: Sequence[torch.Tensor],
+    *,
+    batch_real: int = 256,
+    dsa: DSA | None = None,
+    generator: torch.Generator,
+) -> float:
+    """One DM iteration on a fresh frozen ``network`` (:func:`frozen_network`): draw
+    ``batch_real`` real images per class, apply each class's Siamese DSA draw to its real and
+    synthetic images, one ``image_optimizer`` step on :func:`distribution_matching_loss`.
+    Returns the loss per class (the reference's ``loss_avg``)."""
+    dsa = DSA() if dsa is None else dsa
+    slices = class_slices(syn_labels, len(real_by_class))
+    real = [draw_real(pool, batch_real, generator) for pool in real_by_class]
+    syn = [syn_images[index] for index in slices]
+    if dsa.enabled:
+        pairs = [dsa.siamese([r, s], generator) for r, s in zip(real, syn, strict=True)]
+        real, syn = [p[0] for p in pairs], [p[1] for p in pairs]
+    loss = distribution_matching_loss(network, real, syn)
+    image_optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=optimized_tensors(image_optimizer))
+    image_optimizer.step()
+    return float(loss.detach()) / len(real_by_class)

@@ -24,13 +24,16 @@ Defaults and their source (VICO-UoE/DatasetCondensation, ``utils.py``: ``match_l
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ddpp_cli.engine.augment import DSA, NONE
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.training import train_epoch
 
 METRICS = ("layerwise", "mse", "cos")
 EPSILON = 1e-6  # reference: 0.000001 in every denominator
@@ -153,3 +156,102 @@ def gradient_matching_loss(
         term = gradient_distance(g_real, g_syn, metric)
         total = term if total is None else total + term
     return total
+
+
+# ------------------------------------------------------------------------ one DC/DSA iteration
+
+
+def draw_real(pool: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` images of ``pool`` (one class) drawn without replacement (all of them, shuffled,
+    when the class is smaller), as the reference's ``get_images(c, n)``."""
+    order = torch.randperm(len(pool), generator=generator)[:count]
+    return pool[order.to(pool.device)]
+
+
+def class_slices(labels: torch.Tensor, num_classes: int) -> list[torch.Tensor]:
+    """Indices of each class in ``labels`` (the synthetic set's class-major hard labels)."""
+    return [torch.nonzero(labels == c).flatten() for c in range(num_classes)]
+
+
+def optimized_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors ``optimizer`` updates: backward into them only (not the network's weights)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+@dataclass(frozen=True)
+class MatchingLoops:
+    """Settings of one DC/DSA iteration (reference ``main.py`` defaults)."""
+
+    outer_loop: int
+    inner_loop: int
+    batch_real: int = 256
+    batch_train: int = 256
+    lr_net: float = 0.01
+    metric: str = "layerwise"
+    # DC: "none"; DSA: the DSA strategy (Siamese for matching, per-sample for training).
+    dsa_strategy: str = NONE
+
+    def __post_init__(self) -> None:
+        if self.outer_loop < 1 or self.inner_loop < 0:
+            raise DdppError("the outer loop needs at least 1 step and the inner loop 0 or more.")
+        if self.batch_real < 1 or self.batch_train < 1:
+            raise DdppError("batch sizes must be at least 1.")
+        check_metric(self.metric)
+        DSA(self.dsa_strategy)  # unknown op -> DdppError
+
+    @property
+    def dsa(self) -> DSA:
+        return DSA(self.dsa_strategy)
+
+    @classmethod
+    def for_ipc(cls, ipc: int, **overrides: object) -> MatchingLoops:
+        """The reference's loop lengths for ``ipc`` (:func:`get_loops`), other fields as given."""
+        outer, inner = get_loops(ipc)
+        return cls(outer_loop=outer, inner_loop=inner, **overrides)  # type: ignore[arg-type]
+
+
+def gradient_matching_iteration(
+    network: nn.Module,
+    syn_images: torch.Tensor,
+    syn_labels: torch.Tensor,
+    image_optimizer: torch.optim.Optimizer,
+    real_by_class: Sequence[torch.Tensor],
+    loops: MatchingLoops,
+    generator: torch.Generator,
+) -> float:
+    """One DC/DSA iteration on a freshly initialised ``network`` (METHODS.md §1–2).
+
+    ``outer_loop`` times: draw ``batch_real`` real images per class, apply the class's Siamese
+    DSA draw to its real and synthetic images (DSA only), take one ``image_optimizer`` step on
+    the matching loss; then, except after the last outer step, train the network for
+    ``inner_loop`` epochs on a detached copy of the synthetic set (SGD lr_net, batch_train,
+    per-sample DSA for DSA). ``syn_images`` is the leaf tensor the optimizer updates. Returns
+    the loss per class averaged over the outer steps (the reference's ``loss_avg``).
+    """
+    num_classes = len(real_by_class)
+    slices = class_slices(syn_labels, num_classes)
+    net_optimizer = torch.optim.SGD(network.parameters(), lr=loops.lr_net)
+    params = dict(network.named_parameters())
+    dsa = loops.dsa
+    network.train()
+    total = 0.0
+    for step in range(loops.outer_loop):
+        real = [draw_real(pool, loops.batch_real, generator) for pool in real_by_class]
+        syn = [syn_images[index] for index in slices]
+        if dsa.enabled:
+            pairs = [dsa.siamese([r, s], generator) for r, s in zip(real, syn, strict=True)]
+            real, syn = [p[0] for p in pairs], [p[1] for p in pairs]
+        loss = gradient_matching_loss(network, params, real, syn, metric=loops.metric)
+        image_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=optimized_tensors(image_optimizer))
+        image_optimizer.step()
+        total += float(loss.detach())
+        if step == loops.outer_loop - 1:
+            break
+        images, labels = syn_images.detach().clone(), syn_labels
+        for _ in range(loops.inner_loop):
+            train_epoch(
+                network, images, labels, net_optimizer,
+                batch_size=loops.batch_train, dsa=dsa, generator=generator,
+            )  # fmt: skip
+    return total / (num_classes * loops.outer_loop)
