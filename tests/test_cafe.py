@@ -108,3 +108,72 @@ def test_a_class_without_images_is_refused():
     real, labels = features(0, per_class=2)
     with pytest.raises(DdppError, match="every class"):
         cafe.cafe_loss(real, labels, real, labels, 4)
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+def tiny_problem(seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    pools = [torch.randn(6, 1, 8, 8, generator=generator) + c for c in range(2)]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        network = models.create("convnet-d3", 1, 2, 8)
+    syn = torch.randn(2, 1, 8, 8, generator=generator).requires_grad_(True)
+    return network, pools, syn, torch.tensor([0, 1])
+
+
+def test_an_iteration_that_settles_at_once_is_one_sgd_step_on_the_loss():
+    from ddpp_cli.engine.device import make_generator
+    from ddpp_cli.engine.gradient_matching import draw_real
+
+    network, pools, syn, labels = tiny_problem()
+    start = syn.detach().clone()
+    optimizer = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+    # A window of 1 with λ1 = 1: the first monitor value ends the iteration.
+    settings = cafe.CafeSettings(batch_real=4, monitor_per_class=3, window=1, lambda_1=1.0)
+    result = cafe.cafe_iteration(
+        network, syn, labels, optimizer, pools, settings, make_generator(0, "cafe")
+    )
+    assert (result.image_steps, result.inner_epochs, result.capped) == (1, 0, False)
+    replay = make_generator(0, "cafe")
+    real = torch.cat([draw_real(pool, 4, replay) for pool in pools])
+    ref = start.clone().requires_grad_(True)
+    expected = cafe.cafe_loss(
+        cafe.convnet_layer_features(network, real), torch.tensor([0] * 4 + [1] * 4),
+        cafe.convnet_layer_features(network, ref), labels, 2,
+    ).total  # fmt: skip
+    (grad,) = torch.autograd.grad(expected, ref)
+    assert result.loss == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.allclose(syn.detach(), start - 0.1 * grad, atol=1e-7)
+
+
+def test_window_rules_drive_the_loop_lengths_and_caps_end_runaway_loops():
+    from ddpp_cli.engine.device import make_generator
+    from ddpp_cli.engine.functional import flat_parameters
+
+    network, pools, syn, labels = tiny_problem(1)
+    weights = flat_parameters(network)
+    optimizer = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+    # λ1 = 1: the outer loop ends once the window (2) is full; λ2 = −1: every inner phase ends
+    # once its window is full. So: step, 2 epochs, step → done.
+    settings = cafe.CafeSettings(
+        batch_real=4, monitor_per_class=3, window=2, lambda_1=1.0, lambda_2=-1.0,
+        dsa_strategy="color_crop_cutout_flip_scale_rotate",
+    )  # fmt: skip
+    result = cafe.cafe_iteration(
+        network, syn, labels, optimizer, pools, settings, make_generator(1, "cafe")
+    )
+    assert (result.image_steps, result.inner_epochs, result.capped) == (2, 2, False)
+    assert not torch.equal(flat_parameters(network), weights)
+    # Rules that never fire: the caps end both loops.
+    capped = cafe.CafeSettings(
+        batch_real=4, monitor_per_class=3, window=2, lambda_1=-1.0, lambda_2=2.0,
+        max_image_steps=3, max_inner_epochs=2,
+    )  # fmt: skip
+    result = cafe.cafe_iteration(
+        network, syn, labels, optimizer, pools, capped, make_generator(2, "cafe")
+    )
+    assert (result.image_steps, result.inner_epochs, result.capped) == (3, 4, True)
+    with pytest.raises(DdppError, match="unknown DSA op"):
+        cafe.CafeSettings(dsa_strategy="blur")

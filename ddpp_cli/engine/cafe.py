@@ -37,8 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpp_cli.engine.augment import DSA, NONE
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.gradient_matching import class_slices, draw_real, optimized_tensors
 from ddpp_cli.engine.models import ConvNet
+from ddpp_cli.engine.training import train_epoch
 
 WINDOW = 10  # the reference's accuracy window length
 LR_MILESTONES = (1200, 1600, 1800)  # lr_img × 0.5 at each (adjust_learning_rate)
@@ -156,3 +159,135 @@ def inner_loop_done(window: Sequence[float], lambda_2: float = 0.03, size: int =
     values vary by more than λ2."""
     spread = _spread(window, size)
     return spread is not None and spread > lambda_2
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+@dataclass(frozen=True)
+class CafeSettings:
+    """Settings of one CAFE iteration (reference ``distill.py`` defaults, plus [ddpp] caps).
+
+    The reference loops have no upper bound: a network whose monitor accuracy stops moving keeps
+    the inner phase going for ever. ``max_image_steps`` and ``max_inner_epochs`` bound them
+    ([ddpp] choice); the result says when a cap ended a loop.
+    """
+
+    batch_real: int = 256
+    batch_train: int = 256
+    lr_net: float = 0.01
+    monitor_per_class: int = 128
+    lambda_1: float = 0.04
+    lambda_2: float = 0.03
+    window: int = WINDOW
+    weights: CafeWeights = CafeWeights()
+    dsa_strategy: str = NONE  # CAFE: none; CAFE+DSA: the DSA strategy
+    max_image_steps: int = 100
+    max_inner_epochs: int = 100
+
+    def __post_init__(self) -> None:
+        if min(self.batch_real, self.batch_train, self.monitor_per_class, self.window) < 1:
+            raise DdppError("CAFE's batch sizes, monitor size and window must be at least 1.")
+        if self.max_image_steps < 1 or self.max_inner_epochs < 1:
+            raise DdppError("CAFE's loop caps must be at least 1.")
+        DSA(self.dsa_strategy)  # unknown op -> DdppError
+
+
+@dataclass(frozen=True)
+class CafeIteration:
+    """What one iteration did: mean loss per image step, steps, epochs, caps reached."""
+
+    loss: float
+    image_steps: int
+    inner_epochs: int
+    capped: bool
+
+
+def monitor_accuracies(
+    network: nn.Module,
+    real_by_class: Sequence[torch.Tensor],
+    count: int,
+    generator: torch.Generator,
+) -> list[float]:
+    """Accuracy of ``network`` on ``count`` fresh real images of each class."""
+    accuracies = []
+    with torch.no_grad():
+        for label, pool in enumerate(real_by_class):
+            predicted = network(draw_real(pool, count, generator)).argmax(dim=1)
+            accuracies.append(float((predicted == label).float().mean()))
+    return accuracies
+
+
+def cafe_iteration(
+    network: nn.Module,
+    syn_images: torch.Tensor,
+    syn_labels: torch.Tensor,
+    image_optimizer: torch.optim.Optimizer,
+    real_by_class: Sequence[torch.Tensor],
+    settings: CafeSettings,
+    generator: torch.Generator,
+) -> CafeIteration:
+    """One CAFE iteration on a freshly initialised ConvNet ``network`` (METHODS.md §4).
+
+    Repeat: an image step on :func:`cafe_loss` (all classes in one forward per side, each class
+    under its Siamese DSA draw with CAFE+DSA); append the monitor value; stop when
+    :func:`outer_loop_done`; else train the network epoch by epoch on a detached copy of S
+    (per-sample DSA with CAFE+DSA) until :func:`inner_loop_done`.
+    """
+    num_classes = len(real_by_class)
+    slices = class_slices(syn_labels, num_classes)
+    dsa = DSA(settings.dsa_strategy)
+    net_optimizer = torch.optim.SGD(network.parameters(), lr=settings.lr_net)
+    network.train()
+    window: list[float] = []
+    monitor, total, steps, epochs, capped = 0.0, 0.0, 0, 0, False
+    while True:
+        real = [draw_real(pool, settings.batch_real, generator) for pool in real_by_class]
+        syn = [syn_images[index] for index in slices]
+        if dsa.enabled:
+            pairs = [dsa.siamese([r, s], generator) for r, s in zip(real, syn, strict=True)]
+            real, syn = [p[0] for p in pairs], [p[1] for p in pairs]
+        real_labels = torch.cat([torch.full((len(r),), c) for c, r in enumerate(real)])
+        with torch.no_grad():
+            real_layers = convnet_layer_features(network, torch.cat(real))
+        syn_layers = convnet_layer_features(network, torch.cat(syn))
+        syn_order = syn_labels[torch.cat(slices)]
+        real_labels = real_labels.to(syn_images.device)
+        parts = cafe_loss(
+            real_layers, real_labels, syn_layers, syn_order, num_classes, settings.weights
+        )
+        loss = parts.total
+        image_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=optimized_tensors(image_optimizer))
+        image_optimizer.step()
+        total += float(loss.detach())
+        steps += 1
+        accuracies = monitor_accuracies(
+            network, real_by_class, settings.monitor_per_class, generator
+        )
+        monitor = monitor_value(monitor, accuracies)
+        window.append(monitor)
+        if outer_loop_done(window, settings.lambda_1, settings.window):
+            break
+        if steps >= settings.max_image_steps:
+            capped = True
+            break
+        images = syn_images.detach().clone()
+        inner_window: list[float] = []
+        inner_monitor = 0.0
+        for epoch in range(1, settings.max_inner_epochs + 1):
+            train_epoch(
+                network, images, syn_labels, net_optimizer,
+                batch_size=settings.batch_train, dsa=dsa, generator=generator,
+            )  # fmt: skip
+            epochs += 1
+            accuracies = monitor_accuracies(
+                network, real_by_class, settings.monitor_per_class, generator
+            )
+            inner_monitor = monitor_value(inner_monitor, accuracies)
+            inner_window.append(inner_monitor)
+            if inner_loop_done(inner_window, settings.lambda_2, settings.window):
+                break
+            if epoch == settings.max_inner_epochs:
+                capped = True
+    return CafeIteration(total / steps, steps, epochs, capped)
