@@ -340,7 +340,10 @@ def expert_feature_network(
 ) -> tuple[nn.Module, FeatureSource]:
     """``arch`` with the parameters of the last snapshot of the expert in ``expert_file``.
 
-    DdppError when the expert belongs to another architecture, dataset or image size.
+    ``train`` must be in the model-input space the expert was trained in (the buffer's
+    normalisation or ZCA; ``preprocess.recorded_normalization`` of its manifest, or its
+    ``zca.safetensors``). DdppError when the expert belongs to another architecture, number of
+    classes or image size.
     """
     channels, height, width = (int(s) for s in train.images.shape[1:])
     model = models.create(arch, channels, train.num_classes, (height, width))
