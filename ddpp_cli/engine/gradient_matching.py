@@ -54,8 +54,7 @@ def get_loops(ipc: int) -> tuple[int, int]:
     if ipc not in LOOPS:
         raise DdppError(
             f"gradient matching has loop lengths only for IPC {', '.join(map(str, LOOPS))} (the "
-            f"reference table); got IPC {ipc}. Use one of those, or give the outer and inner "
-            "loop lengths explicitly."
+            f"reference table); got IPC {ipc}. Use one of those IPCs."
         )
     return LOOPS[ipc]
 
