@@ -283,3 +283,40 @@ def test_create_graph_and_torch_func() -> None:
         stacked = torch.stack([x.detach(), x.detach() + 1])
         out = torch.func.vmap(lambda t, params=params: dsa.apply(t, params))(stacked)
         torch.testing.assert_close(out[1], dsa.apply(x.detach() + 1, params))
+
+
+# ------------------------------------------------------------------------ Siamese (shared) mode
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_siamese_gives_every_image_of_both_sides_the_same_transform(op):
+    dsa = DSA(op)
+    real = images(batch=5, seed=1)
+    syn = torch.cat([real[3:4], images(batch=1, seed=2)]).requires_grad_(True)
+    for seed in range(6):
+        out_real, out_syn = dsa.siamese([real, syn], make_generator(seed, "siamese"))
+        # The same image on the real and the synthetic side comes out identical...
+        assert torch.equal(out_syn[0], out_real[3])
+        # ...and every image got the one transform drawn for batch 1 with the same generator.
+        shared = dsa.sample_shared(16, 16, make_generator(seed, "siamese"))
+        assert shared.op == op
+        for value in shared.values.values():
+            assert value.shape[0] == 1
+        for i in range(5):
+            assert torch.equal(out_real[i : i + 1], dsa.apply(real[i : i + 1], shared))
+        assert torch.equal(out_syn[1:2], dsa.apply(syn[1:2].detach(), shared))
+    # Differentiable into the synthetic side.
+    out_syn.sum().backward()
+    assert syn.grad is not None
+
+
+def test_siamese_differs_from_per_sample_draws_and_broadcast_checks_its_input():
+    dsa = DSA("rotate")
+    x = images(batch=1).expand(4, -1, -1, -1)
+    (shared,) = dsa.siamese([x], make_generator(0, "s"))
+    assert all(torch.equal(shared[0], shared[i]) for i in range(4))
+    per_sample = dsa(x, make_generator(0, "s"))
+    assert not torch.equal(per_sample[0], per_sample[1])
+    with pytest.raises(ValueError, match="not 1"):
+        augment.broadcast(params_for("rotate", batch=2), 4)
+    assert DSA("none").siamese([x], make_generator(0, "s"))[0] is x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpp_cli.engine import baselines, data, distilled, evaluate, models, zca
+from ddpp_cli.engine import baselines, data, distilled, evaluate, models, store, zca
 from ddpp_cli.engine.baselines import BaselineConfig
 from ddpp_cli.engine.device import derive_seed, seeded
 from ddpp_cli.engine.errors import DdppError
@@ -200,3 +200,80 @@ def test_baseline_zca_mistakes_are_refused(tiny_mnist, tmp_path):
         baselines.prepare_baseline(
             BaselineConfig("random", "mnist", 21), data_root=tiny_mnist, download=False
         )
+
+
+# ------------------------------------------------------------ herding on trained features
+
+
+def test_herding_on_features_pins_greedy_picks_and_lowest_index_ties():
+    # Class 0 (rows 0-3): mean (1, 1). Step 1: distances of rows to the mean are 1, 1, 1, 1:
+    # a four-way tie → lowest index 0 (0, 1). Step 2: mean of {0, x} nearest (1, 1) → row 1 (2, 1)
+    # gives (1, 1) exactly. Class 1 (rows 4-6): mean 2; row 6 (2) is the mean itself.
+    features = torch.tensor(
+        [[0.0, 1.0], [2.0, 1.0], [1.0, 0.0], [1.0, 2.0], [0.0, 0.0], [4.0, 4.0], [2.0, 2.0]]
+    )
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    picks = baselines.herding_on_features(features, labels, 2, 2)
+    assert picks.tolist() == [0, 1, 6, 4]
+    # Step 3 of class 0: mean of {0, 1, x} nearest (1, 1): rows 2 and 3 tie → 2.
+    assert baselines.herding_on_features(features, labels, 2, 3).tolist()[:3] == [0, 1, 2]
+    # Not the argmax (DeepCore's inverted criterion), which would start class 1 at row 4 or 5.
+
+
+def write_expert(path, model, snapshots=3):
+    from ddpp_cli.engine import functional
+
+    layout = functional.ParamLayout.of(model)
+    flat = functional.flat_parameters(model)
+    params = torch.stack([flat * (1 + k) for k in range(snapshots)])
+    store.write(path, {"params": params}, store.TRAJECTORY_FORMAT, {"layout": layout.to_json()})
+    return params
+
+
+def test_trained_herding_uses_the_expert_last_snapshot_and_records_it(tmp_path):
+    train = split([6, 6], size=8)
+    with seeded(1):
+        model = models.create("convnet-d3", 1, 2, 8)
+    params = write_expert(tmp_path / "expert_0000.safetensors", model)
+    net, source = baselines.expert_feature_network(
+        tmp_path / "expert_0000.safetensors", "convnet-d3", train
+    )
+    from ddpp_cli.engine.functional import flat_parameters
+
+    assert torch.equal(flat_parameters(net), params[-1])
+    indices, record = baselines.trained_herding_coreset(train, 2, net, source)
+    assert record["kind"] == "expert" and record["snapshot"] == 2 and record["dim"] == 128
+    assert record["expert_sha256"] == distilled.file_sha256(tmp_path / "expert_0000.safetensors")
+    features = baselines.embed(net, train.images)
+    assert torch.equal(indices, baselines.herding_on_features(features, train.labels, 2, 2))
+    normed, record = baselines.trained_herding_coreset(train, 2, net, source, l2_normalize=True)
+    unit = torch.nn.functional.normalize(features, dim=1)
+    assert torch.equal(normed, baselines.herding_on_features(unit, train.labels, 2, 2))
+    assert record["l2_normalize"] is True
+
+
+def test_an_expert_of_another_architecture_is_refused(tmp_path):
+    train = split([6, 6], size=8)
+    write_expert(tmp_path / "e.safetensors", models.create("convnet-d3", 1, 3, 8))
+    with pytest.raises(DdppError, match="another architecture"):
+        baselines.expert_feature_network(tmp_path / "e.safetensors", "convnet-d3", train)
+
+
+def test_trained_feature_network_is_seeded_and_records_its_recipe():
+    train = split([6, 6], size=8)
+    epochs = []
+    net, source = baselines.train_feature_network(
+        train, "convnet-d3", epochs=2, seed=3, on_epoch=lambda e, n, loss: epochs.append(e)
+    )
+    again, _ = baselines.train_feature_network(train, "convnet-d3", epochs=2, seed=3)
+    from ddpp_cli.engine.functional import flat_parameters
+
+    assert torch.equal(flat_parameters(net), flat_parameters(again))
+    assert epochs == [1, 2]
+    assert source.describe() == {
+        "kind": "trained", "arch": "convnet-d3", "seed": 3, "epochs": 2, "lr": 0.01,
+        "momentum": 0.0, "batch_size": 256, "dsa": True,
+    }  # fmt: skip
+    with seeded(derive_seed(3, "herding-features", "convnet-d3")):
+        fresh = models.create("convnet-d3", 1, 2, 8)
+    assert not torch.equal(flat_parameters(net), flat_parameters(fresh))  # it did train

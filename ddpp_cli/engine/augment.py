@@ -1,11 +1,13 @@
 """Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021) as used by MTT/DDPP (SPEC §4).
 
 Each call picks ONE op group uniformly from the strategy and applies it to the whole batch with
-per-sample parameters. Drawing (``DSA.sample``) is separate from applying (``DSA.apply``): the
-draws are made on the CPU from a ``torch.Generator`` and can be recorded and replayed bit for bit,
-on any device. The ops are small pure functions of the images and explicit parameter tensors;
-every one is differentiable w.r.t. the images, free of in-place writes and Python loops over
-samples, and works inside ``torch.func`` transforms and ``create_graph`` backward passes.
+per-sample parameters; ``DSA.siamese`` instead applies one shared transform (same op, same
+values) to several batches, as the matching methods DC/DSA, DM and CAFE need. Drawing
+(``DSA.sample``) is separate from applying (``DSA.apply``): the draws are made on the CPU from a
+``torch.Generator`` and can be recorded and replayed bit for bit, on any device. The ops are
+small pure functions of the images and explicit parameter tensors; every one is differentiable
+w.r.t. the images, free of in-place writes and Python loops over samples, and works inside
+``torch.func`` transforms and ``create_graph`` backward passes.
 
 Conventions: images are ``(B, C, H, W)``; ``shift_y``/``centre_y``/``sy`` refer to the height
 axis and ``*_x`` to the width axis. Pixel counts derived from ratios round half up, as in the
@@ -15,7 +17,7 @@ reference DSA code (``int(ratio * size + 0.5)``), so e.g. 28 px gives crop shift
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -200,6 +202,19 @@ class DSAParams:
         return DSAParams(self.op, values)
 
 
+def broadcast(params: DSAParams, batch: int) -> DSAParams:
+    """A draw of one sample's parameters repeated for ``batch`` images (one shared transform)."""
+    values = {}
+    for name, value in params.values.items():
+        if value.dim() == 0:
+            values[name] = value
+            continue
+        if value.shape[0] != 1:
+            raise ValueError(f"DSA parameter {name!r} was drawn for {value.shape[0]} images, not 1")
+        values[name] = value.expand(batch, *value.shape[1:]).clone()
+    return DSAParams(params.op, values)
+
+
 def parse_strategy(strategy: str) -> tuple[str, ...]:
     """The ops named by a strategy string (``"none"`` or ``""``: no ops), or a DdppError."""
     if strategy in (NONE, ""):
@@ -307,6 +322,37 @@ class DSA:
                 )
         values = {name: value.to(x.device) for name, value in params.values.items()}
         return _APPLY[params.op](x, **values)
+
+    def sample_shared(self, height: int, width: int, generator: torch.Generator) -> DSAParams:
+        """One transform for any number of images: an op and ONE set of values (batch 1).
+
+        Apply it with :meth:`apply_shared`. This is the Siamese mode of the matching methods
+        (DC/DSA, DM, CAFE; METHODS.md §0): the reference draws per-sample parameters and copies
+        sample 0's to the whole batch, i.e. one op with one set of values for all images.
+        """
+        return self.sample(1, height, width, generator)
+
+    def apply_shared(self, x: torch.Tensor, params: DSAParams) -> torch.Tensor:
+        """Apply a shared (batch-1) draw to every image of ``x``."""
+        return self.apply(x, broadcast(params, x.shape[0]))
+
+    def siamese(
+        self, batches: Sequence[torch.Tensor], generator: torch.Generator
+    ) -> list[torch.Tensor]:
+        """Augment every batch (e.g. a class's real and synthetic images) with one shared draw.
+
+        The batches must share (H, W); each may have its own size. One draw per call, so call it
+        once per class and step with the run's generator.
+        """
+        if not self.enabled:
+            return list(batches)
+        if not batches:
+            return []
+        height, width = batches[0].shape[-2:]
+        if any(tuple(b.shape[-2:]) != (height, width) for b in batches):
+            raise ValueError("Siamese augmentation needs batches of one image size")
+        params = self.sample_shared(int(height), int(width), generator)
+        return [self.apply_shared(b, params) for b in batches]
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augment ``x`` (``(B, C, H, W)``) with a fresh draw from ``generator``."""

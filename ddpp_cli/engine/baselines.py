@@ -22,12 +22,16 @@ import torch
 from torch import nn
 
 from ddpp_cli.engine import data, models, store, zca
+from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
-from ddpp_cli.engine.distilled import DistilledSet, zca_reference
+from ddpp_cli.engine.distilled import DistilledSet, file_sha256, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_per_run, take_test_subset
+from ddpp_cli.engine.functional import ParamLayout, load_flat
 from ddpp_cli.engine.preprocess import Preprocessing, prepare
+from ddpp_cli.engine.training import train_epoch
+from ddpp_cli.engine.trajectory import load_trajectory
 
 METHODS = ("random", "herding")
 FEATURE_BATCH = 512
@@ -58,7 +62,10 @@ def random_coreset(train: data.ImageSplit, ipc: int, seed: int) -> torch.Tensor:
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
     """Greedy herding: step k picks the unused row that brings the mean of the k picked rows
-    closest (Euclidean) to the mean of all rows; returns ``count`` row indices in pick order."""
+    closest (Euclidean) to the mean of all rows; returns ``count`` row indices in pick order.
+
+    The distance is computed as ‖k·μ − Σ_picked φ − φ_i‖ (METHODS.md §5), not divided by k, so
+    that ties are exact where the features allow; a tie goes to the lowest index."""
     if features.ndim != 2 or not 1 <= count <= features.shape[0]:
         raise ValueError("herding needs (N, D) features and 1 <= count <= N")
     feats = features.detach().to(torch.float64)
@@ -67,7 +74,7 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
     used = torch.zeros(feats.shape[0], dtype=torch.bool, device=feats.device)
     picks = []
     for k in range(1, count + 1):
-        distance = ((target - (total + feats) / k) ** 2).sum(dim=1)
+        distance = ((k * target - total - feats) ** 2).sum(dim=1)
         distance[used] = float("inf")
         pick = int(distance.argmin())
         picks.append(pick)
@@ -308,3 +315,123 @@ def evaluate_baseline(
         },
     )
     return result, baseline.make_set(baseline.indices(0, device), run=0)
+
+
+# ------------------------------------------------------------------ herding on trained features
+#
+# The DC benchmark's herding row uses the features of a network trained on the whole training
+# set (DeepCore's herding.py; METHODS.md §5). The random-feature herding above stays as it is.
+
+HERDING_FEATURE_EPOCHS = 10  # [ddpp] CPU budget when no expert is given (an expert has 50)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Which trained network herding's features came from, for the set's metadata."""
+
+    kind: str  # "expert" (a buffer's expert, last snapshot) or "trained" (trained here)
+    arch: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "arch": self.arch, **self.details}
+
+
+def expert_feature_network(
+    expert_file: Path, arch: str, train: data.ImageSplit
+) -> tuple[nn.Module, FeatureSource]:
+    """``arch`` with the parameters of the last snapshot of the expert in ``expert_file``.
+
+    ``train`` must be in the model-input space the expert was trained in (the buffer's
+    normalisation or ZCA; ``preprocess.recorded_normalization`` of its manifest, or its
+    ``zca.safetensors``). DdppError when the expert belongs to another architecture, number of
+    classes or image size.
+    """
+    channels, height, width = (int(s) for s in train.images.shape[1:])
+    model = models.create(arch, channels, train.num_classes, (height, width))
+    layout = ParamLayout.of(model)
+    trajectory = load_trajectory(Path(expert_file), layout)
+    recorded = trajectory.metadata.get("layout")
+    if recorded is not None:
+        layout.check_compatible(ParamLayout.from_json(recorded), f"expert '{expert_file}'")
+    load_flat(model, trajectory.params[-1])
+    source = FeatureSource(
+        "expert",
+        arch,
+        {
+            "expert_file": str(Path(expert_file).resolve()),
+            "expert_sha256": file_sha256(Path(expert_file)),
+            "snapshot": trajectory.epochs,
+        },
+    )
+    return model, source
+
+
+def train_feature_network(
+    train: data.ImageSplit,
+    arch: str,
+    *,
+    epochs: int = HERDING_FEATURE_EPOCHS,
+    seed: int,
+    device: torch.device | str = "cpu",
+    on_epoch: Callable[[int, int, float], None] | None = None,
+) -> tuple[nn.Module, FeatureSource]:
+    """A fresh ``arch`` trained on all of ``train`` with the expert recipe of ``ddpp buffer``
+    (SGD lr 0.01, momentum 0, weight decay 0, batch 256, DSA; SPEC §5) for ``epochs`` epochs.
+
+    ``on_epoch(epoch, epochs, loss)`` reports progress.
+    """
+    if epochs < 1:
+        raise DdppError(f"the herding feature network needs at least 1 epoch (got {epochs}).")
+    channels, height, width = (int(s) for s in train.images.shape[1:])
+    with seeded(derive_seed(seed, "herding-features", arch)):
+        model = models.create(arch, channels, train.num_classes, (height, width))
+    device = torch.device(device)
+    model = model.to(device)
+    images, labels = train.images.to(device), train.labels.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.0, weight_decay=0.0)
+    generator = make_generator(seed, "herding-features-batches")
+    for epoch in range(1, epochs + 1):
+        loss = train_epoch(
+            model, images, labels, optimizer, batch_size=256, dsa=DSA(), generator=generator
+        )
+        if not loss == loss or loss == float("inf"):
+            raise DdppError(f"the herding feature network diverged at epoch {epoch}.")
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, loss)
+    recipe = {"epochs": epochs, "lr": 0.01, "momentum": 0.0, "batch_size": 256, "dsa": True}
+    return model, FeatureSource("trained", arch, {"seed": seed, **recipe})
+
+
+def herding_on_features(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, ipc: int
+) -> torch.Tensor:
+    """Per-class greedy herding (:func:`herding_order`) on precomputed ``(N, D)`` features;
+    indices class-major, each class in pick order."""
+    chosen = []
+    for label in range(num_classes):
+        members = torch.nonzero(labels == label).flatten()
+        chosen.append(members[herding_order(features[members], ipc)])
+    return torch.cat(chosen)
+
+
+def trained_herding_coreset(
+    train: data.ImageSplit,
+    ipc: int,
+    model: nn.Module,
+    source: FeatureSource,
+    *,
+    l2_normalize: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Herding on the penultimate features of a trained ``model`` (eval mode, no augmentation).
+
+    Features are raw by default (DeepCore); ``l2_normalize`` scales each to unit length first
+    (iCaRL). Returns the indices and the ``features`` record for the set's settings.
+    """
+    check_ipc(train, ipc)
+    features = embed(model.to(torch.device(device)), train.images)
+    if l2_normalize:
+        features = torch.nn.functional.normalize(features, dim=1)
+    indices = herding_on_features(features, train.labels, train.num_classes, ipc)
+    return indices, {**source.describe(), "l2_normalize": l2_normalize, "dim": features.shape[1]}

@@ -1,0 +1,228 @@
+"""Distilled sets made by other tools, loaded safely into a :class:`DistilledSet`.
+
+Two layouts are read, both written by ``torch.save`` (a pickle):
+
+- MTT (Cazenavette et al., ``distill.py``): ``images_best.pt`` (a ``(N, C, H, W)`` tensor in
+  model-input space, ZCA-whitened when MTT ran with ``--zca``), ``labels_best.pt`` (``(N,)`` hard
+  labels) and, where the tool saved one, ``lr_best.pt`` (the learned step size, a one-element
+  tensor or a float). MTT's files do not say whether ZCA was on: the caller says so through the
+  ``preprocessing`` of the :class:`ImportTarget`.
+- DC/DSA/DM (VICO-UoE/DatasetCondensation ``main.py``/``main_DM.py``): ``res_*.pt``, a dict
+  ``{'data': [[images, labels], ...], 'accs_all_exps': {...}}`` with one ``[images, labels]``
+  pair per experiment; ``experiment`` picks one (default 0). Their images are normalised with
+  the same mean/std as ddpp's table values for MNIST, Fashion-MNIST, CIFAR-10 and SVHN.
+
+Files are opened with ``torch.load(weights_only=True)`` only: tensors, lists, dicts and numbers
+load, anything else (an arbitrary pickle) is refused with a DdppError before any of its code
+runs. Shapes, labels and classes are checked against the dataset the set is imported for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine.distilled import DistilledSet, file_sha256
+from ddpp_cli.engine.errors import DdppError
+
+KINDS = ("mtt", "dc")
+
+
+@dataclass(frozen=True)
+class ImportTarget:
+    """What an imported set must fit: the dataset's name, classes, image shape and the
+    preprocessing its images are in (``Preprocessing.describe()`` or ``zca_reference``)."""
+
+    dataset: str
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    preprocessing: dict[str, Any]
+
+
+def load_weights_only(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; DdppError for a missing file or
+    anything that is not plain tensors/containers (never executes a pickle's code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DdppError(f"{path} does not exist; pass the path of the saved .pt file.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DdppError(
+            f"{path} cannot be read as a weights-only torch file ({reason[:200]}); only tensors, "
+            "lists, dicts and numbers are accepted, never arbitrary pickles."
+        ) from None
+
+
+def _labels(value: Any, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 1:
+        raise DdppError(f"{where}: labels must be a 1-D tensor of class indices.")
+    if value.is_floating_point():
+        if not bool(torch.isfinite(value).all()) or not bool((value == value.round()).all()):
+            raise DdppError(
+                f"{where}: labels are not whole numbers (soft labels cannot be imported)."
+            )
+    elif value.dtype == torch.bool or value.is_complex():
+        raise DdppError(f"{where}: labels must be integer class indices, not {value.dtype}.")
+    return value.long()
+
+
+def check_set(
+    images: Any, labels: Any, target: ImportTarget, where: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images float32, labels int64)`` checked against ``target``; DdppError on a mismatch."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise DdppError(f"{where}: images must be a (N, C, H, W) tensor, got {shape}.")
+    if not images.is_floating_point():
+        raise DdppError(f"{where}: images must be floating point, got {images.dtype}.")
+    labels = _labels(labels, where)
+    if images.shape[0] == 0:
+        raise DdppError(f"{where}: the set holds no images.")
+    if labels.shape[0] != images.shape[0]:
+        raise DdppError(f"{where}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    if tuple(images.shape[1:]) != tuple(target.image_shape):
+        raise DdppError(
+            f"{where}: images are {tuple(images.shape[1:])} but {target.dataset} images are "
+            f"{tuple(target.image_shape)}; import it for the dataset (and --image-size) it was "
+            "made from."
+        )
+    num_classes = len(target.class_names)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DdppError(
+            f"{where}: labels run from {int(labels.min())} to {int(labels.max())}, but "
+            f"{target.dataset} has classes 0…{num_classes - 1}."
+        )
+    counts = torch.bincount(labels, minlength=num_classes)
+    if bool((counts == 0).any()):
+        missing = int(torch.nonzero(counts == 0)[0])
+        raise DdppError(
+            f"{where}: the set has no image of class {missing} "
+            f"('{target.class_names[missing]}'); it was made for another dataset."
+        )
+    images = images.detach().float()
+    if not bool(torch.isfinite(images).all()):
+        raise DdppError(f"{where}: images contain NaN or infinite values.")
+    # Class-major order (stable), as ddpp's own sets are.
+    order = torch.sort(labels, stable=True).indices
+    return images[order].contiguous(), labels[order].contiguous()
+
+
+def _lr_value(value: Any, where: str) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise DdppError(f"{where}: the learned lr must be one number, got shape "
+                            f"{tuple(value.shape)}.")  # fmt: skip
+        value = float(value.detach().reshape(-1)[0])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DdppError(f"{where}: the learned lr must be a number or a one-element tensor.")
+    value = float(value)
+    if not value > 0 or value == float("inf"):
+        raise DdppError(f"{where}: the learned lr is {value}; it must be a positive number.")
+    return value
+
+
+def _pack(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    target: ImportTarget,
+    *,
+    kind: str,
+    lr: float | None,
+    settings: dict[str, Any],
+) -> DistilledSet:
+    return DistilledSet(
+        images=images,
+        labels=labels,
+        lr=lr,
+        dataset=target.dataset,
+        class_names=tuple(target.class_names),
+        preprocessing=dict(target.preprocessing),
+        source=f"import-{kind}",
+        arch=None,
+        settings={"imported": {"kind": kind, **settings}},
+        seed=None,
+    )
+
+
+def _origin(path: Path) -> dict[str, str]:
+    path = Path(path)
+    return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def import_mtt(
+    images_path: Path,
+    labels_path: Path,
+    target: ImportTarget,
+    *,
+    lr_path: Path | None = None,
+    lr: float | None = None,
+    method: str = "mtt",
+) -> DistilledSet:
+    """MTT's ``images_best.pt`` + ``labels_best.pt`` (+ ``lr_best.pt`` or a given ``lr``).
+
+    The caller says in ``target.preprocessing`` whether the images are ZCA-whitened (MTT's
+    ``--zca``) and with which ZCA; ``method`` names the tool for the record (e.g. ``"ftd"``).
+    """
+    if lr_path is not None and lr is not None:
+        raise DdppError("give the learned lr as a file or as a number, not both.")
+    images = load_weights_only(images_path)
+    labels = load_weights_only(labels_path)
+    images, labels = check_set(images, labels, target, f"{images_path} + {labels_path}")
+    settings: dict[str, Any] = {
+        "method": method,
+        "images": _origin(images_path),
+        "labels": _origin(labels_path),
+        "zca": target.preprocessing.get("kind") == "zca",
+    }
+    if lr_path is not None:
+        lr = _lr_value(load_weights_only(lr_path), str(lr_path))
+        settings["lr"] = _origin(lr_path)
+    elif lr is not None:
+        lr = _lr_value(lr, "--lr")
+        settings["lr"] = "given"
+    return _pack(images, labels, target, kind="mtt", lr=lr, settings=settings)
+
+
+def dc_experiments(content: Any, where: str) -> list[Any]:
+    """The ``data`` list of a DC/DSA/DM ``res_*.pt`` dict, checked for its outer structure."""
+    if not isinstance(content, dict) or "data" not in content:
+        raise DdppError(
+            f"{where} is not a DC/DSA/DM result file: expected a dict with a 'data' list of "
+            "[images, labels] pairs."
+        )
+    entries = content["data"]
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise DdppError(f"{where}: 'data' must be a non-empty list of [images, labels] pairs.")
+    return list(entries)
+
+
+def import_dc(
+    path: Path, target: ImportTarget, *, experiment: int = 0, method: str = "dc"
+) -> DistilledSet:
+    """Experiment ``experiment`` of a DC/DSA/DM ``res_*.pt`` (``method`` names which, for the
+    record). Those tools learn no lr: the set's lr is None (evaluation uses its default)."""
+    entries = dc_experiments(load_weights_only(path), str(path))
+    if isinstance(experiment, bool) or not isinstance(experiment, int):
+        raise DdppError(f"the experiment index must be an integer, got {experiment!r}.")
+    if not 0 <= experiment < len(entries):
+        raise DdppError(
+            f"{path} holds {len(entries)} experiment(s); choose an index from 0 to "
+            f"{len(entries) - 1} (got {experiment})."
+        )
+    entry = entries[experiment]
+    where = f"{path} experiment {experiment}"
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+        raise DdppError(f"{where}: expected an [images, labels] pair.")
+    images, labels = check_set(entry[0], entry[1], target, where)
+    settings = {
+        "method": method,
+        "file": _origin(path),
+        "experiment": experiment,
+        "experiments_in_file": len(entries),
+    }
+    return _pack(images, labels, target, kind="dc", lr=None, settings=settings)
