@@ -81,12 +81,6 @@ def buffer(tiny_mnist, tmp_path_factory) -> Path:
     return folder
 
 
-# Seen about once in ten launches on the shared CPU (torch 2.14.1, gloo): a rank aborts at
-# interpreter exit, after its last collective and after rank 0 wrote every file. The results
-# are still checked in full below; docs/parallel.md mentions it.
-EXIT_ABORT = "terminate called without an active exception"
-
-
 def torchrun(tmp_path: Path, jobs: list[dict]) -> None:
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
@@ -102,9 +96,6 @@ def torchrun(tmp_path: Path, jobs: list[dict]) -> None:
         ],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
-    finished = all((Path(job["folder"]) / distill.SUMMARY_NAME).is_file() for job in jobs)
-    if launched.returncode != 0 and EXIT_ABORT in launched.stderr and finished:
-        return  # every job finished and wrote its files; a rank then aborted in teardown
     assert launched.returncode == 0, launched.stderr[-4000:]
 
 
