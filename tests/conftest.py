@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,44 @@ def _isolated_data_home(tmp_path, monkeypatch):
     """Keep platformdirs' default folders inside the test's tmp dir."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
+_SIGNALLING_CHILD = """
+import sys, time
+import torch
+torch.set_num_threads(1)
+from ddpp_cli.cli import main
+from ddpp_cli.engine import evaluate, trajectory
+from ddpp_cli.commands import {module} as commands
+
+class Signalling(commands.{display}):
+    def __call__(self, event):
+        super().__call__(event)
+        if {when}:
+            print({message!r}, flush=True)
+            time.sleep(600)  # until the SIGKILL
+
+commands.{display} = Signalling
+sys.argv = ["ddpp", *sys.argv[1:]]
+main()
+"""
+
+
+def kill_ddpp_when(args: list[str], *, display: str, when: str, message: str) -> None:
+    """Run ``ddpp ARGS`` in a child process whose ``display`` (``"buffer.BufferDisplay"``, a
+    class of ``ddpp_cli.commands``) prints ``message`` once ``when`` holds (an expression of
+    ``event``, ``evaluate`` and ``trajectory``) and then waits; SIGKILL it there. The kill lands
+    at that point by construction, not by timing; the test fails if the child never says it."""
+    module, cls = display.split(".")
+    source = _SIGNALLING_CHILD.format(module=module, display=cls, when=when, message=message)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = [sys.executable, "-c", source, *map(str, args)]
+    process = subprocess.Popen(
+        child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    said = process.stdout.readline()  # "" if the child ends without saying it
+    if said.strip() != message:
+        process.kill()
+        pytest.fail(f"the child never said {message!r}: {said!r} {process.communicate()}")
+    process.send_signal(signal.SIGKILL)
+    process.wait()

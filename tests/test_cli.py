@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, kill_ddpp_when
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -149,38 +148,13 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-# Runs ddpp in a child that says when expert 1 has finished its first epoch (of 4), then waits
-# to be killed: the kill lands mid-expert by construction, not by timing.
-_SIGNALLING_DDPP = """
-import sys, time
-from ddpp_cli.cli import main
-from ddpp_cli.commands import buffer
-from ddpp_cli.engine import trajectory
-
-class Signalling(buffer.BufferDisplay):
-    def __call__(self, event):
-        super().__call__(event)
-        if isinstance(event, trajectory.EpochFinished) and event.index == 1:
-            print("expert 1 is training", flush=True)
-            time.sleep(600)  # until the SIGKILL
-
-buffer.BufferDisplay = Signalling
-sys.argv = ["ddpp", *sys.argv[1:]]
-main()
-"""
-
-
 def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_path):
     out = tmp_path / "b"
     args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "4", "--quiet")
-    child = [sys.executable, "-c", _SIGNALLING_DDPP, *args]
-    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    signalled = process.stdout.readline()  # "" if the child ends without signalling
-    if signalled.strip() != "expert 1 is training":
-        process.kill()
-        pytest.fail(f"no sign of expert 1: {signalled!r} {process.communicate()}")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_ddpp_when(  # after expert 1's first epoch of 4: mid-expert by construction
+        args, display="buffer.BufferDisplay", message="expert 1 is training",
+        when="isinstance(event, trajectory.EpochFinished) and event.index == 1",
+    )  # fmt: skip
     files = trajectory.expert_files(out)
     assert sorted(files) == [0]
     for path in files.values():

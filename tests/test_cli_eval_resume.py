@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, kill_ddpp_when
 from test_cli_evaluate import eval_json, invoke, mnist_set  # noqa: F401 (fixture)
 
 from ddpp_cli.engine import evaluate
@@ -35,51 +34,21 @@ def recorded_runs(folder: Path) -> dict:
     return json.loads(files[0].read_text())["runs"]
 
 
-# A child ddpp that says when run 2 starts (run 1 is then in the records), then waits to be
-# killed: the kill lands mid-evaluation by construction, not by timing.
-_SIGNALLING_EVALUATE = """
-import sys, time
-import torch
-torch.set_num_threads(1)
-from ddpp_cli.cli import main
-from ddpp_cli.commands import evaluate as command
-from ddpp_cli.engine import evaluate
-
-class Signalling(command.EvalDisplay):
-    def __call__(self, event):
-        super().__call__(event)
-        if isinstance(event, evaluate.RunStarted) and event.run == 1:
-            print("run 2 started", flush=True)
-            time.sleep(600)  # until the SIGKILL
-
-command.EvalDisplay = Signalling
-sys.argv = ["ddpp", *sys.argv[1:]]
-main()
-"""
-
-
 def test_sigkill_after_the_first_run_then_rerun_equals_one_go(mnist_set, tiny_mnist):  # noqa: F811
     one_go = eval_json(*eval_args(mnist_set, tiny_mnist, "--no-records"))
     records = evaluate.default_records_dir(mnist_set)
     assert records == mnist_set.with_name("set.eval") and not records.exists()
 
     args = ["evaluate", *eval_args(mnist_set, tiny_mnist), "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    child = [sys.executable, "-c", _SIGNALLING_EVALUATE, *args]
-    process = subprocess.Popen(
-        child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    signalled = process.stdout.readline()  # "" if the child ends without signalling
-    if signalled.strip() != "run 2 started":
-        process.kill()
-        pytest.fail(f"no sign of run 2: {signalled!r} {process.communicate()}")
+    kill_ddpp_when(  # when run 2 starts: run 1 is in the records by then
+        args, display="evaluate.EvalDisplay", message="run 2 started",
+        when="isinstance(event, evaluate.RunStarted) and event.run == 1",
+    )  # fmt: skip
     assert list(recorded_runs(records)) == ["0"]  # run 1 was kept the moment it finished
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(recorded_runs(records)) == ["0"]
 
     rerun = subprocess.run(
-        [sys.executable, "-m", "ddpp_cli", *args], capture_output=True, text=True, env=env,
+        [sys.executable, "-m", "ddpp_cli", *args], capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         check=False,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr

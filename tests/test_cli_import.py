@@ -8,14 +8,13 @@ The MTT folders are named as MTT's buffer.py names them and hold MTT's ConvNet s
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, kill_ddpp_when
 from test_mtt_import import mtt_convnet_shapes, mtt_folder, tiny_cifar  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
@@ -102,41 +101,16 @@ def test_the_default_folder_follows_the_inferred_zca(tiny_cifar, tmp_path):  # n
     assert Path(result.output.strip()) == trajectory.default_buffer_dir("cifar10", "convnet", False)
 
 
-# A child ddpp that says when expert 1 was written, then waits to be killed: the kill lands
-# between two experts of one MTT file by construction, not by timing.
-_SIGNALLING_IMPORT = """
-import sys, time
-from ddpp_cli.cli import main
-from ddpp_cli.commands import buffer
-from ddpp_cli.engine import trajectory
-
-class Signalling(buffer.BufferDisplay):
-    def __call__(self, event):
-        super().__call__(event)
-        if isinstance(event, trajectory.ExpertFinished) and event.record.index == 1:
-            print("expert 1 written", flush=True)
-            time.sleep(600)  # until the SIGKILL
-
-buffer.BufferDisplay = Signalling
-sys.argv = ["ddpp", *sys.argv[1:]]
-main()
-"""
-
-
 def test_sigkill_mid_import_then_rerun_equals_an_uninterrupted_import(tiny_mnist, tmp_path):
     source = mtt_folder(tmp_path, "mnist", [3, 1])
     whole = tmp_path / "whole"
     assert invoke(*import_args(tiny_mnist, source, whole, "--quiet")).exit_code == 0
     out = tmp_path / "out"
     args = import_args(tiny_mnist, source, out, "--quiet")
-    child = [sys.executable, "-c", _SIGNALLING_IMPORT, *args]
-    process = subprocess.Popen(child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    signalled = process.stdout.readline()  # "" if the child ends without signalling
-    if signalled.strip() != "expert 1 written":
-        process.kill()
-        pytest.fail(f"no sign of expert 1: {signalled!r} {process.communicate()}")
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_ddpp_when(  # between two experts of one MTT file, by construction
+        args, display="buffer.BufferDisplay", message="expert 1 written",
+        when="isinstance(event, trajectory.ExpertFinished) and event.record.index == 1",
+    )  # fmt: skip
     assert sorted(trajectory.expert_files(out)) == [0, 1]
 
     done = subprocess.run(
