@@ -68,6 +68,23 @@ def tiny_mnist(tmp_path_factory) -> Path:
     return make_mnist_folder(tmp_path_factory.mktemp("tiny-mnist"))
 
 
+@pytest.fixture(scope="session")
+def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
+    """Two experts × 3 epochs on the tiny MNIST folder resized to 8×8 (a fast ConvNet-3), trained
+    once per session on one thread; tests read it and never write into it."""
+    from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
+
+    folder = tmp_path_factory.mktemp("tiny-buffer")
+    config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_buffer(config, folder, data_root=tiny_mnist, download=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
 @pytest.fixture
 def fashion_mnist_dir() -> Path:
     """Debian's Fashion-MNIST files; skipped where the package is not installed."""

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
 from ddpp_cli.engine import distill, distilled, store, unroll
-from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 runner = CliRunner()
 
@@ -24,11 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def buffer_dir(tiny_mnist, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli-buffer")
-    config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
-    train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    return folder
+def buffer_dir(tiny_buffer) -> Path:
+    return tiny_buffer  # conftest: 2 experts × 3 epochs, 8×8 MNIST
 
 
 def invoke(*args: object):

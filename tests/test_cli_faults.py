@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
 from ddpp_cli.engine import distill, distilled, faults, store, trajectory
-from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 runner = CliRunner()
 
@@ -43,11 +42,8 @@ def assert_one_fault_line(result, status: int, *fragments: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def buffer_dir(tiny_mnist, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("faults-buffer")
-    config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
-    train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    return folder
+def buffer_dir(tiny_buffer) -> Path:
+    return tiny_buffer  # conftest: 2 experts × 3 epochs, 8×8 MNIST
 
 
 def distill_args(data_dir: Path, buffer: Path, out: Path, *extra: object) -> list[object]:

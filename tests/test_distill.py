@@ -7,8 +7,6 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,29 +21,6 @@ from ddpp_cli.engine.distill import DistillConfig, plan_unroll, unroll
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters, load_flat
 from ddpp_cli.engine.pruning import matching_loss, prune_mask
-from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
-
-BUFFER_CONFIG = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
-    """Two experts × 3 epochs on the tiny MNIST folder resized to 8×8 (fast ConvNet-3)."""
-    folder = tmp_path_factory.mktemp("tiny-buffer")
-    with single_thread():
-        train_buffer(BUFFER_CONFIG, folder, data_root=tiny_mnist, download=False)
-    return folder
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -21,7 +21,6 @@ from ddpp_cli.engine.distill import DistillConfig
 from ddpp_cli.engine.distill.setup import _check_shardable
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -74,11 +73,8 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def buffer(tiny_mnist, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("buffer-8px")
-    config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
-    train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    return folder
+def buffer(tiny_buffer) -> Path:
+    return tiny_buffer  # conftest: 2 experts × 3 epochs, 8×8 MNIST
 
 
 def torchrun(tmp_path: Path, jobs: list[dict]) -> None:
