@@ -149,7 +149,7 @@ def test_resume_takes_the_saved_config_and_changeable_options(tmp_path):
     resolved = distill_engine.resolve({"iterations": 20, "eval_every": 0}, tmp_path / "run")
     assert resolved.resumed
     assert resolved.config == replace(saved, iterations=20, eval_every=0)
-    assert resolved.origin["iterations"] == "option" and resolved.origin["lr_img"] == "resume"
+    assert resolved.origin["iterations"] == "user" and resolved.origin["lr_img"] == "resume"
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_a_new_run_needs_dataset_and_ipc_and_resume_needs_a_checkpoint(tmp_path)
         distill_engine.resolve({}, tmp_path, resume=True)
     fresh = distill_engine.resolve({"dataset": "mnist", "ipc": 1, "batch_syn": 0}, tmp_path)
     assert not fresh.resumed and fresh.config.batch_syn is None
-    assert fresh.origin["syn_steps"] == "preset" and fresh.origin["batch_syn"] == "option"
+    assert fresh.origin["syn_steps"] == "preset" and fresh.origin["batch_syn"] == "user"
 
 
 def test_distill_resume_conflict_is_one_line_before_the_engine_runs(calls, tmp_path):

@@ -29,12 +29,12 @@ def test_quick_profile_budget():
     d, b, e = plan.distill, plan.buffer, plan.evaluation
     assert (d.syn_steps, d.expert_epochs, d.max_start_epoch) == (20, 2, 3)
     assert (d.iterations, d.eval_every, d.test_runs, d.lr_img) == (60, 0, 0, 1000.0)
-    assert (d.lr_lr, d.lr_teacher, d.eps) == (1e-5, 0.01, 0.1)  # the preset's
+    assert (d.lr_lr, d.lr_teacher, d.eps) == (None, None, 0.1)  # derived when the run starts
     assert (b.experts, b.epochs, b.train_subset, b.test_subset) == (1, 4, 5000, 1000)
     assert b.epochs == d.needed_epochs
     assert (e.runs, e.epochs, plan.test_subset) == (3, 300, 2000)
     assert plan.origin["iterations"] == plan.origin["experts"] == "profile"
-    assert "lr_lr" not in plan.origin  # the preset's value, as the settings table says
+    assert "lr_lr" not in plan.origin  # not the profile's nor the user's: the run derives it
 
 
 def test_paper_profile_is_the_spec():
@@ -63,7 +63,7 @@ def test_overrides_win_and_are_marked():
     assert (plan.buffer.experts, plan.buffer.epochs, plan.buffer.train_subset) == (3, 9, 200)
     assert plan.distill.train_subset == 200
     assert (plan.evaluation.runs, plan.evaluation.epochs, plan.test_subset) == (1, 11, 2000)
-    assert plan.origin["iterations"] == plan.origin["experts"] == "option"
+    assert plan.origin["iterations"] == plan.origin["experts"] == "user"
     assert plan.origin["syn_steps"] == "profile"
 
 
@@ -323,3 +323,10 @@ def test_a_buffer_named_with_buffer_is_used_and_a_difference_is_noted(tmp_path):
     same = _fake_buffer(tmp_path / "same", 2)
     assert pipeline._buffer_stage(plan, same, stages, events.append, {}, {}) == (same, True)
     assert not [e for e in events if isinstance(e, Notice)]
+
+
+def test_auto_lr_derives_a_paper_rows_step_sizes_only_when_asked():
+    paper = pipeline.plan_run("cifar10", 1, profile="quick").distill
+    assert (paper.lr_teacher, paper.lr_lr) == (0.01, 1e-7)
+    derived = pipeline.plan_run("cifar10", 1, profile="quick", auto_lr=True).distill
+    assert (derived.lr_teacher, derived.lr_lr) == (None, None)

@@ -42,7 +42,6 @@ def settings(options: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- data
-
 DatasetOpt = Annotated[
     str | None,
     typer.Option(
@@ -96,7 +95,6 @@ ImageSizeOpt = Annotated[
 ]
 
 # ----------------------------------------------------------------------------------- buffer
-
 ExpertsOpt = Annotated[
     int | None,
     typer.Option("--experts", help="Number of expert trajectories.", rich_help_panel=BUFFER),
@@ -112,7 +110,6 @@ BufferDirOpt = Annotated[
 ]
 
 # ------------------------------------------------------------------------------ distillation
-
 IpcOpt = Annotated[
     int | None,
     typer.Option("--ipc", help="Synthetic images per class.", rich_help_panel=DISTILL),
@@ -174,13 +171,28 @@ LrImgOpt = Annotated[
 LrLrOpt = Annotated[
     float | None,
     typer.Option(
-        "--lr-lr", help="SGD lr of the learned step size (preset).", rich_help_panel=DISTILL
+        "--lr-lr",
+        help="SGD lr of the learned step size (preset; derived from the first gradient for "
+        "sets without a paper row).",
+        rich_help_panel=DISTILL,
     ),
 ]
 LrTeacherOpt = Annotated[
     float | None,
     typer.Option(
-        "--lr-teacher", help="Initial learned step size α (preset).", rich_help_panel=DISTILL
+        "--lr-teacher",
+        help="Initial learned step size α (preset; derived from the buffer for sets without a "
+        "paper row).",
+        rich_help_panel=DISTILL,
+    ),
+]
+AutoLrOpt = Annotated[
+    bool,
+    typer.Option(
+        "--auto-lr",
+        help="Derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
+        "sets without a paper row; docs/distill.md).",
+        rich_help_panel=DISTILL,
     ),
 ]
 InitOpt = Annotated[
@@ -191,7 +203,6 @@ InitOpt = Annotated[
 ]
 
 # ----------------------------------------------------------------------- validation and test
-
 EvalEveryOpt = Annotated[
     int | None,
     typer.Option(
@@ -224,7 +235,6 @@ ValSizeOpt = Annotated[
 ]
 
 # -------------------------------------------------------------------------------- run folder
-
 CheckpointEveryOpt = Annotated[
     int | None,
     typer.Option(
@@ -244,7 +254,6 @@ RunFolderOpt = Annotated[
 ]
 
 # --------------------------------------------------------------------------------- execution
-
 DeviceOpt = Annotated[
     str, typer.Option("--device", help=f"Device: {DEVICE_CHOICES}.", rich_help_panel=EXECUTION)
 ]
@@ -273,11 +282,6 @@ ParallelOpt = Annotated[
 ]
 
 # ------------------------------------------------------------------------------------ output
-
-ForceOpt = Annotated[
-    bool,
-    typer.Option("--force", help="Replace output files that already exist (refused without)."),
-]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
 ]

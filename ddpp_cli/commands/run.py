@@ -10,9 +10,9 @@ from rich.table import Table
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.commands._distilling import DistillDisplay
 from ddpp_cli.commands._evaluation import EvalDisplay
 from ddpp_cli.commands.buffer import BufferDisplay
-from ddpp_cli.commands.distill import DistillDisplay
 from ddpp_cli.engine import faults, pipeline, presets
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
@@ -20,7 +20,7 @@ from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
 
 # Settings of plan_run: its keyword arguments and its overrides.
-SETTINGS = ("eps", "profile", "arch", "seed", *pipeline.OVERRIDE_KEYS)
+SETTINGS = ("eps", "profile", "arch", "seed", "auto_lr", *pipeline.OVERRIDE_KEYS)
 # Options that are not settings of the run: where things are and where it runs.
 ENGINE_OPTIONS = ("buffer_dir", "out_dir", "data_dir", "download", "device", "parallel")
 
@@ -196,6 +196,7 @@ def command(
     lr_img: opt.LrImgOpt = None,
     lr_lr: opt.LrLrOpt = None,
     lr_teacher: opt.LrTeacherOpt = None,
+    auto_lr: opt.AutoLrOpt = False,
     init: opt.InitOpt = None,
     eval_every: opt.EvalEveryOpt = None,
     eval_runs: opt.EvalRunsOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands._display import out
-from ddpp_cli.commands._options import ForceOpt, quiet_option
+from ddpp_cli.commands._options import quiet_option
 from ddpp_cli.engine import distilled, evaluate, store
 from ddpp_cli.engine import visualize as visualize_engine
 
@@ -72,6 +72,12 @@ AnimateOpt = Annotated[
 ZcaFileOpt = Annotated[
     Path | None,
     typer.Option("--zca", help="The buffer's zca.safetensors, for a ZCA set whose file moved."),
+]
+
+
+ForceOpt = Annotated[
+    bool,
+    typer.Option("--force", help="Replace output files that already exist (refused without)."),
 ]
 
 

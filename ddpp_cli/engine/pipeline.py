@@ -84,7 +84,7 @@ class RunPlan:
     distill: distill_engine.DistillConfig
     evaluation: evaluate.EvalConfig
     test_subset: int | None
-    origin: dict[str, str]  # setting -> "profile" | "preset" | "option" | "default"
+    origin: dict[str, str]  # setting -> "profile" | "preset" | "user" | "default"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,6 +105,7 @@ def plan_run(
     profile: str = "paper",
     arch: str = "convnet",
     seed: int = 0,
+    auto_lr: bool = False,
     **overrides: Any,
 ) -> RunPlan:
     """The settings of every stage: ``profile``'s, then ``overrides`` (None = not given).
@@ -112,7 +113,8 @@ def plan_run(
     Override names are those of :data:`OVERRIDE_KEYS`: the distillation settings by their
     DistillConfig names, ``experts``/``buffer_epochs``/``train_subset``/``zca``/``image_size``
     for the buffer (and so for the whole run),
-    ``runs``/``epochs``/``test_subset`` for the evaluation (and the baseline).
+    ``runs``/``epochs``/``test_subset`` for the evaluation (and the baseline). ``auto_lr``
+    derives lr_teacher and lr_lr on a paper row too (see :mod:`ddpp_cli.engine.autolr`).
     """
     if profile not in PROFILES:
         raise DdppError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}.")
@@ -123,9 +125,11 @@ def plan_run(
     info = data.info(dataset)
     preset = presets.resolve(info.name, ipc)
     use_zca = bool(given.get("zca", preset["zca"]))
-    origin: dict[str, str] = {"dataset": "option", "ipc": "option", "test_runs": "run"}
+    origin: dict[str, str] = {"dataset": "user", "ipc": "user", "test_runs": "run"}
     quick = profile == "quick"
-    distill_config = _plan_distill(info.name, ipc, eps, arch, seed, use_zca, quick, given, origin)
+    distill_config = _plan_distill(
+        info.name, ipc, eps, arch, seed, use_zca, quick, given, origin, derive=auto_lr
+    )
     buffer_config = _plan_buffer(distill_config, quick, given, origin)
     evaluation = evaluate.EvalConfig(
         arch=arch,
@@ -135,17 +139,17 @@ def plan_run(
     )
     test_subset = given.get("test_subset", QUICK["test_subset"] if quick else None)
     for name in ("runs", "epochs", "test_subset"):
-        origin[name] = "option" if name in given else ("profile" if quick else "default")
+        origin[name] = "user" if name in given else ("profile" if quick else "default")
     return RunPlan(profile, buffer_config, distill_config, evaluation, test_subset, origin)
 
 
 def _plan_distill(
     dataset: str, ipc: int, eps: float, arch: str, seed: int, use_zca: bool, quick: bool,
-    given: dict[str, Any], origin: dict[str, str],
+    given: dict[str, Any], origin: dict[str, str], *, derive: bool = False,
 ) -> distill_engine.DistillConfig:  # fmt: skip
     """The distillation settings: the preset, the quick profile's cuts, then the options
-    (``origin`` is told where each came from)."""
-    preset = presets.resolve(dataset, ipc)
+    (``origin`` is told where each came from); ``derive`` is ``--auto-lr``."""
+    preset = presets.resolve(dataset, ipc, derive=derive)
     distill_values: dict[str, Any] = {}
     if quick:
         distill_values = {
@@ -159,13 +163,13 @@ def _plan_distill(
             distill_values["lr_img"] = max(preset["lr_img"], QUICK["lr_img"])
         origin.update({name: "profile" for name in distill_values})
     distill_values.update({k: given[k] for k in DISTILL_KEYS if k in given})
-    origin.update({k: "option" for k in DISTILL_KEYS if k in given})
+    origin.update({k: "user" for k in DISTILL_KEYS if k in given})
     all_images = distill_values.get("batch_syn") == 0  # --batch-syn 0: every image each step
     if all_images:
         del distill_values["batch_syn"]
     # The run evaluates the set itself (with the baseline), so the distiller's own test is off.
     config = distill_engine.DistillConfig.from_preset(
-        dataset, ipc, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
+        dataset, ipc, derive=derive, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
         train_subset=given.get("train_subset"), **distill_values,
     )  # fmt: skip
     return replace(config, batch_syn=None) if all_images else config
@@ -199,7 +203,7 @@ def _plan_buffer(
         seed=distill_config.seed,
     )
     for name in ("experts", "buffer_epochs", "train_subset"):
-        origin[name] = "option" if name in given else ("profile" if quick else "default")
+        origin[name] = "user" if name in given else ("profile" if quick else "default")
     return config
 
 

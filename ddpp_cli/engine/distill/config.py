@@ -38,7 +38,7 @@ CHANGEABLE_ON_RESUME = (
     "channels_last",
 )
 # Settings a run resolves when it starts (from the buffer and the data) where the config has None.
-RESOLVED_AT_START = ("zca", "train_subset", "val_size")
+RESOLVED_AT_START = ("zca", "train_subset", "val_size", *presets.DERIVED)
 ALL_IMAGES = 0  # batch_syn as given on the command line for "every image each step" (None here)
 
 
@@ -63,8 +63,8 @@ class DistillConfig:
     expert_epochs: int
     max_start_epoch: int
     lr_img: float
-    lr_lr: float
-    lr_teacher: float
+    lr_lr: float | None  # None: derived when the run starts (engine/autolr.py)
+    lr_teacher: float | None  # None: derived likewise
     batch_syn: int | None = None
     zca: bool | None = None
     arch: str = "convnet"
@@ -111,9 +111,11 @@ class DistillConfig:
                 raise DdppError("--val-size 0 leaves nothing to validate on; use --eval-every 0.")
         for name in ("lr_img", "lr_teacher"):
             value = getattr(self, name)
+            if name == "lr_teacher" and value is None:  # derived when the run starts
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise DdppError(f"{_flag(name)} must be a positive number (got {value}).")
-        if not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
+        if self.lr_lr is not None and not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
             raise DdppError(f"--lr-lr must be zero (a fixed lr) or positive (got {self.lr_lr}).")
         if self.init not in INITS:
             raise DdppError(f"--init must be one of: {', '.join(INITS)} (got '{self.init}').")
@@ -126,13 +128,17 @@ class DistillConfig:
             raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
 
     @classmethod
-    def from_preset(cls, dataset: str, ipc: int, **values: Any) -> DistillConfig:
+    def from_preset(
+        cls, dataset: str, ipc: int, *, derive: bool = False, **values: Any
+    ) -> DistillConfig:
         """A config with SPEC §6's preset for ``dataset``/``ipc`` where ``values`` has None.
 
         The preset's ZCA choice only picks the default buffer; the buffer's own preprocessing
-        decides (``zca`` stays None unless given).
+        decides (``zca`` stays None unless given). ``lr_teacher`` and ``lr_lr`` stay None (derived
+        when the run starts, engine/autolr.py) for datasets without a paper row, and on a paper
+        row too with ``derive`` (``--auto-lr``).
         """
-        preset = presets.resolve(dataset, ipc)
+        preset = presets.resolve(dataset, ipc, derive=derive)
         del preset["zca"]
         given = {k: v for k, v in values.items() if v is not None}
         return cls(dataset=dataset, ipc=ipc, **{**preset, **given})
@@ -287,18 +293,23 @@ class Resolved:
     """The config a run uses, where each value came from, and whether it resumes."""
 
     config: DistillConfig
-    origin: dict[str, str]  # field -> "preset", "resume" or "option" (missing: the default)
+    # field -> "preset", "resume" or "user" (missing: the default); derived step sizes are
+    # reported by the run itself (DistillStarted.derived)
+    origin: dict[str, str]
     resumed: bool
 
 
-def resolve(given: Mapping[str, Any], folder: Path | None, *, resume: bool = False) -> Resolved:
+def resolve(
+    given: Mapping[str, Any], folder: Path | None, *, resume: bool = False, derive: bool = False
+) -> Resolved:
     """Preset, then saved run, then given options: the settings of the run in ``folder``.
 
     ``given`` maps DistillConfig field names to the options the user set (None = not given). A
     folder holding a checkpoint continues its saved config (:func:`resume_config` says what may
     change); otherwise the run starts from the preset of its dataset and IPC. ``resume`` True
     means the user asked to resume, so ``folder`` must hold a checkpoint. ``batch_syn``
-    :data:`ALL_IMAGES` means every image each step.
+    :data:`ALL_IMAGES` means every image each step. ``derive`` (``--auto-lr``) leaves a paper
+    row's step sizes open for the run to derive (a resumed run keeps the ones it has).
     """
     given = {name: value for name, value in given.items() if value is not None}
     all_images = given.get("batch_syn") == ALL_IMAGES
@@ -316,9 +327,9 @@ def resolve(given: Mapping[str, Any], folder: Path | None, *, resume: bool = Fal
         if given.get("dataset") is None or given.get("ipc") is None:
             raise DdppError("--dataset and --ipc are needed to start a run (or --resume RUN).")
         rest = {k: v for k, v in given.items() if k not in ("dataset", "ipc")}
-        config = DistillConfig.from_preset(given["dataset"], given["ipc"], **rest)
+        config = DistillConfig.from_preset(given["dataset"], given["ipc"], derive=derive, **rest)
         origin = {name: "preset" for name in presets.KEYS}
     if all_images:
         config = replace(config, batch_syn=None)
-    origin.update({name: "option" for name in given})
+    origin.update({name: "user" for name in given})
     return Resolved(config, origin, resumed)

@@ -41,6 +41,7 @@ class DistillStarted:
     start_iteration: int
     resumed: bool
     device: str
+    derived: dict[str, str] = field(default_factory=dict)  # setting -> "derived: …" (autolr)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import store
+from ddpp_cli.engine import autolr, store
 from ddpp_cli.engine.distill.config import (
     CHECKPOINT_NAME,
     DistillConfig,
@@ -73,6 +73,9 @@ def distill(
         device=device, emit=emit, world=world,
     )  # fmt: skip
     setup.world.barrier()  # every rank has seen whether the folder held a checkpoint
+    derived: dict[str, str] = {}
+    if not resuming:  # open step sizes (no paper row, or --auto-lr): derive them now
+        setup, derived = autolr.calibrate(setup)
     files = RunFolder(
         folder, setup.as_set, *setup.checkpoint_contents(), writes=setup.world.is_main
     )
@@ -87,7 +90,7 @@ def distill(
         state = setup.fresh_state()
         if setup.config.snapshot_every > 0:  # the initial images: the animation's first frame
             files.save_image_snapshot(state.images, float(state.lr.detach()), 0)
-    emit(_started(setup, folder, state, resumed=resuming))
+    emit(_started(setup, folder, state, resumed=resuming, derived=derived))
     _loop(setup, files, state, emit)
     return _finish(setup, files, state, emit)
 
@@ -111,14 +114,16 @@ def _resume_buffer(folder: Path, buffer: Path | None) -> Path | None:
     return buffer
 
 
-def _started(setup: RunSetup, folder: Path, state: DistillState, resumed: bool) -> DistillStarted:
+def _started(
+    setup: RunSetup, folder: Path, state: DistillState, resumed: bool, derived: dict[str, str]
+) -> DistillStarted:
     return DistillStarted(
         folder=folder, config=setup.config, buffer=setup.buffer,
         experts=len(setup.expert_paths), buffer_epochs=setup.buffer_epochs,
         num_params=setup.layout.numel, train_size=len(setup.train_idx),
         val_size=len(setup.val_idx), test_size=len(setup.prepared.test.labels),
         preprocessing=setup.preprocessing["kind"], start_iteration=state.iteration,
-        resumed=resumed, device=str(setup.device),
+        resumed=resumed, device=str(setup.device), derived=derived,
     )  # fmt: skip
 
 
@@ -267,8 +272,8 @@ class _Loop:
         raise DivergedError(
             f"{problem} at iteration {iteration} (expert {record['expert']}, start "
             f"epoch {record['start_epoch']}); the run diverged. The last good set "
-            f"(iteration {last_good.iteration}) is in {path}. Lower --lr-img (now "
-            f"{self.config.lr_img:g}) or --lr-teacher and start a new run.",
+            f"(iteration {last_good.iteration}) is in {path}. "
+            + autolr.divergence_advice(float(self.state.lr.detach()), self.config),
             iteration=iteration,
             distilled=path,
             metrics=self.files.metrics,
