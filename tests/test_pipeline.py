@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,35 @@ def test_auto_lr_derives_a_paper_rows_step_sizes_only_when_asked():
     assert (paper.lr_teacher, paper.lr_lr) == (0.01, 1e-7)
     derived = pipeline.plan_run("cifar10", 1, profile="quick", auto_lr=True).distill
     assert (derived.lr_teacher, derived.lr_lr) == (None, None)
+
+
+def test_a_folder_datasets_buffer_is_reused_only_for_the_same_folder(tmp_path):
+    # Two image folders of the same shape and settings: the second must not train on the first's
+    # experts (ddpp buffer records where a folder dataset came from).
+    config = replace(QUICK_FASHION, dataset="imagefolder")
+    first, second = tmp_path / "xrays-a", tmp_path / "xrays-b"
+    folder = _fake_buffer(tmp_path / "buffers" / "a", 3, dataset="imagefolder")
+    manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+    manifest["data"] = {"source": str(first.resolve())}
+    (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert pipeline.search_buffers(config, 4, tmp_path / "buffers", first).found == folder
+    search = pipeline.search_buffers(config, 4, tmp_path / "buffers", second)
+    assert search.found is None
+    assert search.nearest[0] == folder
+    assert search.nearest[1] == f"data: {str(first.resolve())!r} there vs {str(second)!r} now"
+    # a named dataset is the same data wherever its files are
+    assert pipeline.buffer_difference(manifest, QUICK_FASHION, 4, second) == (
+        "dataset: 'imagefolder' there vs 'fashionmnist' now"
+    )
+
+
+def test_a_new_folder_dataset_buffer_never_goes_into_another_folders_buffer(tmp_path):
+    config = replace(QUICK_FASHION, dataset="imagefolder")
+    folder = pipeline.buffer_folder(config, "quick")
+    _fake_buffer(folder, 1, dataset="imagefolder")  # same settings, made from folder a
+    manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+    manifest["data"] = {"source": str(tmp_path / "a")}
+    (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert pipeline.training_folder(config, "quick", tmp_path / "a") == folder  # extended
+    other = pipeline.training_folder(config, "quick", tmp_path / "b")
+    assert other != folder and other.name.startswith(folder.name + "-")

@@ -242,15 +242,20 @@ _REUSE_IGNORES = ("epochs", "test_subset")
 
 
 def buffer_difference(
-    manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int
+    manifest: dict[str, Any],
+    config: trajectory.BufferConfig,
+    needed_epochs: int,
+    source: Path | None = None,
 ) -> str:
     """Why a buffer (its manifest) cannot serve a run that ``config`` describes, in
     :func:`store.describe_difference`'s words; "" when it can.
 
     Every training setting must match (dataset, architecture, preprocessing, image size, lr,
     momentum, weight decay, batch size, DSA, seed, train subset), and the experts must have at
-    least ``needed_epochs`` epochs. An imported MTT buffer records none of the training
-    settings, so it is only used when named with ``--buffer``.
+    least ``needed_epochs`` epochs. For datasets that are a user's folders (``imagefolder``,
+    ``covid19-cxr``) the buffer must also come from the same folder, ``source``. An imported MTT
+    buffer records none of the training settings, so it is only used when named with
+    ``--buffer``.
     """
     saved = dict(manifest.get("config") or {})
     dataset = manifest.get("dataset")
@@ -270,7 +275,19 @@ def buffer_difference(
     epochs = manifest.get("epochs")
     if not isinstance(epochs, int) or epochs < needed_epochs:
         differences.append(f"epochs: {epochs!r} there vs at least {needed_epochs} needed")
+    differences.append(_source_difference(manifest, config, source))
     return "; ".join(text for text in differences if text)
+
+
+def _source_difference(
+    manifest: dict[str, Any], config: trajectory.BufferConfig, source: Path | None
+) -> str:
+    """ "data: … there vs … now" when a folder dataset's buffer was made from another folder."""
+    if source is None or data.info(config.dataset).num_classes is not None:
+        return ""  # a named dataset is the same data wherever its files are
+    there = (manifest.get("data") or {}).get("source")
+    here = str(Path(source).resolve())
+    return "" if there == here else f"data: {there!r} there vs {here!r} now"
 
 
 def fits(manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int) -> bool:
@@ -287,7 +304,10 @@ class BufferSearch:
 
 
 def search_buffers(
-    config: trajectory.BufferConfig, needed_epochs: int, root: Path | None = None
+    config: trajectory.BufferConfig,
+    needed_epochs: int,
+    root: Path | None = None,
+    source: Path | None = None,
 ) -> BufferSearch:
     """The complete buffers under ``root`` (default: the ddpp buffers folder) that fit
     ``config`` with at least ``config.experts`` finished experts; the one with the most wins.
@@ -303,7 +323,7 @@ def search_buffers(
             manifest = trajectory.read_manifest(folder)
         except DdppError:
             continue
-        difference = buffer_difference(manifest, config, needed_epochs)
+        difference = buffer_difference(manifest, config, needed_epochs, source)
         count = len(trajectory.expert_files(folder))
         if not difference and count < config.experts:
             difference = f"experts: {count} there vs {config.experts} needed"
@@ -324,15 +344,20 @@ def find_reusable_buffer(
     return search_buffers(config, needed_epochs, root).found
 
 
-def training_folder(config: trajectory.BufferConfig, profile: str) -> Path:
+def training_folder(
+    config: trajectory.BufferConfig, profile: str, source: Path | None = None
+) -> Path:
     """Where a run trains a new buffer: :func:`buffer_folder`, unless that folder holds a buffer
     of other settings (e.g. one ``ddpp buffer --lr …`` made in its default folder), which is
-    never overwritten or extended: then the folder named after a hash of the settings."""
+    never overwritten or extended: then the folder named after a hash of the settings (and,
+    for a folder dataset, of the ``source`` folder it is made from)."""
     folder = buffer_folder(config, profile)
     if (folder / trajectory.MANIFEST_NAME).is_file():
-        saved = trajectory.read_manifest(folder).get("config")
-        if saved != config.identity():
-            digest = json.dumps(config.identity(), sort_keys=True).encode()
+        manifest = trajectory.read_manifest(folder)
+        other_data = _source_difference(manifest, config, source)
+        if manifest.get("config") != config.identity() or other_data:
+            key = {**config.identity(), **({"source": str(source)} if other_data else {})}
+            digest = json.dumps(key, sort_keys=True).encode()
             return folder.with_name(f"{folder.name}-{hashlib.sha256(digest).hexdigest()[:8]}")
     return folder
 
@@ -504,19 +529,21 @@ def _buffer_stage(
     matches is reused, else a new one is trained (a Notice names what the nearest one lacked).
     """
     needed = plan.distill.needed_epochs
+    source = data.source_folder(plan.buffer.dataset, sources.get("data_root"))
     if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
         buffer_dir, reused = Path(buffer), True
-        difference = buffer_difference(trajectory.read_manifest(buffer_dir), plan.buffer, needed)
+        manifest = trajectory.read_manifest(buffer_dir)
+        difference = buffer_difference(manifest, plan.buffer, needed, source)
         if difference:
             emit(Notice(f"{buffer_dir} differs from the run's settings ({difference}); using it "
                         "as --buffer asks."))  # fmt: skip
     elif buffer is not None:
         buffer_dir, reused = Path(buffer), False
     else:
-        search = search_buffers(plan.buffer, needed)
+        search = search_buffers(plan.buffer, needed, source=source)
         buffer_dir, reused = search.found, search.found is not None
         if buffer_dir is None:
-            buffer_dir = training_folder(plan.buffer, plan.profile)
+            buffer_dir = training_folder(plan.buffer, plan.profile, source)
             if search.nearest is not None and search.nearest[0] != buffer_dir:
                 emit(Notice(f"not reusing {search.nearest[0]} ({search.nearest[1]}); training a "
                             f"new buffer in {buffer_dir}."))  # fmt: skip

@@ -409,6 +409,8 @@ def train_buffer(
     prepared, zca_path = _prepare_folder(config, folder, data_root, download, world)
     layout = _expert_layout(config, prepared)
     manifest = _manifest(config, prepared, layout)
+    if data.info(config.dataset).num_classes is None:  # a user's folder: which one matters
+        manifest["data"]["source"] = str(data.source_folder(config.dataset, data_root).resolve())
     existing = expert_files(folder)
     for path in existing.values():
         _check_expert_file(path, config.epochs, layout.numel)
