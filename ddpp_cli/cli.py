@@ -358,7 +358,7 @@ def _settings_table(event, origin: dict[str, str]) -> Table:
     if rows["batch_syn"] is None:
         rows["batch_syn"] = "all"
     for name, value in rows.items():
-        source = origin.get(name, "default")
+        source = event.derived.get(name) or origin.get(name, "default")  # issue 14: derived
         if name in ("zca", "train_subset") and source != "option":
             source = "buffer" if source != "resume" else source
         table.add_row(name, str(value), source)

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import augment, data, models, presets, store, zca
+from ddpp_cli.engine import augment, autolr, data, models, presets, store, zca
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
@@ -118,8 +118,8 @@ class DistillConfig:
     expert_epochs: int
     max_start_epoch: int
     lr_img: float
-    lr_lr: float
-    lr_teacher: float
+    lr_lr: float | None  # None: derived at the start of the run (engine/autolr.py, issue 14)
+    lr_teacher: float | None  # None: derived likewise
     batch_syn: int | None = None
     zca: bool | None = None
     arch: str = "convnet"
@@ -166,9 +166,11 @@ class DistillConfig:
                 raise DdppError("--val-size 0 leaves nothing to validate on; use --eval-every 0.")
         for name in ("lr_img", "lr_teacher"):
             value = getattr(self, name)
+            if name == "lr_teacher" and value is None:  # issue 14: derived
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise DdppError(f"{_flag(name)} must be a positive number (got {value}).")
-        if not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
+        if self.lr_lr is not None and not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
             raise DdppError(f"--lr-lr must be zero (a fixed lr) or positive (got {self.lr_lr}).")
         if self.init not in INITS:
             raise DdppError(f"--init must be one of: {', '.join(INITS)} (got '{self.init}').")
@@ -322,6 +324,7 @@ class DistillStarted:
     start_iteration: int
     resumed: bool
     device: str
+    derived: dict[str, str] = field(default_factory=dict)  # setting -> "derived: …" (issue 14)
 
 
 @dataclass(frozen=True)
@@ -899,7 +902,7 @@ def distill(
         # Values the buffer resolved are compared as resolved; None means "as before".
         filled = {
             k: getattr(previous, k)
-            for k in ("zca", "train_subset", "val_size")
+            for k in ("zca", "train_subset", "val_size", *presets.DERIVED)
             if getattr(config, k) is None
         }
         config = replace(config, **filled)
@@ -934,14 +937,17 @@ def distill(
     run = _Run(
         config, folder, buffer_dir, data_root=data_root, download=download, device=device, emit=emit
     )
-    config = run.config
     folder.mkdir(parents=True, exist_ok=True)
     store.remove_stale_temporaries(folder)
+    derived: dict[str, str] = {}
     if resuming:
+        config = run.config
         run.restore(checkpoint)
         run.truncate_metrics(run.state["iteration"])
         run.truncate_snapshots(run.state["iteration"])
     else:
+        derived = autolr.calibrate(run)  # issue 14: lr_teacher / lr_lr left open (None)
+        config = run.config
         run.fresh_state()
         if config.snapshot_every > 0:
             run.save_image_snapshot()  # the initial images: the animation's first frame
@@ -953,6 +959,7 @@ def distill(
             train_size=len(run.train_idx), val_size=len(run.val_idx),
             test_size=len(run.prepared.test.labels), preprocessing=run.preprocessing["kind"],
             start_iteration=s["iteration"], resumed=resuming, device=str(device),
+            derived=derived,
         )
     )  # fmt: skip
 
@@ -996,8 +1003,8 @@ def distill(
                 raise DivergedError(
                     f"{problem} at iteration {iteration} (expert {record['expert']}, start "
                     f"epoch {record['start_epoch']}); the run diverged. The last good set "
-                    f"(iteration {snapshot.iteration}) is in {path}. Lower --lr-img (now "
-                    f"{config.lr_img:g}) or --lr-teacher and start a new run.",
+                    f"(iteration {snapshot.iteration}) is in {path}. "
+                    + autolr.divergence_advice(lr, config),
                     iteration=iteration,
                     distilled=path,
                     metrics=run.paths["metrics"],
