@@ -27,12 +27,12 @@ def test_quick_profile_budget():
     d, b, e = plan.distill, plan.buffer, plan.evaluation
     assert (d.syn_steps, d.expert_epochs, d.max_start_epoch) == (20, 2, 3)
     assert (d.iterations, d.eval_every, d.test_runs, d.lr_img) == (60, 0, 0, 1000.0)
-    assert (d.lr_lr, d.lr_teacher, d.eps) == (1e-5, 0.01, 0.1)  # the preset's
+    assert (d.lr_lr, d.lr_teacher, d.eps) == (None, None, 0.1)  # derived when the run starts
     assert (b.experts, b.epochs, b.train_subset, b.test_subset) == (1, 4, 5000, 1000)
     assert b.epochs == d.needed_epochs
     assert (e.runs, e.epochs, plan.test_subset) == (3, 300, 2000)
     assert plan.origin["iterations"] == plan.origin["experts"] == "profile"
-    assert "lr_lr" not in plan.origin  # the preset's value, as the settings table says
+    assert "lr_lr" not in plan.origin  # not the profile's nor the user's: the run derives it
 
 
 def test_paper_profile_is_the_spec():
