@@ -359,7 +359,7 @@ def _settings_table(event, origin: dict[str, str]) -> Table:
         rows["batch_syn"] = "all"
     for name, value in rows.items():
         source = event.derived.get(name) or origin.get(name, "default")  # issue 14: derived
-        if name in ("zca", "train_subset") and source != "option":
+        if name in ("zca", "train_subset") and source != "user":
             source = "buffer" if source != "resume" else source
         table.add_row(name, str(value), source)
     table.add_section()
@@ -641,7 +641,7 @@ def distill_command(
         folder = out_dir or distill_engine.default_run_dir(config)
     if all_images:
         config = replace(config, batch_syn=None)
-    origin.update({name: "option" for name in overrides})
+    origin.update({name: "user" for name in overrides})
     progress = make_progress(err, disable=quiet)
     display = _DistillDisplay(progress, origin, quiet or json_out)
 

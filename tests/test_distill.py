@@ -84,11 +84,11 @@ def test_presets_follow_the_spec_table():
     assert presets.resolve("cifar100", 1)["expert_epochs"] == 3
     assert presets.resolve("tinyimagenet", 10)["batch_syn"] == 200
     assert presets.resolve("tinyimagenet", 1)["syn_steps"] == 10
-    other = presets.resolve("fashion-mnist", 7)
+    other = presets.resolve("fashion-mnist", 7)  # no paper row: the step sizes are derived
     assert other == {
         "syn_steps": 20, "expert_epochs": 2, "max_start_epoch": 10, "batch_syn": None,
         "zca": False, "lr_img": 100.0, "lr_lr": None, "lr_teacher": None,
-    }  # fmt: skip  (the step sizes of sets without a paper row are derived: engine/autolr.py)
+    }  # fmt: skip
     assert presets.resolve("cifar10", 20)["max_start_epoch"] == 20  # closest listed IPC: 10
     assert presets.has_paper_row("cifar100") and not presets.has_paper_row("svhn")
     derived = presets.resolve("cifar10", 1, derive=True)

@@ -61,7 +61,7 @@ def test_overrides_win_and_are_marked():
     assert (plan.buffer.experts, plan.buffer.epochs, plan.buffer.train_subset) == (3, 9, 200)
     assert plan.distill.train_subset == 200
     assert (plan.evaluation.runs, plan.evaluation.epochs, plan.test_subset) == (1, 11, 2000)
-    assert plan.origin["iterations"] == plan.origin["experts"] == "option"
+    assert plan.origin["iterations"] == plan.origin["experts"] == "user"
     assert plan.origin["syn_steps"] == "profile"
 
 

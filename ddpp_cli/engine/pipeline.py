@@ -82,7 +82,7 @@ class RunPlan:
     distill: distill_engine.DistillConfig
     evaluation: evaluate.EvalConfig
     test_subset: int | None
-    origin: dict[str, str]  # setting -> "profile" | "preset" | "option" | "default"
+    origin: dict[str, str]  # setting -> "profile" | "preset" | "user" | "default"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,7 +121,7 @@ def plan_run(
     info = data.info(dataset)
     preset = presets.resolve(info.name, ipc)
     use_zca = bool(given.get("zca", preset["zca"]))
-    origin: dict[str, str] = {"dataset": "option", "ipc": "option", "test_runs": "run"}
+    origin: dict[str, str] = {"dataset": "user", "ipc": "user", "test_runs": "run"}
 
     distill_values: dict[str, Any] = {}
     if profile == "quick":
@@ -136,7 +136,7 @@ def plan_run(
             distill_values["lr_img"] = max(preset["lr_img"], QUICK["lr_img"])
         origin.update({name: "profile" for name in distill_values})
     distill_values.update({k: given[k] for k in DISTILL_KEYS if k in given})
-    origin.update({k: "option" for k in DISTILL_KEYS if k in given})
+    origin.update({k: "user" for k in DISTILL_KEYS if k in given})
     all_images = distill_values.get("batch_syn") == 0  # --batch-syn 0: every image each step
     if all_images:
         del distill_values["batch_syn"]
@@ -171,7 +171,7 @@ def plan_run(
         seed=seed,
     )
     for name in ("experts", "buffer_epochs", "train_subset"):
-        origin[name] = "option" if name in given else ("profile" if quick else "default")
+        origin[name] = "user" if name in given else ("profile" if quick else "default")
 
     evaluation = evaluate.EvalConfig(
         arch=arch,
@@ -181,7 +181,7 @@ def plan_run(
     )
     test_subset = given.get("test_subset", QUICK["test_subset"] if quick else None)
     for name in ("runs", "epochs", "test_subset"):
-        origin[name] = "option" if name in given else ("profile" if quick else "default")
+        origin[name] = "user" if name in given else ("profile" if quick else "default")
     return RunPlan(profile, buffer_config, distill_config, evaluation, test_subset, origin)
 
 
