@@ -497,6 +497,14 @@ def distill_command(
     lr_lr: Annotated[
         float | None, typer.Option("--lr-lr", help="SGD lr of the learned step size (preset).")
     ] = None,
+    auto_lr: Annotated[
+        bool,
+        typer.Option(
+            "--auto-lr",
+            help="Derive --lr-teacher/--lr-lr from the buffer and the first gradient on CIFAR "
+            "and Tiny ImageNet too (always done for sets without a paper row).",
+        ),
+    ] = False,
     lr_teacher: Annotated[
         float | None,
         typer.Option("--lr-teacher", help="Initial learned step size α (preset)."),
@@ -636,7 +644,7 @@ def distill_command(
         if dataset is None or ipc is None:
             raise DdppError("--dataset and --ipc are needed to start a run (or --resume RUN).")
         rest = {k: v for k, v in overrides.items() if k not in ("dataset", "ipc")}
-        config = distill_engine.DistillConfig.from_preset(dataset, ipc, **rest)
+        config = distill_engine.DistillConfig.from_preset(dataset, ipc, derive=auto_lr, **rest)
         origin = {name: "preset" for name in distill_engine.presets.KEYS}
         folder = out_dir or distill_engine.default_run_dir(config)
     if all_images:
@@ -1287,6 +1295,14 @@ def run_command(
     lr_lr: Annotated[
         float | None, typer.Option("--lr-lr", help="Distill: lr of the step size (preset).")
     ] = None,
+    auto_lr: Annotated[
+        bool,
+        typer.Option(
+            "--auto-lr",
+            help="Distill: derive --lr-teacher/--lr-lr on CIFAR and Tiny ImageNet too (always "
+            "done for sets without a paper row).",
+        ),
+    ] = False,
     lr_teacher: Annotated[
         float | None, typer.Option("--lr-teacher", help="Distill: initial step size α (preset).")
     ] = None,
@@ -1359,7 +1375,14 @@ def run_command(
         "runs": runs, "epochs": epochs, "test_subset": test_subset,
     }  # fmt: skip
     plan = pipeline.plan_run(
-        dataset, ipc, eps=eps, profile=profile.strip().lower(), arch=arch, seed=seed, **overrides
+        dataset,
+        ipc,
+        eps=eps,
+        profile=profile.strip().lower(),
+        arch=arch,
+        seed=seed,
+        auto_lr=auto_lr,
+        **overrides,
     )
     torch_device = resolve_device(device)
     folder = out_dir or pipeline.default_run_folder(plan)

@@ -249,3 +249,25 @@ def test_snapshots_make_an_animation_and_are_redone_after_a_resume(
     assert_one_line_error(
         invoke("visualize", out, "--animate", tmp_path / "anim.png"), "writes a GIF"
     )
+
+
+def test_settings_table_says_where_each_step_size_comes_from(tiny_mnist, buffer_dir, tmp_path):
+    result = invoke(*distill_args(tiny_mnist, buffer_dir, tmp_path / "run"))  # gives --lr-lr
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if "│" in line}
+    assert "derived: expert lr" in rows["lr_teacher"]  # mnist has no paper row
+    assert "user" in rows["lr_lr"] and "preset" in rows["lr_img"]
+
+
+def test_auto_lr_opens_a_paper_rows_step_sizes(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_distill(config, folder, **kwargs):
+        seen.append(config)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distill, "distill", fake_distill)
+    for extra in ([], ["--auto-lr"]):
+        invoke("distill", "--dataset", "cifar10", "--ipc", 1, "--out", tmp_path / "r", *extra)
+    assert (seen[0].lr_teacher, seen[0].lr_lr) == (0.01, 1e-7)  # the paper's, untouched
+    assert (seen[1].lr_teacher, seen[1].lr_lr) == (None, None)  # derived when the run starts

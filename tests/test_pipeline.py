@@ -218,3 +218,10 @@ def test_run_bad_input_is_one_line(tiny_mnist, tmp_path):
                         "--out", tmp_path / "r", *args)  # fmt: skip
         assert_one_line_error(result, fragment)
     assert not (tmp_path / "r").exists()
+
+
+def test_auto_lr_derives_a_paper_rows_step_sizes_only_when_asked():
+    paper = pipeline.plan_run("cifar10", 1, profile="quick").distill
+    assert (paper.lr_teacher, paper.lr_lr) == (0.01, 1e-7)
+    derived = pipeline.plan_run("cifar10", 1, profile="quick", auto_lr=True).distill
+    assert (derived.lr_teacher, derived.lr_lr) == (None, None)

@@ -183,13 +183,18 @@ class DistillConfig:
             raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
 
     @classmethod
-    def from_preset(cls, dataset: str, ipc: int, **values: Any) -> DistillConfig:
+    def from_preset(
+        cls, dataset: str, ipc: int, *, derive: bool = False, **values: Any
+    ) -> DistillConfig:
         """A config with SPEC §6's preset for ``dataset``/``ipc`` where ``values`` has None.
+
+        ``derive`` (``--auto-lr``) leaves lr_teacher and lr_lr open (None) on a paper row too,
+        as they are for every other dataset: the run derives them (engine/autolr.py).
 
         The preset's ZCA choice only picks the default buffer; the buffer's own preprocessing
         decides (``zca`` stays None unless given).
         """
-        preset = presets.resolve(dataset, ipc)
+        preset = presets.resolve(dataset, ipc, derive=derive)
         del preset["zca"]
         given = {k: v for k, v in values.items() if v is not None}
         return cls(dataset=dataset, ipc=ipc, **{**preset, **given})

@@ -103,6 +103,7 @@ def plan_run(
     profile: str = "paper",
     arch: str = "convnet",
     seed: int = 0,
+    auto_lr: bool = False,
     **overrides: Any,
 ) -> RunPlan:
     """The settings of every stage: ``profile``'s, then ``overrides`` (None = not given).
@@ -110,7 +111,8 @@ def plan_run(
     Override names are those of :data:`OVERRIDE_KEYS`: the distillation settings by their
     DistillConfig names, ``experts``/``buffer_epochs``/``train_subset``/``zca``/``image_size``
     for the buffer (and so for the whole run),
-    ``runs``/``epochs``/``test_subset`` for the evaluation (and the baseline).
+    ``runs``/``epochs``/``test_subset`` for the evaluation (and the baseline). ``auto_lr``
+    derives lr_teacher and lr_lr on a paper row too (see :mod:`ddpp_cli.engine.autolr`).
     """
     if profile not in PROFILES:
         raise DdppError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}.")
@@ -119,7 +121,7 @@ def plan_run(
         raise TypeError(f"unknown run settings: {', '.join(sorted(unknown))}")
     given = {k: v for k, v in overrides.items() if v is not None}
     info = data.info(dataset)
-    preset = presets.resolve(info.name, ipc)
+    preset = presets.resolve(info.name, ipc, derive=auto_lr)
     use_zca = bool(given.get("zca", preset["zca"]))
     origin: dict[str, str] = {"dataset": "user", "ipc": "user", "test_runs": "run"}
 
@@ -142,7 +144,7 @@ def plan_run(
         del distill_values["batch_syn"]
     # The run evaluates the set itself (with the baseline), so the distiller's own test is off.
     distill_config = distill_engine.DistillConfig.from_preset(
-        info.name, ipc, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
+        info.name, ipc, derive=auto_lr, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
         train_subset=given.get("train_subset"), **distill_values,
     )  # fmt: skip
     if all_images:
