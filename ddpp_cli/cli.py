@@ -1375,15 +1375,9 @@ def run_command(
         "runs": runs, "epochs": epochs, "test_subset": test_subset,
     }  # fmt: skip
     plan = pipeline.plan_run(
-        dataset,
-        ipc,
-        eps=eps,
-        profile=profile.strip().lower(),
-        arch=arch,
-        seed=seed,
-        auto_lr=auto_lr,
-        **overrides,
-    )
+        dataset, ipc, eps=eps, profile=profile.strip().lower(), arch=arch, seed=seed,
+        auto_lr=auto_lr, **overrides,
+    )  # fmt: skip
     torch_device = resolve_device(device)
     folder = out_dir or pipeline.default_run_folder(plan)
     origin = {**{name: "preset" for name in distill_engine.presets.KEYS}, **plan.origin}
