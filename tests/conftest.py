@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import signal
 import struct
@@ -152,3 +153,46 @@ def kill_ddpp_when(args: list[str], *, display: str, when: str, message: str) ->
         pytest.fail(f"the child never said {message!r}: {said!r} {process.communicate()}")
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def _without_timing(records: list[dict], timing: tuple[str, ...]) -> list[dict]:
+    return [{k: v for k, v in record.items() if k not in timing} for record in records]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two distillation run folders are the same run bit for bit, timings aside: the current set,
+    every checkpoint tensor (momentum and generator states included) and its metadata (the config
+    may differ in what a resume may change), every metrics line (no line twice) and the best
+    set."""
+    from ddpp_cli.engine import distill, store
+
+    first, second = (store.read(f / distill.DISTILLED_NAME, store.DISTILLED_FORMAT) for f in (a, b))
+    assert first.tensors.keys() == second.tensors.keys()
+    assert all(torch.equal(first.tensors[k], second.tensors[k]) for k in first.tensors)
+    ca, cb = (store.read(f / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT) for f in (a, b))
+    assert {"momentum_images", "momentum_lr", "rng_unroll"} <= ca.tensors.keys()
+    assert ca.tensors.keys() == cb.tensors.keys()
+    assert all(torch.equal(ca.tensors[k], cb.tensors[k]) for k in ca.tensors)
+    meta_timing = ("config", "elapsed_seconds")
+    assert _without_timing([ca.metadata], meta_timing) == _without_timing(
+        [cb.metadata], meta_timing
+    )
+    la, lb = ([json.loads(x) for x in (f / distill.METRICS_NAME).read_text().splitlines()]
+              for f in (a, b))  # fmt: skip
+    assert [line["iteration"] for line in lb] == list(range(len(lb)))  # no line twice
+    assert _without_timing(la, ("seconds", "elapsed")) == _without_timing(
+        lb, ("seconds", "elapsed")
+    )
+    assert (a / distill.BEST_NAME).is_file() == (b / distill.BEST_NAME).is_file()
+    if (a / distill.BEST_NAME).is_file():
+        best_a, best_b = (store.read(f / distill.BEST_NAME, store.DISTILLED_FORMAT) for f in (a, b))
+        assert torch.equal(best_a.tensors["images"], best_b.tensors["images"])
+        changeable = distill.CHANGEABLE_ON_RESUME  # e.g. a resume's longer --iterations
+        settings_a, settings_b = (
+            {k: v for k, v in best.metadata.get("settings", {}).items() if k not in changeable}
+            for best in (best_a, best_b)
+        )
+        assert settings_a == settings_b
+        assert _without_timing([best_a.metadata], ("settings",)) == _without_timing(
+            [best_b.metadata], ("settings",)
+        )

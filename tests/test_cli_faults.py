@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_same_run
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distill, distilled, faults, store, trajectory
+from ddpp_cli.engine import distill, faults, store, trajectory
 
 runner = CliRunner()
 
@@ -81,22 +82,6 @@ def without_timing(folder: Path) -> list[dict]:
         {k: v for k, v in json.loads(line).items() if k not in ("seconds", "elapsed")}
         for line in lines
     ]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    """Images, lr, checkpoint tensors, best set and metrics equal (timings aside)."""
-    first = distilled.load(a / distill.DISTILLED_NAME)
-    second = distilled.load(b / distill.DISTILLED_NAME)
-    assert torch.equal(first.images, second.images)
-    assert first.lr == second.lr
-    ca = store.read(a / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
-    cb = store.read(b / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
-    assert ca.tensors.keys() == cb.tensors.keys()
-    assert all(torch.equal(ca.tensors[k], cb.tensors[k]) for k in ca.tensors)
-    assert without_timing(a) == without_timing(b)
-    best_a, best_b = (store.read(f / distill.BEST_NAME, store.DISTILLED_FORMAT) for f in (a, b))
-    assert torch.equal(best_a.tensors["images"], best_b.tensors["images"])
-    assert best_a.metadata == best_b.metadata
 
 
 # ----------------------------------------------------------------------------- distill: OOM

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_run
 
 from ddpp_cli.engine import distill, distilled, models, presets, store
 from ddpp_cli.engine.augment import DSA
@@ -222,28 +223,6 @@ def straight_run(tiny_buffer, tiny_mnist, tmp_path_factory) -> Path:
     return folder
 
 
-def assert_same_run(a: Path, b: Path) -> None:
-    first = distilled.load(a / distill.DISTILLED_NAME)
-    second = distilled.load(b / distill.DISTILLED_NAME)
-    assert torch.equal(first.images, second.images)
-    assert first.lr == second.lr
-    ca = store.read(a / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
-    cb = store.read(b / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
-    assert {"momentum_images", "momentum_lr", "rng_unroll"} <= ca.tensors.keys()
-    assert ca.tensors.keys() == cb.tensors.keys()
-    assert all(torch.equal(ca.tensors[k], cb.tensors[k]) for k in ca.tensors)
-    timing = ("config", "elapsed_seconds")  # the config may differ in checkpoint_every
-    assert {k: v for k, v in ca.metadata.items() if k not in timing} == {
-        k: v for k, v in cb.metadata.items() if k not in timing
-    }
-    la, lb = metrics(a), metrics(b)
-    assert [line["iteration"] for line in lb] == list(range(11))  # no duplicates
-    timing = ("seconds", "elapsed")
-    assert [{k: v for k, v in line.items() if k not in timing} for line in la] == [
-        {k: v for k, v in line.items() if k not in timing} for line in lb
-    ]
-
-
 def test_resume_continues_bit_for_bit(straight_run, tiny_buffer, tiny_mnist, tmp_path):
     config = small_config(iterations=5, eval_every=5, eval_epochs=1, eval_runs=1)
     run(config, tmp_path, tiny_buffer, tiny_mnist)
@@ -253,6 +232,7 @@ def test_resume_continues_bit_for_bit(straight_run, tiny_buffer, tiny_mnist, tmp
     started = next(e for e in events if isinstance(e, distill.DistillStarted))
     assert started.resumed and started.start_iteration == 5
     assert_same_run(straight_run, tmp_path)
+    assert len(metrics(tmp_path)) == 11  # iterations 0-10
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches(
@@ -271,6 +251,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(
     assert distilled.load(tmp_path / distill.DISTILLED_NAME).settings["iteration"] == 6
     run(config, tmp_path, tiny_buffer, tiny_mnist)
     assert_same_run(straight_run, tmp_path)
+    assert len(metrics(tmp_path)) == 11  # iterations 0-10
 
 
 def test_memory_mode_run_matches_the_graph_mode(straight_run, tiny_buffer, tiny_mnist, tmp_path):
