@@ -482,7 +482,7 @@ def run_pipeline(
     sources = {"data_root": data_root, "download": download}
     run = {"device": device, "parallel": parallel, "on_event": on_event, "world": world}
 
-    buffer_dir, reused = _buffer_stage(plan, buffer, stages, emit, sources, run)
+    buffer_dir, reused = _buffer_stage(plan, buffer, stages, emit, sources, run, data_folder)
 
     stages.start("distill", str(folder))
     distill_summary = distill_engine.distill(
@@ -520,16 +520,16 @@ def run_pipeline(
 
 def _buffer_stage(
     plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: EventCallback,
-    sources: dict[str, Any], run: dict[str, Any],
+    sources: dict[str, Any], run: dict[str, Any], source: Path | None = None,
 ) -> tuple[Path, bool]:  # fmt: skip
     """Stage 1: the buffer to distill from, and whether it was reused rather than trained.
 
     ``--buffer`` holding a buffer is used as asked (with a Notice when its settings differ from
     the plan's); otherwise a buffer under the ddpp buffers folder whose every training setting
     matches is reused, else a new one is trained (a Notice names what the nearest one lacked).
+    ``source`` is the folder the data is read from (it must match for a folder dataset).
     """
     needed = plan.distill.needed_epochs
-    source = data.source_folder(plan.buffer.dataset, sources.get("data_root"))
     if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
         buffer_dir, reused = Path(buffer), True
         manifest = trajectory.read_manifest(buffer_dir)
