@@ -112,7 +112,8 @@ ZcaFileOpt = Annotated[
     typer.Option(
         "--zca",
         help="ZCA file (a buffer's zca.safetensors): for a ZCA set whose file moved; for a "
-        "baseline, whiten with it instead of fitting a new one.",
+        "baseline, whiten with it instead of fitting a new one; for --import, the ZCA the "
+        "images were whitened with.",
     ),
 ]
 
@@ -123,7 +124,7 @@ RecordsOpt = Annotated[
         "--records",
         help="Folder keeping each finished run, so that a rerun after a kill continues with the "
         "first missing run (default: RUN/evaluations/ for a run's set, SET.eval/ beside any "
-        "other set file, the ddpp data folder's 'evaluations' for a baseline).",
+        "other set file, the ddpp data folder's 'evaluations' for a baseline or an import).",
     ),
 ]
 NoRecordsOpt = Annotated[

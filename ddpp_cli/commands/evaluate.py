@@ -1,4 +1,5 @@
-"""``ddpp evaluate``: train fresh networks on a distilled set (or a baseline coreset), test them."""
+"""``ddpp evaluate``: train fresh networks on a distilled set, a baseline coreset or another
+tool's set (``--import``), and test them."""
 
 from __future__ import annotations
 
@@ -235,8 +236,7 @@ def command(
     json_out: opt.JsonOpt = False,
     quiet: opt.quiet_option("mean ± std (and the set file with --save)") = False,
 ) -> None:
-    """Train fresh networks on a distilled set (or a baseline coreset, or another tool's set)
-    and test them.
+    """Train fresh networks on a set (distilled, a baseline coreset, or another tool's); test them.
 
     Under torchrun the ranks split the runs; rank 0 prints.
     """
