@@ -100,6 +100,16 @@ def test_herding_with_a_buffer_uses_its_expert_and_its_data(tiny_mnist, tiny_buf
     assert again["accuracies"] == payload["accuracies"]
 
 
+def test_any_baseline_takes_the_data_as_a_buffer_made_them(tiny_mnist, tiny_buffer, tmp_path):
+    out = tmp_path / "random.safetensors"
+    payload = eval_json(*baseline_args(tiny_mnist, "random", "--buffer", tiny_buffer),
+                        "--save", out)  # fmt: skip
+    saved = distilled.load(out)
+    assert tuple(saved.images.shape[1:]) == (1, 8, 8) and payload["protocol"]["image_shape"][1] == 8
+    assert saved.preprocessing == trajectory.read_manifest(tiny_buffer)["preprocessing"]
+    assert payload["protocol"]["baseline"]["image_size"] == saved.settings["image_size"] == 8
+
+
 def test_herding_random_keeps_the_random_network_features(tiny_mnist, tmp_path):
     out = tmp_path / "h.safetensors"
     eval_json(*baseline_args(tiny_mnist, "herding-random"), "--save", out)

@@ -43,6 +43,9 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress
 
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
+# Options named after the BaselineConfig field they set (``opt.settings`` maps them).
+BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
+                     "feature_epochs", "l2_normalize")  # fmt: skip
 # What to evaluate comes from a set (the argument), --baseline or --import; these options apply
 # to the last two only (parameter name -> the ways it applies to).
 CHOICE_OPTIONS = {
@@ -273,16 +276,7 @@ def command(
         title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
     else:
-        _check_method_options(baseline.strip().lower(), options)
-        chosen = {
-            "forgetting_epochs": forgetting_epochs, "feature_epochs": feature_epochs,
-            "buffer": buffer,
-        }  # fmt: skip
-        baseline_config = baselines.BaselineConfig(
-            method=baseline.strip().lower(), dataset=dataset, ipc=ipc,
-            zca=False if no_zca else None, train_subset=train_subset, seed=seed,
-            l2_normalize=l2_normalize, **{k: v for k, v in chosen.items() if v is not None},
-        )  # fmt: skip
+        baseline_config = _baseline_config(options)
         config = eval_config(arch or "convnet", **training)
         result, saved, zca_written = _evaluate_baseline(
             baseline_config, config, save, display, data_options, run
@@ -332,9 +326,10 @@ def _choice(
     return choice
 
 
-def _check_method_options(method: str, options: dict) -> None:
-    """DdppError for an option of another baseline method (e.g. --forgetting-epochs with
-    herding)."""
+def _baseline_config(options: dict) -> baselines.BaselineConfig:
+    """The BaselineConfig of ``--baseline`` and its options; DdppError for an option of
+    another method (e.g. --forgetting-epochs with herding)."""
+    method = options["baseline"].strip().lower()
     if options["forgetting_epochs"] is not None and method != "forgetting":
         raise DdppError("--forgetting-epochs only applies to --baseline forgetting.")
     if options["l2_normalize"] and method != "herding":
@@ -344,6 +339,10 @@ def _check_method_options(method: str, options: dict) -> None:
             "--feature-epochs only applies to --baseline herding without --buffer (with one, "
             "the expert's network is used as it is)."
         )
+    given = opt.settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
+    return baselines.BaselineConfig(
+        method=method, zca=False if options["no_zca"] else None, **given
+    )
 
 
 def _zca_beside(save: Path) -> Path:

@@ -662,6 +662,7 @@ def evaluate_baseline(
             "preprocessing": baseline.preprocessing.kind,
             "baseline": {
                 **c.describe(),
+                "image_size": baseline.image_size,
                 "pool_size": len(baseline.train),
                 "subset_per_run": c.method == "random",
                 "zca_file": None if baseline.zca_path is None else str(baseline.zca_path),
