@@ -125,8 +125,9 @@ class Recorder:
 def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_mnist, monkeypatch):
     recorder = Recorder()
     monkeypatch.setattr(evaluate, "train_epoch", recorder)
+    config = BaselineConfig(method, "mnist", 2, forgetting_epochs=1, feature_epochs=1)
     baseline = baselines.prepare_baseline(
-        BaselineConfig(method, "mnist", 2), data_root=tiny_mnist, download=False, test_subset=20
+        config, data_root=tiny_mnist, download=False, test_subset=20
     )
     assert baseline.zca_path is None and baseline.preprocessing.kind == "normalize"
     result, coreset = baselines.evaluate_baseline(baseline, EvalConfig(runs=3, epochs=1))
@@ -135,6 +136,8 @@ def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_
     assert result.protocol["lr_source"] == "default" and result.lr == 0.01
     different = [not torch.equal(recorder.images[0], other) for other in recorder.images[1:]]
     assert all(different) if method == "random" else not any(different)
+    fixed = {"forgetting": "forgetting", "herding": "features", "herding-random": "features"}
+    assert set(baseline.selection()) == ({fixed[method]} if method in fixed else set())
     assert coreset.source == method and coreset.lr is None and coreset.ipc == 2
     assert torch.equal(coreset.images, recorder.images[0])
     mean, std = 0.1307, 0.3081

@@ -132,3 +132,37 @@ def test_files_of_the_wrong_structure_are_refused(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(DdppError, match="weights-only"):
         foreign.import_dc(tmp_path / "junk.pt", TARGET)
+
+
+def test_find_files_infers_the_kind_from_the_names(tmp_path):
+    mtt_files(tmp_path, lr=torch.tensor(0.01))
+    found = foreign.find_files(tmp_path)  # a folder holding images_best.pt
+    assert found == foreign.ForeignFiles(
+        "mtt", tmp_path / "images_best.pt", tmp_path / "labels_best.pt", tmp_path / "lr_best.pt"
+    )
+    assert foreign.find_files(tmp_path / "images_best.pt") == found
+    torch.save(torch.zeros(6, 1, 28, 28), tmp_path / "images_1000.pt")
+    with pytest.raises(DdppError, match=r"labels_1000\.pt is missing"):
+        foreign.find_files(tmp_path / "images_1000.pt")
+    dc = tmp_path / "dc"
+    dc.mkdir()
+    torch.save({"data": []}, dc / "res_DSA_FashionMNIST_ConvNet_1ipc.pt")
+    assert foreign.find_files(dc).kind == "dc"
+    assert foreign.find_files(tmp_path / "images_best.pt", "dc").kind == "dc"  # --import-kind
+    with pytest.raises(DdppError, match=r"images_<tag>\.pt"):
+        foreign.find_files(dc / "res_DSA_FashionMNIST_ConvNet_1ipc.pt", "mtt")
+    torch.save({"data": []}, dc / "res_DM.pt")
+    with pytest.raises(DdppError, match="several res_"):
+        foreign.find_files(dc)
+    with pytest.raises(DdppError, match="unknown import kind 'kip'"):
+        foreign.find_files(dc, "kip")
+
+
+def test_import_set_takes_the_lr_file_else_the_given_lr_and_experiments_only_for_dc(tmp_path):
+    mtt_files(tmp_path)
+    assert foreign.import_set(tmp_path, TARGET).lr is None
+    assert foreign.import_set(tmp_path, TARGET, lr=0.03).lr == 0.03
+    torch.save(torch.tensor(0.02), tmp_path / "lr_best.pt")
+    assert foreign.import_set(tmp_path, TARGET, lr=0.03).lr == pytest.approx(0.02)
+    with pytest.raises(DdppError, match="--experiment"):
+        foreign.import_set(tmp_path, TARGET, experiment=1)

@@ -10,14 +10,16 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands._display import err, note
-from ddpp_cli.engine import augment, evaluate
+from ddpp_cli.engine import augment, baselines, evaluate, forgetting
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import percent
 
 
 class EvalDisplay:
-    """Turns evaluation events into two progress bars (runs of an architecture, epochs).
+    """Turns evaluation events into two progress bars (runs of an architecture, epochs), after
+    a third for the network a baseline trains to choose its coreset (herding's features,
+    forgetting's counts).
 
     With ``--parallel K`` several runs start together; the epochs bar follows the first one of
     the group and is labelled with the whole group.
@@ -30,6 +32,7 @@ class EvalDisplay:
         self.arch = None
         self.group: list[int] = []  # runs started and not yet finished
         self.resumed: dict[str, list[int]] = {}  # arch -> runs taken from the records
+        self.selection_task = None
 
     def __call__(self, event: object) -> None:
         p = self.progress
@@ -51,8 +54,19 @@ class EvalDisplay:
                 p.update(
                     self.runs_task, advance=1, info=f"last {percent(event.accuracy)}{diverged}"
                 )
+            case baselines.FeatureEpoch():
+                self._selection("herding features", event.epoch, event.epochs, event.loss)
+            case forgetting.ForgettingEpoch():
+                info = f"loss {event.loss:.4f}, correct {percent(event.accuracy)}"
+                self._selection("forgetting counts", event.epoch, event.epochs, info)
             case Notice() if not p.disable:
                 note(p.console, event.message)
+
+    def _selection(self, what: str, epoch: int, epochs: int, info: float | str) -> None:
+        if self.selection_task is None:
+            self.selection_task = self.progress.add_task(what, total=epochs, info="")
+        info = f"loss {info:.4f}" if isinstance(info, float) else info
+        self.progress.update(self.selection_task, completed=epoch, info=info)
 
     def _arch(self, arch: str, runs: int) -> None:
         """A runs bar per architecture, added at its first event."""
@@ -98,7 +112,8 @@ ZcaFileOpt = Annotated[
     typer.Option(
         "--zca",
         help="ZCA file (a buffer's zca.safetensors): for a ZCA set whose file moved; for a "
-        "baseline, whiten with it instead of fitting a new one.",
+        "baseline, whiten with it instead of fitting a new one; for --import, the ZCA the "
+        "images were whitened with.",
     ),
 ]
 
@@ -109,7 +124,7 @@ RecordsOpt = Annotated[
         "--records",
         help="Folder keeping each finished run, so that a rerun after a kill continues with the "
         "first missing run (default: RUN/evaluations/ for a run's set, SET.eval/ beside any "
-        "other set file, the ddpp data folder's 'evaluations' for a baseline).",
+        "other set file, the ddpp data folder's 'evaluations' for a baseline or an import).",
     ),
 ]
 NoRecordsOpt = Annotated[

@@ -1,4 +1,5 @@
-"""``ddpp evaluate``: train fresh networks on a distilled set (or a baseline coreset), test them."""
+"""``ddpp evaluate``: train fresh networks on a distilled set, a baseline coreset or another
+tool's set (``--import``), and test them."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ddpp_cli.engine import (
     data,
     distilled,
     evaluate,
+    foreign,
     models,
     store,
     trajectory,
@@ -40,8 +42,26 @@ from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress
 
-BASELINE_ONLY = ("dataset", "ipc", "train_subset", "save", "no_zca", "force")
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
+# Options named after the BaselineConfig field they set (``opt.settings`` maps them).
+BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
+                     "feature_epochs", "l2_normalize")  # fmt: skip
+# What to evaluate comes from a set (the argument), --baseline or --import; these options apply
+# to the last two only (parameter name -> the ways it applies to).
+CHOICE_OPTIONS = {
+    "dataset": ("--baseline", "--import"),
+    "ipc": ("--baseline",),
+    "train_subset": ("--baseline",),
+    "buffer": ("--baseline",),
+    "forgetting_epochs": ("--baseline",),
+    "feature_epochs": ("--baseline",),
+    "l2_normalize": ("--baseline",),
+    "import_kind": ("--import",),
+    "experiment": ("--import",),
+    "save": ("--baseline", "--import"),
+    "no_zca": ("--baseline", "--import"),
+    "force": ("--baseline", "--import"),
+}
 
 
 ArchOpt = Annotated[
@@ -53,7 +73,8 @@ BaselineOpt = Annotated[
     str | None,
     typer.Option(
         "--baseline",
-        help="Evaluate a coreset of real images instead: random or herding.",
+        help="Evaluate a coreset of real images instead: random, herding (on a trained "
+        "network's features), forgetting, or herding-random (on a random network's features).",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -63,7 +84,7 @@ BaselineDatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
-        help=f"Baseline dataset: {', '.join(data.available())}.",
+        help=f"Baseline or import dataset: {', '.join(data.available())}.",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -77,7 +98,7 @@ NoZcaOpt = Annotated[
     bool,
     typer.Option(
         "--no-zca",
-        help="Baseline: normalise instead of ZCA (the non-CIFAR default).",
+        help="Baseline or import: normalise instead of ZCA (the non-CIFAR default).",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -86,7 +107,49 @@ BaselineSubsetOpt = Annotated[
     int | None,
     typer.Option(
         "--train-subset",
-        help="Baseline: pick from a stratified subset of N images.",
+        help="Baseline: pick from (and train herding's or forgetting's network on) a "
+        "stratified subset of N training images.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+BaselineBufferOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--buffer",
+        help="Baseline: prepare the data as this 'ddpp buffer' folder's experts saw them "
+        "(ZCA or normalisation, image size); herding uses its first expert's last snapshot as "
+        "the feature network.",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+ForgettingEpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--forgetting-epochs",
+        help="Baseline forgetting: epochs of the network whose forgetting events are counted. "
+        f"(default: {baselines.FORGETTING_EPOCHS}, Toneva et al.; see docs/methods.md for a "
+        "CPU budget)",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+FeatureEpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--feature-epochs",
+        help="Baseline herding without --buffer: epochs of the feature network. (default: "
+        f"{baselines.HERDING_FEATURE_EPOCHS}, an expert's)",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+L2NormalizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--l2-normalize",
+        help="Baseline herding: scale each feature vector to unit length first (iCaRL).",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -95,7 +158,7 @@ SaveOpt = Annotated[
     Path | None,
     typer.Option(
         "--save",
-        help="Baseline: also write the coreset as a distilled-set file.",
+        help="Baseline or import: also write the set as a ddpp distilled-set file.",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -104,8 +167,40 @@ ForceSaveOpt = Annotated[
     bool,
     typer.Option(
         "--force",
-        help="Baseline: replace the --save file (and its .zca file) if they exist.",
+        help="Baseline or import: replace the --save file (and its .zca file) if they exist.",
         rich_help_panel=opt.BASELINE,
+    ),
+]
+
+IMPORT = "Import (another tool's set)"
+
+ImportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--import",
+        help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt and "
+        "lr_best.pt beside it), a DC/DSA/DM res_*.pt, or a folder holding one. Loaded as "
+        "tensors only (never arbitrary pickles). Needs --dataset; MTT's ZCA: the dataset's "
+        "default, --no-zca, or --zca PATH.",
+        rich_help_panel=IMPORT,
+    ),
+]
+
+ImportKindOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--import-kind",
+        help="mtt or dc, where the file name does not say (images_*.pt is MTT's).",
+        rich_help_panel=IMPORT,
+    ),
+]
+
+ExperimentOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--experiment",
+        help="Which experiment of a DC/DSA/DM res_*.pt to import. (default: 0)",
+        rich_help_panel=IMPORT,
     ),
 ]
 
@@ -124,8 +219,15 @@ def command(
     ipc: BaselineIpcOpt = None,
     no_zca: NoZcaOpt = False,
     train_subset: BaselineSubsetOpt = None,
+    buffer: BaselineBufferOpt = None,
+    forgetting_epochs: ForgettingEpochsOpt = None,
+    feature_epochs: FeatureEpochsOpt = None,
+    l2_normalize: L2NormalizeOpt = False,
     save: SaveOpt = None,
     force: ForceSaveOpt = False,
+    import_path: ImportOpt = None,
+    import_kind: ImportKindOpt = None,
+    experiment: ExperimentOpt = None,
     records: RecordsOpt = None,
     no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
@@ -135,14 +237,14 @@ def command(
     device: opt.DeviceOpt = "auto",
     seed: opt.SeedOpt = 0,
     json_out: opt.JsonOpt = False,
-    quiet: opt.quiet_option("mean ± std (and the coreset file with --save)") = False,
+    quiet: opt.quiet_option("mean ± std (and the set file with --save)") = False,
 ) -> None:
-    """Train fresh networks on a distilled set (or a baseline coreset) and test them.
+    """Train fresh networks on a set (distilled, a baseline coreset, or another tool's); test them.
 
     Under torchrun the ranks split the runs; rank 0 prints.
     """
     options = dict(locals())
-    _check_target(target, baseline, {name: options[name] for name in BASELINE_ONLY})
+    choice = _choice(target, baseline, import_path, {n: options[n] for n in CHOICE_OPTIONS})
     training = {name: options[name] for name in TRAINING}
     world, torch_device = join_world(resolve_device(device))
     progress = make_progress(err, disable=quiet or not world.is_main)
@@ -152,7 +254,9 @@ def command(
     display = EvalDisplay(progress)
     run = {"device": torch_device, "parallel": parallel, "world": world, "records": records_at}
     saved, zca_written = None, None
-    if baseline is None:
+    if save is not None:  # before any work: nothing the user made is replaced silently
+        store.refuse_existing(save, _zca_beside(save), force=force)
+    if choice == "set":
         path = evaluate.find_set(target)
         distilled_set = distilled.load(path)
         default_arch = distilled_set.arch if distilled_set.arch in models.available() else "convnet"
@@ -163,13 +267,16 @@ def command(
                 distilled_set, config, on_event=display, **data_options, **run
             )
         payload = {"set": str(path), **result.to_json()}
+    elif choice == "--import":
+        config = eval_config(arch or "convnet", **training)
+        imported = {"kind": import_kind, "experiment": experiment, "no_zca": no_zca}
+        result, distilled_set, saved, zca_written = _evaluate_import(
+            import_path, dataset, imported, config, save, display, data_options, run
+        )
+        title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
+        payload = {"set": None if saved is None else str(saved), **result.to_json()}
     else:
-        if save is not None:  # before any work: nothing the user made is replaced silently
-            store.refuse_existing(save, _zca_beside(save), force=force)
-        baseline_config = baselines.BaselineConfig(
-            method=baseline.strip().lower(), dataset=dataset, ipc=ipc,
-            zca=False if no_zca else None, train_subset=train_subset, seed=seed,
-        )  # fmt: skip
+        baseline_config = _baseline_config(options)
         config = eval_config(arch or "convnet", **training)
         result, saved, zca_written = _evaluate_baseline(
             baseline_config, config, save, display, data_options, run
@@ -185,25 +292,57 @@ def command(
             line(out, records_line(records_at, display))
 
 
-def _check_target(target: Path | None, baseline: str | None, baseline_only: dict) -> None:
-    """DdppError unless exactly one of a set and a complete --baseline is asked for."""
-    if baseline is None:
-        given = [
-            "--" + name.replace("_", "-")
-            for name, value in baseline_only.items()
-            if value is not None and value is not False
-        ]
-        if given:
-            raise DdppError(f"{', '.join(given)} only apply with --baseline random|herding.")
-        if target is None:
-            raise DdppError(
-                "nothing to evaluate: pass a distilled-set file or run folder, or "
-                "--baseline random|herding --dataset D --ipc K."
-            )
-    elif target is not None:
-        raise DdppError(f"pass either a set ({target}) or --baseline, not both.")
-    elif baseline_only["dataset"] is None or baseline_only["ipc"] is None:
+def _choice(
+    target: Path | None, baseline: str | None, import_path: Path | None, given: dict
+) -> str:
+    """ "set", "--baseline" or "--import"; DdppError unless exactly one is asked for, complete,
+    and without options of the others."""
+    chosen = [name for name, value in (("--baseline", baseline), ("--import", import_path))
+              if value is not None]  # fmt: skip
+    if target is not None and chosen:
+        raise DdppError(f"pass either a set ({target}) or {chosen[0]}, not both.")
+    if len(chosen) > 1:
+        raise DdppError("pass either --baseline or --import, not both.")
+    choice = chosen[0] if chosen else "set"
+    misplaced = [
+        name
+        for name, value in given.items()
+        if value is not None and value is not False and choice not in CHOICE_OPTIONS[name]
+    ]
+    if misplaced:
+        flags = ", ".join("--" + name.replace("_", "-") for name in misplaced)
+        ways = sorted({way for name in misplaced for way in CHOICE_OPTIONS[name]})
+        raise DdppError(f"{flags} only apply with {' or '.join(ways)}.")
+    if choice == "set" and target is None:
+        raise DdppError(
+            "nothing to evaluate: pass a distilled-set file or run folder, "
+            f"--baseline {'|'.join(baselines.METHODS)} --dataset D --ipc K, or --import PATH "
+            "--dataset D."
+        )
+    if choice == "--baseline" and (given["dataset"] is None or given["ipc"] is None):
         raise DdppError("--baseline needs --dataset D and --ipc K.")
+    if choice == "--import" and given["dataset"] is None:
+        raise DdppError("--import needs --dataset D, the dataset the set was made from.")
+    return choice
+
+
+def _baseline_config(options: dict) -> baselines.BaselineConfig:
+    """The BaselineConfig of ``--baseline`` and its options; DdppError for an option of
+    another method (e.g. --forgetting-epochs with herding)."""
+    method = options["baseline"].strip().lower()
+    if options["forgetting_epochs"] is not None and method != "forgetting":
+        raise DdppError("--forgetting-epochs only applies to --baseline forgetting.")
+    if options["l2_normalize"] and method != "herding":
+        raise DdppError("--l2-normalize only applies to --baseline herding.")
+    if options["feature_epochs"] is not None and (method != "herding" or options["buffer"]):
+        raise DdppError(
+            "--feature-epochs only applies to --baseline herding without --buffer (with one, "
+            "the expert's network is used as it is)."
+        )
+    given = opt.settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
+    return baselines.BaselineConfig(
+        method=method, zca=False if options["no_zca"] else None, **given
+    )
 
 
 def _zca_beside(save: Path) -> Path:
@@ -215,24 +354,61 @@ def _evaluate_baseline(
     baseline_config: baselines.BaselineConfig, config: evaluate.EvalConfig, save: Path | None,
     display: EvalDisplay, data_options: dict, run: dict,
 ) -> tuple[evaluate.EvalResult, Path | None, Path | None]:  # fmt: skip
-    """Pick the coreset, write it with ``--save`` (rank 0 only), then evaluate it.
+    """Pick the coreset (training herding's or forgetting's network first), write it with
+    ``--save`` (rank 0 only), then evaluate it.
 
     Returns the result, the coreset file and the ZCA file written next to it."""
     main = run["world"].is_main  # one rank writes the user's files
     saved = None
     with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
-        zca_out = (
-            _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
-        )
+        zca_out = _zca_out(save, main, scratch)
         prepared = baselines.prepare_baseline(
             baseline_config, zca_out=zca_out, eval_seed=config.seed, **data_options
         )
-        if save is not None and main:
-            saved = distilled.save(save, prepared.make_set(prepared.indices(0, run["device"])))
         with display.progress:
+            chosen = prepared.indices(0, run["device"], on_event=display)
+            if save is not None and main:  # before the evaluation, which a kill may cut short
+                saved = distilled.save(save, prepared.make_set(chosen))
             result, _ = baselines.evaluate_baseline(prepared, config, on_event=display, **run)
-    written_zca = prepared.zca_path if data_options["zca_path"] is None else None
+    written_zca = prepared.zca_path if saved is not None and prepared.zca_path == zca_out else None
     return result, saved, written_zca
+
+
+def _evaluate_import(
+    path: Path, dataset: str, imported: dict, config: evaluate.EvalConfig, save: Path | None,
+    display: EvalDisplay, data_options: dict, run: dict,
+) -> tuple[evaluate.EvalResult, distilled.DistilledSet, Path | None, Path | None]:  # fmt: skip
+    """Import another tool's set (fitting a ZCA beside ``--save`` where one is needed), write it
+    with ``--save`` (rank 0 only), then evaluate it.
+
+    Returns the result, the set, its file and the ZCA file written next to it."""
+    main = run["world"].is_main
+    saved, written_zca = None, None
+    with tempfile.TemporaryDirectory(prefix="ddpp-zca-") as scratch:
+        zca_out = _zca_out(save, main, scratch)
+        found = foreign.import_for_dataset(
+            path, dataset, kind=imported["kind"], experiment=imported["experiment"],
+            lr=config.lr, zca=False if imported["no_zca"] else None,
+            zca_path=data_options["zca_path"], zca_out=zca_out,
+            data_root=data_options["data_root"], download=data_options["download"],
+            seed=config.seed,
+        )  # fmt: skip
+        if save is not None and main:
+            saved = distilled.save(save, found)
+            if zca_out.is_file():
+                written_zca = zca_out
+        with display.progress:
+            result = evaluate.evaluate_set(
+                found, config, on_event=display, data_root=data_options["data_root"],
+                download=data_options["download"], test_subset=data_options["test_subset"],
+                **run,
+            )  # fmt: skip
+    return result, found, saved, written_zca
+
+
+def _zca_out(save: Path | None, main: bool, scratch: str) -> Path:
+    """Where a freshly fitted ZCA goes: beside ``--save`` (rank 0), else a scratch folder."""
+    return _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
 
 
 def _report(
@@ -249,6 +425,6 @@ def _report(
         return
     print_result(title, result)
     if saved is not None:
-        line(out, f"coreset: {saved}")
+        line(out, f"set: {saved}")
         if zca_written is not None:
             line(out, f"zca:     {zca_written}")

@@ -3,12 +3,19 @@
 - random: ``ipc`` real training images per class, drawn uniformly; run ``r`` of an evaluation
   draws its own subset (seed derived from the run), so the std covers the choice of subset too.
 - herding: per class, greedy mean matching (Welling 2009, as used by iCaRL and the DC benchmark)
-  in the feature space (penultimate-layer embedding) of a randomly initialised ConvNet; the
-  selection is deterministic given the seed, and the runs differ in the evaluated network only.
+  in the penultimate-layer features of a *trained* network (METHODS.md §5): the last snapshot of
+  an expert of ``BaselineConfig.buffer``, else a ConvNet trained here for ``feature_epochs``.
+- forgetting: the ``ipc`` most forgotten examples of each class (Toneva et al. 2019,
+  :mod:`forgetting`), counted while training a ConvNet on the pool for ``forgetting_epochs``.
+- herding-random: herding in the features of a randomly initialised ConvNet (ddpp's herding
+  before issue 16; fast, but not the benchmark's baseline).
+
+Herding, forgetting and herding-random are deterministic given the seed: every evaluation run
+trains on the same coreset and the runs differ in the evaluated network only.
 
 A coreset is returned as indices into the training split, and can be packed as a
-:class:`DistilledSet` (``source="random"|"herding"``, ``lr=None``) with the dataset's
-preprocessing so that ``evaluate``, ``crossarch`` and ``visualize`` treat it like a distilled set.
+:class:`DistilledSet` (``source`` = the method, ``lr=None``) with the dataset's preprocessing so
+that ``evaluate``, ``crossarch`` and ``visualize`` treat it like a distilled set.
 """
 
 from __future__ import annotations
@@ -21,19 +28,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpp_cli.engine import data, models, store, zca
+from ddpp_cli.engine import data, models, store, trajectory, zca
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_per_run, take_test_subset
+from ddpp_cli.engine.forgetting import ForgettingConfig, forgetting_coreset
 from ddpp_cli.engine.functional import ParamLayout, load_flat
-from ddpp_cli.engine.preprocess import Preprocessing, prepare
+from ddpp_cli.engine.preprocess import (
+    PreparedData,
+    Preprocessing,
+    prepare,
+    recorded_normalization,
+)
 from ddpp_cli.engine.training import train_epoch
 from ddpp_cli.engine.trajectory import load_trajectory
 
-METHODS = ("random", "herding")
+METHODS = ("random", "herding", "forgetting", "herding-random")
+FIXED_METHODS = ("herding", "forgetting", "herding-random")  # one coreset for every run
 FEATURE_BATCH = 512
 
 
@@ -149,180 +163,24 @@ def coreset_set(
     )
 
 
-# ---------------------------------------------------------------------------- whole baseline
-
-
-@dataclass(frozen=True)
-class BaselineConfig:
-    """What a baseline coreset is built from; ``zca=None``: the dataset's default (CIFAR on)."""
-
-    method: str
-    dataset: str
-    ipc: int
-    zca: bool | None = None
-    train_subset: int | None = None
-    image_size: int | None = None
-    feature_arch: str = "convnet"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DdppError(
-                f"unknown baseline '{self.method}'; choose one of: {', '.join(METHODS)}."
-            )
-        data.info(self.dataset)  # unknown dataset -> DdppError
-        if self.ipc < 1:
-            raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise DdppError(f"--train-subset must be at least 1 (got {self.train_subset}).")
-        models.check_known(self.feature_arch)
-
-
-@dataclass(frozen=True, eq=False)
-class Baseline:
-    """A prepared baseline: the (transformed) training pool and test split, and how to view them."""
-
-    config: BaselineConfig
-    train: data.ImageSplit
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    preprocessing: Preprocessing
-    preprocessing_info: dict[str, Any]
-    zca_path: Path | None
-    _cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
-
-    def indices(self, run: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The coreset of evaluation run ``run`` (random: a new subset per run; herding: the
-        same for every run). Computed once per distinct coreset."""
-        c = self.config
-        key = run if c.method == "random" else 0
-        if key not in self._cache:
-            if c.method == "random":
-                found = random_coreset(self.train, c.ipc, derive_seed(c.seed, "random", key))
-            else:
-                found = herding_coreset(
-                    self.train, c.ipc, arch=c.feature_arch, seed=c.seed, device=device
-                )
-            self._cache[key] = found
-        return self._cache[key]
-
-    def make_set(self, indices: torch.Tensor, run: int = 0) -> DistilledSet:
-        # data_seed: the seed of the 80/20 split of single-folder datasets this pool came from.
-        settings = {**asdict(self.config), "run": run, "data_seed": self.config.seed}
-        return coreset_set(
-            self.train, indices, dataset=data.info(self.config.dataset).name,
-            preprocessing=self.preprocessing_info, source=self.config.method,
-            seed=self.config.seed, settings=settings,
-        )  # fmt: skip
-
-
-def prepare_baseline(
-    config: BaselineConfig,
-    *,
-    data_root: Path | None = None,
-    download: bool = True,
-    zca_path: Path | None = None,
-    zca_out: Path | None = None,
-    test_subset: int | None = None,
-    eval_seed: int = 0,
-) -> Baseline:
-    """Load and transform the data for a baseline.
-
-    ZCA (``config.zca``, default on for CIFAR) reuses ``zca_path`` (e.g. a buffer's
-    ``zca.safetensors``, so the coreset is comparable with sets distilled from that buffer), or
-    is fitted on the train split and saved to ``zca_out`` so that a saved coreset can refer to it.
-    """
-    info = data.info(config.dataset)
-    if zca_path is not None and config.zca is False:
-        raise DdppError("--zca PATH and --no-zca contradict each other; drop one.")
-    use_zca = info.default_zca if config.zca is None else config.zca
-    use_zca = use_zca or zca_path is not None
-    whitening = None
-    if zca_path is not None:
-        fitted_on = store.read_metadata(Path(zca_path)).get("dataset")
-        whitening = zca.load(Path(zca_path))
-        if isinstance(fitted_on, str) and data.info(fitted_on).name != info.name:
-            raise DdppError(
-                f"the ZCA at {zca_path} was fitted on {fitted_on}, not {info.name}; pass the "
-                f"ZCA of a {info.name} buffer."
-            )
-    prepared = prepare(
-        info.name, data_root, use_zca=use_zca, download=download,
-        train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
-        whitening=whitening,
-    )  # fmt: skip
-    check_ipc(prepared.train, config.ipc)
-    if use_zca:
-        if zca_path is None:
-            if zca_out is None:
-                raise ValueError("zca_out is needed to save a freshly fitted ZCA")
-            zca_path = zca.save(prepared.preprocessing.whitening, zca_out, {"dataset": info.name})
-        described = zca_reference(Path(zca_path))
-    else:
-        described = prepared.preprocessing.describe()
-    test = take_test_subset(prepared.test, test_subset, eval_seed)
-    return Baseline(
-        config=config,
-        train=prepared.train,
-        test_images=test.images,
-        test_labels=test.labels,
-        preprocessing=prepared.preprocessing,
-        preprocessing_info=described,
-        zca_path=Path(zca_path) if use_zca else None,
-    )
-
-
-def evaluate_baseline(
-    baseline: Baseline,
-    config: EvalConfig,
-    *,
-    device: torch.device | str = "cpu",
-    on_event: Callable[[object], None] | None = None,
-    parallel: int = 1,
-    world: World | None = None,
-    records: Path | None = None,
-) -> tuple[EvalResult, DistilledSet]:
-    """Evaluate the baseline under ``config``; also returns run 0's coreset as a set.
-
-    ``parallel`` runs train at once as one batched model; under torchrun (``world``) the runs
-    are split between the ranks; ``records`` keeps finished runs for a rerun to continue (see
-    :func:`evaluate.evaluate_per_run`)."""
-
-    def set_for_run(run: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = baseline.indices(run, device)
-        return baseline.train.images[index], baseline.train.labels[index]
-
-    result = evaluate_per_run(
-        set_for_run, baseline.test_images, baseline.test_labels,
-        num_classes=baseline.train.num_classes, config=config, lr=None, device=device,
-        on_event=on_event, parallel=parallel, world=world, records=records,
-    )  # fmt: skip
-    c = baseline.config
-    result = replace(
-        result,
-        protocol={
-            **result.protocol,
-            "dataset": data.info(c.dataset).name,
-            "source": c.method,
-            "ipc": c.ipc,
-            "preprocessing": baseline.preprocessing.kind,
-            "baseline": {
-                **asdict(c),
-                "pool_size": len(baseline.train),
-                "subset_per_run": c.method == "random",
-                "zca_file": None if baseline.zca_path is None else str(baseline.zca_path),
-            },
-        },
-    )
-    return result, baseline.make_set(baseline.indices(0, device), run=0)
-
-
 # ------------------------------------------------------------------ herding on trained features
 #
 # The DC benchmark's herding row uses the features of a network trained on the whole training
-# set (DeepCore's herding.py; METHODS.md §5). The random-feature herding above stays as it is.
+# set (DeepCore's herding.py; METHODS.md §5). The random-feature herding above stays, labelled
+# "herding-random".
 
-HERDING_FEATURE_EPOCHS = 10  # [ddpp] CPU budget when no expert is given (an expert has 50)
+# Without a buffer, herding's feature network trains as long as an expert of ``ddpp buffer``
+# (SPEC §5: 50 epochs), so that both sources give the same kind of network. A CPU budget lowers it.
+HERDING_FEATURE_EPOCHS = 50
+
+
+@dataclass(frozen=True)
+class FeatureEpoch:
+    """Progress event: one epoch of herding's feature network finished."""
+
+    epoch: int  # 1-based
+    epochs: int
+    loss: float
 
 
 @dataclass(frozen=True)
@@ -435,3 +293,381 @@ def trained_herding_coreset(
         features = torch.nn.functional.normalize(features, dim=1)
     indices = herding_on_features(features, train.labels, train.num_classes, ipc)
     return indices, {**source.describe(), "l2_normalize": l2_normalize, "dim": features.shape[1]}
+
+
+# ---------------------------------------------------------------------------- whole baseline
+
+# Forgetting's training epochs by default: Toneva et al.'s 200 (DeepCore trains 40). A GPU
+# setting; on a CPU, lower it and count on a --train-subset (docs/methods.md gives a budget).
+FORGETTING_EPOCHS = 200
+_OWN_FIELDS = {  # settings that apply to one method only (recorded only for it)
+    "forgetting": ("forgetting_epochs",),
+    "herding": ("feature_epochs", "l2_normalize"),
+}
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What a baseline coreset is built from.
+
+    ``zca=None``: the dataset's default (CIFAR on), or the buffer's. ``buffer``: a ``ddpp
+    buffer`` folder; the data are then prepared exactly as its experts saw them (ZCA or
+    normalisation, image size, data seed), and herding takes its features from the last snapshot
+    of the buffer's first expert. ``feature_arch``: the network of herding's features and of
+    forgetting's counts (None: the buffer's architecture, else convnet). ``forgetting_epochs``
+    (forgetting) and ``feature_epochs``/``l2_normalize`` (herding; ``feature_epochs`` only
+    without a buffer) apply to their method alone.
+    """
+
+    method: str
+    dataset: str
+    ipc: int
+    zca: bool | None = None
+    train_subset: int | None = None
+    image_size: int | None = None
+    feature_arch: str | None = None
+    seed: int = 0
+    buffer: Path | None = None
+    forgetting_epochs: int = FORGETTING_EPOCHS
+    feature_epochs: int = HERDING_FEATURE_EPOCHS
+    l2_normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise DdppError(
+                f"unknown baseline '{self.method}'; choose one of: {', '.join(METHODS)}."
+            )
+        data.info(self.dataset)  # unknown dataset -> DdppError
+        if self.ipc < 1:
+            raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise DdppError(f"--train-subset must be at least 1 (got {self.train_subset}).")
+        if self.feature_arch is not None:
+            models.check_known(self.feature_arch)
+        if self.forgetting_epochs < 1:
+            raise DdppError(
+                f"--forgetting-epochs must be at least 1 (got {self.forgetting_epochs})."
+            )
+        if self.feature_epochs < 1:
+            raise DdppError(f"--feature-epochs must be at least 1 (got {self.feature_epochs}).")
+
+    def describe(self) -> dict[str, Any]:
+        """The settings (JSON-ready) as recorded with the coreset and its evaluation: the
+        common ones and the method's own (``feature_epochs`` only when herding trains here)."""
+        settings = asdict(self)
+        settings["buffer"] = None if self.buffer is None else str(Path(self.buffer).resolve())
+        own = set(_OWN_FIELDS.get(self.method, ()))
+        if self.buffer is not None:
+            own.discard("feature_epochs")  # the expert's network is used, nothing is trained
+        for fields in _OWN_FIELDS.values():
+            for name in fields:
+                if name not in own:
+                    settings.pop(name, None)
+        return settings
+
+
+@dataclass(frozen=True, eq=False)
+class Baseline:
+    """A prepared baseline: the (transformed) training pool and test split, how to view them,
+    and where its selection network comes from (``expert_file``, ``feature_arch``)."""
+
+    config: BaselineConfig
+    train: data.ImageSplit
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    preprocessing: Preprocessing
+    preprocessing_info: dict[str, Any]
+    zca_path: Path | None
+    data_seed: int = 0  # the seed the data were loaded with (split of single-folder sets)
+    image_size: int | None = None  # the --image-size the data were loaded at (None: native)
+    expert_file: Path | None = None  # herding's features with a buffer
+    feature_arch: str = "convnet"
+    _cache: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _selection: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def indices(
+        self,
+        run: int = 0,
+        device: torch.device | str = "cpu",
+        on_event: Callable[[object], None] | None = None,
+    ) -> torch.Tensor:
+        """The coreset of evaluation run ``run`` (random: a new subset per run; the other
+        methods: the same for every run). Computed once per distinct coreset; training a
+        selection network reports its epochs to ``on_event`` (:class:`FeatureEpoch`,
+        :class:`forgetting.ForgettingEpoch`)."""
+        c = self.config
+        key = run if c.method == "random" else 0
+        if key not in self._cache:
+            if c.method == "random":
+                found = random_coreset(self.train, c.ipc, derive_seed(c.seed, "random", key))
+            else:
+                found, record = self._select(device, on_event or (lambda event: None))
+                self._selection.update(record)
+            self._cache[key] = found
+        return self._cache[key]
+
+    def selection(self) -> dict[str, Any]:
+        """How the fixed coreset was chosen (``features`` or ``forgetting`` record); empty for
+        random, or before :meth:`indices` computed it."""
+        return dict(self._selection)
+
+    def _select(
+        self, device: torch.device | str, emit: Callable[[object], None]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        c, arch = self.config, self.feature_arch
+        if c.method == "herding-random":
+            found = herding_coreset(self.train, c.ipc, arch=arch, seed=c.seed, device=device)
+            return found, {"features": {"kind": "random-init", "arch": arch, "seed": c.seed}}
+        if c.method == "herding":
+            if self.expert_file is not None:
+                model, source = expert_feature_network(self.expert_file, arch, self.train)
+            else:
+                model, source = train_feature_network(
+                    self.train, arch, epochs=c.feature_epochs, seed=c.seed, device=device,
+                    on_epoch=lambda epoch, epochs, loss: emit(FeatureEpoch(epoch, epochs, loss)),
+                )  # fmt: skip
+            found, record = trained_herding_coreset(
+                self.train, c.ipc, model, source, l2_normalize=c.l2_normalize, device=device
+            )
+            return found, {"features": record}
+        config = ForgettingConfig(arch=arch, epochs=c.forgetting_epochs, seed=c.seed)
+        found, counts = forgetting_coreset(self.train, c.ipc, config, device=device, on_event=emit)
+        return found, {"forgetting": forgetting_record(config, counts, found)}
+
+    def make_set(self, indices: torch.Tensor, run: int = 0) -> DistilledSet:
+        # data_seed: the seed of the 80/20 split of single-folder datasets this pool came from.
+        settings = {
+            **self.config.describe(), "run": run, "data_seed": self.data_seed,
+            "image_size": self.image_size, **self.selection(),
+        }  # fmt: skip
+        return coreset_set(
+            self.train, indices, dataset=data.info(self.config.dataset).name,
+            preprocessing=self.preprocessing_info, source=self.config.method,
+            seed=self.config.seed, settings=settings,
+        )  # fmt: skip
+
+
+def forgetting_record(
+    config: ForgettingConfig, counts: torch.Tensor, indices: torch.Tensor
+) -> dict[str, Any]:
+    """The ``forgetting`` entry of a coreset's settings: the training settings, where the counts
+    came from, and the counts of the pool and of the chosen examples."""
+    return {
+        **asdict(config),
+        # Experts of `ddpp buffer` keep per-epoch snapshots, not each example's correctness at
+        # each presentation, so the counts always come from a run of their own.
+        "counts_source": "trained on the pool",
+        "pool_size": int(counts.numel()),
+        "never_learned": int((counts == config.epochs).sum()),
+        "max_count": int(counts.max()),
+        "selected_counts": counts[indices].tolist(),
+    }
+
+
+@dataclass(frozen=True)
+class _BufferData:
+    """How a buffer's experts saw the data, for a baseline prepared like them."""
+
+    arch: str
+    zca_file: Path | None
+    normalization: Any  # preprocess.Normalization | None
+    image_size: int | None
+    seed: int
+    expert_file: Path | None
+
+
+def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
+    """Read ``config.buffer``'s manifest; DdppError when it contradicts the config."""
+    folder = Path(config.buffer)
+    manifest = trajectory.read_manifest(folder)  # DdppError when not a buffer
+    name = data.info(config.dataset).name
+    dataset = manifest.get("dataset")
+    if not isinstance(dataset, str) or data.info(dataset).name != name:
+        raise DdppError(
+            f"the buffer at {folder} was made for dataset '{dataset}', not '{name}'; pass a "
+            f"{name} buffer or drop --buffer."
+        )
+    arch = str(manifest.get("arch"))
+    if config.feature_arch is not None and config.feature_arch != arch:
+        raise DdppError(
+            f"the buffer at {folder} holds '{arch}' experts, not '{config.feature_arch}'."
+        )
+    is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    if zca_path is not None:
+        raise DdppError("--zca PATH and --buffer both fix the whitening; drop --zca (the "
+                        "buffer's own ZCA is used).")  # fmt: skip
+    if config.zca is not None and config.zca != is_zca:
+        raise DdppError(
+            f"the buffer at {folder} is {'ZCA-whitened' if is_zca else 'normalised'}; drop "
+            f"{'--no-zca' if is_zca else '--zca'} or pass another buffer."
+        )
+    buffer_config = manifest.get("config") or {}
+    image_size = buffer_config.get("image_size")
+    if config.image_size is not None and config.image_size != image_size:
+        raise DdppError(
+            f"the buffer at {folder} was made at --image-size {image_size}, not "
+            f"{config.image_size}; drop --image-size."
+        )
+    zca_file = folder / trajectory.ZCA_NAME if is_zca else None
+    if zca_file is not None and not zca_file.is_file():
+        raise DdppError(f"the buffer at {folder} is ZCA-whitened but its {trajectory.ZCA_NAME} "
+                        "is missing; remake the buffer.")  # fmt: skip
+    experts = trajectory.expert_files(folder)
+    if config.method == "herding" and not experts:
+        raise DdppError(f"the buffer at {folder} holds no expert yet; finish it with 'ddpp "
+                        "buffer', or drop --buffer to train a feature network.")  # fmt: skip
+    return _BufferData(
+        arch=arch,
+        zca_file=zca_file,
+        normalization=None if is_zca else recorded_normalization(manifest.get("preprocessing")),
+        image_size=image_size,
+        seed=int(buffer_config.get("seed") or 0),
+        expert_file=experts[min(experts)] if experts else None,
+    )
+
+
+def prepare_pool(
+    dataset: str,
+    *,
+    use_zca: bool,
+    zca_path: Path | None = None,
+    zca_out: Path | None = None,
+    data_root: Path | None = None,
+    download: bool = True,
+    train_subset: int | None = None,
+    image_size: int | None = None,
+    seed: int = 0,
+    normalization: Any = None,
+) -> tuple[PreparedData, dict[str, Any], Path | None]:
+    """``dataset`` prepared for a set of real (or imported) images: (the data, the
+    ``preprocessing`` record a set of it carries, the ZCA file or None).
+
+    With ``use_zca`` the data are whitened with ``zca_path`` (DdppError when it was fitted on
+    another dataset), else with a ZCA fitted on the train split and saved to ``zca_out``;
+    without, normalised (``normalization``, e.g. a buffer's recorded one, else the dataset's).
+    """
+    name = data.info(dataset).name
+    whitening = None
+    if zca_path is not None:
+        fitted_on = store.read_metadata(Path(zca_path)).get("dataset")
+        whitening = zca.load(Path(zca_path))
+        if isinstance(fitted_on, str) and data.info(fitted_on).name != name:
+            raise DdppError(
+                f"the ZCA at {zca_path} was fitted on {fitted_on}, not {name}; pass the "
+                f"ZCA of a {name} buffer."
+            )
+    prepared = prepare(
+        name, data_root, use_zca=use_zca, download=download, train_subset=train_subset,
+        image_size=image_size, seed=seed, whitening=whitening, normalization=normalization,
+    )  # fmt: skip
+    if not use_zca:
+        return prepared, prepared.preprocessing.describe(), None
+    if zca_path is None:
+        if zca_out is None:
+            raise ValueError("zca_out is needed to save a freshly fitted ZCA")
+        zca_path = zca.save(prepared.preprocessing.whitening, zca_out, {"dataset": name})
+    return prepared, zca_reference(Path(zca_path)), Path(zca_path)
+
+
+def prepare_baseline(
+    config: BaselineConfig,
+    *,
+    data_root: Path | None = None,
+    download: bool = True,
+    zca_path: Path | None = None,
+    zca_out: Path | None = None,
+    test_subset: int | None = None,
+    eval_seed: int = 0,
+) -> Baseline:
+    """Load and transform the data for a baseline.
+
+    With ``config.buffer`` the data are prepared as the buffer's experts saw them (its ZCA file,
+    or its recorded normalisation; its image size and data seed). Otherwise ZCA (``config.zca``,
+    default on for CIFAR) reuses ``zca_path`` (e.g. a buffer's ``zca.safetensors``, so the
+    coreset is comparable with sets distilled from that buffer), or is fitted on the train split
+    and saved to ``zca_out`` so that a saved coreset can refer to it.
+    """
+    info = data.info(config.dataset)
+    buffer = _buffer_data(config, zca_path) if config.buffer is not None else None
+    if zca_path is not None and config.zca is False:
+        raise DdppError("--zca PATH and --no-zca contradict each other; drop one.")
+    if buffer is not None:
+        zca_path, use_zca = buffer.zca_file, buffer.zca_file is not None
+        image_size, data_seed = buffer.image_size, buffer.seed
+    else:
+        use_zca = info.default_zca if config.zca is None else config.zca
+        use_zca = use_zca or zca_path is not None
+        image_size, data_seed = config.image_size, config.seed
+    pool = prepare_pool(
+        info.name, use_zca=use_zca, zca_path=zca_path, zca_out=zca_out, data_root=data_root,
+        download=download, train_subset=config.train_subset, image_size=image_size,
+        seed=data_seed, normalization=None if buffer is None else buffer.normalization,
+    )  # fmt: skip
+    prepared, described, zca_path = pool
+    check_ipc(prepared.train, config.ipc)
+    test = take_test_subset(prepared.test, test_subset, eval_seed)
+    return Baseline(
+        config=config,
+        train=prepared.train,
+        test_images=test.images,
+        test_labels=test.labels,
+        preprocessing=prepared.preprocessing,
+        preprocessing_info=described,
+        zca_path=zca_path,
+        data_seed=data_seed,
+        image_size=image_size,
+        expert_file=None if buffer is None else buffer.expert_file,
+        feature_arch=config.feature_arch or (buffer.arch if buffer is not None else "convnet"),
+    )
+
+
+def evaluate_baseline(
+    baseline: Baseline,
+    config: EvalConfig,
+    *,
+    device: torch.device | str = "cpu",
+    on_event: Callable[[object], None] | None = None,
+    parallel: int = 1,
+    world: World | None = None,
+    records: Path | None = None,
+) -> tuple[EvalResult, DistilledSet]:
+    """Evaluate the baseline under ``config``; also returns run 0's coreset as a set.
+
+    Herding and forgetting first train their selection network (progress to ``on_event``).
+    ``parallel`` runs train at once as one batched model; under torchrun (``world``) the runs
+    are split between the ranks, which all use rank 0's coreset; ``records`` keeps finished runs
+    for a rerun to continue (see :func:`evaluate.evaluate_per_run`)."""
+    c = baseline.config
+    if c.method in FIXED_METHODS:
+        chosen = baseline.indices(0, device, on_event)
+        if world is not None:  # training on GPUs is not bit-reproducible: one coreset for all
+            baseline._cache[0] = world.from_main(chosen)
+
+    def set_for_run(run: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = baseline.indices(run, device)
+        return baseline.train.images[index], baseline.train.labels[index]
+
+    result = evaluate_per_run(
+        set_for_run, baseline.test_images, baseline.test_labels,
+        num_classes=baseline.train.num_classes, config=config, lr=None, device=device,
+        on_event=on_event, parallel=parallel, world=world, records=records,
+    )  # fmt: skip
+    result = replace(
+        result,
+        protocol={
+            **result.protocol,
+            "dataset": data.info(c.dataset).name,
+            "source": c.method,
+            "ipc": c.ipc,
+            "preprocessing": baseline.preprocessing.kind,
+            "baseline": {
+                **c.describe(),
+                "image_size": baseline.image_size,
+                "pool_size": len(baseline.train),
+                "subset_per_run": c.method == "random",
+                "zca_file": None if baseline.zca_path is None else str(baseline.zca_path),
+                **baseline.selection(),
+            },
+        },
+    )
+    return result, baseline.make_set(baseline.indices(0, device), run=0)

@@ -19,12 +19,13 @@ runs. Shapes, labels and classes are checked against the dataset the set is impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ddpp_cli.engine import baselines, data
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256
 from ddpp_cli.engine.errors import DdppError
 
@@ -226,3 +227,121 @@ def import_dc(
         "experiments_in_file": len(entries),
     }
     return _pack(images, labels, target, kind="dc", lr=None, settings=settings)
+
+
+# ------------------------------------------------------------------ one entry point for the CLI
+
+
+@dataclass(frozen=True)
+class ForeignFiles:
+    """The files of one foreign set: ``kind`` "mtt" (images, labels, maybe lr) or "dc" (file)."""
+
+    kind: str
+    images: Path  # MTT's images_<tag>.pt, or the DC/DSA/DM res_*.pt
+    labels: Path | None = None
+    lr: Path | None = None
+
+
+def find_files(path: Path, kind: str | None = None) -> ForeignFiles:
+    """What ``path`` holds: a folder with MTT's ``images_best.pt`` (or with one ``res_*.pt``),
+    MTT's ``images_<tag>.pt`` (``labels_<tag>.pt`` and ``lr_<tag>.pt`` beside it), or any other
+    ``.pt`` file (a DC/DSA/DM result). ``kind`` ("mtt" or "dc") decides where the name cannot."""
+    path = Path(path)
+    if kind is not None and kind not in KINDS:
+        raise DdppError(f"unknown import kind '{kind}'; choose one of: {', '.join(KINDS)}.")
+    if path.is_dir():
+        found = [p for p in (path / "images_best.pt",) if p.is_file() and kind in (None, "mtt")]
+        if not found and kind in (None, "dc"):
+            found = sorted(path.glob("res_*.pt"))
+        if len(found) != 1:
+            raise DdppError(
+                f"{path} holds {'several res_*.pt files' if len(found) > 1 else 'no set'}; "
+                "pass MTT's images_best.pt or a DC/DSA/DM res_*.pt file itself."
+            )
+        path = found[0]
+    elif not path.is_file():
+        raise DdppError(f"{path} does not exist; pass a .pt file or the folder holding it.")
+    if kind is None:
+        kind = "mtt" if path.name.startswith("images_") else "dc"
+    if kind == "dc":
+        return ForeignFiles("dc", path)
+    if not path.name.startswith("images_"):
+        raise DdppError(
+            f"{path.name} is not named like MTT's images file (images_<tag>.pt, with "
+            "labels_<tag>.pt beside it); pass --import-kind dc for a DC/DSA/DM result file."
+        )
+    tag = path.name[len("images_") :]
+    labels = path.with_name(f"labels_{tag}")
+    if not labels.is_file():
+        raise DdppError(f"MTT's labels file {labels} is missing; it belongs beside {path.name}.")
+    lr = path.with_name(f"lr_{tag}")
+    return ForeignFiles("mtt", path, labels, lr if lr.is_file() else None)
+
+
+def import_set(
+    path: Path,
+    target: ImportTarget,
+    *,
+    kind: str | None = None,
+    experiment: int | None = None,
+    lr: float | None = None,
+) -> DistilledSet:
+    """The foreign set at ``path`` (see :func:`find_files`) checked against ``target``.
+
+    MTT: the learned lr comes from ``lr_<tag>.pt`` when it is there, else from ``lr`` (the set
+    then has none when ``lr`` is None). DC/DSA/DM: ``experiment`` picks the experiment (default
+    0); those tools learn no lr, so ``lr`` is not stored with the set.
+    """
+    files = find_files(path, kind)
+    if files.kind == "dc":
+        return import_dc(files.images, target, experiment=0 if experiment is None else experiment)
+    if experiment is not None:
+        raise DdppError("--experiment picks one set of a DC/DSA/DM res_*.pt; MTT's files hold one.")
+    if files.lr is not None:
+        return import_mtt(files.images, files.labels, target, lr_path=files.lr)
+    return import_mtt(files.images, files.labels, target, lr=lr)
+
+
+def import_for_dataset(
+    path: Path,
+    dataset: str,
+    *,
+    kind: str | None = None,
+    experiment: int | None = None,
+    lr: float | None = None,
+    zca: bool | None = None,
+    zca_path: Path | None = None,
+    zca_out: Path | None = None,
+    image_size: int | None = None,
+    data_root: Path | None = None,
+    download: bool = True,
+    seed: int = 0,
+) -> DistilledSet:
+    """Import the set at ``path`` for ``dataset``, in the preprocessing its images are in.
+
+    ZCA (the images were whitened, MTT's ``--zca``): ``zca_path`` (e.g. the ``zca.safetensors``
+    of a ddpp buffer), else ``zca`` True fits one on the train split as MTT does and saves it to
+    ``zca_out``; ``zca=None`` means the dataset's default for MTT sets (on for CIFAR, as MTT's
+    scripts run) and off for DC/DSA/DM sets (those tools never whiten). Otherwise the images are
+    taken as normalised with the dataset's mean/std. ``image_size`` and ``seed`` (the split of
+    single-folder datasets) are recorded so that a saved set is re-evaluated on the same data.
+    """
+    files = find_files(path, kind)
+    info = data.info(dataset)
+    if zca_path is not None and zca is False:
+        raise DdppError("--zca PATH and --no-zca contradict each other; drop one.")
+    if zca is None:
+        zca = zca_path is not None or (files.kind == "mtt" and info.default_zca)
+    prepared, described, _ = baselines.prepare_pool(
+        info.name, use_zca=bool(zca), zca_path=zca_path, zca_out=zca_out, data_root=data_root,
+        download=download, image_size=image_size, seed=seed,
+    )  # fmt: skip
+    target = ImportTarget(
+        dataset=info.name,
+        class_names=tuple(prepared.train.class_names),
+        image_shape=tuple(int(s) for s in prepared.train.images.shape[1:]),
+        preprocessing=described,
+    )
+    imported = import_set(files.images, target, kind=files.kind, experiment=experiment, lr=lr)
+    settings = {**imported.settings, "image_size": image_size, "data_seed": seed}
+    return replace(imported, settings=settings)
