@@ -6,12 +6,30 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, line, out, print_result, set_label
+from ddpp_cli.commands._evaluate_sources import (
+    BASELINE_SETTINGS,
+    CHOICE_OPTIONS,
+    ArchOpt,
+    BaselineBufferOpt,
+    BaselineDatasetOpt,
+    BaselineIpcOpt,
+    BaselineOpt,
+    BaselineSubsetOpt,
+    ExperimentOpt,
+    FeatureEpochsOpt,
+    ForceSaveOpt,
+    ForgettingEpochsOpt,
+    ImportKindOpt,
+    ImportOpt,
+    L2NormalizeOpt,
+    NoZcaOpt,
+    SaveOpt,
+)
 from ddpp_cli.commands._evaluation import (
     BatchOpt,
     DsaOpt,
@@ -29,7 +47,6 @@ from ddpp_cli.commands._evaluation import (
 )
 from ddpp_cli.engine import (
     baselines,
-    data,
     distilled,
     evaluate,
     foreign,
@@ -43,166 +60,6 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress
 
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
-# Options named after the BaselineConfig field they set (``opt.settings`` maps them).
-BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
-                     "feature_epochs", "l2_normalize")  # fmt: skip
-# What to evaluate comes from a set (the argument), --baseline or --import; these options apply
-# to the last two only (parameter name -> the ways it applies to).
-CHOICE_OPTIONS = {
-    "dataset": ("--baseline", "--import"),
-    "ipc": ("--baseline",),
-    "train_subset": ("--baseline",),
-    "buffer": ("--baseline",),
-    "forgetting_epochs": ("--baseline",),
-    "feature_epochs": ("--baseline",),
-    "l2_normalize": ("--baseline",),
-    "import_kind": ("--import",),
-    "experiment": ("--import",),
-    "save": ("--baseline", "--import"),
-    "no_zca": ("--baseline", "--import"),
-    "force": ("--baseline", "--import"),
-}
-
-
-ArchOpt = Annotated[
-    str | None,
-    typer.Option("--arch", help="Network to train (default: the set's, else convnet)."),
-]
-
-BaselineOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--baseline",
-        help="Evaluate a coreset of real images instead: random, herding (on a trained "
-        "network's features), forgetting, or herding-random (on a random network's features).",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-BaselineDatasetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dataset",
-        "-d",
-        help=f"Baseline or import dataset: {', '.join(data.available())}.",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-BaselineIpcOpt = Annotated[
-    int | None,
-    typer.Option("--ipc", help="Baseline images per class.", rich_help_panel=opt.BASELINE),
-]
-
-NoZcaOpt = Annotated[
-    bool,
-    typer.Option(
-        "--no-zca",
-        help="Baseline or import: normalise instead of ZCA (the non-CIFAR default).",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-BaselineSubsetOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--train-subset",
-        help="Baseline: pick from (and train herding's or forgetting's network on) a "
-        "stratified subset of N training images.",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-BaselineBufferOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--buffer",
-        help="Baseline: prepare the data as this 'ddpp buffer' folder's experts saw them "
-        "(ZCA or normalisation, image size); herding uses its first expert's last snapshot as "
-        "the feature network.",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-ForgettingEpochsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--forgetting-epochs",
-        help="Baseline forgetting: epochs of the network whose forgetting events are counted. "
-        f"(default: {baselines.FORGETTING_EPOCHS}, Toneva et al.; see docs/methods.md for a "
-        "CPU budget)",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-FeatureEpochsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--feature-epochs",
-        help="Baseline herding without --buffer: epochs of the feature network. (default: "
-        f"{baselines.HERDING_FEATURE_EPOCHS}, an expert's)",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-L2NormalizeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--l2-normalize",
-        help="Baseline herding: scale each feature vector to unit length first (iCaRL).",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-SaveOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--save",
-        help="Baseline or import: also write the set as a ddpp distilled-set file.",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-ForceSaveOpt = Annotated[
-    bool,
-    typer.Option(
-        "--force",
-        help="Baseline or import: replace the --save file (and its .zca file) if they exist.",
-        rich_help_panel=opt.BASELINE,
-    ),
-]
-
-IMPORT = "Import (another tool's set)"
-
-ImportOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--import",
-        help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt and "
-        "lr_best.pt beside it), a DC/DSA/DM res_*.pt, or a folder holding one. Loaded as "
-        "tensors only (never arbitrary pickles). Needs --dataset; MTT's ZCA: the dataset's "
-        "default, --no-zca, or --zca PATH.",
-        rich_help_panel=IMPORT,
-    ),
-]
-
-ImportKindOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--import-kind",
-        help="mtt or dc, where the file name does not say (images_*.pt is MTT's).",
-        rich_help_panel=IMPORT,
-    ),
-]
-
-ExperimentOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--experiment",
-        help="Which experiment of a DC/DSA/DM res_*.pt to import. (default: 0)",
-        rich_help_panel=IMPORT,
-    ),
-]
 
 
 def command(
