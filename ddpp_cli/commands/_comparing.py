@@ -69,6 +69,7 @@ class CompareDisplay:
         self.origin = origin
         self.quiet = quiet
         self.device = device
+        self.row_origin = origin
         self.sub = None
         self.tasks_before: set = set()
 
@@ -91,6 +92,9 @@ class CompareDisplay:
                     )
                 self.tasks_before = set(p.task_ids)
                 self.sub = BufferDisplay(p, self.device) if event.step == "buffer" else None
+                self.row_origin = {**self.origin, "iterations": "row budget"}
+                if event.step == "mtt":
+                    self.row_origin["eps"] = "mtt row"
             case compare_engine.StepFinished():
                 for task in set(p.task_ids) - self.tasks_before:
                     p.remove_task(task)
@@ -103,7 +107,7 @@ class CompareDisplay:
             case compare_engine.CompareStarted() | Notice():
                 pass  # not shown with --quiet
             case distill_engine.DistillStarted():
-                self.sub = DistillDisplay(p, self.origin, self.quiet)
+                self.sub = DistillDisplay(p, self.row_origin, self.quiet)
                 self.sub(event)
             case compare_engine.EvaluationStarted():
                 self.sub = EvalDisplay(p)
