@@ -742,7 +742,8 @@ def _row_step(
         emit(StepFinished(job.row, 0.0, f"{result.result.mean_std_text()} %", reused=True))
         return result
     verb = "continuing in" if saved is not None else "into"
-    emit(StepStarted(job.row, index, total, f"{job.budget.text()}, {verb} {folder}"))
+    budget = f"{job.budget.text()}, " if job.budget.unit is not None else ""
+    emit(StepStarted(job.row, index, total, f"{budget}{verb} {folder}"))
     folder.mkdir(parents=True, exist_ok=True)
     _write_row(folder, settings, None)
     started = time.perf_counter()
