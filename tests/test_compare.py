@@ -133,6 +133,16 @@ def test_matching_rows_run_their_own_method_without_a_buffer():
     assert (config.dataset, config.ipc, config.seed) == ("mnist", 1, plan.distill.seed)
 
 
+def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(baselines, "METHODS", ("random",))
+    with pytest.raises(DdppError, match="cannot make the herding row yet; drop it"):
+        compare_engine.compare(tiny_plan(), ("random", "herding", "mtt"), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    assert compare_engine.missing_rows(("herding",), {"herding": as_random}) == []
+    has_methods = hasattr(DistillConfig, "method")
+    assert (compare_engine.missing_rows(("dsa", "mtt")) == []) == has_methods
+
+
 def test_a_folder_of_other_files_is_refused(tmp_path):
     (tmp_path / "draft.tex").write_text("mine")
     with pytest.raises(DdppError, match=r"other files \(draft.tex\)"):

@@ -133,14 +133,27 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
             str(len(row.result.accuracies)),
             compare_engine.time_text(row),
             row.budget.text(),
-            "–" if row.reference is None else row.reference.text(),
+            _published(row.reference),
         )
     return table
+
+
+def _published(reference: compare_engine.Reference | None) -> str:
+    """The published accuracy in a table cell; * marks a number not yet checked."""
+    if reference is None:
+        return "–"
+    std = "" if reference.std is None else f" ± {reference.std:g}"
+    return f"{reference.accuracy:g}{std}{'' if reference.confirmed else ' *'}"
 
 
 def print_compare(summary: compare_engine.CompareSummary) -> None:
     out.print(compare_table(summary))
     line(out, f"protocol: {compare_engine.protocol_text(summary)}")
+    sources = [f"{row.label} {row.reference.source}" for row in summary.rows if row.reference]
+    if sources:
+        unchecked = any(not row.reference.confirmed for row in summary.rows if row.reference)
+        marks = "; * recalled in METHODS.md §7, not yet checked" if unchecked else ""
+        line(out, f"published (ConvNet-3, other protocols): {', '.join(sources)}{marks}")
     for row in summary.rows:
         line(out, f"{row.row + ':':<12}{row.set_path if row.set_path else row.folder}")
     if summary.buffer is not None:

@@ -541,6 +541,23 @@ RUNNERS: dict[str, RowRunner] = {
     "matching": run_distilled_row,
     "trajectory": run_distilled_row,
 }
+DEFAULT_RUNNERS = (run_coreset_row, run_distilled_row)
+
+
+def missing_rows(rows: Sequence[str], runners: Mapping[str, RowRunner] | None = None) -> list[str]:
+    """The rows this build cannot make with their default runner: a coreset method that
+    ``baselines.METHODS`` lacks, a matching method while ``DistillConfig`` has no ``method``."""
+    has_methods = "method" in {f.name for f in fields(distill_engine.DistillConfig)}
+    missing = []
+    for row in rows:
+        kind = ROWS[row].kind
+        if (runners or {}).get(row) is not None or RUNNERS[kind] not in DEFAULT_RUNNERS:
+            continue
+        if (kind == "coreset" and row not in baselines.METHODS) or (
+            kind == "matching" and not has_methods
+        ):
+            missing.append(row)
+    return missing
 
 
 def row_settings(job: RowJob) -> dict[str, Any]:
@@ -685,6 +702,13 @@ def compare(
     emit = on_event or (lambda event: None)
     rows = tuple(parse_rows(",".join(rows)))
     row_budget = row_budgets(plan, rows, budgets)
+    missing = missing_rows(rows, runners)
+    if missing:
+        raise DdppError(
+            f"this ddpp cannot make the {', '.join(missing)} row"
+            f"{'s' if len(missing) > 1 else ''} yet; drop {'them' if len(missing) > 1 else 'it'} "
+            "from --compare."
+        )
     folder = Path(folder) if folder is not None else default_compare_folder(plan)
     check_compare_folder(folder)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
