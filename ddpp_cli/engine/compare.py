@@ -666,15 +666,19 @@ def _write_row(folder: Path, settings: dict[str, Any], result: RowResult | None)
 
 
 def _reused_row(job: RowJob, saved: dict[str, Any]) -> RowResult:
+    """The result a finished row's ``row.json`` recorded."""
     recorded = saved["result"]
     set_path = recorded.get("set")
     return RowResult(
-        row=job.row, result=evaluate.EvalResult(**recorded["evaluation"]),
-        seconds=float(recorded["seconds"]), reused=True,
-        set_path=None if set_path is None else Path(set_path), folder=job.folder,
-        budget=job.budget, reference=reference(job.plan.distill.dataset, job.plan.distill.ipc,
-                                               job.row),
-    )  # fmt: skip
+        row=job.row,
+        result=evaluate.EvalResult(**recorded["evaluation"]),
+        seconds=float(recorded["seconds"]),
+        reused=True,
+        set_path=None if set_path is None else Path(set_path),
+        folder=job.folder,
+        budget=job.budget,
+        reference=reference(job.plan.distill.dataset, job.plan.distill.ipc, job.row),
+    )
 
 
 def compare(
