@@ -88,21 +88,6 @@ def test_each_rows_budget_comes_from_the_profile_or_the_user():
         compare_engine.row_budgets(quick, ("random",), {"dm": 3})
 
 
-def test_published_numbers_are_those_quoted_in_methods_md():
-    dsa = compare_engine.reference("fashionmnist", 1, "dsa")
-    assert (dsa.accuracy, dsa.std, dsa.confirmed) == (70.6, None, True)
-    herding = compare_engine.reference("fashionmnist", 10, "herding")
-    assert herding.accuracy == 71.1 and not herding.confirmed
-    assert "unchecked" in herding.text()
-    assert compare_engine.reference("cifar10", 50, "dc").text() == (
-        "53.9 ± 0.5 (DatasetCondensation readme)"
-    )
-    assert compare_engine.reference("cifar10", 1, "ddpp").accuracy == 46.4
-    assert compare_engine.reference("fashionmnist", 1, "mtt") is None
-    assert compare_engine.reference("fashionmnist", 5, "dsa") is None  # no published IPC 5
-    assert compare_engine.reference("svhn", 1, "random") is None
-
-
 def test_a_coreset_budget_never_goes_unapplied(monkeypatch, tmp_path):
     monkeypatch.setitem(compare_engine.CORESET_BUDGET_FIELDS, "forgetting", "no_such_field")
     plan = tiny_plan()
