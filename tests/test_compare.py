@@ -12,11 +12,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import baselines, pipeline
+from ddpp_cli.engine import baselines, distilled, pipeline
 from ddpp_cli.engine import compare as compare_engine
+from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.distill import DistillConfig
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
@@ -301,3 +303,27 @@ def test_cli_wiring_builds_the_plan_rows_and_budgets(monkeypatch, tmp_path):
     assert call["plan"].evaluation.runs == 4 and call["plan"].distill.eps == 0.2
     assert call["plan"].profile == "quick"
     assert isinstance(call["folder"], Path)
+
+
+def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnist, tmp_path):
+    options = {"data_root": tiny_mnist, "download": False}
+    plan = tiny_plan(iterations=3)
+    whole = compare_engine.compare(plan, ("mtt",), tmp_path / "whole", **options)
+
+    def stop(event):
+        if isinstance(event, distill_engine.IterationFinished) and event.iteration == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the row's distillation
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_engine.compare(plan, ("mtt",), tmp_path / "cut", on_event=stop, **options)
+    run = tmp_path / "cut" / "compare" / "mtt" / "run"
+    assert (run / "checkpoint.safetensors").is_file()
+    events: list[object] = []
+    resumed = compare_engine.compare(
+        plan, ("mtt",), tmp_path / "cut", on_event=events.append, **options
+    )
+    started = [e for e in events if isinstance(e, distill_engine.DistillStarted)]
+    assert started[0].resumed and started[0].start_iteration >= 1
+    assert accuracies(resumed) == accuracies(whole)
+    a, b = (distilled.load(row.set_path) for row in (whole.rows[0], resumed.rows[0]))
+    assert torch.equal(a.images, b.images)
