@@ -38,7 +38,7 @@ CompareBudgetOpt = Annotated[
     typer.Option(
         "--compare-budget",
         help="Rows' budgets as ROW=COUNT,… (iterations; forgetting: epochs), e.g. "
-        "dsa=200,dm=400 (default: the profile's; quick: dc/dsa 40, dm 200, cafe 10, "
+        "dsa=200,dm=400 (default: the profile's; quick: dc/dsa 40, dm 100, cafe 4, "
         "forgetting 10, mtt/ddpp the run's iterations).",
         rich_help_panel=COMPARE,
     ),

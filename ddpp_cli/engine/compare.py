@@ -75,8 +75,8 @@ ROWS: dict[str, RowInfo] = {
     "forgetting": RowInfo("Forgetting", "coreset", "epochs", 200, 10, "Toneva et al. 2019"),
     "dc": RowInfo("DC", "matching", "iterations", 1000, 40, "DatasetCondensation main.py"),
     "dsa": RowInfo("DSA", "matching", "iterations", 1000, 40, "DatasetCondensation main.py"),
-    "dm": RowInfo("DM", "matching", "iterations", 20000, 200, "DatasetCondensation main_DM.py"),
-    "cafe": RowInfo("CAFE", "matching", "iterations", 2000, 10, "CAFE distill.py"),
+    "dm": RowInfo("DM", "matching", "iterations", 20000, 100, "DatasetCondensation main_DM.py"),
+    "cafe": RowInfo("CAFE", "matching", "iterations", 2000, 4, "CAFE distill.py"),
     "mtt": RowInfo("MTT", "trajectory", "iterations", 5000, None, "SPEC §6"),
     "ddpp": RowInfo("DDPP", "trajectory", "iterations", 5000, None, "SPEC §6"),
 }
