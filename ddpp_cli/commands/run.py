@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from ddpp_cli.commands import _comparing
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay
@@ -214,21 +215,29 @@ def command(
     download: opt.DownloadOpt = True,
     device: opt.DeviceOpt = "auto",
     seed: opt.SeedOpt = 0,
+    compare: _comparing.CompareOpt = None,
+    compare_budget: _comparing.CompareBudgetOpt = None,
     quiet: opt.quiet_option("the run folder") = False,
     json_out: opt.JsonOpt = False,
 ) -> None:
     """Everything in one go: buffer → distill → evaluate (vs random real images) → visualize.
 
     Reuses a fitting buffer; rerunning with the same --out continues an interrupted run.
+    With --compare, the paper's Table I instead (docs/compare.md).
     """
     options = dict(locals())
     dataset, ipc = options.pop("dataset"), options.pop("ipc")
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
+    rows, budgets = options.pop("compare"), options.pop("compare_budget")
     given = opt.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
+    _comparing.refuse_with_compare(given, budgets, rows)
     plan = pipeline.plan_run(dataset, ipc, **given)
-    run_and_report(plan, engine_options, **output)
+    if rows is not None:
+        _comparing.compare_and_report(plan, rows, budgets, engine_options, **output)
+    else:
+        run_and_report(plan, engine_options, **output)
 
 
 def run_and_report(

@@ -518,16 +518,17 @@ def run_pipeline(
     return summary
 
 
-def _buffer_stage(
-    plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: EventCallback,
-    sources: dict[str, Any], run: dict[str, Any], source: Path | None = None,
+def choose_buffer(
+    plan: RunPlan, buffer: Path | None, emit: EventCallback, source: Path | None = None,
+    world: World | None = None,
 ) -> tuple[Path, bool]:  # fmt: skip
-    """Stage 1: the buffer to distill from, and whether it was reused rather than trained.
+    """The buffer a run distills from, and whether it is reused (else it is to be trained).
 
     ``--buffer`` holding a buffer is used as asked (with a Notice when its settings differ from
     the plan's); otherwise a buffer under the ddpp buffers folder whose every training setting
-    matches is reused, else a new one is trained (a Notice names what the nearest one lacked).
-    ``source`` is the folder the data is read from (it must match for a folder dataset).
+    matches is reused, else a new one is to be trained (a Notice names what the nearest one
+    lacked). ``source`` is the folder the data is read from (it must match for a folder
+    dataset). Under torchrun (``world``) rank 0's choice holds for every rank.
     """
     needed = plan.distill.needed_epochs
     if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
@@ -547,8 +548,16 @@ def _buffer_stage(
             if search.nearest is not None and search.nearest[0] != buffer_dir:
                 emit(Notice(f"not reusing {search.nearest[0]} ({search.nearest[1]}); training a "
                             f"new buffer in {buffer_dir}."))  # fmt: skip
-    world = run.get("world") or World()
-    buffer_dir, reused = world.from_main((buffer_dir, reused))  # one choice for every rank
+    return (world or World()).from_main((buffer_dir, reused))  # one choice for every rank
+
+
+def _buffer_stage(
+    plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: EventCallback,
+    sources: dict[str, Any], run: dict[str, Any], source: Path | None = None,
+) -> tuple[Path, bool]:  # fmt: skip
+    """Stage 1: the buffer to distill from (:func:`choose_buffer`), trained when none is reused,
+    and whether it was reused."""
+    buffer_dir, reused = choose_buffer(plan, buffer, emit, source, run.get("world"))
     if reused:
         stages.start("buffer", f"reusing {buffer_dir}")
     else:

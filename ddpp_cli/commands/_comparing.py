@@ -1,0 +1,203 @@
+"""``ddpp run --compare``: its options, the progress display of its steps and the table."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.commands._distilling import DistillDisplay
+from ddpp_cli.commands._evaluation import EvalDisplay
+from ddpp_cli.commands.buffer import BufferDisplay
+from ddpp_cli.engine import compare as compare_engine
+from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine import faults, pipeline, presets
+from ddpp_cli.engine.device import resolve_device
+from ddpp_cli.engine.distributed import join_world
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.progress import make_progress
+
+COMPARE = "Comparison (--compare)"
+
+CompareOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compare",
+        help="Instead of one run, the paper's Table I: these rows, in this order, under one "
+        f"evaluation protocol ({', '.join(compare_engine.ROWS)}; all = "
+        f"{','.join(compare_engine.TABLE_I)}); writes compare.md and compare.json.",
+        rich_help_panel=COMPARE,
+    ),
+]
+CompareBudgetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--compare-budget",
+        help="Rows' budgets as ROW=COUNT,… (iterations; forgetting: epochs), e.g. "
+        "dsa=200,dm=400 (default: the profile's; quick: dc/dsa 40, dm 100, cafe 4, "
+        "forgetting 10, mtt/ddpp the run's iterations).",
+        rich_help_panel=COMPARE,
+    ),
+]
+
+
+def refuse_with_compare(given: dict[str, Any], budgets: str | None, compare: str | None) -> None:
+    """One line for options that make no sense with (or without) ``--compare``."""
+    if compare is None:
+        if budgets is not None:
+            raise DdppError("--compare-budget sets the rows of --compare; add --compare ROWS.")
+        return
+    if "iterations" in given:
+        raise DdppError(
+            "--iterations is ambiguous with --compare; set each row's budget with "
+            "--compare-budget (e.g. mtt=100,ddpp=100)."
+        )
+    if given.get("eps") == 0:
+        raise DdppError("--eps 0 makes the ddpp row the mtt row; give ε > 0 with --compare.")
+
+
+class CompareDisplay:
+    """A step line per row, then the bars of what the row runs (buffer, distillation,
+    evaluation) and its result line."""
+
+    def __init__(self, progress, origin: dict[str, str], quiet: bool, device: str) -> None:
+        self.progress = progress
+        self.origin = origin
+        self.quiet = quiet
+        self.device = device
+        self.row_origin = origin
+        self.sub = None
+        self.tasks_before: set = set()
+
+    def __call__(self, event: object) -> None:
+        p = self.progress
+        match event:
+            case compare_engine.CompareStarted() if not p.disable:
+                d = event.plan.distill
+                line(
+                    p.console,
+                    f"ddpp run --compare: {d.dataset} IPC {d.ipc}, profile {event.plan.profile}, "
+                    f"rows {', '.join(event.rows)}, on {self.device}; data from "
+                    f"{event.data_folder}",
+                )
+            case compare_engine.StepStarted():
+                if not p.disable:
+                    line(
+                        p.console,
+                        f"[bold cyan][{event.index}/{event.total}] {event.step}[/]: {event.detail}",
+                    )
+                self.tasks_before = set(p.task_ids)
+                self.sub = BufferDisplay(p, self.device) if event.step == "buffer" else None
+                self.row_origin = {**self.origin, "iterations": "row budget"}
+                if event.step == "mtt":
+                    self.row_origin["eps"] = "mtt row"
+            case compare_engine.StepFinished():
+                for task in set(p.task_ids) - self.tasks_before:
+                    p.remove_task(task)
+                self.sub = None
+                if not p.disable and event.step != "buffer":
+                    done = "reused" if event.reused else f"{event.seconds:.0f} s"
+                    p.console.print(f"    {event.step}: {event.detail} ({done})", highlight=False)
+            case Notice() if not p.disable:
+                note(p.console, event.message)
+            case compare_engine.CompareStarted() | Notice():
+                pass  # not shown with --quiet
+            case distill_engine.DistillStarted():
+                self.sub = DistillDisplay(p, self.row_origin, self.quiet)
+                self.sub(event)
+            case compare_engine.EvaluationStarted():
+                self.sub = EvalDisplay(p)
+            case _ if self.sub is not None:
+                self.sub(event)
+
+
+def compare_table(summary: compare_engine.CompareSummary) -> Table:
+    d = summary.plan.distill
+    table = Table(
+        title=f"ddpp run --compare: {d.dataset}, IPC {d.ipc}, profile {summary.plan.profile}",
+        title_justify="left",
+    )
+    table.add_column("method")
+    for name in ("test accuracy", "runs", "time"):
+        table.add_column(name, justify="right")
+    table.add_column("budget")
+    table.add_column("published")
+    for row in summary.rows:
+        table.add_row(
+            row.label,
+            f"[bold]{row.result.mean_std_text()} %[/]",
+            str(len(row.result.accuracies)),
+            compare_engine.time_text(row),
+            row.budget.text(),
+            _published(row.reference),
+        )
+    return table
+
+
+def _published(reference: compare_engine.Reference | None) -> str:
+    """The published accuracy in a table cell; * marks a number not yet checked."""
+    if reference is None:
+        return "–"
+    std = "" if reference.std is None else f" ± {reference.std:g}"
+    return f"{reference.accuracy:g}{std}{'' if reference.confirmed else ' *'}"
+
+
+def print_compare(summary: compare_engine.CompareSummary) -> None:
+    out.print(compare_table(summary))
+    line(out, f"protocol: {compare_engine.protocol_text(summary)}")
+    sources = [f"{row.label} {row.reference.source}" for row in summary.rows if row.reference]
+    if sources:
+        unchecked = any(not row.reference.confirmed for row in summary.rows if row.reference)
+        marks = "; * recalled in METHODS.md §7, not yet checked" if unchecked else ""
+        line(out, f"published (ConvNet-3, other protocols): {', '.join(sources)}{marks}")
+    for row in summary.rows:
+        line(out, f"{row.row + ':':<12}{row.set_path if row.set_path else row.folder}")
+    if summary.buffer is not None:
+        line(out, f"{'buffer:':<12}{summary.buffer}")
+    line(out, f"{'table:':<12}{summary.markdown_path}")
+    line(out, f"{'json:':<12}{summary.json_path}")
+
+
+def compare_and_report(
+    plan: pipeline.RunPlan,
+    rows: str,
+    budgets: str | None,
+    engine_options: dict[str, Any],
+    *,
+    quiet: bool,
+    json_out: bool,
+) -> None:
+    """Run the comparison with one progress display, then print the table (or JSON, or the
+    folder). ``engine_options`` are those of ``ddpp run``."""
+    row_names = compare_engine.parse_rows(rows)
+    budget_values = compare_engine.parse_budgets(budgets)
+    compare_engine.row_budgets(plan, row_names, budget_values)  # refuse before any work
+    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    if world.distributed:
+        raise DdppError("--compare runs in one process; start it without torchrun.")
+    folder = engine_options["out_dir"] or compare_engine.default_compare_folder(plan)
+    origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
+    silent = quiet or json_out
+    progress = make_progress(err, disable=silent)
+    display = CompareDisplay(progress, origin, silent, str(torch_device))
+    hint = f"finished rows and checkpoints are kept; rerun with --out {folder} to continue."
+
+    def continuation(failed: faults.StageFailed) -> str:
+        return f"continue by running the same command again with --out {folder}"
+
+    with distilling(progress, hint, continuation):
+        summary = compare_engine.compare(
+            plan, row_names, folder, budgets=budget_values, buffer=engine_options["buffer_dir"],
+            data_root=engine_options["data_dir"], download=engine_options["download"],
+            device=torch_device, parallel=engine_options["parallel"], on_event=display,
+        )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(summary.to_json()))
+    elif quiet:
+        line(out, str(summary.folder))
+    else:
+        print_compare(summary)

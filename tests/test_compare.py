@@ -1,0 +1,329 @@
+"""``ddpp run --compare`` (engine/compare.py): rows, budgets, references, reuse and resume.
+
+Tiny generated data (8×8 MNIST-format images, 2–3 evaluation networks × 3 epochs); the rows of
+methods this branch cannot run yet (dc/dsa/dm/cafe need ``DistillConfig.method``) get an
+injected runner that makes a real coreset in the row's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddpp_cli.cli import app
+from ddpp_cli.engine import baselines, distilled, pipeline
+from ddpp_cli.engine import compare as compare_engine
+from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine.distill import DistillConfig
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
+from tests.conftest import assert_one_line_error
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+runner = CliRunner()
+
+
+def tiny_plan(**changes) -> pipeline.RunPlan:
+    settings = dict(
+        profile="quick", image_size=8, train_subset=80, experts=1, iterations=2, syn_steps=2,
+        expert_epochs=1, max_start_epoch=2, lr_img=100.0, lr_lr=1e-7, runs=2, epochs=3,
+        test_subset=20,
+    )  # fmt: skip
+    settings.update(changes)
+    return pipeline.plan_run("mnist", 1, **settings)
+
+
+def as_random(job: compare_engine.RowJob):
+    """A stand-in runner: a real random coreset, made and evaluated in the row's folder."""
+    no_budget = compare_engine.Budget(None, None, None, "–")
+    return compare_engine.run_coreset_row(replace(job, row="random", budget=no_budget))
+
+
+def accuracies(summary: compare_engine.CompareSummary) -> list[tuple[str, list[float]]]:
+    return [(row.row, row.result.accuracies) for row in summary.rows]
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+
+def test_rows_keep_the_order_given_and_accept_dc():
+    assert compare_engine.parse_rows("ddpp, Random,dc") == ("ddpp", "random", "dc")
+    assert compare_engine.parse_rows("all") == compare_engine.TABLE_I
+    assert compare_engine.TABLE_I[-2:] == ("mtt", "ddpp")
+    with pytest.raises(DdppError, match="unknown --compare row 'kip'; choose from: random, "):
+        compare_engine.parse_rows("random,kip")
+    with pytest.raises(DdppError, match="names dm more than once"):
+        compare_engine.parse_rows("dm,random,dm")
+
+
+def test_budgets_parse_and_refuse():
+    assert compare_engine.parse_budgets("dsa=200, DM=400") == {"dsa": 200, "dm": 400}
+    assert compare_engine.parse_budgets(None) == {}
+    for text, fragment in (
+        ("dsa", "not ROW=COUNT"),
+        ("dsa=x", "not ROW=COUNT"),
+        ("kip=3", "unknown --compare-budget row 'kip'"),
+        ("random=3", "the random row has no budget"),
+        ("dm=0", "at least 1"),
+    ):
+        with pytest.raises(DdppError, match=fragment):
+            compare_engine.parse_budgets(text)
+
+
+def test_each_rows_budget_comes_from_the_profile_or_the_user():
+    quick = pipeline.plan_run("fashionmnist", 1, profile="quick")
+    budgets = compare_engine.row_budgets(quick, compare_engine.TABLE_I, {"dm": 7})
+    assert budgets["dm"] == compare_engine.Budget("iterations", 7, 20000, "user")
+    assert budgets["dsa"] == compare_engine.Budget("iterations", 40, 1000, "profile")
+    assert budgets["forgetting"].text() == "10 epochs (paper 200)"
+    assert budgets["mtt"].value == budgets["ddpp"].value == quick.distill.iterations == 60
+    assert budgets["random"].text() == "–"
+    paper = pipeline.plan_run("fashionmnist", 1, profile="paper")
+    budgets = compare_engine.row_budgets(paper, ("cafe", "ddpp"))
+    assert budgets["cafe"].value == 2000 and budgets["ddpp"].value == 5000
+    with pytest.raises(DdppError, match="names dm, not among the --compare rows"):
+        compare_engine.row_budgets(quick, ("random",), {"dm": 3})
+
+
+def test_a_coreset_budget_never_goes_unapplied(monkeypatch, tmp_path):
+    monkeypatch.setitem(compare_engine.CORESET_BUDGET_FIELDS, "forgetting", "no_such_field")
+    plan = tiny_plan()
+    budget = compare_engine.row_budgets(plan, ("forgetting",))["forgetting"]
+    job = compare_engine.RowJob("forgetting", plan, budget, tmp_path, None)
+    with pytest.raises(TypeError, match="CORESET_BUDGET_FIELDS"):
+        compare_engine.coreset_config(job)
+    no_budget = compare_engine.row_budgets(plan, ("random",))["random"]
+    config = compare_engine.coreset_config(replace(job, row="random", budget=no_budget))
+    assert config.method == "random" and config.train_subset == plan.buffer.train_subset == 80
+
+
+def test_trajectory_rows_differ_only_in_eps():
+    plan = tiny_plan(eps=0.2)
+    mtt = compare_engine.trajectory_config(plan, "mtt", 9)
+    ddpp = compare_engine.trajectory_config(plan, "ddpp", 9)
+    assert (mtt.eps, ddpp.eps, mtt.iterations) == (0.0, 0.2, 9)
+    assert replace(mtt, eps=0.2) == ddpp == replace(plan.distill, iterations=9)
+
+
+@pytest.mark.skipif(
+    not hasattr(DistillConfig, "method"), reason="DistillConfig.method (the methods branch)"
+)
+def test_matching_rows_run_their_own_method_without_a_buffer():
+    plan = tiny_plan()
+    config = compare_engine.matching_config(plan, "dsa", 7)
+    assert (config.method, config.iterations, config.test_runs) == ("dsa", 7, 0)
+    assert (config.dataset, config.ipc, config.seed) == ("mnist", 1, plan.distill.seed)
+
+
+def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setattr(baselines, "METHODS", ("random",))
+    with pytest.raises(DdppError, match="cannot make the herding row yet; drop it"):
+        compare_engine.compare(tiny_plan(), ("random", "herding", "mtt"), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    assert compare_engine.missing_rows(("herding",), {"herding": as_random}) == []
+    has_methods = hasattr(DistillConfig, "method")
+    assert (compare_engine.missing_rows(("dsa", "mtt")) == []) == has_methods
+
+
+def test_a_folder_of_other_files_is_refused(tmp_path):
+    (tmp_path / "draft.tex").write_text("mine")
+    with pytest.raises(DdppError, match=r"other files \(draft.tex\)"):
+        compare_engine.compare(tiny_plan(), ("random",), tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["draft.tex"]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, tmp_path):
+    events: list[object] = []
+    options = {"data_root": tiny_mnist, "download": False, "runners": {"dsa": as_random}}
+    rows = ("random", "herding", "dsa", "mtt", "ddpp")
+    first = compare_engine.compare(
+        tiny_plan(), rows, tmp_path / "c", on_event=events.append, **options
+    )
+    assert [row.row for row in first.rows] == list(rows)
+    steps = [e.step for e in events if isinstance(e, compare_engine.StepStarted)]
+    assert steps == ["buffer", *rows]
+    tests = {row.result.protocol["test_size"] for row in first.rows}
+    assert tests == {20}  # the same test images for every row
+    for row in first.rows:
+        assert len(row.result.accuracies) == 2 and not row.reused
+        assert row.result.protocol["epochs"] == 3 and row.result.protocol["seed"] == 0
+        assert row.set_path is not None and row.set_path.is_file()
+        assert json.loads((row.folder / "row.json").read_text())["status"] == "finished"
+    mtt, ddpp = first.rows[-2:]
+    assert mtt.set_path.parent == tmp_path / "c" / "compare" / "mtt" / "run"
+    eps = [json.loads((r.folder / "row.json").read_text())["settings"]["distill"]["eps"]
+           for r in (mtt, ddpp)]  # fmt: skip
+    assert eps == [0.0, 0.1]
+    assert mtt.budget.text() == "2 iterations (paper 5000)"
+    assert first.rows[0].reference.accuracy == 64.9  # MNIST IPC 1, DC paper
+    payload = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert payload["format"] == compare_engine.FORMAT
+    assert [r["row"] for r in payload["rows"]] == list(rows)
+    assert payload["rows"][2]["budget"]["value"] == 40 and payload["rows"][2]["runs"] == 2
+    table = (tmp_path / "c" / "compare.md").read_text()
+    assert (
+        "| Random | " in table and "| DDPP | " in table and "Protocol: convnet, 3 epochs" in table
+    )
+
+    events.clear()
+    again = compare_engine.compare(
+        tiny_plan(), rows, tmp_path / "c", on_event=events.append, **options
+    )
+    assert all(row.reused for row in again.rows)
+    assert accuracies(again) == accuracies(first)
+    assert "reused" in (tmp_path / "c" / "compare.md").read_text()
+    assert not any(isinstance(e, Notice) for e in events)
+
+
+def test_a_rerun_after_an_interruption_gives_the_same_table(tiny_mnist, tmp_path):
+    rows = ("random", "herding", "dc")
+    options = {"data_root": tiny_mnist, "download": False}
+    whole = compare_engine.compare(
+        tiny_plan(), rows, tmp_path / "whole", runners={"dc": as_random}, **options
+    )
+
+    def interrupted(job):
+        raise KeyboardInterrupt  # between rows: random and herding are done
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_engine.compare(
+            tiny_plan(), rows, tmp_path / "cut", runners={"dc": interrupted}, **options
+        )
+    started = json.loads((tmp_path / "cut" / "compare" / "dc" / "row.json").read_text())
+    assert started["status"] == "started" and not (tmp_path / "cut" / "compare.md").exists()
+    events: list[object] = []
+    resumed = compare_engine.compare(
+        tiny_plan(), rows, tmp_path / "cut", runners={"dc": as_random}, on_event=events.append,
+        **options,
+    )  # fmt: skip
+    assert [row.reused for row in resumed.rows] == [True, True, False]
+    details = [e.detail for e in events if isinstance(e, compare_engine.StepStarted)]
+    assert details[2].startswith("40 iterations (paper 1000), continuing in ")
+    assert accuracies(resumed) == accuracies(whole)
+
+
+def test_a_row_of_other_settings_is_never_overwritten(tiny_mnist, tmp_path):
+    options = {"data_root": tiny_mnist, "download": False}
+    first = compare_engine.compare(tiny_plan(), ("random",), tmp_path, **options)
+    before = (first.rows[0].folder / "row.json").read_text()
+    events: list[object] = []
+    second = compare_engine.compare(
+        tiny_plan(runs=3), ("random",), tmp_path, on_event=events.append, **options
+    )
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert len(notices) == 1 and "'runs': 2" in notices[0] and "random-2" in notices[0]
+    assert second.rows[0].folder == tmp_path / "compare" / "random-2"
+    assert (first.rows[0].folder / "row.json").read_text() == before
+    assert second.rows[0].result.accuracies[:2] == first.rows[0].result.accuracies
+    third = compare_engine.compare(tiny_plan(runs=3), ("random",), tmp_path, **options)
+    assert third.rows[0].reused and third.rows[0].folder == second.rows[0].folder
+
+
+def test_coreset_rows_get_the_runs_buffer_where_the_config_takes_it(monkeypatch, tmp_path):
+    plan = tiny_plan()
+    budget = compare_engine.row_budgets(plan, ("herding",))["herding"]
+    job = compare_engine.RowJob("herding", plan, budget, tmp_path, tmp_path / "buffer")
+    known = {"buffer"} & {f for f in baselines.BaselineConfig.__dataclass_fields__}
+    config = compare_engine.coreset_config(job)
+    assert (getattr(config, "buffer", None) == tmp_path / "buffer") == bool(known)
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+TINY = [
+    "--dataset", "mnist", "--ipc", 1, "--profile", "quick", "--no-download", "--device", "cpu",
+    "--image-size", 8, "--train-subset", 80, "--syn-steps", 2, "--expert-epochs", 1,
+    "--max-start-epoch", 2, "--lr-img", 100, "--lr-lr", 1e-7, "--runs", 2, "--epochs", 3,
+    "--test-subset", 20,
+]  # fmt: skip
+
+
+def invoke(*args: object):
+    return runner.invoke(app, ["run", *[str(a) for a in args]])
+
+
+def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.setitem(compare_engine.RUNNERS, "matching", as_random)
+    out = tmp_path / "table"
+    result = invoke(*TINY, "--data-dir", tiny_mnist, "--out", out, "--compare", "dm,mtt",
+                    "--compare-budget", "mtt=2,dm=5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations (paper 20000)", "[3/3] mtt",
+                     "ddpp run --compare: mnist, IPC 1", "DM", "MTT", "protocol: convnet",
+                     "89.7", "DM paper", str(out / "compare.md")):  # fmt: skip
+        assert fragment in text, result.output
+    assert (out / "compare.md").is_file() and (out / "compare.json").is_file()
+    result = invoke(*TINY, "--data-dir", tiny_mnist, "--out", out, "--compare", "dm,mtt",
+                    "--compare-budget", "mtt=2,dm=5", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [r["reused"] for r in payload["rows"]] == [True, True]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--compare", "random,kip"], "unknown --compare row 'kip'; choose from: random,"),
+        (["--compare", "random", "--iterations", "5"], "--iterations is ambiguous"),
+        (["--compare-budget", "dm=5"], "add --compare ROWS"),
+        (["--compare", "mtt,ddpp", "--eps", "0"], "--eps 0 makes the ddpp row the mtt row"),
+        (["--compare", "random", "--compare-budget", "dm=5"], "names dm, not among"),
+    ],
+)
+def test_cli_refuses_what_makes_no_sense_with_compare(tmp_path, args, fragment):
+    result = invoke("--dataset", "mnist", "--ipc", 1, "--out", tmp_path / "r", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_wiring_builds_the_plan_rows_and_budgets(monkeypatch, tmp_path):
+    recorded = []
+
+    def fake_compare(plan, rows, folder, **kwargs):
+        recorded.append({"plan": plan, "rows": rows, "folder": folder, **kwargs})
+        raise DdppError("engine patched out")
+
+    monkeypatch.setattr(compare_engine, "compare", fake_compare)
+    result = invoke("--dataset", "fashionmnist", "--ipc", 1, "--profile", "quick", "--out",
+                    tmp_path / "r", "--compare", "ddpp,dc,random", "--compare-budget", "dc=9",
+                    "--runs", "4", "--eps", "0.2", "--buffer", tmp_path / "b")  # fmt: skip
+    assert result.exit_code == 2 and "engine patched out" in result.output, result.output
+    call = recorded[-1]
+    assert call["rows"] == ("ddpp", "dc", "random") and call["budgets"] == {"dc": 9}
+    assert call["folder"] == tmp_path / "r" and call["buffer"] == tmp_path / "b"
+    assert call["plan"].evaluation.runs == 4 and call["plan"].distill.eps == 0.2
+    assert call["plan"].profile == "quick"
+    assert isinstance(call["folder"], Path)
+
+
+def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnist, tmp_path):
+    options = {"data_root": tiny_mnist, "download": False}
+    plan = tiny_plan(iterations=3)
+    whole = compare_engine.compare(plan, ("mtt",), tmp_path / "whole", **options)
+
+    def stop(event):
+        if isinstance(event, distill_engine.IterationFinished) and event.iteration == 2:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the row's distillation
+
+    with pytest.raises(KeyboardInterrupt):
+        compare_engine.compare(plan, ("mtt",), tmp_path / "cut", on_event=stop, **options)
+    run = tmp_path / "cut" / "compare" / "mtt" / "run"
+    assert (run / "checkpoint.safetensors").is_file()
+    events: list[object] = []
+    resumed = compare_engine.compare(
+        plan, ("mtt",), tmp_path / "cut", on_event=events.append, **options
+    )
+    started = [e for e in events if isinstance(e, distill_engine.DistillStarted)]
+    assert started[0].resumed and started[0].start_iteration >= 1
+    assert accuracies(resumed) == accuracies(whole)
+    a, b = (distilled.load(row.set_path) for row in (whole.rows[0], resumed.rows[0]))
+    assert torch.equal(a.images, b.images)
