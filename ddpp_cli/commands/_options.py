@@ -103,7 +103,12 @@ TestSubsetOpt = Annotated[
 ]
 ImageSizeOpt = Annotated[
     int | None,
-    typer.Option("--image-size", help="Resize folder datasets to this size.", rich_help_panel=DATA),
+    typer.Option(
+        "--image-size",
+        help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its "
+        "buffer's).",
+        rich_help_panel=DATA,
+    ),
 ]
 
 # ----------------------------------------------------------------------------------- buffer
@@ -285,14 +290,6 @@ MaxInnerEpochsOpt = Annotated[
         help="cafe: at most N network epochs per inner phase (the reference has no bound). "
         "(default: 100)",
         rich_help_panel=METHODS,
-    ),
-]
-MethodImageSizeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--image-size",
-        help="dc/dsa/dm/cafe: resize the images to this size (tm: as its buffer was made).",
-        rich_help_panel=DATA,
     ),
 ]
 

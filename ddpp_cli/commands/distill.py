@@ -109,7 +109,7 @@ def command(
     max_image_steps: opt.MaxImageStepsOpt = None,
     max_inner_epochs: opt.MaxInnerEpochsOpt = None,
     zca: opt.ZcaOpt = None,
-    image_size: opt.MethodImageSizeOpt = None,
+    image_size: opt.ImageSizeOpt = None,
     eval_every: opt.EvalEveryOpt = None,
     eval_runs: opt.EvalRunsOpt = None,
     eval_epochs: opt.EvalEpochsOpt = None,
