@@ -252,8 +252,10 @@ def test_the_set_records_its_method_and_settings_and_no_learned_lr(tiny_mnist, t
 
 
 def test_validation_picks_the_best_set_and_metrics_hold_the_methods_numbers(tiny_mnist, tmp_path):
-    config = small("cafe", iterations=2, eval_every=1)
+    config = small("cafe", iterations=2, eval_every=1, snapshot_every=1)
     summary = run(config, tmp_path, tiny_mnist)
+    snapshots = sorted(p.name for p in (tmp_path / distill.SNAPSHOTS_DIRNAME).iterdir())
+    assert snapshots == [f"iter_00000{i}.safetensors" for i in range(3)]
     records = [
         json.loads(line) for line in (tmp_path / distill.METRICS_NAME).read_text().splitlines()
     ]
