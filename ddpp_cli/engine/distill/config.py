@@ -79,6 +79,11 @@ ALL_IMAGES = 0  # batch_syn as given on the command line for "every image each s
 class DistillConfig:
     """Everything that determines a distillation run (SPEC §6); see :meth:`from_preset`.
 
+    ``method`` is one of :data:`METHODS`; a setting that does not apply to it
+    (:data:`METHOD_SETTINGS`) must stay None (or, for tm's execution options, at its default):
+    build another method's config with :meth:`from_preset` or :meth:`with_method`, never by
+    replacing ``method`` in a tm config (refused, naming the first tm setting it holds).
+
     ``zca`` and ``train_subset`` None mean "as the buffer was made"; ``val_size`` None means
     10 % of the training split (at most 5000); ``batch_syn`` None means all images every step;
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
