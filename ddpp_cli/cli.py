@@ -93,10 +93,14 @@ def root(
     """Dataset distillation by trajectory matching with parameter pruning (DDPP/MTT)."""
 
 
+_DISTILL_MEMORY_LEVERS = (
+    "--unroll memory or a smaller --batch-syn (tm; in a new run), or a smaller --batch-real "
+    "(dc, dsa, dm, cafe; in a new run)"
+)
 # Each command with the options that lower its memory, named when it runs out of memory.
 for _name, _module, _memory_levers in (
     ("buffer", buffer, "a smaller --parallel, or a smaller --batch-size (in another --out)"),
-    ("distill", distill, "--unroll memory or a smaller --batch-syn (in a new run)"),
+    ("distill", distill, _DISTILL_MEMORY_LEVERS),
     ("evaluate", evaluate, "a smaller --parallel or --batch-size"),
     ("crossarch", crossarch, "a smaller --parallel or --batch-size"),
     ("visualize", visualize, ""),

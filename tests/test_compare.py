@@ -1,8 +1,8 @@
 """``ddpp run --compare`` (engine/compare.py): rows, budgets, references, reuse and resume.
 
-Tiny generated data (8×8 MNIST-format images, 2–3 evaluation networks × 3 epochs); the rows of
-methods this branch cannot run yet (dc/dsa/dm/cafe need ``DistillConfig.method``) get an
-injected runner that makes a real coreset in the row's folder.
+Tiny generated data (8×8 MNIST-format images, 2–3 evaluation networks × 3 epochs). The long
+end-to-end test injects a coreset runner for its dsa row (to stay fast); one test runs a real
+matching row (dm) through ``distill --method``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from ddpp_cli.cli import app
 from ddpp_cli.engine import baselines, distilled, pipeline
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine.distill import DistillConfig
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from tests.conftest import assert_one_line_error
@@ -110,14 +109,13 @@ def test_trajectory_rows_differ_only_in_eps():
     assert replace(mtt, eps=0.2) == ddpp == replace(plan.distill, iterations=9)
 
 
-@pytest.mark.skipif(
-    not hasattr(DistillConfig, "method"), reason="DistillConfig.method (the methods branch)"
-)
 def test_matching_rows_run_their_own_method_without_a_buffer():
     plan = tiny_plan()
     config = compare_engine.matching_config(plan, "dsa", 7)
     assert (config.method, config.iterations, config.test_runs) == ("dsa", 7, 0)
     assert (config.dataset, config.ipc, config.seed) == ("mnist", 1, plan.distill.seed)
+    assert config.lr_img == 0.1  # DSA's own preset, not tm's
+    assert config.batch_real == (64 if plan.profile == "quick" else 256)
 
 
 def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tmp_path):
@@ -126,8 +124,7 @@ def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tm
         compare_engine.compare(tiny_plan(), ("random", "herding", "mtt"), tmp_path / "c")
     assert not (tmp_path / "c").exists()
     assert compare_engine.missing_rows(("herding",), {"herding": as_random}) == []
-    has_methods = hasattr(DistillConfig, "method")
-    assert (compare_engine.missing_rows(("dsa", "mtt")) == []) == has_methods
+    assert compare_engine.missing_rows(("dc", "dsa", "dm", "cafe", "mtt")) == []
 
 
 def test_a_folder_of_other_files_is_refused(tmp_path):
@@ -138,6 +135,17 @@ def test_a_folder_of_other_files_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------ end to end
+
+
+def test_a_matching_row_distills_with_its_own_method(tiny_mnist, tmp_path):
+    summary = compare_engine.compare(
+        tiny_plan(), ("dm",), tmp_path / "c", budgets={"dm": 2}, data_root=tiny_mnist,
+        download=False,
+    )  # fmt: skip
+    (row,) = summary.rows
+    assert row.row == "dm" and 0.0 <= row.result.mean <= 1.0
+    made = distilled.load(Path(row.set_path))
+    assert made.settings["method"] == "dm" and made.settings["iterations"] == 2
 
 
 def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, tmp_path):

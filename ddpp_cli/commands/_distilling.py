@@ -41,10 +41,17 @@ class DistillDisplay:
                     info="",
                 )
                 self.eval_task = p.add_task("evaluation", total=1, visible=False, info="")
-            case distill_engine.IterationFinished():
+            case distill_engine.IterationFinished(method="tm"):
                 self.status = (
                     f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  "
                     f"lr {event.lr:.4g}"
+                )
+                p.update(self.iterations_task, advance=1, info=self._info())
+            case distill_engine.IterationFinished():
+                self.status = f"loss {event.loss:.4g}" + "".join(
+                    f"  {name.replace('_', ' ')} {value}"
+                    for name, value in event.details.items()
+                    if name in ("image_steps", "inner_epochs")
                 )
                 p.update(self.iterations_task, advance=1, info=self._info())
             case distill_engine.ValidationStarted():
@@ -74,19 +81,27 @@ def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str])
     table.add_column("setting")
     table.add_column("value")
     table.add_column("from")
-    rows = asdict(event.config)
-    if rows["batch_syn"] is None:
+    method = event.config.method
+    rows = {
+        name: value
+        for name, value in asdict(event.config).items()
+        if method in distill_engine.METHOD_SETTINGS.get(name, (method,))
+    }
+    if method == "tm" and rows["batch_syn"] is None:
         rows["batch_syn"] = "all"
     for name, value in rows.items():
         source = event.derived.get(name) or origin.get(name, "default")
-        if name in ("zca", "train_subset") and source != "user":
+        if method == "tm" and name in ("zca", "train_subset") and source != "user":
             source = "buffer" if source != "resume" else source
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), source)
     table.add_section()
     table.add_row("run folder", str(event.folder), "resumed" if event.resumed else "new")
-    table.add_row(
-        "buffer", f"{event.buffer} ({event.experts} experts × {event.buffer_epochs} epochs)", ""
-    )
+    if event.buffer is not None:
+        table.add_row(
+            "buffer",
+            f"{event.buffer} ({event.experts} experts × {event.buffer_epochs} epochs)",
+            "",
+        )
     table.add_row(
         "data",
         f"{event.train_size} train / {event.val_size} validation / "
@@ -117,8 +132,10 @@ def summary_table(summary: distill_engine.DistillSummary) -> Table:
             "best validation",
             f"{percent(summary.best_val_accuracy)} at iteration {summary.best_iteration}",
         )
+    table.add_row("method", summary.method)
     table.add_row("iterations", str(summary.iterations))
-    table.add_row("learned lr", f"{summary.final_lr:.6g}")
+    if summary.final_lr is not None:
+        table.add_row("learned lr", f"{summary.final_lr:.6g}")
     if summary.pruned_fraction:
         pf = summary.pruned_fraction
         table.add_row(

@@ -27,6 +27,7 @@ RUN_FOLDER = "Run folder"
 EXECUTION = "Execution"
 EVALUATION = "Evaluation"
 BASELINE = "Baseline (instead of a set)"
+METHODS = "Methods dc, dsa, dm, cafe"
 
 
 def settings(options: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
@@ -39,6 +40,17 @@ def settings(options: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
     if unknown:
         raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
     return {name: value for name, value in options.items() if value is not None}
+
+
+def given_options(ctx: typer.Context) -> dict[str, object]:
+    """The options the user set on the command line (not left at their defaults), by name:
+    Typer's parameter source, so that a default typed out is "given" too."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    return {
+        name: value
+        for name, value in ctx.params.items()
+        if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")
+    }
 
 
 # ------------------------------------------------------------------------------------- data
@@ -91,7 +103,12 @@ TestSubsetOpt = Annotated[
 ]
 ImageSizeOpt = Annotated[
     int | None,
-    typer.Option("--image-size", help="Resize folder datasets to this size.", rich_help_panel=DATA),
+    typer.Option(
+        "--image-size",
+        help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its "
+        "buffer's).",
+        rich_help_panel=DATA,
+    ),
 ]
 
 # ----------------------------------------------------------------------------------- buffer
@@ -118,7 +135,7 @@ EpsOpt = Annotated[
     float | None,
     typer.Option(
         "--eps",
-        help="Pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
+        help="tm: pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
         rich_help_panel=DISTILL,
     ),
 ]
@@ -133,26 +150,29 @@ ArchOpt = Annotated[
 IterationsOpt = Annotated[
     int | None,
     typer.Option(
-        "--iterations", help="Distillation iterations. (default: 5000)", rich_help_panel=DISTILL
+        "--iterations",
+        help="Distillation iterations. (default: the method's: tm 5000, dc/dsa 1000, dm 20000, "
+        "cafe 2000)",
+        rich_help_panel=DISTILL,
     ),
 ]
 SynStepsOpt = Annotated[
     int | None,
     typer.Option(
-        "--syn-steps", help="Student steps N per iteration (preset).", rich_help_panel=DISTILL
+        "--syn-steps", help="tm: student steps N per iteration (preset).", rich_help_panel=DISTILL
     ),
 ]
 ExpertEpochsOpt = Annotated[
     int | None,
     typer.Option(
-        "--expert-epochs", help="Expert epochs M to match (preset).", rich_help_panel=DISTILL
+        "--expert-epochs", help="tm: expert epochs M to match (preset).", rich_help_panel=DISTILL
     ),
 ]
 MaxStartEpochOpt = Annotated[
     int | None,
     typer.Option(
         "--max-start-epoch",
-        help="Start epochs drawn from 0…T⁺−1 (preset).",
+        help="tm: start epochs drawn from 0…T⁺−1 (preset).",
         rich_help_panel=DISTILL,
     ),
 ]
@@ -160,19 +180,23 @@ BatchSynOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-syn",
-        help="Synthetic minibatch per step; 0 = all (preset).",
+        help="tm: synthetic minibatch per step; 0 = all (preset).",
         rich_help_panel=DISTILL,
     ),
 ]
 LrImgOpt = Annotated[
     float | None,
-    typer.Option("--lr-img", help="SGD lr of the images (preset).", rich_help_panel=DISTILL),
+    typer.Option(
+        "--lr-img",
+        help="SGD lr of the images (the method's preset; cafe halves it at 1200, 1600, 1800).",
+        rich_help_panel=DISTILL,
+    ),
 ]
 LrLrOpt = Annotated[
     float | None,
     typer.Option(
         "--lr-lr",
-        help="SGD lr of the learned step size (preset; derived from the first gradient for "
+        help="tm: SGD lr of the learned step size (preset; derived from the first gradient for "
         "sets without a paper row).",
         rich_help_panel=DISTILL,
     ),
@@ -181,7 +205,7 @@ LrTeacherOpt = Annotated[
     float | None,
     typer.Option(
         "--lr-teacher",
-        help="Initial learned step size α (preset; derived from the buffer for sets without a "
+        help="tm: initial learned step size α (preset; derived from the buffer for sets without a "
         "paper row).",
         rich_help_panel=DISTILL,
     ),
@@ -190,7 +214,7 @@ AutoLrOpt = Annotated[
     bool,
     typer.Option(
         "--auto-lr",
-        help="Derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
+        help="tm: derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
         "sets without a paper row; docs/distill.md).",
         rich_help_panel=DISTILL,
     ),
@@ -198,7 +222,74 @@ AutoLrOpt = Annotated[
 InitOpt = Annotated[
     str | None,
     typer.Option(
-        "--init", help="Initial images: real or noise. (default: real)", rich_help_panel=DISTILL
+        "--init",
+        help="Initial images: real or noise. (default: the method's: noise for dc and cafe, "
+        "else real)",
+        rich_help_panel=DISTILL,
+    ),
+]
+
+# ----------------------------------------------------------- the other distillation methods
+MethodOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help="tm: trajectory matching (MTT; DDPP with --eps > 0); dc, dsa: gradient matching "
+        "without/with Siamese DSA; dm: distribution matching; cafe: CAFE (docs/methods.md). "
+        "Only tm needs a buffer. (default: tm)",
+        rich_help_panel=DISTILL,
+    ),
+]
+BatchRealOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-real",
+        help="dc/dsa/dm/cafe: real images drawn per class for each matching step. (default: 256)",
+        rich_help_panel=METHODS,
+    ),
+]
+LrNetOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lr-net",
+        help="dc/dsa/cafe: SGD lr of the network trained on the synthetic set between image "
+        "steps. (default: 0.01)",
+        rich_help_panel=METHODS,
+    ),
+]
+OuterLoopOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--outer-loop",
+        help="dc/dsa: image steps per iteration (default: the reference's get_loops of the IPC).",
+        rich_help_panel=METHODS,
+    ),
+]
+InnerLoopOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--inner-loop",
+        help="dc/dsa: network epochs on the synthetic set between image steps (default: the "
+        "reference's get_loops of the IPC).",
+        rich_help_panel=METHODS,
+    ),
+]
+MaxImageStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-image-steps",
+        help="cafe: at most N image steps per iteration (the reference has no bound). "
+        "(default: 100)",
+        rich_help_panel=METHODS,
+    ),
+]
+MaxInnerEpochsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-inner-epochs",
+        help="cafe: at most N network epochs per inner phase (the reference has no bound). "
+        "(default: 100)",
+        rich_help_panel=METHODS,
     ),
 ]
 
@@ -265,7 +356,7 @@ UnrollOpt = Annotated[
     str | None,
     typer.Option(
         "--unroll",
-        help="graph: keep the unrolled graph (fastest; memory grows with --syn-steps); "
+        help="tm: graph keeps the unrolled graph (fastest; memory grows with --syn-steps); "
         "memory: recompute one step at a time in reverse (constant memory, same gradients, "
         "about 1.3x the time). (default: graph)",
         rich_help_panel=EXECUTION,

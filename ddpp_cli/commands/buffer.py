@@ -23,6 +23,7 @@ from ddpp_cli.commands._options import (
     TestSubsetOpt,
     TrainSubsetOpt,
     ZcaOpt,
+    given_options,
     quiet_option,
 )
 from ddpp_cli.engine import augment, data, faults, trajectory
@@ -189,16 +190,6 @@ def _print_summary(summary: trajectory.BufferSummary) -> None:
     line(out, f"manifest: {summary.manifest}")
     if summary.zca is not None:
         line(out, f"zca:      {summary.zca}")
-
-
-def given_options(ctx: typer.Context) -> dict[str, object]:
-    """The options the user set on the command line (not left at their defaults), by name."""
-    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
-    return {
-        name: value
-        for name, value in ctx.params.items()
-        if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")
-    }
 
 
 def _import(

@@ -1,4 +1,5 @@
-"""``ddpp distill``: trajectory matching with parameter pruning, from a buffer into a run folder."""
+"""``ddpp distill``: trajectory matching with parameter pruning, from a buffer into a run folder;
+or, with ``--method``, DC, DSA, DM or CAFE from the real images (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ AmpOpt = Annotated[
     str | None,
     typer.Option(
         "--amp",
-        help="off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
+        help="tm: off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
         "pruning and updates stay float32). (default: off)",
         rich_help_panel=opt.EXECUTION,
     ),
@@ -67,7 +68,7 @@ CompileOpt = Annotated[
     bool | None,
     typer.Option(
         "--compile/--no-compile",
-        help="torch.compile the per-step gradient (falls back with a notice if it cannot "
+        help="tm: torch.compile the per-step gradient (falls back with a notice if it cannot "
         "compile). (default: no-compile)",
         rich_help_panel=opt.EXECUTION,
     ),
@@ -76,7 +77,7 @@ ChannelsLastOpt = Annotated[
     bool | None,
     typer.Option(
         "--channels-last/--no-channels-last",
-        help="Channels-last activations (helps on GPUs, slower on CPUs). "
+        help="tm: channels-last activations (helps on GPUs, slower on CPUs). "
         "(default: no-channels-last)",
         rich_help_panel=opt.EXECUTION,
     ),
@@ -84,8 +85,10 @@ ChannelsLastOpt = Annotated[
 
 
 def command(
+    ctx: typer.Context,
     dataset: opt.DatasetOpt = None,
     ipc: opt.IpcOpt = None,
+    method: opt.MethodOpt = None,
     eps: opt.EpsOpt = None,
     buffer_dir: opt.BufferDirOpt = None,
     arch: opt.ArchOpt = None,
@@ -99,7 +102,14 @@ def command(
     lr_teacher: opt.LrTeacherOpt = None,
     auto_lr: opt.AutoLrOpt = False,
     init: opt.InitOpt = None,
+    batch_real: opt.BatchRealOpt = None,
+    lr_net: opt.LrNetOpt = None,
+    outer_loop: opt.OuterLoopOpt = None,
+    inner_loop: opt.InnerLoopOpt = None,
+    max_image_steps: opt.MaxImageStepsOpt = None,
+    max_inner_epochs: opt.MaxInnerEpochsOpt = None,
     zca: opt.ZcaOpt = None,
+    image_size: opt.ImageSizeOpt = None,
     eval_every: opt.EvalEveryOpt = None,
     eval_runs: opt.EvalRunsOpt = None,
     eval_epochs: opt.EvalEpochsOpt = None,
@@ -121,13 +131,15 @@ def command(
     quiet: opt.quiet_option("the run folder") = False,
     json_out: opt.JsonOpt = False,
 ) -> None:
-    """Distill a dataset from a buffer: trajectory matching with parameter pruning.
+    """Distill a dataset: trajectory matching with parameter pruning from a buffer (--method
+    tm), or DC, DSA, DM or CAFE from the real images.
 
     Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1;
     out of memory (3), a full disk (4) or an unwritable folder (5) keep the last complete state
     and say how to continue.
     """
     options = dict(locals())
+    check_method_options(options.pop("ctx"), method, options["resume_dir"])
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     resume_dir, out_dir = options.pop("resume_dir"), options.pop("out_dir")
@@ -135,6 +147,14 @@ def command(
     given = opt.settings(options, CONFIG_FIELDS)
     folder, resolved = resolve_run(given, resume_dir, out_dir, derive=derive)
     distill_and_report(folder, resolved, engine_options, **output)
+
+
+def check_method_options(ctx: typer.Context, method: str | None, resume_dir: Path | None) -> None:
+    """DdppError naming an option typed on the command line (even at its default value) that
+    does not apply to the run's method: ``--method``, else the resumed run's, else tm."""
+    if method is None and resume_dir is not None:
+        method = distill_engine.saved_config(resume_dir).method
+    distill_engine.check_options(method or "tm", opt.given_options(ctx))
 
 
 def resolve_run(
@@ -173,7 +193,9 @@ def distill_and_report(
     resume_hint = f"checkpoint saved in {folder}; continue with '{resume}'."
 
     def continuation(failed: faults.StageFailed) -> str:
-        return f"continue with '{resume}{' --unroll memory' if failed.out_of_memory else ''}'"
+        # tm alone has a memory-saving mode; the other methods resume as they are
+        lighter = failed.out_of_memory and resolved.config.method == "tm"
+        return f"continue with '{resume}{' --unroll memory' if lighter else ''}'"
 
     with distilling(progress, resume_hint, continuation, speak=main):
         summary = distill_engine.distill(

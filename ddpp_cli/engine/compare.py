@@ -425,11 +425,22 @@ def trajectory_config(plan: RunPlan, row: str, iterations: int) -> distill_engin
     return replace(config, eps=0.0) if row == "mtt" else config
 
 
+# The quick profile's CPU cuts of the matching methods beyond their iterations (docs/compare.md):
+# fewer real images per class and step, and CAFE's loops capped.
+QUICK_MATCHING: dict[str, dict[str, int]] = {
+    "dc": {"batch_real": 64},
+    "dsa": {"batch_real": 64},
+    "dm": {"batch_real": 128},
+    "cafe": {"batch_real": 64, "max_image_steps": 10, "max_inner_epochs": 10},
+}
+
+
 def matching_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
     """The distillation of a matching row (dc, dsa, dm, cafe): ``DistillConfig.method`` set to
     the row, which brings the method's own preset (lr_img, loops, init), and the row's budget;
     the run's data, seed, validation and checkpoint settings are the plan's."""
-    return replace(plan.distill, method=row, iterations=iterations, test_runs=0)
+    changes = QUICK_MATCHING.get(row, {}) if plan.profile == "quick" else {}
+    return plan.distill.with_method(row, iterations=iterations, test_runs=0, **changes)
 
 
 def run_distilled_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:

@@ -601,6 +601,24 @@ PANELS = (
     Panel("lr", "Learned step size (lr)", "learned lr", GREEN),
     Panel("val_accuracy", "Validation accuracy", "accuracy (%)", RED, 100, markers=True, unit=" %"),
 )
+# Runs of the other methods (dc, dsa, dm, cafe: no pruning, no learned lr): their loss (per
+# class, as their references log it), validation and CAFE's loop lengths when recorded.
+METHOD_PANELS = (
+    Panel("loss", "Matching loss", "loss per class", BLUE, smooth=True),
+    PANELS[3],
+    Panel("image_steps", "Image steps per iteration (CAFE)", "image steps", ORANGE, smooth=True),
+    Panel("inner_epochs", "Network epochs per iteration (CAFE)", "epochs", GREEN, smooth=True),
+)
+
+
+def panels_for(metrics: Sequence[dict[str, Any]]) -> tuple[Panel, ...]:
+    """:data:`PANELS` for a tm run (or one with no records yet); :data:`METHOD_PANELS` for a run
+    of another method (no pruned fraction or learned lr recorded), without CAFE's loop
+    lengths where none were recorded."""
+    keys = {key for record in metrics for key in record}
+    if not metrics or keys & {"pruned_fraction", "lr"}:
+        return PANELS
+    return tuple(p for p in METHOD_PANELS if p.key in keys or p.key in ("loss", "val_accuracy"))
 
 
 def _lighter(color: tuple[int, int, int], amount: float = 0.6) -> tuple[int, int, int]:
@@ -774,7 +792,9 @@ def curves_image(
     size: tuple[int, int] = (1200, 800),
     title: str | None = None,
 ) -> Image.Image:
-    """Loss, pruned fraction, learned lr and validation accuracy against iteration, 2×2 panels.
+    """Loss, pruned fraction, learned lr and validation accuracy against iteration, 2×2 panels
+    (another method's run: loss and validation accuracy, and CAFE's loop lengths; see
+    :func:`panels_for`).
 
     Missing keys leave their panel empty with a note; lines without a key are skipped for that
     curve. Per-iteration curves (loss, pruned fraction) show the raw values faintly and a moving
@@ -795,8 +815,10 @@ def curves_image(
     x_high = max(iterations, default=1.0)
     if x_high <= x_low:
         x_high = x_low + 1.0
-    half_w, half_h = width // 2, (height - header) // 2
-    for k, panel in enumerate(PANELS):
+    panels = panels_for(metrics)
+    rows = (len(panels) + 1) // 2
+    half_w, half_h = width // 2, (height - header) // rows
+    for k, panel in enumerate(panels):
         col, row = k % 2, k // 2
         box = (
             col * half_w,

@@ -1,4 +1,6 @@
-"""Distillation (``ddpp distill``): MTT trajectory matching with DDPP parameter pruning (SPEC §6).
+"""Distillation (``ddpp distill``): MTT trajectory matching with DDPP parameter pruning (SPEC §6),
+and, with ``config.method``, the comparison methods DC, DSA, DM and CAFE (docs/methods.md),
+which share the run folder, checkpoints, validation, guards and summary (``methods``).
 
 State: synthetic images X (K·IPC, C, H, W), class-major hard labels, and a learnable step size α.
 Each iteration picks an expert (shuffled, cycling) and a start epoch i, unrolls a student from
@@ -25,11 +27,16 @@ from ddpp_cli.engine.distill.config import (
     CHANGEABLE_ON_RESUME,
     CHECKPOINT_NAME,
     INITS,
+    METHOD_PRESETS,
+    METHOD_SETTINGS,
+    METHODS,
     RESOLVED_AT_START,
     DistillConfig,
     Resolved,
+    check_options,
     default_run_dir,
     find_buffer,
+    method_preset,
     resolve,
     resume_config,
     saved_config,
@@ -55,9 +62,16 @@ from ddpp_cli.engine.distill.files import (
     RunFolder,
     read_checkpoint,
 )
+from ddpp_cli.engine.distill.methods import MethodStep
 from ddpp_cli.engine.distill.run import distill, summary_json
-from ddpp_cli.engine.distill.setup import RunSetup, set_up
-from ddpp_cli.engine.distill.state import GENERATORS, Best, DistillState, StateDict
+from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
+from ddpp_cli.engine.distill.state import (
+    GENERATORS,
+    METHOD_GENERATORS,
+    Best,
+    DistillState,
+    StateDict,
+)
 from ddpp_cli.engine.distill.step import MatchingStep, divergence, read_snapshots
 from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_validation
 from ddpp_cli.engine.unroll import UnrollStep, plan_unroll, unroll
@@ -71,6 +85,10 @@ __all__ = [
     "GENERATORS",
     "INITS",
     "MAX_VAL_SIZE",
+    "METHODS",
+    "METHOD_GENERATORS",
+    "METHOD_PRESETS",
+    "METHOD_SETTINGS",
     "METRICS_NAME",
     "RESOLVED_AT_START",
     "SNAPSHOTS_DIRNAME",
@@ -85,6 +103,7 @@ __all__ = [
     "EventCallback",
     "IterationFinished",
     "MatchingStep",
+    "MethodStep",
     "Resolved",
     "RunFolder",
     "RunSetup",
@@ -95,10 +114,12 @@ __all__ = [
     "Validation",
     "ValidationFinished",
     "ValidationStarted",
+    "check_options",
     "default_run_dir",
     "distill",
     "divergence",
     "find_buffer",
+    "method_preset",
     "plan_unroll",
     "read_checkpoint",
     "read_snapshots",
@@ -106,6 +127,7 @@ __all__ = [
     "resume_config",
     "saved_config",
     "set_up",
+    "set_up_method",
     "split_validation",
     "summary_json",
     "unroll",

@@ -5,7 +5,7 @@ with :func:`resume_config` for what a resumed run may change)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -16,11 +16,44 @@ import platformdirs
 from ddpp_cli.engine import augment, data, models, presets, store
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.gradient_matching import LOOPS
 from ddpp_cli.engine.trajectory import MANIFEST_NAME, default_buffer_dir
 from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 INITS = ("real", "noise")
+# tm: trajectory matching (MTT, with DDPP's pruning); dc/dsa: gradient matching without/with
+# Siamese DSA; dm: distribution matching; cafe: CAFE (docs/methods.md).
+METHODS = ("tm", "dc", "dsa", "dm", "cafe")
+# The settings that apply to some methods only (option name = field name; "buffer" and
+# "auto_lr" are options of the command, not fields). Any other setting applies to every method.
+_TM_ONLY = (
+    "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_lr", "lr_teacher", "eps",
+    "unroll", "amp", "compile", "channels_last", "buffer", "auto_lr",
+)  # fmt: skip
+METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(_TM_ONLY, ("tm",)),
+    "image_size": ("dc", "dsa", "dm", "cafe"),  # tm: the buffer's
+    "batch_real": ("dc", "dsa", "dm", "cafe"),
+    "lr_net": ("dc", "dsa", "cafe"),
+    "outer_loop": ("dc", "dsa"),
+    "inner_loop": ("dc", "dsa"),
+    "max_image_steps": ("cafe",),
+    "max_inner_epochs": ("cafe",),
+}
+# A setting that does not apply to the config's method holds this value (None where not listed).
+_UNSET = {"unroll": "graph", "amp": "off", "compile": False, "channels_last": False}
+# The papers' defaults of the other methods (METHODS.md §1–4); DC/DSA's loops come from
+# get_loops(ipc) (gradient_matching.LOOPS).
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "dc": {"iterations": 1000, "lr_img": 0.1, "lr_net": 0.01, "batch_real": 256, "init": "noise"},
+    "dsa": {"iterations": 1000, "lr_img": 0.1, "lr_net": 0.01, "batch_real": 256, "init": "real"},
+    "dm": {"iterations": 20000, "lr_img": 1.0, "batch_real": 256, "init": "real"},
+    "cafe": {
+        "iterations": 2000, "lr_img": 0.1, "lr_net": 0.01, "batch_real": 256, "init": "noise",
+        "max_image_steps": 100, "max_inner_epochs": 100,
+    },
+}  # fmt: skip
 # Settings a resumed run may change: the length of the run, and when and how much it validates,
 # tests and checkpoints (evaluation draws from its own seeds, never from the run's generators).
 CHANGEABLE_ON_RESUME = (
@@ -46,6 +79,11 @@ ALL_IMAGES = 0  # batch_syn as given on the command line for "every image each s
 class DistillConfig:
     """Everything that determines a distillation run (SPEC §6); see :meth:`from_preset`.
 
+    ``method`` is one of :data:`METHODS`; a setting that does not apply to it
+    (:data:`METHOD_SETTINGS`) must stay None (or, for tm's execution options, at its default):
+    build another method's config with :meth:`from_preset` or :meth:`with_method`, never by
+    replacing ``method`` in a tm config (refused, naming the first tm setting it holds).
+
     ``zca`` and ``train_subset`` None mean "as the buffer was made"; ``val_size`` None means
     10 % of the training split (at most 5000); ``batch_syn`` None means all images every step;
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
@@ -59,16 +97,16 @@ class DistillConfig:
 
     dataset: str
     ipc: int
-    syn_steps: int
-    expert_epochs: int
-    max_start_epoch: int
-    lr_img: float
-    lr_lr: float | None  # None: derived when the run starts (engine/autolr.py)
-    lr_teacher: float | None  # None: derived likewise
+    syn_steps: int | None = None  # tm only (needed there), like the next four
+    expert_epochs: int | None = None
+    max_start_epoch: int | None = None
+    lr_img: float | None = None  # needed
+    lr_lr: float | None = None  # tm; None: derived when the run starts (engine/autolr.py)
+    lr_teacher: float | None = None  # tm; None: derived likewise
     batch_syn: int | None = None
     zca: bool | None = None
     arch: str = "convnet"
-    eps: float = 0.1
+    eps: float | None = None  # tm: None means 0.1 (the paper's)
     iterations: int = 5000
     init: str = "real"
     dsa_strategy: str = augment.DEFAULT_STRATEGY
@@ -85,19 +123,37 @@ class DistillConfig:
     amp: str = "off"
     compile: bool = False
     channels_last: bool = False
+    method: str = "tm"
+    # The other methods' settings (METHOD_SETTINGS; None where the method has none).
+    image_size: int | None = None  # None: the dataset's own
+    batch_real: int | None = None
+    lr_net: float | None = None
+    outer_loop: int | None = None
+    inner_loop: int | None = None
+    max_image_steps: int | None = None
+    max_inner_epochs: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", data.info(self.dataset).name)
         models.check_known(self.arch)
         if self.ipc < 1:
             raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
-        if not 0.0 <= self.eps < 1.0:
-            raise DdppError(
-                f"--eps must be in [0, 1) (got {self.eps}); 0 turns pruning off, 0.1 is the "
-                "paper's value."
-            )
-        for name in ("iterations", "syn_steps", "expert_epochs", "max_start_epoch"):
-            _at_least(name, getattr(self, name), 1)
+        if self.method not in METHODS:
+            raise DdppError(f"--method must be one of: {', '.join(METHODS)} (got '{self.method}').")
+        self._check_method_settings()
+        if self.method == "tm":
+            if self.eps is None:
+                object.__setattr__(self, "eps", 0.1)
+            if not 0.0 <= self.eps < 1.0:
+                raise DdppError(
+                    f"--eps must be in [0, 1) (got {self.eps}); 0 turns pruning off, 0.1 is the "
+                    "paper's value."
+                )
+            for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
+                _at_least(name, getattr(self, name), 1)
+        else:
+            self._check_other_method()
+        _at_least("iterations", self.iterations, 1)
         for name in ("eval_runs", "eval_epochs", "checkpoint_every"):
             _at_least(name, getattr(self, name), 1)
         for name in ("eval_every", "test_runs", "snapshot_every"):
@@ -109,10 +165,12 @@ class DistillConfig:
             _at_least("val_size", self.val_size, 0)
             if self.val_size == 0 and self.eval_every > 0:
                 raise DdppError("--val-size 0 leaves nothing to validate on; use --eval-every 0.")
-        for name in ("lr_img", "lr_teacher"):
+        for name in ("lr_img", "lr_teacher", "lr_net"):
             value = getattr(self, name)
-            if name == "lr_teacher" and value is None:  # derived when the run starts
+            if name != "lr_img" and value is None:  # derived when the run starts, or not used
                 continue
+            if value is None:
+                raise DdppError(f"{_flag(name)} is needed (no preset gave one).")
             if not (math.isfinite(value) and value > 0):
                 raise DdppError(f"{_flag(name)} must be a positive number (got {value}).")
         if self.lr_lr is not None and not (math.isfinite(self.lr_lr) and self.lr_lr >= 0):
@@ -127,21 +185,86 @@ class DistillConfig:
         if self.amp not in AMP_MODES:
             raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
 
+    def _check_method_settings(self) -> None:
+        """DdppError naming the first setting given that does not apply to the method."""
+        for name, methods in METHOD_SETTINGS.items():
+            if self.method in methods or not hasattr(self, name):
+                continue
+            if getattr(self, name) != _UNSET.get(name):
+                raise not_applicable(name, self.method)
+
+    def _check_other_method(self) -> None:
+        """The settings of dc/dsa/dm/cafe (METHODS.md §1–4)."""
+        if self.zca:
+            raise DdppError(
+                f"--method {self.method} distills normalised images (as its reference does); "
+                "ZCA is only available with --method tm. Drop --zca."
+            )
+        if self.method in ("dc", "dsa") and (self.outer_loop is None or self.inner_loop is None):
+            listed = ", ".join(map(str, LOOPS))
+            raise DdppError(
+                f"--method {self.method} has loop lengths only for IPC {listed} (the "
+                f"reference's get_loops); give --outer-loop and --inner-loop for IPC {self.ipc}."
+            )
+        needed = {
+            "dc": ("batch_real", "lr_net", "outer_loop"),
+            "dsa": ("batch_real", "lr_net", "outer_loop"),
+            "dm": ("batch_real",),
+            "cafe": ("batch_real", "lr_net", "max_image_steps", "max_inner_epochs"),
+        }[self.method]
+        for name in needed:
+            if getattr(self, name) is None:
+                raise DdppError(f"{_flag(name)} is needed for --method {self.method}.")
+            if name != "lr_net":
+                _at_least(name, getattr(self, name), 1)
+        if self.inner_loop is not None:
+            _at_least("inner_loop", self.inner_loop, 0)
+        if self.image_size is not None:
+            _at_least("image_size", self.image_size, 1)
+        if self.method == "cafe" and not self.arch.startswith("convnet"):
+            raise DdppError(
+                "--method cafe aligns the features of ConvNet's blocks (its reference's "
+                f"network); use --arch convnet, not '{self.arch}'."
+            )
+
+    @property
+    def matching_dsa(self) -> str:
+        """The augmentation of the method's matching and inner training: DSA for tm, dsa and
+        dm; none for dc and cafe (as their references). Evaluation always uses ``dsa_strategy``."""
+        return self.dsa_strategy if self.method in ("tm", "dsa", "dm") else augment.NONE
+
     @classmethod
     def from_preset(
-        cls, dataset: str, ipc: int, *, derive: bool = False, **values: Any
+        cls, dataset: str, ipc: int, *, derive: bool = False, method: str = "tm", **values: Any
     ) -> DistillConfig:
-        """A config with SPEC §6's preset for ``dataset``/``ipc`` where ``values`` has None.
+        """A config with the preset of ``method`` for ``dataset``/``ipc`` where ``values`` has
+        None: SPEC §6's for tm, the paper's defaults (:data:`METHOD_PRESETS`) for the others.
 
-        The preset's ZCA choice only picks the default buffer; the buffer's own preprocessing
-        decides (``zca`` stays None unless given). ``lr_teacher`` and ``lr_lr`` stay None (derived
-        when the run starts, engine/autolr.py) for datasets without a paper row, and on a paper
-        row too with ``derive`` (``--auto-lr``).
+        tm: the preset's ZCA choice only picks the default buffer; the buffer's own
+        preprocessing decides (``zca`` stays None unless given). ``lr_teacher`` and ``lr_lr``
+        stay None (derived when the run starts, engine/autolr.py) for datasets without a paper
+        row, and on a paper row too with ``derive`` (``--auto-lr``).
         """
-        preset = presets.resolve(dataset, ipc, derive=derive)
-        del preset["zca"]
         given = {k: v for k, v in values.items() if v is not None}
-        return cls(dataset=dataset, ipc=ipc, **{**preset, **given})
+        preset = method_preset(method, dataset, ipc, derive=derive)
+        return cls(dataset=dataset, ipc=ipc, method=method, **{**preset, **given})
+
+    def with_method(self, method: str, **changes: Any) -> DistillConfig:
+        """This run's shared settings (data, IPC, architecture, seed, length, validation, test,
+        checkpoints) with ``method`` and its preset; ``changes`` (None = preset) on top. What
+        ``ddpp run --compare`` uses to run several methods alike; ``iterations`` and ``init``
+        become the method's preset unless given."""
+        shared = {
+            name: getattr(self, name)
+            for name in asdict(self)
+            if name not in METHOD_SETTINGS and name not in METHOD_PRESET_FIELDS
+        }
+        shared.pop("method")
+        shared.pop("zca")
+        return DistillConfig.from_preset(
+            self.dataset, self.ipc, method=method,
+            **{**{k: v for k, v in shared.items() if k not in ("dataset", "ipc")}, **changes},
+        )  # fmt: skip
 
     @property
     def needed_epochs(self) -> int:
@@ -213,6 +336,45 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def not_applicable(name: str, method: str) -> DdppError:
+    """The error for a setting (or option) ``name`` given with a method it does not apply to."""
+    methods = METHOD_SETTINGS.get(name, METHODS)
+    flag = _flag("buffer" if name == "buffer_dir" else name)
+    return DdppError(
+        f"{flag} does not apply to --method {method} (only to {', '.join(methods)}); drop it."
+    )
+
+
+def check_options(method: str, names: Iterable[str]) -> None:
+    """DdppError naming the first option of ``names`` (field or option names, e.g. ``buffer``,
+    ``auto_lr``) that does not apply to ``method``."""
+    if method not in METHODS:
+        raise DdppError(f"--method must be one of: {', '.join(METHODS)} (got '{method}').")
+    for name in names:
+        key = "buffer" if name == "buffer_dir" else name
+        if key in METHOD_SETTINGS and method not in METHOD_SETTINGS[key]:
+            raise not_applicable(key, method)
+
+
+# Settings every method has but whose preset differs by method.
+METHOD_PRESET_FIELDS = ("lr_img", "iterations", "init")
+
+
+def method_preset(method: str, dataset: str, ipc: int, *, derive: bool = False) -> dict[str, Any]:
+    """The preset values of ``method`` for ``dataset``/``ipc`` (tm: SPEC §6 without ZCA, which
+    the buffer decides; the others: the paper's defaults, DC/DSA's loops by IPC)."""
+    if method == "tm":
+        preset = presets.resolve(dataset, ipc, derive=derive)
+        del preset["zca"]
+        return preset
+    if method not in METHOD_PRESETS:
+        raise DdppError(f"--method must be one of: {', '.join(METHODS)} (got '{method}').")
+    preset = dict(METHOD_PRESETS[method])
+    if method in ("dc", "dsa") and ipc in LOOPS:
+        preset["outer_loop"], preset["inner_loop"] = LOOPS[ipc]
+    return preset
+
+
 def _at_least(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise DdppError(f"{_flag(name)} must be an integer ≥ {minimum} (got {value}).")
@@ -268,6 +430,13 @@ def resume_config(
     ``iterations`` below those already done.
     """
     previous = saved_config(folder)
+    method = given.method if isinstance(given, DistillConfig) else (given or {}).get("method")
+    if method is not None and method != previous.method:
+        raise DdppError(
+            f"the run in {folder} was made with other settings (method: {previous.method} → "
+            f"{method}); resume it with --method {previous.method}, or start a new run with "
+            "another --out."
+        )
     if isinstance(given, DistillConfig):
         kept = {k: getattr(previous, k) for k in RESOLVED_AT_START if getattr(given, k) is None}
         config = replace(given, **kept)
@@ -310,6 +479,8 @@ def resolve(
     means the user asked to resume, so ``folder`` must hold a checkpoint. ``batch_syn``
     :data:`ALL_IMAGES` means every image each step. ``derive`` (``--auto-lr``) leaves a paper
     row's step sizes open for the run to derive (a resumed run keeps the ones it has).
+    ``given["method"]`` picks the method (default tm; a resumed run keeps its own); a given
+    setting that does not apply to it is refused (:func:`check_options`).
     """
     given = {name: value for name, value in given.items() if value is not None}
     all_images = given.get("batch_syn") == ALL_IMAGES
@@ -317,6 +488,8 @@ def resolve(
         given["batch_syn"] = None
     resumed = folder is not None and (Path(folder) / CHECKPOINT_NAME).is_file()
     if resumed:
+        method = given.get("method", saved_config(folder).method)
+        check_options(method, [*given, *(["auto_lr"] if derive else [])])
         config = resume_config(folder, given)  # a None (all images) is not applied here...
         if all_images:  # ...but checked like any other change
             config = resume_config(folder, replace(config, batch_syn=None))
@@ -326,9 +499,19 @@ def resolve(
     else:
         if given.get("dataset") is None or given.get("ipc") is None:
             raise DdppError("--dataset and --ipc are needed to start a run (or --resume RUN).")
-        rest = {k: v for k, v in given.items() if k not in ("dataset", "ipc")}
-        config = DistillConfig.from_preset(given["dataset"], given["ipc"], derive=derive, **rest)
-        origin = {name: "preset" for name in presets.KEYS}
+        method = given.get("method", "tm")
+        check_options(method, [*given, *(["auto_lr"] if derive else [])])
+        rest = {k: v for k, v in given.items() if k not in ("dataset", "ipc", "method")}
+        config = DistillConfig.from_preset(
+            given["dataset"], given["ipc"], derive=derive, method=method, **rest
+        )
+        preset = method_preset(method, config.dataset, config.ipc, derive=derive)
+        origin = {name: "preset" for name in preset}
+        if method == "tm":
+            origin.update({name: "preset" for name in presets.KEYS})
+        for name in ("outer_loop", "inner_loop"):
+            if name in preset:
+                origin[name] = "derived"
     if all_images:
         config = replace(config, batch_syn=None)
     origin.update({name: "user" for name in given})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.errors import DdppError
@@ -30,7 +31,7 @@ class DivergedError(DdppError):
 class DistillStarted:
     folder: Path
     config: DistillConfig  # resolved against the buffer
-    buffer: Path
+    buffer: Path | None  # None: a method without buffer (dc, dsa, dm, cafe)
     experts: int
     buffer_epochs: int
     num_params: int
@@ -49,11 +50,13 @@ class IterationFinished:
     iteration: int  # 1-based: the number of updates done
     iterations: int
     loss: float
-    pruned_fraction: float
-    lr: float  # α after this iteration's update
-    start_epoch: int
-    expert: int
+    pruned_fraction: float | None  # tm only, like lr, start_epoch and expert
+    lr: float | None  # α after this iteration's update
+    start_epoch: int | None
+    expert: int | None
     seconds: float
+    method: str = "tm"
+    details: dict[str, Any] = field(default_factory=dict)  # the method's own numbers
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,11 @@ class DistillSummary:
     metrics: Path
     summary: Path
     iterations: int
-    final_lr: float
+    final_lr: float | None  # None: a method that learns no step size
     best_iteration: int | None
     best_val_accuracy: float | None
     tested: Path | None
     test: EvalResult | None
     pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
     seconds: float = 0.0
+    method: str = "tm"

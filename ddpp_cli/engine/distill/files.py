@@ -13,7 +13,7 @@ import torch
 
 from ddpp_cli.engine import store
 from ddpp_cli.engine.distill.config import CHECKPOINT_NAME
-from ddpp_cli.engine.distill.state import GENERATORS, StateDict
+from ddpp_cli.engine.distill.state import StateDict, generator_names
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
@@ -25,7 +25,7 @@ SNAPSHOTS_DIRNAME = "snapshots"  # iter_NNNNNN.safetensors with --snapshot-every
 SUMMARY_NAME = "summary.json"
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
-SetMaker = Callable[[torch.Tensor, float, int], DistilledSet]
+SetMaker = Callable[[torch.Tensor, float | None, int], DistilledSet]
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
@@ -87,7 +87,10 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     a tensor is missing or has the wrong number of dimensions)."""
     stored = store.read(path, store.CHECKPOINT_FORMAT)
     tensors = {"images": store.require_tensor(stored, "images", ndim=4)}
-    for name in ("lr", "expert_order", *(f"rng_{g}" for g in GENERATORS)):
+    config = stored.metadata.get("config")
+    method = config.get("method", "tm") if isinstance(config, dict) else "tm"
+    learned = ("lr", "expert_order") if method == "tm" else ()
+    for name in (*learned, *(f"rng_{g}" for g in generator_names(method))):
         tensors[name] = store.require_tensor(stored, name, ndim=1)
     for name in ("momentum_images", "momentum_lr"):
         if name in stored.tensors:
@@ -198,7 +201,7 @@ class RunFolder:
         return self.folder / SNAPSHOTS_DIRNAME / f"iter_{iteration:06d}.safetensors"
 
     @_writing
-    def save_image_snapshot(self, images: torch.Tensor, lr: float, iteration: int) -> Path:
+    def save_image_snapshot(self, images: torch.Tensor, lr: float | None, iteration: int) -> Path:
         """The images of ``iteration`` as a set file under ``snapshots/`` (``ddpp.distilled/1``)."""
         path = self.snapshot_path(iteration)
         path.parent.mkdir(exist_ok=True)

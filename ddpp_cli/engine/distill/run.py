@@ -15,6 +15,7 @@ from ddpp_cli.engine.distill.config import (
     CHECKPOINT_NAME,
     DistillConfig,
     find_buffer,
+    not_applicable,
     resume_config,
 )
 from ddpp_cli.engine.distill.events import (
@@ -27,7 +28,8 @@ from ddpp_cli.engine.distill.events import (
     ValidationFinished,
 )
 from ddpp_cli.engine.distill.files import RunFolder, check_startable, read_checkpoint
-from ddpp_cli.engine.distill.setup import RunSetup, set_up
+from ddpp_cli.engine.distill.methods import MethodStep
+from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.step import MatchingStep, divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
@@ -65,16 +67,24 @@ def distill(
     folder = Path(folder)
     resuming = (folder / CHECKPOINT_NAME).is_file()
     if resuming:
-        config, buffer = resume_config(folder, config), _resume_buffer(folder, buffer)
+        config = resume_config(folder, config)
     else:
         check_startable(folder)
-    setup = set_up(
-        config, find_buffer(config, buffer), data_root=data_root, download=download,
-        device=device, emit=emit, world=world,
-    )  # fmt: skip
+    if config.method == "tm":
+        buffer = _resume_buffer(folder, buffer) if resuming else buffer
+        setup = set_up(
+            config, find_buffer(config, buffer), data_root=data_root, download=download,
+            device=device, emit=emit, world=world,
+        )  # fmt: skip
+    else:  # no buffer: the method draws from the real training images
+        if buffer is not None:
+            raise not_applicable("buffer", config.method)
+        setup = set_up_method(
+            config, data_root=data_root, download=download, device=device, world=world
+        )
     setup.world.barrier()  # every rank has seen whether the folder held a checkpoint
     derived: dict[str, str] = {}
-    if not resuming:  # open step sizes (no paper row, or --auto-lr): derive them now
+    if not resuming and config.method == "tm":  # open step sizes (no paper row, --auto-lr)
         setup, derived = autolr.calibrate(setup)
     files = RunFolder(
         folder, setup.as_set, *setup.checkpoint_contents(), writes=setup.world.is_main
@@ -89,7 +99,7 @@ def distill(
     else:
         state = setup.fresh_state()
         if setup.config.snapshot_every > 0:  # the initial images: the animation's first frame
-            files.save_image_snapshot(state.images, float(state.lr.detach()), 0)
+            files.save_image_snapshot(state.images, state.learned_lr, 0)
     emit(_started(setup, folder, state, resumed=resuming, derived=derived))
     _loop(setup, files, state, emit)
     return _finish(setup, files, state, emit)
@@ -119,7 +129,8 @@ def _started(
 ) -> DistillStarted:
     return DistillStarted(
         folder=folder, config=setup.config, buffer=setup.buffer,
-        experts=len(setup.expert_paths), buffer_epochs=setup.buffer_epochs,
+        experts=len(setup.expert_paths),
+        buffer_epochs=setup.buffer_epochs if setup.buffer is not None else 0,
         num_params=setup.layout.numel, train_size=len(setup.train_idx),
         val_size=len(setup.val_idx), test_size=len(setup.prepared.test.labels),
         preprocessing=setup.preprocessing["kind"], start_iteration=state.iteration,
@@ -144,7 +155,8 @@ def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCal
             if problem is not None:
                 loop.stop_diverged(problem, record, last_good)
             state.iteration += 1
-            record["lr"] = float(state.lr.detach())
+            if state.lr is not None:
+                record["lr"] = state.learned_lr
             loop.report(record, time.perf_counter() - started)
             new_best = loop.validate(record) if loop.validation.due(state.iteration) else None
             loop.log(record, started)
@@ -170,10 +182,17 @@ class _Loop:
         self.state = state
         self.emit = emit
         self.labels = setup.labels
-        self.matching = MatchingStep(
-            setup.config, setup.student, setup.expert_paths, setup.labels,
-            setup.prepared.image_size, setup.device,
-        )  # fmt: skip
+        self.matching: MatchingStep | MethodStep
+        if setup.config.method == "tm":
+            self.matching = MatchingStep(
+                setup.config, setup.student, setup.expert_paths, setup.labels,
+                setup.prepared.image_size, setup.device,
+            )  # fmt: skip
+        else:
+            self.matching = MethodStep(
+                setup.config, setup.real_by_class, setup.labels, setup.prepared.channels,
+                setup.prepared.image_size, setup.device,
+            )  # fmt: skip
         train = setup.prepared.train
         self.validation = Validation(
             setup.config, train.images[setup.val_idx], train.labels[setup.val_idx],
@@ -184,7 +203,7 @@ class _Loop:
         """Validate the current images; (accuracy, std) when they beat the best so far (then
         the state's best is this iteration), else None."""
         state, iteration = self.state, self.state.iteration
-        lr = float(state.lr.detach())
+        lr = state.learned_lr  # None: the evaluation's default, as for a coreset
         accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
         improved = state.best.improved_by(accuracy)
         if improved:
@@ -197,18 +216,22 @@ class _Loop:
     def initial_validation(self) -> None:
         """Iteration 0: validate the initial images, log them and write the first checkpoint."""
         started = time.perf_counter()
-        record: dict[str, Any] = {"iteration": 0, "lr": float(self.state.lr.detach())}
+        record: dict[str, Any] = {"iteration": 0}
+        if self.state.lr is not None:
+            record["lr"] = self.state.learned_lr
         new_best = self.validate(record) if self.config.eval_every > 0 else None
         record["seconds"] = time.perf_counter() - started
         self.files.log(record)
         self.save_checkpoint_and_best(self.state.state_dict(), new_best)
 
     def report(self, record: dict[str, Any], seconds: float) -> None:
+        shared = ("iteration", "loss", "pruned_fraction", "lr", "start_epoch", "expert")
         self.emit(
             IterationFinished(
                 record["iteration"], self.config.iterations, record["loss"],
-                record["pruned_fraction"], record["lr"], record["start_epoch"], record["expert"],
-                seconds,
+                record.get("pruned_fraction"), record.get("lr"), record.get("start_epoch"),
+                record.get("expert"), seconds, method=self.config.method,
+                details={k: v for k, v in record.items() if k not in shared},
             )
         )  # fmt: skip
 
@@ -268,12 +291,17 @@ class _Loop:
         """Save the last good set, log the failed iteration and raise :class:`DivergedError`."""
         iteration = record["iteration"]
         path = self.files.save_diverged(last_good, iteration)
-        self.files.log({**record, "lr": float(self.state.lr.detach()), "diverged": problem})
+        lr = self.state.learned_lr
+        self.files.log({**record, **({} if lr is None else {"lr": lr}), "diverged": problem})
+        if self.config.method == "tm":
+            where = f"expert {record['expert']}, start epoch {record['start_epoch']}"
+            advice = autolr.divergence_advice(lr, self.config)
+        else:
+            where = f"method {self.config.method}"
+            advice = f"Lower --lr-img (it was {self.config.lr_img:g}) and start a new run."
         raise DivergedError(
-            f"{problem} at iteration {iteration} (expert {record['expert']}, start "
-            f"epoch {record['start_epoch']}); the run diverged. The last good set "
-            f"(iteration {last_good.iteration}) is in {path}. "
-            + autolr.divergence_advice(float(self.state.lr.detach()), self.config),
+            f"{problem} at iteration {iteration} ({where}); the run diverged. The last good "
+            f"set (iteration {last_good.iteration}) is in {path}. " + advice,
             iteration=iteration,
             distilled=path,
             metrics=self.files.metrics,
@@ -303,9 +331,10 @@ def _finish(
     summary = DistillSummary(
         folder=files.folder, distilled=files.distilled, best=best, checkpoint=files.checkpoint,
         metrics=files.metrics, summary=files.summary, iterations=state.iteration,
-        final_lr=float(state.lr.detach()), best_iteration=state.best.iteration,
+        final_lr=state.learned_lr, best_iteration=state.best.iteration,
         best_val_accuracy=state.best.accuracy, tested=tested if test is not None else None,
         test=test, pruned_fraction=files.pruned_stats(), seconds=state.elapsed,
+        method=config.method,
     )  # fmt: skip
     files.write_summary(summary_json(summary))
     return summary
@@ -327,5 +356,6 @@ def summary_json(summary: DistillSummary) -> dict[str, Any]:
         "test": None if summary.test is None else summary.test.to_json(),
         "pruned_fraction": summary.pruned_fraction,
         "seconds": summary.seconds,
+        "method": summary.method,
         "ddpp_version": __version__,
     }

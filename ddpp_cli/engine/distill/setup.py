@@ -12,6 +12,7 @@ import torch
 
 from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.cafe import convnet_layer_features
 from ddpp_cli.engine.device import make_generator, seeded
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.events import EventCallback
@@ -29,10 +30,15 @@ from ddpp_cli.engine.unroll import Student
 
 @dataclass
 class RunSetup:
-    """The fixed parts of a run: its resolved config, buffer, data split, model and labels."""
+    """The fixed parts of a run: its resolved config, buffer, data split, model and labels.
+
+    Methods other than tm have no buffer (``buffer`` None, no manifest, no experts) and no
+    student; they draw real images from ``real_by_class``: the training split without the
+    validation images, one tensor per class, on the device, made once.
+    """
 
     config: DistillConfig  # resolved against the buffer (zca, train_subset, val_size)
-    buffer: Path
+    buffer: Path | None
     manifest: dict[str, Any]
     expert_paths: dict[int, Path]
     prepared: PreparedData
@@ -40,10 +46,11 @@ class RunSetup:
     train_idx: torch.Tensor
     val_idx: torch.Tensor
     layout: ParamLayout
-    student: Student
+    student: Student | None
     labels: torch.Tensor  # class-major hard labels, on the device
     device: torch.device
     world: World = field(default_factory=World)  # under torchrun: this rank's place
+    real_by_class: list[torch.Tensor] | None = None
 
     @property
     def buffer_config(self) -> dict[str, Any]:
@@ -53,16 +60,20 @@ class RunSetup:
     def buffer_epochs(self) -> int:
         return int(self.manifest["epochs"])
 
-    def as_set(self, images: torch.Tensor, lr: float, iteration: int) -> DistilledSet:
-        """The distilled-set file's content for ``images`` and ``lr`` at ``iteration``."""
-        settings = {
-            **asdict(self.config),
-            "iteration": iteration,
-            "image_size": self.buffer_config.get("image_size"),
-            "data_seed": int(self.buffer_config.get("seed") or 0),
-            "buffer": self.buffer_config,
-            "buffer_path": str(self.buffer.resolve()),
-        }
+    def as_set(self, images: torch.Tensor, lr: float | None, iteration: int) -> DistilledSet:
+        """The distilled-set file's content for ``images`` and ``lr`` at ``iteration`` (lr None
+        for a method that learns no step size: evaluation then uses its default, as for a
+        coreset)."""
+        settings = {**asdict(self.config), "iteration": iteration}
+        if self.buffer is not None:
+            settings.update(
+                image_size=self.buffer_config.get("image_size"),
+                data_seed=int(self.buffer_config.get("seed") or 0),
+                buffer=self.buffer_config,
+                buffer_path=str(self.buffer.resolve()),
+            )
+        else:
+            settings.update(data_seed=self.config.seed, learned_lr=False)
         return DistilledSet(
             images=images.detach().cpu(), labels=self.labels.cpu(), lr=lr,
             dataset=self.config.dataset, class_names=tuple(self.prepared.train.class_names),
@@ -74,8 +85,9 @@ class RunSetup:
         """What every checkpoint holds besides the state: the labels and the run's settings."""
         meta = {
             "config": asdict(self.config),
-            "buffer": str(self.buffer.resolve()),
-            "buffer_config": self.buffer_config,
+            "method": self.config.method,
+            "buffer": None if self.buffer is None else str(self.buffer.resolve()),
+            "buffer_config": self.buffer_config if self.buffer is not None else None,
             "dataset": self.config.dataset,
             "arch": self.config.arch,
             "layout": self.layout.to_json(),
@@ -95,8 +107,12 @@ class RunSetup:
         return train.images[chosen].clone()
 
     def fresh_state(self) -> DistillState:
-        """Iteration 0: initial images, α = lr_teacher, new generators."""
+        """Iteration 0: initial images, α = lr_teacher (tm), new generators."""
         c = self.config
+        if c.method != "tm":
+            return DistillState.start_method(
+                self.initial_images(), seed=c.seed, lr_img=c.lr_img, device=self.device
+            )
         return DistillState.start(
             self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
             lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
@@ -111,7 +127,7 @@ class RunSetup:
             )
         experts = saved.meta["experts"]
         missing = [e for e in experts if e not in self.expert_paths]
-        if not experts or missing:
+        if self.config.method == "tm" and (not experts or missing):
             raise DdppError(
                 f"{path} uses experts {missing or experts} that the buffer at {self.buffer} "
                 "no longer holds; resume with the buffer the run was started with (--buffer)."
@@ -180,6 +196,58 @@ def set_up(
         config=config, buffer=buffer, manifest=manifest, expert_paths=expert_paths,
         prepared=prepared, preprocessing=preprocessing, train_idx=train_idx, val_idx=val_idx,
         layout=layout, student=student, labels=labels, device=device, world=world,
+    )  # fmt: skip
+
+
+def set_up_method(
+    config: DistillConfig,
+    *,
+    data_root: Path | None,
+    download: bool,
+    device: torch.device,
+    world: World | None = None,
+) -> RunSetup:
+    """The setup of a method without buffer (dc, dsa, dm, cafe): the data normalised as the
+    dataset's table says (``image_size`` resizes), the validation split, and the per-class real
+    pools without the validation images; DdppError where the method cannot run."""
+    world = world or World()
+    if world.distributed:
+        raise DdppError(
+            f"--method {config.method} runs in one process; torchrun is only supported for "
+            "--method tm. Run it without torchrun."
+        )
+    prepared = prepare(
+        config.dataset, data_root, use_zca=False, download=download,
+        train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
+    )  # fmt: skip
+    num_classes = prepared.num_classes
+    config = replace(
+        config, zca=False,
+        val_size=validation_size(config, len(prepared.train.labels), num_classes),
+    )  # fmt: skip
+    train_idx, val_idx = split_validation(
+        prepared.train.labels, num_classes, config.val_size,
+        make_generator(config.seed, "val_split"),
+    )  # fmt: skip
+    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
+    with seeded(0):
+        model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
+    if config.method in ("dc", "dsa") and models.uses_batchnorm(model):
+        raise DdppError(
+            f"--method {config.method} with BatchNorm needs the reference's frozen-statistics "
+            f"step, which ddpp does not implement; use --arch {config.arch.replace('-bn', '')}."
+        )
+    if config.method == "cafe":
+        convnet_layer_features(model, prepared.train.images[:1])  # DdppError if it has none
+    pool_images = prepared.train.images[train_idx]
+    pool_labels = prepared.train.labels[train_idx]
+    real_by_class = [pool_images[pool_labels == c].to(device) for c in range(num_classes)]
+    labels = torch.arange(num_classes).repeat_interleave(config.ipc).to(device)
+    return RunSetup(
+        config=config, buffer=None, manifest={}, expert_paths={}, prepared=prepared,
+        preprocessing=prepared.preprocessing.describe(), train_idx=train_idx, val_idx=val_idx,
+        layout=ParamLayout.of(model), student=None, labels=labels, device=device, world=world,
+        real_by_class=real_by_class,
     )  # fmt: skip
 
 

@@ -6,6 +6,11 @@ The checkpoint's tensors: ``images`` [K·IPC, C, H, W], ``lr`` [1] (α), ``exper
 ``state_dict()``; absent before the first step) and ``rng_experts`` / ``rng_start`` /
 ``rng_unroll`` (generator states). Its metadata: ``iteration``, ``expert_position``,
 ``experts``, ``best_iteration``, ``best_val_accuracy`` and ``elapsed_seconds``.
+
+The other methods (dc, dsa, dm, cafe) learn no step size and use no experts: their state has no
+``lr``, ``momentum_lr`` or ``expert_order`` (empty ``experts``), and one generator,
+``rng_matching`` (real batches, DSA draws, the inner loops' shuffles); each iteration's network
+is initialised from a seed derived from (seed, iteration), so it needs no state.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from ddpp_cli.engine.device import make_generator
 
 # The run's random streams: the expert order, the start epochs, and minibatches + DSA draws.
 GENERATORS = ("experts", "start", "unroll")
+# The other methods' one stream: real batches, DSA draws, inner-loop shuffles.
+METHOD_GENERATORS = ("matching",)
+
+
+def generator_names(method: str) -> tuple[str, ...]:
+    """The generators a run of ``method`` checkpoints."""
+    return GENERATORS if method == "tm" else METHOD_GENERATORS
 
 
 @dataclass
@@ -49,8 +61,9 @@ class StateDict:
         return self.tensors["images"]
 
     @property
-    def lr(self) -> float:
-        return float(self.tensors["lr"][0])
+    def lr(self) -> float | None:
+        """The learned step size; None for a method that learns none."""
+        return float(self.tensors["lr"][0]) if "lr" in self.tensors else None
 
 
 @dataclass
@@ -61,9 +74,9 @@ class DistillState:
     and the seconds spent."""
 
     images: torch.Tensor
-    lr: torch.Tensor
+    lr: torch.Tensor | None  # None: a method that learns no step size
     opt_images: torch.optim.SGD
-    opt_lr: torch.optim.SGD
+    opt_lr: torch.optim.SGD | None
     generators: dict[str, torch.Generator]
     experts: list[int]
     order: torch.Tensor
@@ -76,20 +89,39 @@ class DistillState:
     def create(
         cls,
         images: torch.Tensor,
-        lr: torch.Tensor | float,
+        lr: torch.Tensor | float | None,
         *,
         lr_img: float,
-        lr_lr: float,
+        lr_lr: float | None,
         device: torch.device,
         **rest: Any,
     ) -> DistillState:
-        """A state whose images and α are fresh leaves on ``device`` with new optimizers."""
+        """A state whose images and α (None: no learned step size) are fresh leaves on
+        ``device`` with new optimizers (SGD, momentum 0.5)."""
         x = images.to(device, torch.float32).detach().clone().requires_grad_(True)
-        alpha = torch.as_tensor(lr, dtype=torch.float32).to(device).reshape(()).detach().clone()
-        alpha.requires_grad_(True)
         opt_images = torch.optim.SGD([x], lr=lr_img, momentum=0.5)
-        opt_lr = torch.optim.SGD([alpha], lr=lr_lr, momentum=0.5)
+        alpha, opt_lr = None, None
+        if lr is not None:
+            alpha = torch.as_tensor(lr, dtype=torch.float32).to(device).reshape(()).detach()
+            alpha = alpha.clone().requires_grad_(True)
+            opt_lr = torch.optim.SGD([alpha], lr=lr_lr, momentum=0.5)
         return cls(images=x, lr=alpha, opt_images=opt_images, opt_lr=opt_lr, **rest)
+
+    @classmethod
+    def start_method(
+        cls, images: torch.Tensor, *, seed: int, lr_img: float, device: torch.device
+    ) -> DistillState:
+        """Iteration 0 of a method without experts or learned step size (dc, dsa, dm, cafe)."""
+        generators = {name: make_generator(seed, name) for name in METHOD_GENERATORS}
+        return cls.create(
+            images, None, lr_img=lr_img, lr_lr=None, device=device, generators=generators,
+            experts=[], order=torch.zeros(0, dtype=torch.long),
+        )  # fmt: skip
+
+    @property
+    def learned_lr(self) -> float | None:
+        """α as a number; None for a method that learns no step size."""
+        return None if self.lr is None else float(self.lr.detach())
 
     @classmethod
     def start(
@@ -124,21 +156,24 @@ class DistillState:
 
     def zero_grad(self) -> None:
         self.opt_images.zero_grad(set_to_none=True)
-        self.opt_lr.zero_grad(set_to_none=True)
+        if self.opt_lr is not None:
+            self.opt_lr.zero_grad(set_to_none=True)
 
     def optimizer_step(self) -> None:
         self.opt_images.step()
-        self.opt_lr.step()
+        if self.opt_lr is not None:
+            self.opt_lr.step()
 
     def state_dict(self) -> StateDict:
         """A copy of the state (cheap: images, α and momentum are cloned on the device)."""
         tensors = {
             "images": self.images.detach().clone(),
-            "lr": self.lr.detach().reshape(1).clone(),
-            "expert_order": self.order.clone(),
             **_momentum_tensors(self.opt_images, "images"),
-            **_momentum_tensors(self.opt_lr, "lr"),
         }
+        if self.lr is not None:
+            tensors["lr"] = self.lr.detach().reshape(1).clone()
+            tensors["expert_order"] = self.order.clone()
+            tensors.update(_momentum_tensors(self.opt_lr, "lr"))
         for name, generator in self.generators.items():
             tensors[f"rng_{name}"] = generator.get_state()
         meta = {
@@ -157,25 +192,29 @@ class DistillState:
         saved: StateDict,
         *,
         lr_img: float,
-        lr_lr: float,
+        lr_lr: float | None,
         device: torch.device,
     ) -> DistillState:
-        """The state :meth:`state_dict` copied (on ``device``, with the given optimizer lrs)."""
+        """The state :meth:`state_dict` copied (on ``device``, with the given optimizer lrs);
+        its generators are the ``rng_*`` tensors it holds."""
         tensors, meta = saved.tensors, saved.meta
         generators = {}
-        for name in GENERATORS:
+        for key in sorted(k for k in tensors if k.startswith("rng_")):
+            name = key.removeprefix("rng_")
             generators[name] = torch.Generator(device="cpu")
-            generators[name].set_state(tensors[f"rng_{name}"].to(torch.uint8))
+            generators[name].set_state(tensors[key].to(torch.uint8))
+        order = tensors.get("expert_order", torch.zeros(0, dtype=torch.long))
         state = cls.create(
-            tensors["images"], tensors["lr"], lr_img=lr_img, lr_lr=lr_lr, device=device,
+            tensors["images"], tensors.get("lr"), lr_img=lr_img, lr_lr=lr_lr, device=device,
             generators=generators, experts=[int(e) for e in meta["experts"]],
-            order=tensors["expert_order"].long().cpu(), position=int(meta["expert_position"]),
+            order=order.long().cpu(), position=int(meta["expert_position"]),
             iteration=int(meta["iteration"]),
             best=Best(meta.get("best_iteration"), meta.get("best_val_accuracy")),
             elapsed=float(meta.get("elapsed_seconds") or 0.0),
         )  # fmt: skip
         _load_momentum(state.opt_images, tensors, "images")
-        _load_momentum(state.opt_lr, tensors, "lr")
+        if state.opt_lr is not None:
+            _load_momentum(state.opt_lr, tensors, "lr")
         return state
 
 

@@ -99,10 +99,10 @@ class MatchingStep:
 def divergence(loss: float, state: DistillState) -> str | None:
     """What went wrong in the last step (non-finite loss, α not finite and positive, or
     non-finite images), or None."""
-    lr = float(state.lr.detach())
+    lr = state.learned_lr
     if not math.isfinite(loss):
         return f"the matching loss became {loss}"
-    if not math.isfinite(lr) or lr <= 0:
+    if lr is not None and (not math.isfinite(lr) or lr <= 0):
         return f"the learned lr became {lr}"
     if not bool(torch.isfinite(state.images.detach()).all()):
         return "the images became non-finite"

@@ -83,9 +83,10 @@ class Validation:
         return c.eval_every > 0 and (iteration % c.eval_every == 0 or iteration == c.iterations)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, lr: float, iteration: int
+        self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
     ) -> tuple[float, float]:
-        """Mean and std accuracy of networks trained on ``images`` with step size ``lr``."""
+        """Mean and std accuracy of networks trained on ``images`` with step size ``lr`` (None:
+        the evaluation's default, as for a set without a learned lr)."""
         c = self.config
         self.emit(ValidationStarted(iteration, c.eval_runs, c.eval_epochs))
         result = evaluate_images(
