@@ -34,11 +34,13 @@ CHANGEABLE_ON_RESUME = (
     # How the same maths is executed: exact in both unroll modes (equal up to rounding), so an
     # out-of-memory run may continue with --unroll memory (bit for bit only if unchanged).
     "unroll",
+    "unroll_budget",
     "compile",
     "channels_last",
 )
 # Settings a run resolves when it starts (from the buffer and the data) where the config has None.
 RESOLVED_AT_START = ("zca", "train_subset", "val_size", *presets.DERIVED)
+DEFAULT_UNROLL_BUDGET = 2048  # MiB of kept step graphs in --unroll memory (docs/performance.md)
 ALL_IMAGES = 0  # batch_syn as given on the command line for "every image each step" (None here)
 
 
@@ -51,10 +53,12 @@ class DistillConfig:
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
 
     Execution (docs/performance.md): ``unroll`` "graph" keeps the unrolled graph (memory grows
-    with ``syn_steps``), "memory" recomputes one step at a time in reverse (constant memory,
-    same gradients); ``amp`` "bf16" autocasts the student's forward (GPU; loss, mask and updates
-    stay float32); ``compile`` wraps the per-step gradient in ``torch.compile``;
-    ``channels_last`` uses channels-last activations (helps on GPUs, not on the CPU).
+    with ``syn_steps``), "memory" recomputes one step at a time in reverse (memory bounded
+    whatever ``syn_steps`` is, same gradients) except the last steps whose graphs fit
+    ``unroll_budget`` MiB, which it keeps from the forward pass; ``amp`` "bf16" autocasts the
+    student's forward (GPU; loss, mask and updates stay float32); ``compile`` wraps the per-step
+    gradient in ``torch.compile``; ``channels_last`` uses channels-last activations (helps on
+    GPUs, not on the CPU).
     """
 
     dataset: str
@@ -82,6 +86,7 @@ class DistillConfig:
     train_subset: int | None = None
     seed: int = 0
     unroll: str = "graph"
+    unroll_budget: int = DEFAULT_UNROLL_BUDGET
     amp: str = "off"
     compile: bool = False
     channels_last: bool = False
@@ -100,7 +105,7 @@ class DistillConfig:
             _at_least(name, getattr(self, name), 1)
         for name in ("eval_runs", "eval_epochs", "checkpoint_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("eval_every", "test_runs", "snapshot_every"):
+        for name in ("eval_every", "test_runs", "snapshot_every", "unroll_budget"):
             _at_least(name, getattr(self, name), 0)
         for name in ("batch_syn", "train_subset"):
             if getattr(self, name) is not None:
