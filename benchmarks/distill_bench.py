@@ -96,7 +96,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         steps = plan_unroll(len(labels), syn_steps, None, dsa, (32, 32), generator)
         opt_images.zero_grad(set_to_none=True)
         opt_lr.zero_grad(set_to_none=True)
-        result = match(student, start, target, images, labels, alpha, steps, 0.1, mode)
+        keep = args.unroll_budget * 2**20 if mode == "memory" else 0
+        result = match(student, start, target, images, labels, alpha, steps, 0.1, mode, keep)
         opt_images.step()
         opt_lr.step()
         return result.loss
@@ -132,6 +133,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         "syn_steps": syn_steps,
         "mode": mode,
         "layout": f"{world.size}x{torch.get_num_threads()}",
+        "unroll_budget_mib": args.unroll_budget if mode == "memory" else None,
         "seconds": seconds,
         "median_seconds": statistics.median(seconds),
         "median_cpu_seconds": statistics.median(cpu_seconds),  # all threads; robust to load
@@ -170,6 +172,7 @@ def run_child(
         script = [sys.executable, *script]
     command = [
         *script, "--repeats", str(args.repeats), "--device", args.device, "--amp", args.amp,
+        "--unroll-budget", str(args.unroll_budget),
     ]  # fmt: skip
     if threads:
         command += ["--threads", str(threads)]
@@ -500,6 +503,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--mtt-threads", type=int, default=0,
         help="MTT's threads (default: --threads, else the most cores of a layout, else torch's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--unroll-budget", type=int, default=2048, metavar="MIB",
+        help="memory mode: MiB of the last steps' graphs kept (ddpp's --unroll-budget)",
     )  # fmt: skip
     parser.add_argument("--amp", default="off", choices=["off", "bf16"])
     parser.add_argument("--compile", action="store_true")

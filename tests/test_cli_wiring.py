@@ -45,6 +45,7 @@ SHARED_SETTINGS = [
     ("--no-zca", None, "zca", False),
     ("--seed", "5", "seed", 5),
     ("--unroll", "memory", "unroll", "memory"),  # the lever an out-of-memory run continues with
+    ("--unroll-budget", "512", "unroll_budget", 512),
 ]
 
 

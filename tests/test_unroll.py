@@ -72,11 +72,11 @@ def tiny_problem(dtype=torch.float64, channels: int = 1):
     return model, layout, start, target, images, labels
 
 
-def gradients(student: Student, problem, steps, mode: str, lr: float = 0.1):
+def gradients(student: Student, problem, steps, mode: str, lr: float = 0.1, keep_bytes: int = 0):
     _, _, start, target, images, labels = problem
     x = images.clone().requires_grad_(True)
     alpha = torch.tensor(lr, dtype=images.dtype, requires_grad=True)
-    result = match(student, start, target, x, labels, alpha, steps, 0.1, mode)
+    result = match(student, start, target, x, labels, alpha, steps, 0.1, mode, keep_bytes)
     return result, x.grad, alpha.grad
 
 
@@ -113,13 +113,61 @@ def test_memory_mode_in_float32_matches_to_1e_5():
     torch.testing.assert_close(ga_memory, ga_graph, rtol=1e-5, atol=0)
 
 
+def step_graph_bytes(student: Student, problem, steps) -> int:
+    _, _, start, _, images, labels = problem
+    source = images.detach().requires_grad_(True)
+    return unroll._kept_step(student, start, source, labels, steps[0])[1]
+
+
+@pytest.mark.parametrize("kept_steps", [0, 1, 3, 5])
+def test_keeping_the_last_graphs_changes_nothing(kept_steps):
+    """Memory mode with a budget for K of the 5 steps' graphs: the same images' and α's
+    gradients as rebuilding every step, to 1e-12 in float64 (a step computed with its graph may
+    round differently from one computed without); DSA on, minibatches of 4 of 6, pruning on."""
+    problem = tiny_problem()
+    model, layout, start, _, images, labels = problem
+    dsa = DSA()
+    steps = plan_unroll(6, 5, 4, dsa, (8, 8), make_generator(3, "t"))
+    student = Student(model, layout, dsa)
+    size = step_graph_bytes(student, problem, steps)
+    assert size > images.numel() * images.element_size()  # activations, not just the input
+    budget = kept_steps * size + size // 2
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    source = images.detach().requires_grad_(True)
+    _, kept = unroll.unroll_states(
+        student, start, images, labels, lr, steps, keep_bytes=budget, source=source
+    )
+    assert sorted(kept) == list(range(5 - kept_steps, 5))
+    recomputed, gx_recomputed, ga_recomputed = gradients(student, problem, steps, "memory")
+    memory, gx_memory, ga_memory = gradients(student, problem, steps, "memory", keep_bytes=budget)
+    assert memory.pruned_fraction == recomputed.pruned_fraction
+    assert memory.loss == pytest.approx(recomputed.loss, rel=1e-12)
+    scale = gx_recomputed.abs().max()
+    torch.testing.assert_close(gx_memory, gx_recomputed, rtol=1e-12, atol=1e-12 * scale)
+    torch.testing.assert_close(ga_memory, ga_recomputed, rtol=1e-12, atol=0)
+
+
+def test_kept_count_fits_the_budget():
+    world = unroll.World()
+    assert unroll.kept_count(100, 0, 20, world) == 0
+    assert unroll.kept_count(100, 250, 20, world) == 2
+    assert unroll.kept_count(100, 10**9, 20, world) == 20
+    assert unroll.kept_count(0, 10, 20, world) == 20  # nothing saved: everything fits
+
+
+def test_graph_bytes_counts_each_storage_once():
+    base = torch.zeros(10, dtype=torch.float64)
+    assert unroll.graph_bytes([base, base[2:], base.view(2, 5), torch.zeros(3)]) == 80 + 12
+
+
 def test_states_end_where_the_graph_unroll_ends():
     model, layout, start, _, images, labels = tiny_problem()
     dsa = DSA()
     steps = plan_unroll(6, 3, 4, dsa, (8, 8), make_generator(5, "t"))
     student = Student(model, layout, dsa)
     lr = torch.tensor(0.1, dtype=torch.float64)
-    states = unroll.unroll_states(student, start, images, labels, lr, steps)
+    states, kept = unroll.unroll_states(student, start, images, labels, lr, steps)
+    assert kept == {}
     end = unroll.unroll_graph(student, start, images, labels, lr, steps)
     assert len(states) == 4 and not any(s.requires_grad for s in states)
     torch.testing.assert_close(states[-1], end.detach(), rtol=0, atol=1e-14)
@@ -229,7 +277,7 @@ def test_prune_mask_is_taken_at_the_end_of_the_unroll():
     steps = plan_unroll(6, 2, None, dsa, (8, 8), make_generator(9, "t"))
     student = Student(model, layout, dsa)
     lr = torch.tensor(0.1, dtype=torch.float64)
-    end = unroll.unroll_states(student, start, images, labels, lr, steps)[-1]
+    end = unroll.unroll_states(student, start, images, labels, lr, steps)[0][-1]
     expected = 1.0 - float(prune_mask(end, target, 0.1).float().mean())
     result, _, _ = gradients(student, problem, steps, "memory")
     assert result.pruned_fraction == expected

@@ -357,8 +357,18 @@ UnrollOpt = Annotated[
     typer.Option(
         "--unroll",
         help="tm: graph keeps the unrolled graph (fastest; memory grows with --syn-steps); "
-        "memory: recompute one step at a time in reverse (constant memory, same gradients, "
-        "about 1.3x the time). (default: graph)",
+        "memory: recomputes one step at a time in reverse (bounded memory, same gradients) "
+        "except the last steps that fit --unroll-budget. (default: graph)",
+        rich_help_panel=EXECUTION,
+    ),
+]
+UnrollBudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--unroll-budget",
+        metavar="MIB",
+        help="tm, with --unroll memory: keep the graphs of as many of the last steps as fit in MIB "
+        "MiB instead of recomputing them (faster; 0 recomputes every step). (default: 2048)",
         rich_help_panel=EXECUTION,
     ),
 ]

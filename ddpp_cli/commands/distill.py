@@ -125,6 +125,7 @@ def command(
     device: opt.DeviceOpt = "auto",
     seed: opt.SeedOpt = None,
     unroll: opt.UnrollOpt = None,
+    unroll_budget: opt.UnrollBudgetOpt = None,
     amp: AmpOpt = None,
     compile: CompileOpt = None,
     channels_last: ChannelsLastOpt = None,

@@ -211,6 +211,7 @@ def command(
     out_dir: opt.RunFolderOpt = None,
     parallel: opt.ParallelOpt = 1,
     unroll: opt.UnrollOpt = None,
+    unroll_budget: opt.UnrollBudgetOpt = None,
     data_dir: opt.DataDirOpt = None,
     download: opt.DownloadOpt = True,
     device: opt.DeviceOpt = "auto",

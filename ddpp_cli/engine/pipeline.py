@@ -67,7 +67,7 @@ PAPER = {"experts": 100, "buffer_epochs": 50, "runs": 5, "epochs": 1000}
 DISTILL_KEYS = (
     "iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
     "lr_lr", "lr_teacher", "init", "eval_every", "eval_runs", "eval_epochs", "checkpoint_every",
-    "val_size", "unroll",
+    "val_size", "unroll", "unroll_budget",
 )  # fmt: skip
 OVERRIDE_KEYS = (
     *DISTILL_KEYS, "experts", "buffer_epochs", "train_subset", "zca", "image_size", "runs",

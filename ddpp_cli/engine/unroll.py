@@ -269,6 +269,58 @@ def unroll(
 # ------------------------------------------------------------------------- memory mode
 
 
+@dataclass(frozen=True)
+class KeptStep:
+    """A step of the memory mode whose double-backward graph was kept from the forward pass:
+    the leaves θ̃_j and x_j, this rank's part of g_j (differentiable w.r.t. both) and the
+    augmented input ``x`` with its graph to the images (through the DSA and the indexing)."""
+
+    theta: torch.Tensor
+    x_leaf: torch.Tensor
+    grad: torch.Tensor
+    x: torch.Tensor
+
+
+def graph_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages among ``tensors`` (what a kept graph holds on to)."""
+    seen: dict[tuple[str, int], int] = {}
+    for tensor in tensors:
+        if tensor.device.type == "meta":
+            continue
+        storage = tensor.untyped_storage()
+        seen[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(seen.values())
+
+
+def _kept_step(
+    student: Student, theta: torch.Tensor, source: torch.Tensor, labels: torch.Tensor,
+    step: UnrollStep,
+) -> tuple[KeptStep, int]:  # fmt: skip
+    """Step ``step`` from θ̃_j = ``theta`` with its double-backward graph kept, and the bytes that
+    graph saves (tensors saved for backward, counted once per storage)."""
+    saved: list[torch.Tensor] = []
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        saved.append(tensor)
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x, y = student.inputs(source, labels, step)
+        theta = theta.detach().requires_grad_(True)
+        x_leaf = x.detach().requires_grad_(True)
+        share = student.share(step, len(labels))
+        grad = student.shard_gradient(theta, x_leaf, y, share, create_graph=True)
+    return KeptStep(theta, x_leaf, grad, x), graph_bytes(saved)
+
+
+def kept_count(graph_size: int, budget: int, steps: int, world: World) -> int:
+    """How many of the last steps' graphs fit ``budget`` bytes (the same on every rank)."""
+    count = steps if graph_size <= 0 else min(steps, budget // graph_size)
+    if world.distributed:
+        count = min(world.gather(count))
+    return count
+
+
 def unroll_states(
     student: Student,
     start: torch.Tensor,
@@ -276,17 +328,43 @@ def unroll_states(
     labels: torch.Tensor,
     lr: torch.Tensor,
     steps: list[UnrollStep],
-) -> list[torch.Tensor]:
-    """[θ̃_0, …, θ̃_N], detached: the forward pass of the memory mode, no graph kept."""
+    *,
+    keep_bytes: int = 0,
+    source: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor], dict[int, KeptStep]]:
+    """[θ̃_0, …, θ̃_N], detached (the forward pass of the memory mode), and the steps whose
+    graphs were kept.
+
+    With ``keep_bytes`` > 0, the double-backward graphs of the last K steps are kept instead of
+    being rebuilt in the reverse pass, K as many as fit ``keep_bytes`` (measured on the first
+    step). ``source`` is the leaf the kept steps' inputs hang from (the images, detached, that
+    :func:`backprop_unroll` differentiates with respect to).
+    """
     images, lr = images.detach(), lr.detach()
     thetas = [start.detach()]
-    for step in steps:
-        with torch.no_grad():
-            x, y = student.inputs(images, labels, step)
-        share = student.share(step, len(labels))
-        grad = student.shard_gradient(thetas[-1], x, y, share, create_graph=False)
+    kept: dict[int, KeptStep] = {}
+    first = 0
+    if keep_bytes > 0 and steps:
+        if source is None:
+            raise ValueError("keeping graphs needs the source leaf of backprop_unroll")
+        step0, size = _kept_step(student, thetas[0], source, labels, steps[0])
+        first = len(steps) - kept_count(size, keep_bytes, len(steps), student.world)
+        if first == 0:
+            kept[0] = step0
+        thetas.append((thetas[0] - lr * student.world.sum(step0.grad.detach().clone())).detach())
+        del step0
+    for j in range(len(thetas) - 1, len(steps)):
+        step = steps[j]
+        if keep_bytes > 0 and j >= first:
+            kept[j], _ = _kept_step(student, thetas[-1], source, labels, step)
+            grad = kept[j].grad.detach().clone()
+        else:
+            with torch.no_grad():
+                x, y = student.inputs(images, labels, step)
+            share = student.share(step, len(labels))
+            grad = student.shard_gradient(thetas[-1], x, y, share, create_graph=False)
         thetas.append((thetas[-1] - lr * student.world.sum(grad)).detach())
-    return thetas
+    return thetas, kept
 
 
 def reverse_step(
@@ -305,12 +383,24 @@ def reverse_step(
     sum of parts on several ranks (``grad_fn`` giving this rank's part), ``sum_ranks`` adds up
     the parts of (∂g/∂θ)ᵀ a; dL/dx and dL/dα are then this rank's parts.
     """
-    lr = lr.detach()
     with torch.enable_grad():
         theta = theta.detach().requires_grad_(True)
         x = x.detach().requires_grad_(True)
         g = grad_fn(theta, x)
-        h_theta, h_x = torch.autograd.grad(g, (theta, x), grad_outputs=adjoint, allow_unused=True)
+    return reverse_kept(theta, x, g, lr, adjoint, sum_ranks)
+
+
+def reverse_kept(
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    g: torch.Tensor,
+    lr: torch.Tensor,
+    adjoint: torch.Tensor,
+    sum_ranks: SumFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`reverse_step` on a step whose graph exists: g built from the leaves θ and x."""
+    lr = lr.detach()
+    h_theta, h_x = torch.autograd.grad(g, (theta, x), grad_outputs=adjoint, allow_unused=True)
     h_theta = torch.zeros_like(theta) if h_theta is None else h_theta
     h_x = torch.zeros_like(x) if h_x is None else h_x
     if sum_ranks is not None:
@@ -334,25 +424,36 @@ def backprop_unroll(
     lr: torch.Tensor,
     steps: list[UnrollStep],
     adjoint: torch.Tensor,
+    *,
+    kept: dict[int, KeptStep] | None = None,
+    source: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dL/dX, dL/dα) from a = dL/dθ̃_N, rebuilding one step's graph at a time in reverse
-    (across ranks: this rank's parts of both; the adjoint is summed at every step)."""
+    (across ranks: this rank's parts of both; the adjoint is summed at every step). The steps in
+    ``kept`` (from :func:`unroll_states`, built on ``source``) use their kept graphs instead."""
+    kept = {} if kept is None else kept
     grad_images = torch.zeros_like(images, memory_format=torch.contiguous_format)
     grad_lr = torch.zeros((), dtype=accumulator_dtype(lr.device), device=lr.device)
-    source = images.detach().requires_grad_(True)
+    source = images.detach().requires_grad_(True) if source is None else source
+    sum_ranks = student.world.sum if student.world.distributed else None
     for j in reversed(range(len(steps))):
-        with torch.enable_grad():
-            x, y = student.inputs(source, labels, steps[j])
+        if j in kept:
+            step = kept.pop(j)  # its graph is freed once used
+            x = step.x
+            adjoint, grad_x, step_lr = reverse_kept(
+                step.theta, step.x_leaf, step.grad, lr, adjoint, sum_ranks
+            )
+        else:
+            with torch.enable_grad():
+                x, y = student.inputs(source, labels, steps[j])
+            share = student.share(steps[j], len(labels))
 
-        share = student.share(steps[j], len(labels))
+            def grad_fn(
+                theta: torch.Tensor, x_leaf: torch.Tensor, y: torch.Tensor = y, share: float = share
+            ) -> torch.Tensor:
+                return student.shard_gradient(theta, x_leaf, y, share, create_graph=True)
 
-        def grad_fn(
-            theta: torch.Tensor, x_leaf: torch.Tensor, y: torch.Tensor = y, share: float = share
-        ) -> torch.Tensor:
-            return student.shard_gradient(theta, x_leaf, y, share, create_graph=True)
-
-        sum_ranks = student.world.sum if student.world.distributed else None
-        adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint, sum_ranks)
+            adjoint, grad_x, step_lr = reverse_step(grad_fn, thetas[j], x, lr, adjoint, sum_ranks)
         grad_lr += step_lr.to(grad_lr.dtype)
         if x is source:
             grad_images += grad_x
@@ -375,12 +476,14 @@ def match(
     steps: list[UnrollStep],
     eps: float,
     mode: str = "graph",
+    keep_bytes: int = 0,
 ) -> MatchResult:
     """Unroll, prune (mask on θ̃_N), and accumulate dL/dX and dL/dα into ``.grad``.
 
     ``images`` and ``lr`` are leaves that require grad. Nothing is accumulated when L is not
     finite (the caller stops the run). Across ranks (``student.world``) the gradients, which
-    must be None before the call, are the whole ones, the same on every rank.
+    must be None before the call, are the whole ones, the same on every rank. In ``memory``
+    mode, ``keep_bytes`` is the budget for keeping the last steps' graphs (:func:`unroll_states`).
     """
     if mode not in UNROLL_MODES:
         raise ValueError(f"unroll mode must be one of {UNROLL_MODES}, got {mode!r}")
@@ -388,7 +491,10 @@ def match(
         end = unroll_graph(student, start, images, labels, lr, steps)
         thetas: list[torch.Tensor] = []
     else:
-        thetas = unroll_states(student, start, images, labels, lr, steps)
+        source = images.detach().requires_grad_(True)
+        thetas, kept = unroll_states(
+            student, start, images, labels, lr, steps, keep_bytes=keep_bytes, source=source
+        )
         end = thetas[-1].requires_grad_(True)
     mask = prune_mask(end.detach(), target, eps)
     with torch.enable_grad():
@@ -404,7 +510,9 @@ def match(
         loss.backward(inputs=[images, lr])
     else:
         (adjoint,) = torch.autograd.grad(loss, end)
-        grad_images, grad_lr = backprop_unroll(student, thetas, images, labels, lr, steps, adjoint)
+        grad_images, grad_lr = backprop_unroll(
+            student, thetas, images, labels, lr, steps, adjoint, kept=kept, source=source
+        )
         _accumulate(images, grad_images)
         _accumulate(lr, grad_lr)
     if world.distributed:  # each rank holds its parts: add them up

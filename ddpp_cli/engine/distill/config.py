@@ -29,7 +29,7 @@ METHODS = ("tm", "dc", "dsa", "dm", "cafe")
 # "auto_lr" are options of the command, not fields). Any other setting applies to every method.
 _TM_ONLY = (
     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_lr", "lr_teacher", "eps",
-    "unroll", "amp", "compile", "channels_last", "buffer", "auto_lr",
+    "unroll", "unroll_budget", "amp", "compile", "channels_last", "buffer", "auto_lr",
 )  # fmt: skip
 METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(_TM_ONLY, ("tm",)),
@@ -42,7 +42,11 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "max_inner_epochs": ("cafe",),
 }
 # A setting that does not apply to the config's method holds this value (None where not listed).
-_UNSET = {"unroll": "graph", "amp": "off", "compile": False, "channels_last": False}
+DEFAULT_UNROLL_BUDGET = 2048  # MiB of kept step graphs in --unroll memory (docs/performance.md)
+_UNSET = {
+    "unroll": "graph", "unroll_budget": DEFAULT_UNROLL_BUDGET, "amp": "off", "compile": False,
+    "channels_last": False,
+}  # fmt: skip
 # The papers' defaults of the other methods (METHODS.md §1–4); DC/DSA's loops come from
 # get_loops(ipc) (gradient_matching.LOOPS).
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
@@ -67,6 +71,7 @@ CHANGEABLE_ON_RESUME = (
     # How the same maths is executed: exact in both unroll modes (equal up to rounding), so an
     # out-of-memory run may continue with --unroll memory (bit for bit only if unchanged).
     "unroll",
+    "unroll_budget",
     "compile",
     "channels_last",
 )
@@ -89,10 +94,12 @@ class DistillConfig:
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
 
     Execution (docs/performance.md): ``unroll`` "graph" keeps the unrolled graph (memory grows
-    with ``syn_steps``), "memory" recomputes one step at a time in reverse (constant memory,
-    same gradients); ``amp`` "bf16" autocasts the student's forward (GPU; loss, mask and updates
-    stay float32); ``compile`` wraps the per-step gradient in ``torch.compile``;
-    ``channels_last`` uses channels-last activations (helps on GPUs, not on the CPU).
+    with ``syn_steps``), "memory" recomputes one step at a time in reverse (memory bounded
+    whatever ``syn_steps`` is, same gradients) except the last steps whose graphs fit
+    ``unroll_budget`` MiB, which it keeps from the forward pass; ``amp`` "bf16" autocasts the
+    student's forward (GPU; loss, mask and updates stay float32); ``compile`` wraps the per-step
+    gradient in ``torch.compile``; ``channels_last`` uses channels-last activations (helps on
+    GPUs, not on the CPU).
     """
 
     dataset: str
@@ -120,6 +127,7 @@ class DistillConfig:
     train_subset: int | None = None
     seed: int = 0
     unroll: str = "graph"
+    unroll_budget: int = DEFAULT_UNROLL_BUDGET
     amp: str = "off"
     compile: bool = False
     channels_last: bool = False
@@ -156,7 +164,7 @@ class DistillConfig:
         _at_least("iterations", self.iterations, 1)
         for name in ("eval_runs", "eval_epochs", "checkpoint_every"):
             _at_least(name, getattr(self, name), 1)
-        for name in ("eval_every", "test_runs", "snapshot_every"):
+        for name in ("eval_every", "test_runs", "snapshot_every", "unroll_budget"):
             _at_least(name, getattr(self, name), 0)
         for name in ("batch_syn", "train_subset"):
             if getattr(self, name) is not None:

@@ -61,9 +61,10 @@ class MatchingStep:
         )  # fmt: skip
         self._check_ranks_agree(state, expert, start_epoch, steps)
         state.zero_grad()
+        keep = c.unroll_budget * 2**20 if c.unroll == "memory" else 0
         result = match(
             self.student, start, target, state.images, self.labels, state.lr, steps, c.eps,
-            c.unroll,
+            c.unroll, keep,
         )  # fmt: skip
         record = {
             "loss": result.loss,
