@@ -94,7 +94,8 @@ def root(
 
 
 _DISTILL_MEMORY_LEVERS = (
-    "--unroll memory or a smaller --batch-syn (tm; in a new run), or a smaller --batch-real "
+    "--unroll memory, a smaller --unroll-budget or a smaller --batch-syn (tm; the last in a new "
+    "run), or a smaller --batch-real "
     "(dc, dsa, dm, cafe; in a new run)"
 )
 # Each command with the options that lower its memory, named when it runs out of memory.
@@ -104,7 +105,7 @@ for _name, _module, _memory_levers in (
     ("evaluate", evaluate, "a smaller --parallel or --batch-size"),
     ("crossarch", crossarch, "a smaller --parallel or --batch-size"),
     ("visualize", visualize, ""),
-    ("run", run, "--unroll memory, a smaller --batch-syn or a smaller --parallel"),
+    ("run", run, "--unroll memory, a smaller --unroll-budget, --batch-syn or --parallel"),
 ):
     app.command(_name)(user_errors(_module.command, _memory_levers))
 

@@ -357,3 +357,12 @@ def test_visualize_draws_the_curves_of_another_methods_run(tiny_mnist, tmp_path)
     result = invoke("visualize", tmp_path / "run", "--curves", tmp_path / "curves.png")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_an_out_of_memory_run_is_told_its_next_lighter_setting():
+    tm = distill.DistillConfig.from_preset("mnist", 1)
+    assert distill.lighter_unroll(tm) == " --unroll memory"
+    memory = replace(tm, unroll="memory")
+    assert distill.lighter_unroll(memory) == " --unroll-budget 0"
+    assert distill.lighter_unroll(replace(memory, unroll_budget=0)) == ""
+    assert distill.lighter_unroll(distill.DistillConfig.from_preset("mnist", 1, method="dm")) == ""

@@ -194,9 +194,8 @@ def distill_and_report(
     resume_hint = f"checkpoint saved in {folder}; continue with '{resume}'."
 
     def continuation(failed: faults.StageFailed) -> str:
-        # tm alone has a memory-saving mode; the other methods resume as they are
-        lighter = failed.out_of_memory and resolved.config.method == "tm"
-        return f"continue with '{resume}{' --unroll memory' if lighter else ''}'"
+        lighter = distill_engine.lighter_unroll(resolved.config) if failed.out_of_memory else ""
+        return f"continue with '{resume}{lighter}'"
 
     with distilling(progress, resume_hint, continuation, speak=main):
         summary = distill_engine.distill(

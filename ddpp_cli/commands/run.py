@@ -14,6 +14,7 @@ from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay
 from ddpp_cli.commands._evaluation import EvalDisplay
 from ddpp_cli.commands.buffer import BufferDisplay
+from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import faults, pipeline, presets
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
@@ -260,7 +261,8 @@ def run_and_report(
     )
 
     def continuation(failed: faults.StageFailed) -> str:
-        more = " --unroll memory" if failed.out_of_memory and failed.stage == "distill" else ""
+        distilling = failed.out_of_memory and failed.stage == "distill"
+        more = distill_engine.lighter_unroll(plan.distill) if distilling else ""
         return f"continue by running the same command again with --out {folder}{more}"
 
     with distilling(progress, resume_hint, continuation, speak=world.is_main):

@@ -353,6 +353,16 @@ def not_applicable(name: str, method: str) -> DdppError:
     )
 
 
+def lighter_unroll(config: DistillConfig) -> str:
+    """The options that continue ``config``'s run in less memory ("" when there are none: the
+    other methods, or tm already recomputing every step)."""
+    if config.method != "tm":
+        return ""
+    if config.unroll == "graph":
+        return " --unroll memory"
+    return " --unroll-budget 0" if config.unroll_budget > 0 else ""
+
+
 def check_options(method: str, names: Iterable[str]) -> None:
     """DdppError naming the first option of ``names`` (field or option names, e.g. ``buffer``,
     ``auto_lr``) that does not apply to ``method``."""
