@@ -76,15 +76,27 @@ def test_budgets_parse_and_refuse():
 
 def test_each_rows_budget_comes_from_the_profile_or_the_user():
     quick = pipeline.plan_run("fashionmnist", 1, profile="quick")
-    budgets = compare_engine.row_budgets(quick, compare_engine.TABLE_I, {"dm": 7})
-    assert budgets["dm"] == compare_engine.Budget("iterations", 7, 20000, "user")
-    assert budgets["dsa"] == compare_engine.Budget("iterations", 40, 1000, "profile")
+    budgets = compare_engine.row_budgets(quick, tuple(compare_engine.ROWS), {"dm": 7})
+    batch_real = compare_engine.Cut("batch_real", 128, 256)
+    assert budgets["dm"] == compare_engine.Budget("iterations", 7, 20000, "user", (batch_real,))
+    assert budgets["dm"].text() == "7 iterations, batch_real 128 (paper 20000, 256)"
+    assert budgets["dsa"].text() == "100 iterations, batch_real 64 (paper 1000, 256)"
+    assert budgets["dc"].value == 40 and budgets["dc"].origin == "profile"
+    assert budgets["cafe"].text() == (
+        "4 iterations, batch_real 64, max_image_steps 10, max_inner_epochs 10 "
+        "(paper 2000, 256, no cap, no cap)"
+    )
     assert budgets["forgetting"].text() == "10 epochs (paper 200)"
     assert budgets["mtt"].value == budgets["ddpp"].value == quick.distill.iterations == 60
+    assert budgets["mtt"].text() == "60 iterations (paper 5000)"
     assert budgets["random"].text() == "–"
     paper = pipeline.plan_run("fashionmnist", 1, profile="paper")
-    budgets = compare_engine.row_budgets(paper, ("cafe", "ddpp"))
+    budgets = compare_engine.row_budgets(paper, ("dsa", "cafe", "ddpp"))
     assert budgets["cafe"].value == 2000 and budgets["ddpp"].value == 5000
+    assert budgets["dsa"].text() == "1000 iterations (paper 1000)"
+    assert budgets["cafe"].text() == (  # ddpp's preset caps CAFE's loops, the paper does not
+        "2000 iterations, max_image_steps 100, max_inner_epochs 100 (paper 2000, no cap, no cap)"
+    )
     with pytest.raises(DdppError, match="names dm, not among the --compare rows"):
         compare_engine.row_budgets(quick, ("random",), {"dm": 3})
 
@@ -175,7 +187,14 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
     payload = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert payload["format"] == compare_engine.FORMAT
     assert [r["row"] for r in payload["rows"]] == list(rows)
-    assert payload["rows"][2]["budget"]["value"] == 40 and payload["rows"][2]["runs"] == 2
+    assert payload["rows"][2]["budget"]["value"] == 100 and payload["rows"][2]["runs"] == 2
+    assert payload["rows"][2]["budget"]["cuts"] == [
+        {"setting": "batch_real", "value": 64, "paper": 256}
+    ]
+    assert (
+        "| 100 iterations, batch_real 64 (paper 1000, 256) |"
+        in (tmp_path / "c" / "compare.md").read_text()
+    )
     table = (tmp_path / "c" / "compare.md").read_text()
     assert (
         "| Random | " in table and "| DDPP | " in table and "Protocol: convnet, 3 epochs" in table
@@ -214,7 +233,7 @@ def test_a_rerun_after_an_interruption_gives_the_same_table(tiny_mnist, tmp_path
     )  # fmt: skip
     assert [row.reused for row in resumed.rows] == [True, True, False]
     details = [e.detail for e in events if isinstance(e, compare_engine.StepStarted)]
-    assert details[2].startswith("40 iterations (paper 1000), continuing in ")
+    assert details[2].startswith("40 iterations, batch_real 64 (paper 1000, 256), continuing in ")
     assert accuracies(resumed) == accuracies(whole)
 
 
@@ -265,9 +284,9 @@ def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
                     "--compare-budget", "mtt=2,dm=5")  # fmt: skip
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations (paper 20000)", "[3/3] mtt",
-                     "ddpp run --compare: mnist, IPC 1", "DM", "MTT", "protocol: convnet",
-                     "89.7", "DM paper", str(out / "compare.md")):  # fmt: skip
+    for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations, batch_real 128 (paper 20000, 256)",
+                     "[3/3] mtt", "ddpp run --compare: mnist, IPC 1", "DM", "MTT",
+                     "protocol: convnet", "89.7", "DM paper", str(out / "compare.md")):  # fmt: skip
         assert fragment in text, result.output
     assert (out / "compare.md").is_file() and (out / "compare.json").is_file()
     result = invoke(*TINY, "--data-dir", tiny_mnist, "--out", out, "--compare", "dm,mtt",

@@ -38,8 +38,8 @@ CompareBudgetOpt = Annotated[
     typer.Option(
         "--compare-budget",
         help="Rows' budgets as ROW=COUNT,… (iterations; forgetting: epochs), e.g. "
-        "dsa=200,dm=400 (default: the profile's; quick: dc/dsa 40, dm 100, cafe 4, "
-        "forgetting 10, mtt/ddpp the run's iterations).",
+        f"dsa=200,dm=400 (default: the profile's; quick: {compare_engine.quick_budgets_text()}, "
+        "mtt/ddpp the run's iterations; the table shows each row's cuts next to the paper's).",
         rich_help_panel=COMPARE,
     ),
 ]

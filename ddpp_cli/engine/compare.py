@@ -139,23 +139,56 @@ def parse_budgets(text: str | None) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
+class Cut:
+    """A setting a row runs below its paper's value besides its budget, e.g. ``batch_real`` 64
+    where the paper draws 256 real images per class and step."""
+
+    setting: str
+    value: int
+    paper: int | str  # the paper's value; UNCAPPED where the paper's loop has no cap
+
+
+UNCAPPED = "no cap"
+# The settings of a matching row that a profile may cut (QUICK_MATCHING), and the papers' values
+# they are shown against: METHOD_PRESETS' batch_real; CAFE's reference loops have no cap (ddpp's
+# preset caps them at 100, which the paper profile therefore shows as a cut too).
+CUT_SETTINGS = ("batch_real", "max_image_steps", "max_inner_epochs")
+PAPER_LOOP_CAPS = {"max_image_steps": UNCAPPED, "max_inner_epochs": UNCAPPED}
+
+
+@dataclass(frozen=True)
 class Budget:
     """A row's budget: ``value`` ``unit`` (None: the row has none), the method's paper default,
-    and where the value came from ("user", "profile" or "paper")."""
+    where the value came from ("user", "profile" or "paper"), and the row's other cuts."""
 
     unit: str | None
     value: int | None
     paper: int | None
     origin: str
+    cuts: tuple[Cut, ...] = ()
 
     def text(self) -> str:
+        """E.g. "100 iterations, batch_real 64 (paper 1000, 256)"."""
         if self.unit is None:
             return "–"
-        paper = "" if self.paper is None else f" (paper {self.paper})"
-        return f"{self.value} {self.unit}{paper}"
+        ours = [f"{self.value} {self.unit}", *(f"{cut.setting} {cut.value}" for cut in self.cuts)]
+        if self.paper is None:
+            return ", ".join(ours)
+        papers = [str(self.paper), *(str(cut.paper) for cut in self.cuts)]
+        return f"{', '.join(ours)} (paper {', '.join(papers)})"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def quick_budgets_text() -> str:
+    """The quick profile's budgets in words: "forgetting 10 epochs, dc 40, …, cafe 4
+    iterations"."""
+    parts, rows = [], [(row, info) for row, info in ROWS.items() if info.quick is not None]
+    for number, (row, info) in enumerate(rows):
+        last = number + 1 == len(rows) or rows[number + 1][1].unit != info.unit
+        parts.append(f"{row} {info.quick}{f' {info.unit}' if last else ''}")
+    return ", ".join(parts)
 
 
 def row_budgets(
@@ -185,7 +218,24 @@ def row_budgets(
             budgets[row] = Budget(info.unit, info.quick, info.paper, "profile")
         else:
             budgets[row] = Budget(info.unit, info.paper, info.paper, "paper")
+        if info.kind == "matching":
+            config = matching_config(plan, row, int(budgets[row].value or 0))
+            budgets[row] = replace(budgets[row], cuts=matching_cuts(config))
     return budgets
+
+
+def matching_cuts(config: distill_engine.DistillConfig) -> tuple[Cut, ...]:
+    """The settings of a matching row's config (:data:`CUT_SETTINGS`) that differ from the
+    paper's, in that order."""
+    cuts = []
+    for name in CUT_SETTINGS:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        paper = PAPER_LOOP_CAPS.get(name) or distill_engine.METHOD_PRESETS[config.method][name]
+        if value != paper:
+            cuts.append(Cut(name, value, paper))
+    return tuple(cuts)
 
 
 # ------------------------------------------------------------------------------------ events
