@@ -183,7 +183,7 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
            for r in (mtt, ddpp)]  # fmt: skip
     assert eps == [0.0, 0.1]
     assert mtt.budget.text() == "2 iterations (paper 5000)"
-    assert first.rows[0].reference.accuracy == 64.9  # MNIST IPC 1, DC paper
+    assert first.rows[0].reference.text() == "64.9ᵘ"  # MNIST IPC 1, not confirmed
     payload = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert payload["format"] == compare_engine.FORMAT
     assert [r["row"] for r in payload["rows"]] == list(rows)
@@ -199,6 +199,8 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
     assert (
         "| Random | " in table and "| DDPP | " in table and "Protocol: convnet, 3 epochs" in table
     )
+    assert "| 64.9ᵘ |" in table and "- DSA: DatasetCondensation readme; std: KIP" in table
+    assert "ᵘ not confirmed: recalled in METHODS.md §7" in table
 
     events.clear()
     again = compare_engine.compare(
@@ -286,7 +288,8 @@ def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
     text = " ".join(result.output.split())
     for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations, batch_real 128 (paper 20000, 256)",
                      "[3/3] mtt", "ddpp run --compare: mnist, IPC 1", "DM", "MTT",
-                     "protocol: convnet", "89.7", "DM paper", str(out / "compare.md")):  # fmt: skip
+                     "protocol: convnet", "89.7ᵘ", "DM: METHODS.md §7, found in no source",
+                     "ᵘ not confirmed", str(out / "compare.md")):  # fmt: skip
         assert fragment in text, result.output
     assert (out / "compare.md").is_file() and (out / "compare.json").is_file()
     result = invoke(*TINY, "--data-dir", tiny_mnist, "--out", out, "--compare", "dm,mtt",

@@ -42,7 +42,7 @@ from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.pipeline import RunPlan, choose_buffer
-from ddpp_cli.engine.published import Reference, reference
+from ddpp_cli.engine.published import UNCONFIRMED_NOTE, Reference, reference
 
 FORMAT = "ddpp.compare/1"
 ROW_FORMAT = "ddpp.compare-row/1"
@@ -372,16 +372,29 @@ def markdown(summary: CompareSummary) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in summary.rows:
-        published = "–" if row.reference is None else row.reference.text()
+        cell = "–" if row.reference is None else row.reference.text()
         where = "–" if row.set_path is None else f"`{row.set_path}`"
         lines.append(
             f"| {row.label} | {row.result.mean_std_text()} | {len(row.result.accuracies)} | "
-            f"{time_text(row)} | {where} | {row.budget.text()} | {published} |"
+            f"{time_text(row)} | {where} | {row.budget.text()} | {cell} |"
         )
     lines += ["", f"Protocol: {protocol_text(summary)}."]
     if summary.buffer is not None:
         lines.append(f"Buffer: `{summary.buffer}`.")
+    sources = published_sources(summary)
+    if sources:
+        lines += ["", f"{PUBLISHED_HEADING}:", "", *(f"- {source}" for source in sources)]
+        if any(not row.reference.confirmed for row in summary.rows if row.reference):
+            lines += ["", f"{UNCONFIRMED_NOTE}."]
     return "\n".join(lines) + "\n"
+
+
+PUBLISHED_HEADING = "Published (%, ConvNet-3, other protocols; checked in docs/published.md)"
+
+
+def published_sources(summary: CompareSummary) -> list[str]:
+    """ "DC: DatasetCondensation readme; std: …", one per row with a published number."""
+    return [f"{row.label}: {row.reference.source}" for row in summary.rows if row.reference]
 
 
 # ------------------------------------------------------------------------------ row runners
