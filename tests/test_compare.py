@@ -1,4 +1,4 @@
-"""``ddpp run --compare`` (engine/compare.py): rows, budgets, references, reuse and resume.
+"""``ddpp run --compare`` (engine/compare/): rows, budgets, references, reuse and resume.
 
 Tiny generated data (8×8 MNIST-format images, 2–3 evaluation networks × 3 epochs). The long
 end-to-end test injects a coreset runner for its dsa row (to stay fast); one test runs a real
@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import baselines, distilled, pipeline
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine import distilled, pipeline
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from tests.conftest import assert_one_line_error
@@ -101,16 +101,24 @@ def test_each_rows_budget_comes_from_the_profile_or_the_user():
         compare_engine.row_budgets(quick, ("random",), {"dm": 3})
 
 
-def test_a_coreset_budget_never_goes_unapplied(monkeypatch, tmp_path):
-    monkeypatch.setitem(compare_engine.CORESET_BUDGET_FIELDS, "forgetting", "no_such_field")
+def test_coreset_rows_take_the_runs_data_buffer_and_forgettings_budget(tmp_path):
     plan = tiny_plan()
-    budget = compare_engine.row_budgets(plan, ("forgetting",))["forgetting"]
-    job = compare_engine.RowJob("forgetting", plan, budget, tmp_path, None)
-    with pytest.raises(TypeError, match="CORESET_BUDGET_FIELDS"):
-        compare_engine.coreset_config(job)
-    no_budget = compare_engine.row_budgets(plan, ("random",))["random"]
-    config = compare_engine.coreset_config(replace(job, row="random", budget=no_budget))
-    assert config.method == "random" and config.train_subset == plan.buffer.train_subset == 80
+    budget = compare_engine.row_budgets(plan, ("forgetting",), {"forgetting": 3})["forgetting"]
+    job = compare_engine.RowJob("forgetting", plan, budget, tmp_path, tmp_path / "buffer")
+    config = compare_engine.coreset_config(job)
+    assert (config.method, config.forgetting_epochs, config.buffer) == (
+        "forgetting",
+        3,
+        tmp_path / "buffer",
+    )
+    no_budget = compare_engine.row_budgets(plan, ("herding",))["herding"]
+    config = compare_engine.coreset_config(replace(job, row="herding", budget=no_budget))
+    assert config.method == "herding" and config.buffer == tmp_path / "buffer"
+    assert config.train_subset == plan.buffer.train_subset == 80
+    config = compare_engine.coreset_config(
+        replace(job, row="random", budget=no_budget, buffer=None)
+    )
+    assert config.buffer is None and config.seed == plan.evaluation.seed
 
 
 def test_trajectory_rows_differ_only_in_eps():
@@ -128,15 +136,6 @@ def test_matching_rows_run_their_own_method_without_a_buffer():
     assert (config.dataset, config.ipc, config.seed) == ("mnist", 1, plan.distill.seed)
     assert config.lr_img == 0.1  # DSA's own preset, not tm's
     assert config.batch_real == (64 if plan.profile == "quick" else 256)
-
-
-def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tmp_path):
-    monkeypatch.setattr(baselines, "METHODS", ("random",))
-    with pytest.raises(DdppError, match="cannot make the herding row yet; drop it"):
-        compare_engine.compare(tiny_plan(), ("random", "herding", "mtt"), tmp_path / "c")
-    assert not (tmp_path / "c").exists()
-    assert compare_engine.missing_rows(("herding",), {"herding": as_random}) == []
-    assert compare_engine.missing_rows(("dc", "dsa", "dm", "cafe", "mtt")) == []
 
 
 def test_a_folder_of_other_files_is_refused(tmp_path):
@@ -254,15 +253,6 @@ def test_a_row_of_other_settings_is_never_overwritten(tiny_mnist, tmp_path):
     assert second.rows[0].result.accuracies[:2] == first.rows[0].result.accuracies
     third = compare_engine.compare(tiny_plan(runs=3), ("random",), tmp_path, **options)
     assert third.rows[0].reused and third.rows[0].folder == second.rows[0].folder
-
-
-def test_coreset_rows_get_the_runs_buffer_where_the_config_takes_it(monkeypatch, tmp_path):
-    plan = tiny_plan()
-    budget = compare_engine.row_budgets(plan, ("herding",))["herding"]
-    job = compare_engine.RowJob("herding", plan, budget, tmp_path, tmp_path / "buffer")
-    known = {"buffer"} & {f for f in baselines.BaselineConfig.__dataclass_fields__}
-    config = compare_engine.coreset_config(job)
-    assert (getattr(config, "buffer", None) == tmp_path / "buffer") == bool(known)
 
 
 # ------------------------------------------------------------------------------------- CLI
