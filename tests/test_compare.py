@@ -1,4 +1,4 @@
-"""``ddpp run --compare`` (engine/compare.py): rows, budgets, references, reuse and resume.
+"""``ddpp run --compare`` (engine/compare/): rows, budgets, references, reuse and resume.
 
 Tiny generated data (8×8 MNIST-format images, 2–3 evaluation networks × 3 epochs). The long
 end-to-end test injects a coreset runner for its dsa row (to stay fast); one test runs a real
@@ -16,9 +16,9 @@ import torch
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import baselines, distilled, pipeline
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine import distilled, pipeline
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from tests.conftest import assert_one_line_error
@@ -76,29 +76,49 @@ def test_budgets_parse_and_refuse():
 
 def test_each_rows_budget_comes_from_the_profile_or_the_user():
     quick = pipeline.plan_run("fashionmnist", 1, profile="quick")
-    budgets = compare_engine.row_budgets(quick, compare_engine.TABLE_I, {"dm": 7})
-    assert budgets["dm"] == compare_engine.Budget("iterations", 7, 20000, "user")
-    assert budgets["dsa"] == compare_engine.Budget("iterations", 40, 1000, "profile")
+    budgets = compare_engine.row_budgets(quick, tuple(compare_engine.ROWS), {"dm": 7})
+    batch_real = compare_engine.Cut("batch_real", 128, 256)
+    assert budgets["dm"] == compare_engine.Budget("iterations", 7, 20000, "user", (batch_real,))
+    assert budgets["dm"].text() == "7 iterations, batch_real 128 (paper 20000, 256)"
+    assert budgets["dsa"].text() == "100 iterations, batch_real 64 (paper 1000, 256)"
+    assert budgets["dc"].value == 40 and budgets["dc"].origin == "profile"
+    assert budgets["cafe"].text() == (
+        "4 iterations, batch_real 64, max_image_steps 10, max_inner_epochs 10 "
+        "(paper 2000, 256, no cap, no cap)"
+    )
     assert budgets["forgetting"].text() == "10 epochs (paper 200)"
     assert budgets["mtt"].value == budgets["ddpp"].value == quick.distill.iterations == 60
+    assert budgets["mtt"].text() == "60 iterations (paper 5000)"
     assert budgets["random"].text() == "–"
     paper = pipeline.plan_run("fashionmnist", 1, profile="paper")
-    budgets = compare_engine.row_budgets(paper, ("cafe", "ddpp"))
+    budgets = compare_engine.row_budgets(paper, ("dsa", "cafe", "ddpp"))
     assert budgets["cafe"].value == 2000 and budgets["ddpp"].value == 5000
+    assert budgets["dsa"].text() == "1000 iterations (paper 1000)"
+    assert budgets["cafe"].text() == (  # ddpp's preset caps CAFE's loops, the paper does not
+        "2000 iterations, max_image_steps 100, max_inner_epochs 100 (paper 2000, no cap, no cap)"
+    )
     with pytest.raises(DdppError, match="names dm, not among the --compare rows"):
         compare_engine.row_budgets(quick, ("random",), {"dm": 3})
 
 
-def test_a_coreset_budget_never_goes_unapplied(monkeypatch, tmp_path):
-    monkeypatch.setitem(compare_engine.CORESET_BUDGET_FIELDS, "forgetting", "no_such_field")
+def test_coreset_rows_take_the_runs_data_buffer_and_forgettings_budget(tmp_path):
     plan = tiny_plan()
-    budget = compare_engine.row_budgets(plan, ("forgetting",))["forgetting"]
-    job = compare_engine.RowJob("forgetting", plan, budget, tmp_path, None)
-    with pytest.raises(TypeError, match="CORESET_BUDGET_FIELDS"):
-        compare_engine.coreset_config(job)
-    no_budget = compare_engine.row_budgets(plan, ("random",))["random"]
-    config = compare_engine.coreset_config(replace(job, row="random", budget=no_budget))
-    assert config.method == "random" and config.train_subset == plan.buffer.train_subset == 80
+    budget = compare_engine.row_budgets(plan, ("forgetting",), {"forgetting": 3})["forgetting"]
+    job = compare_engine.RowJob("forgetting", plan, budget, tmp_path, tmp_path / "buffer")
+    config = compare_engine.coreset_config(job)
+    assert (config.method, config.forgetting_epochs, config.buffer) == (
+        "forgetting",
+        3,
+        tmp_path / "buffer",
+    )
+    no_budget = compare_engine.row_budgets(plan, ("herding",))["herding"]
+    config = compare_engine.coreset_config(replace(job, row="herding", budget=no_budget))
+    assert config.method == "herding" and config.buffer == tmp_path / "buffer"
+    assert config.train_subset == plan.buffer.train_subset == 80
+    config = compare_engine.coreset_config(
+        replace(job, row="random", budget=no_budget, buffer=None)
+    )
+    assert config.buffer is None and config.seed == plan.evaluation.seed
 
 
 def test_trajectory_rows_differ_only_in_eps():
@@ -116,15 +136,6 @@ def test_matching_rows_run_their_own_method_without_a_buffer():
     assert (config.dataset, config.ipc, config.seed) == ("mnist", 1, plan.distill.seed)
     assert config.lr_img == 0.1  # DSA's own preset, not tm's
     assert config.batch_real == (64 if plan.profile == "quick" else 256)
-
-
-def test_rows_this_build_cannot_make_are_refused_before_any_work(monkeypatch, tmp_path):
-    monkeypatch.setattr(baselines, "METHODS", ("random",))
-    with pytest.raises(DdppError, match="cannot make the herding row yet; drop it"):
-        compare_engine.compare(tiny_plan(), ("random", "herding", "mtt"), tmp_path / "c")
-    assert not (tmp_path / "c").exists()
-    assert compare_engine.missing_rows(("herding",), {"herding": as_random}) == []
-    assert compare_engine.missing_rows(("dc", "dsa", "dm", "cafe", "mtt")) == []
 
 
 def test_a_folder_of_other_files_is_refused(tmp_path):
@@ -171,15 +182,24 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
            for r in (mtt, ddpp)]  # fmt: skip
     assert eps == [0.0, 0.1]
     assert mtt.budget.text() == "2 iterations (paper 5000)"
-    assert first.rows[0].reference.accuracy == 64.9  # MNIST IPC 1, DC paper
+    assert first.rows[0].reference.text() == "64.9ᵘ"  # MNIST IPC 1, not confirmed
     payload = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert payload["format"] == compare_engine.FORMAT
     assert [r["row"] for r in payload["rows"]] == list(rows)
-    assert payload["rows"][2]["budget"]["value"] == 40 and payload["rows"][2]["runs"] == 2
+    assert payload["rows"][2]["budget"]["value"] == 100 and payload["rows"][2]["runs"] == 2
+    assert payload["rows"][2]["budget"]["cuts"] == [
+        {"setting": "batch_real", "value": 64, "paper": 256}
+    ]
+    assert (
+        "| 100 iterations, batch_real 64 (paper 1000, 256) |"
+        in (tmp_path / "c" / "compare.md").read_text()
+    )
     table = (tmp_path / "c" / "compare.md").read_text()
     assert (
         "| Random | " in table and "| DDPP | " in table and "Protocol: convnet, 3 epochs" in table
     )
+    assert "| 64.9ᵘ |" in table and "- DSA: DatasetCondensation readme; std: KIP" in table
+    assert "ᵘ not confirmed: recalled in METHODS.md §7" in table
 
     events.clear()
     again = compare_engine.compare(
@@ -214,7 +234,7 @@ def test_a_rerun_after_an_interruption_gives_the_same_table(tiny_mnist, tmp_path
     )  # fmt: skip
     assert [row.reused for row in resumed.rows] == [True, True, False]
     details = [e.detail for e in events if isinstance(e, compare_engine.StepStarted)]
-    assert details[2].startswith("40 iterations (paper 1000), continuing in ")
+    assert details[2].startswith("40 iterations, batch_real 64 (paper 1000, 256), continuing in ")
     assert accuracies(resumed) == accuracies(whole)
 
 
@@ -233,15 +253,6 @@ def test_a_row_of_other_settings_is_never_overwritten(tiny_mnist, tmp_path):
     assert second.rows[0].result.accuracies[:2] == first.rows[0].result.accuracies
     third = compare_engine.compare(tiny_plan(runs=3), ("random",), tmp_path, **options)
     assert third.rows[0].reused and third.rows[0].folder == second.rows[0].folder
-
-
-def test_coreset_rows_get_the_runs_buffer_where_the_config_takes_it(monkeypatch, tmp_path):
-    plan = tiny_plan()
-    budget = compare_engine.row_budgets(plan, ("herding",))["herding"]
-    job = compare_engine.RowJob("herding", plan, budget, tmp_path, tmp_path / "buffer")
-    known = {"buffer"} & {f for f in baselines.BaselineConfig.__dataclass_fields__}
-    config = compare_engine.coreset_config(job)
-    assert (getattr(config, "buffer", None) == tmp_path / "buffer") == bool(known)
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -265,9 +276,10 @@ def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
                     "--compare-budget", "mtt=2,dm=5")  # fmt: skip
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations (paper 20000)", "[3/3] mtt",
-                     "ddpp run --compare: mnist, IPC 1", "DM", "MTT", "protocol: convnet",
-                     "89.7", "DM paper", str(out / "compare.md")):  # fmt: skip
+    for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations, batch_real 128 (paper 20000, 256)",
+                     "[3/3] mtt", "ddpp run --compare: mnist, IPC 1", "DM", "MTT",
+                     "protocol: convnet", "89.7ᵘ", "DM: METHODS.md §7, found in no source",
+                     "ᵘ not confirmed", str(out / "compare.md")):  # fmt: skip
         assert fragment in text, result.output
     assert (out / "compare.md").is_file() and (out / "compare.json").is_file()
     result = invoke(*TINY, "--data-dir", tiny_mnist, "--out", out, "--compare", "dm,mtt",

@@ -19,6 +19,7 @@ from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.published import UNCONFIRMED_NOTE
 from ddpp_cli.progress import make_progress
 
 COMPARE = "Comparison (--compare)"
@@ -38,8 +39,8 @@ CompareBudgetOpt = Annotated[
     typer.Option(
         "--compare-budget",
         help="Rows' budgets as ROW=COUNT,… (iterations; forgetting: epochs), e.g. "
-        "dsa=200,dm=400 (default: the profile's; quick: dc/dsa 40, dm 100, cafe 4, "
-        "forgetting 10, mtt/ddpp the run's iterations).",
+        f"dsa=200,dm=400 (default: the profile's; quick: {compare_engine.quick_budgets_text()}, "
+        "mtt/ddpp the run's iterations; the table shows each row's cuts next to the paper's).",
         rich_help_panel=COMPARE,
     ),
 ]
@@ -133,27 +134,19 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
             str(len(row.result.accuracies)),
             compare_engine.time_text(row),
             row.budget.text(),
-            _published(row.reference),
+            "–" if row.reference is None else row.reference.text(),
         )
     return table
-
-
-def _published(reference: compare_engine.Reference | None) -> str:
-    """The published accuracy in a table cell; * marks a number not yet checked."""
-    if reference is None:
-        return "–"
-    std = "" if reference.std is None else f" ± {reference.std:g}"
-    return f"{reference.accuracy:g}{std}{'' if reference.confirmed else ' *'}"
 
 
 def print_compare(summary: compare_engine.CompareSummary) -> None:
     out.print(compare_table(summary))
     line(out, f"protocol: {compare_engine.protocol_text(summary)}")
-    sources = [f"{row.label} {row.reference.source}" for row in summary.rows if row.reference]
+    sources = compare_engine.published_sources(summary)
     if sources:
-        unchecked = any(not row.reference.confirmed for row in summary.rows if row.reference)
-        marks = "; * recalled in METHODS.md §7, not yet checked" if unchecked else ""
-        line(out, f"published (ConvNet-3, other protocols): {', '.join(sources)}{marks}")
+        line(out, f"{compare_engine.PUBLISHED_HEADING}: {' | '.join(sources)}")
+        if any(not row.reference.confirmed for row in summary.rows if row.reference):
+            line(out, UNCONFIRMED_NOTE)
     for row in summary.rows:
         line(out, f"{row.row + ':':<12}{row.set_path if row.set_path else row.folder}")
     if summary.buffer is not None:

@@ -1,0 +1,218 @@
+"""The rows of ``ddpp run --compare`` (:data:`ROWS`), parsing ``--compare`` and
+``--compare-budget``, each row's budget and cuts (:class:`Budget`), and the configs a row runs:
+its coreset, matching or trajectory distillation settings.
+
+The quick profile cuts each method to a CPU budget: fewer iterations (forgetting: epochs) and,
+for the matching methods, fewer real images per step and CAFE's loops capped
+(:data:`QUICK_MATCHING`); a row's :class:`Budget` lists every cut next to the paper's value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.pipeline import RunPlan
+
+KINDS = ("coreset", "matching", "trajectory")
+
+
+@dataclass(frozen=True)
+class RowInfo:
+    """One row of the table: what it is, and what its budget counts."""
+
+    label: str  # as the paper's table names it
+    kind: str  # one of KINDS
+    unit: str | None = None  # what the budget counts ("iterations", "epochs"); None: no budget
+    paper: int | None = None  # the method's own default
+    quick: int | None = None  # the quick profile's CPU budget (None: the plan's iterations)
+    paper_source: str = ""
+
+
+ROWS: dict[str, RowInfo] = {
+    "random": RowInfo("Random", "coreset"),
+    "herding": RowInfo("Herding", "coreset"),
+    "forgetting": RowInfo("Forgetting", "coreset", "epochs", 200, 10, "Toneva et al. 2019"),
+    "dc": RowInfo("DC", "matching", "iterations", 1000, 40, "DatasetCondensation main.py"),
+    "dsa": RowInfo("DSA", "matching", "iterations", 1000, 100, "DatasetCondensation main.py"),
+    "dm": RowInfo("DM", "matching", "iterations", 20000, 200, "DatasetCondensation main_DM.py"),
+    "cafe": RowInfo("CAFE", "matching", "iterations", 2000, 4, "CAFE distill.py"),
+    "mtt": RowInfo("MTT", "trajectory", "iterations", 5000, None, "SPEC §6"),
+    "ddpp": RowInfo("DDPP", "trajectory", "iterations", 5000, None, "SPEC §6"),
+}
+# The paper's Table I order; ``--compare all`` asks for these.
+TABLE_I = ("random", "herding", "forgetting", "dsa", "dm", "cafe", "mtt", "ddpp")
+
+
+def parse_rows(text: str) -> tuple[str, ...]:
+    """``"random,herding,…"`` (or ``"all"``: :data:`TABLE_I`) as row names in the order given;
+    DdppError names an unknown or repeated row and the valid ones."""
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return TABLE_I
+    if not names:
+        raise DdppError(f"--compare needs rows; choose from: {', '.join(ROWS)} (or all).")
+    for name in names:
+        if name not in ROWS:
+            raise DdppError(
+                f"unknown --compare row '{name}'; choose from: {', '.join(ROWS)} (or all)."
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DdppError(f"--compare names {', '.join(repeated)} more than once; name each once.")
+    return tuple(names)
+
+
+def parse_budgets(text: str | None) -> dict[str, int]:
+    """``"dsa=200,dm=400"`` → ``{"dsa": 200, "dm": 400}``; DdppError for a malformed entry, an
+    unknown row, a row without a budget or a count below 1."""
+    budgets: dict[str, int] = {}
+    for entry in (text or "").split(","):
+        if not entry.strip():
+            continue
+        name, sep, value = (part.strip() for part in entry.partition("="))
+        name = name.lower()
+        if not sep or not value.lstrip("-").isdigit():
+            raise DdppError(
+                f"--compare-budget entry '{entry.strip()}' is not ROW=COUNT (e.g. dsa=200,dm=400)."
+            )
+        if name not in ROWS:
+            raise DdppError(
+                f"unknown --compare-budget row '{name}'; choose from: {', '.join(ROWS)}."
+            )
+        if ROWS[name].unit is None:
+            raise DdppError(f"the {name} row has no budget to set; drop it from --compare-budget.")
+        if int(value) < 1:
+            raise DdppError(f"--compare-budget {name}={value}: the budget must be at least 1.")
+        budgets[name] = int(value)
+    return budgets
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A setting a row runs below its paper's value besides its budget, e.g. ``batch_real`` 64
+    where the paper draws 256 real images per class and step."""
+
+    setting: str
+    value: int
+    paper: int | str  # the paper's value; UNCAPPED where the paper's loop has no cap
+
+
+UNCAPPED = "no cap"
+# The settings of a matching row that a profile may cut (QUICK_MATCHING), and the papers' values
+# they are shown against: METHOD_PRESETS' batch_real; CAFE's reference loops have no cap (ddpp's
+# preset caps them at 100, which the paper profile therefore shows as a cut too).
+CUT_SETTINGS = ("batch_real", "max_image_steps", "max_inner_epochs")
+PAPER_LOOP_CAPS = {"max_image_steps": UNCAPPED, "max_inner_epochs": UNCAPPED}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A row's budget: ``value`` ``unit`` (None: the row has none), the method's paper default,
+    where the value came from ("user", "profile" or "paper"), and the row's other cuts."""
+
+    unit: str | None
+    value: int | None
+    paper: int | None
+    origin: str
+    cuts: tuple[Cut, ...] = ()
+
+    def text(self) -> str:
+        """E.g. "100 iterations, batch_real 64 (paper 1000, 256)"."""
+        if self.unit is None:
+            return "–"
+        ours = [f"{self.value} {self.unit}", *(f"{cut.setting} {cut.value}" for cut in self.cuts)]
+        if self.paper is None:
+            return ", ".join(ours)
+        papers = [str(self.paper), *(str(cut.paper) for cut in self.cuts)]
+        return f"{', '.join(ours)} (paper {', '.join(papers)})"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def quick_budgets_text() -> str:
+    """The quick profile's budgets in words: "forgetting 10 epochs, dc 40, …, cafe 4
+    iterations"."""
+    parts, rows = [], [(row, info) for row, info in ROWS.items() if info.quick is not None]
+    for number, (row, info) in enumerate(rows):
+        last = number + 1 == len(rows) or rows[number + 1][1].unit != info.unit
+        parts.append(f"{row} {info.quick}{f' {info.unit}' if last else ''}")
+    return ", ".join(parts)
+
+
+def row_budgets(
+    plan: RunPlan, rows: Sequence[str], given: Mapping[str, int] | None = None
+) -> dict[str, Budget]:
+    """Each row's budget: ``given`` (``--compare-budget``), else the profile's. The quick
+    profile cuts every method to a CPU budget (:class:`RowInfo` ``quick``); the paper profile
+    runs each method's paper default; the trajectory rows take the plan's iterations."""
+    given = dict(given or {})
+    unwanted = sorted(set(given) - set(rows))
+    if unwanted:
+        raise DdppError(
+            f"--compare-budget names {', '.join(unwanted)}, not among the --compare rows."
+        )
+    quick = plan.profile == "quick"
+    budgets = {}
+    for row in rows:
+        info = ROWS[row]
+        if info.unit is None:
+            budgets[row] = Budget(None, None, None, "–")
+        elif row in given:
+            budgets[row] = Budget(info.unit, given[row], info.paper, "user")
+        elif info.kind == "trajectory":
+            origin = plan.origin.get("iterations", "default")
+            budgets[row] = Budget(info.unit, plan.distill.iterations, info.paper, origin)
+        elif quick:
+            budgets[row] = Budget(info.unit, info.quick, info.paper, "profile")
+        else:
+            budgets[row] = Budget(info.unit, info.paper, info.paper, "paper")
+        if info.kind == "matching":
+            config = matching_config(plan, row, int(budgets[row].value or 0))
+            budgets[row] = replace(budgets[row], cuts=matching_cuts(config))
+    return budgets
+
+
+def matching_cuts(config: distill_engine.DistillConfig) -> tuple[Cut, ...]:
+    """The settings of a matching row's config (:data:`CUT_SETTINGS`) that differ from the
+    paper's, in that order."""
+    cuts = []
+    for name in CUT_SETTINGS:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        paper = PAPER_LOOP_CAPS.get(name) or distill_engine.METHOD_PRESETS[config.method][name]
+        if value != paper:
+            cuts.append(Cut(name, value, paper))
+    return tuple(cuts)
+
+
+# --------------------------------------------------------------------- what a row distills with
+
+
+def trajectory_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
+    """The distillation of a trajectory row: the plan's, with ε 0 for ``mtt``."""
+    config = replace(plan.distill, iterations=iterations)
+    return replace(config, eps=0.0) if row == "mtt" else config
+
+
+# The quick profile's CPU cuts of the matching methods beyond their iterations (docs/compare.md):
+# fewer real images per class and step, and CAFE's loops capped.
+QUICK_MATCHING: dict[str, dict[str, int]] = {
+    "dc": {"batch_real": 64},
+    "dsa": {"batch_real": 64},
+    "dm": {"batch_real": 128},
+    "cafe": {"batch_real": 64, "max_image_steps": 10, "max_inner_epochs": 10},
+}
+
+
+def matching_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
+    """The distillation of a matching row (dc, dsa, dm, cafe): ``DistillConfig.method`` set to
+    the row, which brings the method's own preset (lr_img, loops, init), and the row's budget;
+    the run's data, seed, validation and checkpoint settings are the plan's."""
+    changes = QUICK_MATCHING.get(row, {}) if plan.profile == "quick" else {}
+    return plan.distill.with_method(row, iterations=iterations, test_runs=0, **changes)

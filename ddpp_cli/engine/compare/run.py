@@ -1,0 +1,227 @@
+"""The comparison itself: :func:`compare` runs or reuses each row in order, in its folder
+``RUN/compare/<row>/`` with a ``row.json`` (settings, then the result), and writes the table.
+A row of other settings is never overwritten; an unfinished row continues."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+
+from ddpp_cli import __version__
+from ddpp_cli.engine import data, evaluate, store, trajectory
+from ddpp_cli.engine.compare.events import CompareStarted, StepFinished, StepStarted
+from ddpp_cli.engine.compare.rows import ROWS, parse_rows, row_budgets
+from ddpp_cli.engine.compare.runners import RUNNERS, RowJob, RowRunner, row_settings
+from ddpp_cli.engine.compare.table import (
+    JSON_NAME,
+    MARKDOWN_NAME,
+    CompareSummary,
+    RowResult,
+    markdown,
+)
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.pipeline import RunPlan, choose_buffer
+from ddpp_cli.engine.published import reference
+
+ROW_FORMAT = "ddpp.compare-row/1"
+ROWS_DIRNAME = "compare"
+ROW_NAME = "row.json"
+
+EventCallback = Callable[[object], None]
+
+
+def default_compare_folder(plan: RunPlan, now: datetime | None = None) -> Path:
+    """``<user data dir>/ddpp/runs/<dataset>-ipc<K>-compare-<timestamp>``."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    name = f"{plan.distill.dataset}-ipc{plan.distill.ipc}-compare-{stamp}"
+    return platformdirs.user_data_path("ddpp") / "runs" / name
+
+
+def check_compare_folder(folder: Path) -> None:
+    """DdppError when ``folder`` holds anything but an earlier comparison's files."""
+    if folder.exists() and not folder.is_dir():
+        raise DdppError(f"{folder} is a file, not a run folder; give a new or empty --out.")
+    if not folder.is_dir():
+        return
+    own = {MARKDOWN_NAME, JSON_NAME, ROWS_DIRNAME}
+    others = sorted(p.name for p in folder.iterdir() if p.name not in own and p.suffix != ".tmp")
+    if others:
+        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
+        raise DdppError(
+            f"{folder} holds other files ({listed}), not a ddpp comparison; give a new or empty "
+            "--out so that nothing is mixed with them."
+        )
+
+
+def read_row(folder: Path) -> dict[str, Any] | None:
+    """A row folder's ``row.json`` (None when absent or not readable as one)."""
+    try:
+        content = json.loads((folder / ROW_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(content, dict) or content.get("format") != ROW_FORMAT:
+        return None
+    return content
+
+
+def row_folder(
+    base: Path, row: str, settings: dict[str, Any], emit: EventCallback
+) -> tuple[Path, dict[str, Any] | None]:
+    """The folder of ``row`` under ``base`` and its saved ``row.json`` when its settings match
+    (None: a fresh folder). ``base/row`` first, then ``row-2``, ``row-3``, …: the first whose
+    settings match, else the first that does not exist (a Notice says why the first was not
+    used). Never a folder of other settings."""
+    first: tuple[Path, str] | None = None
+    number = 1
+    while True:
+        folder = base / (row if number == 1 else f"{row}-{number}")
+        if not folder.exists():
+            if first is not None:
+                emit(Notice(f"{first[0]} holds the {row} row of other settings ({first[1]}); "
+                            f"this one goes to {folder}."))  # fmt: skip
+            return folder, None
+        saved = read_row(folder)
+        if saved is not None and saved.get("settings") == settings:
+            return folder, saved
+        if first is None:
+            why = "no readable row.json" if saved is None else store.describe_difference(
+                saved.get("settings") or {}, settings
+            )  # fmt: skip
+            first = (folder, why)
+        number += 1
+
+
+def _write_row(folder: Path, settings: dict[str, Any], result: RowResult | None) -> None:
+    content: dict[str, Any] = {
+        "format": ROW_FORMAT,
+        "ddpp_version": __version__,
+        "status": "started" if result is None else "finished",
+        "settings": settings,
+    }
+    if result is not None:
+        content["result"] = result.to_json()
+    store.atomic_write_text(folder / ROW_NAME, json.dumps(content, indent=2) + "\n")
+
+
+def _reused_row(job: RowJob, saved: dict[str, Any]) -> RowResult:
+    """The result a finished row's ``row.json`` recorded."""
+    recorded = saved["result"]
+    set_path = recorded.get("set")
+    return RowResult(
+        row=job.row,
+        result=evaluate.EvalResult(**recorded["evaluation"]),
+        seconds=float(recorded["seconds"]),
+        reused=True,
+        set_path=None if set_path is None else Path(set_path),
+        folder=job.folder,
+        budget=job.budget,
+        reference=reference(job.plan.distill.dataset, job.plan.distill.ipc, job.row),
+    )
+
+
+def compare(
+    plan: RunPlan,
+    rows: Sequence[str],
+    folder: Path | None = None,
+    *,
+    budgets: Mapping[str, int] | None = None,
+    buffer: Path | None = None,
+    data_root: Path | None = None,
+    download: bool = True,
+    device: torch.device | str = "cpu",
+    parallel: int = 1,
+    on_event: EventCallback | None = None,
+    runners: Mapping[str, RowRunner] | None = None,
+) -> CompareSummary:
+    """Run or reuse every row of ``rows`` (in that order) under ``plan``'s evaluation protocol
+    and write ``compare.md`` and ``compare.json`` in ``folder``.
+
+    ``budgets`` overrides rows' budgets (:func:`row_budgets`); the run's buffer (``buffer``, or
+    one found or trained as ``ddpp run`` does) is made only when a trajectory row asks for it.
+    ``runners`` replaces the runner of a row by name (default: :data:`RUNNERS` by kind).
+    Events of every step go to ``on_event``.
+    """
+    emit = on_event or (lambda event: None)
+    rows = tuple(parse_rows(",".join(rows)))
+    row_budget = row_budgets(plan, rows, budgets)
+    folder = Path(folder) if folder is not None else default_compare_folder(plan)
+    check_compare_folder(folder)
+    data_folder = data.source_folder(plan.distill.dataset, data_root)
+    emit(CompareStarted(plan, rows, folder, data_folder))
+    wants_buffer = any(ROWS[row].kind == "trajectory" for row in rows)
+    total = len(rows) + wants_buffer
+    buffer_dir = None
+    sources = {"data_root": data_root, "download": download}
+    if wants_buffer:
+        buffer_dir = _buffer_step(plan, buffer, total, emit, sources, device, parallel, on_event,
+                                  data_folder)  # fmt: skip
+    results = []
+    for index, row in enumerate(rows, start=1 + wants_buffer):
+        job = RowJob(
+            row, plan, row_budget[row], folder / ROWS_DIRNAME / row, buffer_dir, data_root,
+            download, device, parallel, on_event,
+        )  # fmt: skip
+        runner = (runners or {}).get(row) or RUNNERS[ROWS[row].kind]
+        results.append(_row_step(job, runner, index, total, emit))
+    summary = CompareSummary(folder, plan, data_folder, buffer_dir, tuple(results))
+    store.atomic_write_text(summary.json_path, json.dumps(summary.to_json(), indent=2) + "\n")
+    store.atomic_write_text(summary.markdown_path, markdown(summary))
+    return summary
+
+
+def _buffer_step(
+    plan: RunPlan, buffer: Path | None, total: int, emit: EventCallback, sources: dict[str, Any],
+    device: torch.device | str, parallel: int, on_event: EventCallback | None, source: Path,
+) -> Path:  # fmt: skip
+    """The one buffer the trajectory rows distill from, reused or trained as ``ddpp run`` does."""
+    buffer_dir, reused = choose_buffer(plan, buffer, emit, source)
+    started = time.perf_counter()
+    if reused:
+        emit(StepStarted("buffer", 1, total, f"reusing {buffer_dir}"))
+    else:
+        emit(StepStarted("buffer", 1, total, f"training into {buffer_dir}"))
+        trajectory.train_buffer(
+            plan.buffer, buffer_dir, device=device, parallel=parallel, on_event=on_event,
+            **sources,
+        )  # fmt: skip
+    emit(StepFinished("buffer", time.perf_counter() - started, str(buffer_dir), reused))
+    return buffer_dir
+
+
+def _row_step(
+    job: RowJob, runner: RowRunner, index: int, total: int, emit: EventCallback
+) -> RowResult:
+    """One row: reused when a finished one of the same settings exists, else run (or resumed)."""
+    settings = row_settings(job)
+    folder, saved = row_folder(job.folder.parent, job.row, settings, emit)
+    job = replace(job, folder=folder)
+    if saved is not None and saved.get("status") == "finished":
+        emit(StepStarted(job.row, index, total, f"reusing {folder}"))
+        result = _reused_row(job, saved)
+        emit(StepFinished(job.row, 0.0, f"{result.result.mean_std_text()} %", reused=True))
+        return result
+    verb = "continuing in" if saved is not None else "into"
+    budget = f"{job.budget.text()}, " if job.budget.unit is not None else ""
+    emit(StepStarted(job.row, index, total, f"{budget}{verb} {folder}"))
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_row(folder, settings, None)
+    started = time.perf_counter()
+    evaluation, set_path = runner(job)
+    seconds = time.perf_counter() - started
+    result = RowResult(
+        row=job.row, result=evaluation, seconds=seconds, reused=False, set_path=set_path,
+        folder=folder, budget=job.budget,
+        reference=reference(job.plan.distill.dataset, job.plan.distill.ipc, job.row),
+    )  # fmt: skip
+    _write_row(folder, settings, result)
+    emit(StepFinished(job.row, seconds, f"{evaluation.mean_std_text()} %"))
+    return result

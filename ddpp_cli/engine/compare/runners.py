@@ -1,0 +1,153 @@
+"""Making and evaluating one row of ``ddpp run --compare``: :class:`RowJob` (what a runner
+gets), the runners by kind (:data:`RUNNERS`), and :func:`row_settings`, what a saved row must
+share with this one to be reused."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli.engine import baselines, distilled, evaluate, trajectory
+from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine.compare.events import EvaluationStarted
+from ddpp_cli.engine.compare.rows import ROWS, Budget, matching_config, trajectory_config
+from ddpp_cli.engine.pipeline import RunPlan
+
+SET_NAME = "set.safetensors"  # a coreset row's set (run 0's coreset)
+RUN_DIRNAME = "run"  # a distilled row's run folder
+
+EventCallback = Callable[[object], None]
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """What a row runner gets: the row, the plan, the row's budget and folder, the run's buffer
+    (None when no trajectory row asked for one) and where the data and the work are."""
+
+    row: str
+    plan: RunPlan
+    budget: Budget
+    folder: Path
+    buffer: Path | None
+    data_root: Path | None = None
+    download: bool = True
+    device: torch.device | str = "cpu"
+    parallel: int = 1
+    on_event: EventCallback | None = None
+
+    @property
+    def records(self) -> Path:
+        """Where the row's evaluation keeps its finished runs."""
+        return self.folder / evaluate.RECORDS_DIRNAME
+
+    @property
+    def sources(self) -> dict[str, Any]:
+        return {"data_root": self.data_root, "download": self.download}
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return {"device": self.device, "parallel": self.parallel, "on_event": self.on_event}
+
+    def evaluating(self) -> None:
+        """Announce the evaluation (after the set is made)."""
+        if self.on_event is not None:
+            self.on_event(EvaluationStarted(self.row))
+
+
+# A row runner makes the row's set in ``job.folder`` (resuming what a killed attempt left) and
+# evaluates it under the plan's protocol: the result and the set file.
+RowRunner = Callable[[RowJob], tuple[evaluate.EvalResult, Path | None]]
+
+
+def coreset_config(job: RowJob) -> baselines.BaselineConfig:
+    """The BaselineConfig of a coreset row: the run's data and seed, the run's buffer (herding's
+    expert features, forgetting's data; None without a trajectory row) and, for forgetting, the
+    row's budget as its epochs."""
+    plan = job.plan
+    budget = {"forgetting_epochs": job.budget.value} if job.row == "forgetting" else {}
+    # The coresets are drawn from the data the buffer was trained on (the quick profile's
+    # subset), which also keeps forgetting's training within its CPU budget.
+    return baselines.BaselineConfig(
+        method=job.row, dataset=plan.distill.dataset, ipc=plan.distill.ipc, zca=plan.buffer.zca,
+        train_subset=plan.buffer.train_subset, image_size=plan.buffer.image_size,
+        seed=plan.evaluation.seed, buffer=job.buffer, **budget,
+    )  # fmt: skip
+
+
+def run_coreset_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
+    """A coreset row: select, evaluate (run 0's coreset is saved as the row's set)."""
+    plan = job.plan
+    zca_file = None
+    if plan.buffer.zca and job.buffer is not None:
+        zca_file = job.buffer / trajectory.ZCA_NAME
+    prepared = baselines.prepare_baseline(
+        coreset_config(job), zca_path=zca_file, zca_out=job.folder / trajectory.ZCA_NAME,
+        test_subset=plan.test_subset, eval_seed=plan.evaluation.seed, **job.sources,
+    )  # fmt: skip
+    job.evaluating()
+    result, coreset = baselines.evaluate_baseline(
+        prepared, plan.evaluation, records=job.records, **job.run
+    )
+    return result, distilled.save(job.folder / SET_NAME, coreset)
+
+
+def run_distilled_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
+    """A trajectory or matching row: distill into ``ROW/run`` (resumed from its checkpoint),
+    then evaluate its set (best.safetensors, else distilled.safetensors)."""
+    plan, row, iterations = job.plan, job.row, int(job.budget.value or 0)
+    folder = job.folder / RUN_DIRNAME
+    if ROWS[row].kind == "trajectory":
+        config, buffer = trajectory_config(plan, row, iterations), job.buffer
+    else:
+        config, buffer = matching_config(plan, row, iterations), None
+    distill_engine.distill(
+        config, folder, buffer=buffer, device=job.device, on_event=job.on_event, **job.sources
+    )
+    set_path = evaluate.find_set(folder)
+    job.evaluating()
+    result = evaluate.evaluate_set(
+        distilled.load(set_path), plan.evaluation, test_subset=plan.test_subset,
+        records=job.records, **job.sources, **job.run,
+    )  # fmt: skip
+    return result, set_path
+
+
+RUNNERS: dict[str, RowRunner] = {
+    "coreset": run_coreset_row,
+    "matching": run_distilled_row,
+    "trajectory": run_distilled_row,
+}
+
+
+def row_settings(job: RowJob) -> dict[str, Any]:
+    """What a saved row must share with this one to be reused (JSON-normal)."""
+    plan, info = job.plan, ROWS[job.row]
+    settings: dict[str, Any] = {
+        "row": job.row,
+        "dataset": plan.distill.dataset,
+        "ipc": plan.distill.ipc,
+        "arch": plan.distill.arch,
+        "seed": plan.distill.seed,
+        "zca": plan.buffer.zca,
+        "image_size": plan.buffer.image_size,
+        "budget": job.budget.value,
+        "evaluation": asdict(plan.evaluation),
+        "test_subset": plan.test_subset,
+    }
+    if info.kind == "trajectory":
+        config = trajectory_config(plan, job.row, int(job.budget.value or 0))
+        settings |= {"distill": config.identity(), "buffer": str(job.buffer)}
+    elif info.kind == "matching":
+        d = plan.distill
+        settings |= {"train_subset": d.train_subset, "val_size": d.val_size,
+                     "eval_every": d.eval_every, "eval_runs": d.eval_runs,
+                     "eval_epochs": d.eval_epochs}  # fmt: skip
+    else:
+        buffer = None if job.buffer is None else str(job.buffer)
+        settings |= {"train_subset": plan.buffer.train_subset, "buffer": buffer}
+    return json.loads(json.dumps(settings))

@@ -1,0 +1,141 @@
+"""The table of ``ddpp run --compare``: each row's result (:class:`RowResult`), the whole
+comparison (:class:`CompareSummary`, ``compare.json``) and its Markdown (``compare.md``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ddpp_cli import __version__
+from ddpp_cli.engine import evaluate
+from ddpp_cli.engine.compare.rows import ROWS, Budget
+from ddpp_cli.engine.pipeline import RunPlan
+from ddpp_cli.engine.published import UNCONFIRMED_NOTE, Reference
+
+FORMAT = "ddpp.compare/1"
+MARKDOWN_NAME = "compare.md"
+JSON_NAME = "compare.json"
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """One row of the table."""
+
+    row: str
+    result: evaluate.EvalResult
+    seconds: float  # making the set + evaluating it, when it was done
+    reused: bool  # taken from an earlier run's row.json
+    set_path: Path | None
+    folder: Path
+    budget: Budget
+    reference: Reference | None
+
+    @property
+    def label(self) -> str:
+        return ROWS[self.row].label
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "row": self.row,
+            "method": self.label,
+            "mean": 100 * self.result.mean,
+            "std": 100 * self.result.std,
+            "runs": len(self.result.accuracies),
+            "seconds": self.seconds,
+            "reused": self.reused,
+            "set": None if self.set_path is None else str(self.set_path),
+            "folder": str(self.folder),
+            "budget": self.budget.to_json(),
+            "reference": None if self.reference is None else asdict(self.reference),
+            "evaluation": self.result.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class CompareSummary:
+    folder: Path
+    plan: RunPlan
+    data_folder: Path
+    buffer: Path | None
+    rows: tuple[RowResult, ...]
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.folder / MARKDOWN_NAME
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / JSON_NAME
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.plan.distill
+        return {
+            "format": FORMAT,
+            "ddpp_version": __version__,
+            "dataset": d.dataset,
+            "ipc": d.ipc,
+            "profile": self.plan.profile,
+            "folder": str(self.folder),
+            "data_folder": str(self.data_folder),
+            "buffer": None if self.buffer is None else str(self.buffer),
+            "protocol": {**asdict(self.plan.evaluation), "test_subset": self.plan.test_subset},
+            "rows": [row.to_json() for row in self.rows],
+            "plan": self.plan.to_json(),
+        }
+
+
+def protocol_text(summary: CompareSummary) -> str:
+    """The one evaluation protocol of every row, in one sentence."""
+    e, rows = summary.plan.evaluation, summary.rows
+    protocol = rows[0].result.protocol if rows else {}
+    kinds = sorted({str(row.result.protocol.get("preprocessing", "?")) for row in rows})
+    test = protocol.get("test_size", summary.plan.test_subset or "all")
+    return (
+        f"{e.arch}, {e.epochs} epochs, SGD momentum {e.momentum:g}, weight decay "
+        f"{e.weight_decay:g}, batch {e.batch_size}, lr the set's learned one (else "
+        f"{evaluate.DEFAULT_LR:g}) × {evaluate.LR_DECAY:g} at half, DSA "
+        f"{'off' if e.dsa_strategy == 'none' else 'on'}; runs from seed {e.seed}; the same "
+        f"{test} test images ({', '.join(kinds)}) for every row; ± is the population std"
+    )
+
+
+def time_text(row: RowResult) -> str:
+    return f"reused ({row.seconds:.0f} s)" if row.reused else f"{row.seconds:.0f} s"
+
+
+def markdown(summary: CompareSummary) -> str:
+    """``compare.md``: the table (mean ± std in %, runs, time, set, budget, published), then the
+    protocol."""
+    d = summary.plan.distill
+    lines = [
+        f"# ddpp run --compare: {d.dataset}, IPC {d.ipc}, profile {summary.plan.profile}",
+        "",
+        "| method | test accuracy (%) | runs | time | set | budget | published (%) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in summary.rows:
+        cell = "–" if row.reference is None else row.reference.text()
+        where = "–" if row.set_path is None else f"`{row.set_path}`"
+        lines.append(
+            f"| {row.label} | {row.result.mean_std_text()} | {len(row.result.accuracies)} | "
+            f"{time_text(row)} | {where} | {row.budget.text()} | {cell} |"
+        )
+    lines += ["", f"Protocol: {protocol_text(summary)}."]
+    if summary.buffer is not None:
+        lines.append(f"Buffer: `{summary.buffer}`.")
+    sources = published_sources(summary)
+    if sources:
+        lines += ["", f"{PUBLISHED_HEADING}:", "", *(f"- {source}" for source in sources)]
+        if any(not row.reference.confirmed for row in summary.rows if row.reference):
+            lines += ["", f"{UNCONFIRMED_NOTE}."]
+    return "\n".join(lines) + "\n"
+
+
+PUBLISHED_HEADING = "Published (%, ConvNet-3, other protocols; checked in docs/published.md)"
+
+
+def published_sources(summary: CompareSummary) -> list[str]:
+    """One line per row with a published number: its label and sources, e.g.
+    ``DC: DatasetCondensation readme; std: …``."""
+    return [f"{row.label}: {row.reference.source}" for row in summary.rows if row.reference]
