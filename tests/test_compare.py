@@ -159,6 +159,19 @@ def test_a_matching_row_distills_with_its_own_method(tiny_mnist, tmp_path):
     assert made.settings["method"] == "dm" and made.settings["iterations"] == 2
 
 
+def test_a_matching_row_records_its_whole_config_so_a_changed_cut_is_not_reused(
+    monkeypatch, tmp_path
+):
+    plan = tiny_plan()
+    budget = compare_engine.row_budgets(plan, ("dsa",))["dsa"]
+    job = compare_engine.RowJob("dsa", plan, budget, tmp_path, None)
+    before = compare_engine.row_settings(job)
+    assert before["distill"]["method"] == "dsa" and before["distill"]["batch_real"] == 64
+    cuts = {**compare_engine.QUICK_MATCHING, "dsa": {"batch_real": 32}}
+    monkeypatch.setattr(compare_engine.rows, "QUICK_MATCHING", cuts)
+    assert compare_engine.row_settings(job)["distill"]["batch_real"] == 32
+
+
 def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, tmp_path):
     events: list[object] = []
     options = {"data_root": tiny_mnist, "download": False, "runners": {"dsa": as_random}}

@@ -142,11 +142,9 @@ def row_settings(job: RowJob) -> dict[str, Any]:
     if info.kind == "trajectory":
         config = trajectory_config(plan, job.row, int(job.budget.value or 0))
         settings |= {"distill": config.identity(), "buffer": str(job.buffer)}
-    elif info.kind == "matching":
-        d = plan.distill
-        settings |= {"train_subset": d.train_subset, "val_size": d.val_size,
-                     "eval_every": d.eval_every, "eval_runs": d.eval_runs,
-                     "eval_epochs": d.eval_epochs}  # fmt: skip
+    elif info.kind == "matching":  # the whole config, so the profile's cuts are compared too
+        config = matching_config(plan, job.row, int(job.budget.value or 0))
+        settings |= {"distill": config.identity()}
     else:
         buffer = None if job.buffer is None else str(job.buffer)
         settings |= {"train_subset": plan.buffer.train_subset, "buffer": buffer}
