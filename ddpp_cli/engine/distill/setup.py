@@ -167,17 +167,7 @@ def set_up(
         )
     prepared, preprocessing = _prepare_data(config, buffer, manifest, data_root, download)
     num_classes = prepared.num_classes
-    config = replace(
-        config, val_size=validation_size(config, len(prepared.train.labels), num_classes)
-    )
-    train_idx, val_idx = split_validation(
-        prepared.train.labels, num_classes, config.val_size,
-        make_generator(config.seed, "val_split"),
-    )  # fmt: skip
-    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
-
-    with seeded(0):
-        model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
+    config, train_idx, val_idx, model = _split_and_network(config, prepared)
     layout = ParamLayout.of(model)
     layout.check_compatible(
         ParamLayout.from_json(manifest.get("layout")), f"the buffer at {buffer}"
@@ -221,17 +211,7 @@ def set_up_method(
         train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
     )  # fmt: skip
     num_classes = prepared.num_classes
-    config = replace(
-        config, zca=False,
-        val_size=validation_size(config, len(prepared.train.labels), num_classes),
-    )  # fmt: skip
-    train_idx, val_idx = split_validation(
-        prepared.train.labels, num_classes, config.val_size,
-        make_generator(config.seed, "val_split"),
-    )  # fmt: skip
-    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
-    with seeded(0):
-        model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
+    config, train_idx, val_idx, model = _split_and_network(replace(config, zca=False), prepared)
     if config.method in ("dc", "dsa") and models.uses_batchnorm(model):
         raise DdppError(
             f"--method {config.method} with BatchNorm needs the reference's frozen-statistics "
@@ -249,6 +229,26 @@ def set_up_method(
         layout=ParamLayout.of(model), student=None, labels=labels, device=device, world=world,
         real_by_class=real_by_class,
     )  # fmt: skip
+
+
+def _split_and_network(
+    config: DistillConfig, prepared: PreparedData
+) -> tuple[DistillConfig, torch.Tensor, torch.Tensor, torch.nn.Module]:
+    """The config with its validation size resolved, the training and validation indices (the
+    split seeded by the run's seed), checked against the IPC, and the network of the run's
+    architecture for the data (initialised from seed 0: its layout, not its values, matters)."""
+    num_classes = prepared.num_classes
+    config = replace(
+        config, val_size=validation_size(config, len(prepared.train.labels), num_classes)
+    )
+    train_idx, val_idx = split_validation(
+        prepared.train.labels, num_classes, config.val_size,
+        make_generator(config.seed, "val_split"),
+    )  # fmt: skip
+    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
+    with seeded(0):
+        model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
+    return config, train_idx, val_idx, model
 
 
 def _prepare_data(
