@@ -360,3 +360,14 @@ def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnis
     assert accuracies(resumed) == accuracies(whole)
     a, b = (distilled.load(row.set_path) for row in (whole.rows[0], resumed.rows[0]))
     assert torch.equal(a.images, b.images)
+
+
+def test_a_rows_settings_table_says_where_its_values_come_from():
+    plan = tiny_plan()
+    origin = compare_engine.row_origin(plan, "dsa")
+    assert (origin["method"], origin["iterations"], origin["lr_img"]) == (
+        "row", "row budget", "preset",
+    )  # fmt: skip
+    assert origin["batch_real"] == "profile (CPU cut)" and origin["outer_loop"] == "preset"
+    assert compare_engine.row_origin(plan, "mtt")["eps"] == "mtt row"
+    assert compare_engine.row_origin(plan, "ddpp").get("eps") == plan.origin.get("eps")

@@ -65,12 +65,13 @@ class CompareDisplay:
     """A step line per row, then the bars of what the row runs (buffer, distillation,
     evaluation) and its result line."""
 
-    def __init__(self, progress, origin: dict[str, str], quiet: bool, device: str) -> None:
+    def __init__(self, progress, plan: pipeline.RunPlan, quiet: bool, device: str) -> None:
         self.progress = progress
-        self.origin = origin
+        self.plan = plan
+        self.origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
         self.quiet = quiet
         self.device = device
-        self.row_origin = origin
+        self.row_origin = self.origin
         self.sub = None
         self.tasks_before: set = set()
 
@@ -93,9 +94,9 @@ class CompareDisplay:
                     )
                 self.tasks_before = set(p.task_ids)
                 self.sub = BufferDisplay(p, self.device) if event.step == "buffer" else None
-                self.row_origin = {**self.origin, "iterations": "row budget"}
-                if event.step == "mtt":
-                    self.row_origin["eps"] = "mtt row"
+                if event.step in compare_engine.ROWS:
+                    row = compare_engine.row_origin(self.plan, event.step)
+                    self.row_origin = {**self.origin, **row}
             case compare_engine.StepFinished():
                 for task in set(p.task_ids) - self.tasks_before:
                     p.remove_task(task)
@@ -173,10 +174,9 @@ def compare_and_report(
     if world.distributed:
         raise DdppError("--compare runs in one process; start it without torchrun.")
     folder = engine_options["out_dir"] or compare_engine.default_compare_folder(plan)
-    origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
     silent = quiet or json_out
     progress = make_progress(err, disable=silent)
-    display = CompareDisplay(progress, origin, silent, str(torch_device))
+    display = CompareDisplay(progress, plan, silent, str(torch_device))
     hint = f"finished rows and checkpoints are kept; rerun with --out {folder} to continue."
 
     def continuation(failed: faults.StageFailed) -> str:

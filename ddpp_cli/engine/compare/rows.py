@@ -216,3 +216,19 @@ def matching_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.
     the run's data, seed, validation and checkpoint settings are the plan's."""
     changes = QUICK_MATCHING.get(row, {}) if plan.profile == "quick" else {}
     return plan.distill.with_method(row, iterations=iterations, test_runs=0, **changes)
+
+
+def row_origin(plan: RunPlan, row: str) -> dict[str, str]:
+    """Where each setting of ``row``'s distillation comes from, for its settings table: the
+    plan's origins, the row's budget, and for a matching row its method ("row"), the method's
+    preset and the quick profile's cuts."""
+    origin = {**plan.origin, "iterations": "row budget"}
+    if ROWS[row].kind == "trajectory":
+        return origin | ({"eps": "mtt row"} if row == "mtt" else {})
+    if ROWS[row].kind != "matching":
+        return origin
+    preset = distill_engine.method_preset(row, plan.distill.dataset, plan.distill.ipc)
+    origin |= {name: "preset" for name in preset if name != "iterations"}
+    if plan.profile == "quick":
+        origin |= {name: "profile (CPU cut)" for name in QUICK_MATCHING.get(row, {})}
+    return origin | {"method": "row"}
