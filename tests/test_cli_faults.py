@@ -387,7 +387,7 @@ def test_run_keeps_the_distill_state_and_continues_with_unroll_memory(
     result = invoke(*args)
     assert_one_fault_line(
         result, faults.EXIT_OUT_OF_MEMORY,
-        "reduce memory with --unroll memory, a smaller --batch-syn or a smaller --parallel.",
+        "reduce memory with --unroll memory, a smaller --unroll-budget, --batch-syn or --parallel.",
         f"The last complete state (iteration 1) is in {out / distill.CHECKPOINT_NAME}",
         f"continue by running the same command again with --out {out} --unroll memory",
     )  # fmt: skip
