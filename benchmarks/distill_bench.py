@@ -187,8 +187,9 @@ def run_child(
         env["OMP_NUM_THREADS"] = str(threads)
     if ranks > 1 and sys.platform.startswith("linux"):
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    if args.thp:  # PyTorch's CPU allocator: 2 MB-aligned, madvise(MADV_HUGEPAGE) blocks
-        env["THP_MEM_ALLOC_ENABLE"] = "1"
+    # PyTorch's CPU allocator: 2 MB-aligned, madvise(MADV_HUGEPAGE) blocks; ddpp sets it on
+    # import (ddpp_cli/__init__.py), and the children import torch first, so it is set here.
+    env["THP_MEM_ALLOC_ENABLE"] = "1" if args.thp else "0"
     key = {"ipc": ipc, "syn_steps": syn_steps, "mode": mode, "layout": layout or ""}
     return _child_record(command, env, key, timeout)
 
@@ -512,7 +513,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument(
-        "--thp", action="store_true", help="run the children with THP_MEM_ALLOC_ENABLE=1"
+        "--thp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ddpp's children with THP_MEM_ALLOC_ENABLE=1, as ddpp sets it (--no-thp: 0)",
     )
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument(

@@ -185,3 +185,16 @@ def test_real_fashion_mnist_buffer(fashion_mnist_dir, tmp_path):
     assert loaded.params.shape == (2, 317_706)
     assert loaded.metadata["data"]["train_size"] == 2000
     assert loaded.metadata["test_accuracy"][-1] >= 0.55
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
+def test_the_package_asks_for_huge_pages_before_torch_unless_told_otherwise(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    code = (
+        "import os, sys, ddpp_cli; "
+        "print(os.environ['THP_MEM_ALLOC_ENABLE'], 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == [expected, "False"]  # set before torch is imported
