@@ -41,6 +41,7 @@ METHOD_SETTINGS: dict[str, tuple[str, ...]] = {
     "max_image_steps": ("cafe",),
     "max_inner_epochs": ("cafe",),
 }
+DM_LARGE_IPC = 100  # from here DM's README uses lr_img 10 instead of 1
 # A setting that does not apply to the config's method holds this value (None where not listed).
 DEFAULT_UNROLL_BUDGET = 2048  # MiB of kept step graphs in --unroll memory (docs/performance.md)
 _UNSET = {
@@ -388,6 +389,8 @@ def method_preset(method: str, dataset: str, ipc: int, *, derive: bool = False) 
     if method not in METHOD_PRESETS:
         raise DdppError(f"--method must be one of: {', '.join(METHODS)} (got '{method}').")
     preset = dict(METHOD_PRESETS[method])
+    if method == "dm" and ipc >= DM_LARGE_IPC:
+        preset["lr_img"] = 10.0  # DM's README: lr_img 1 up to IPC 50, 10 from IPC 100
     if method in ("dc", "dsa") and ipc in LOOPS:
         preset["outer_loop"], preset["inner_loop"] = LOOPS[ipc]
     return preset
