@@ -149,6 +149,8 @@ def test_baseline_options_reach_the_config(tiny_mnist, tiny_buffer, monkeypatch)
         (("--baseline", "forgetting", "--feature-epochs", "2"), "--feature-epochs only"),
         (("--baseline", "random", "--l2-normalize"), "--l2-normalize only"),
         (("--baseline", "forgetting", "--forgetting-epochs", "0"), "at least 1"),
+        (("--baseline", "herding", "--forgetting-unlearned", "deepcore"), "only applies"),
+        (("--baseline", "forgetting", "--forgetting-unlearned", "never"), "toneva, deepcore"),
         (("--baseline", "herding", "--experiment", "1"), "--experiment only apply with --import"),
         (("--import", "x.pt", "--ipc", "1"), "--ipc only apply with --baseline"),
         (("--baseline", "random", "--import", "x.pt"), "not both"),

@@ -31,6 +31,23 @@ def test_counts_on_a_hand_built_presentation_sequence():
     assert forgetting.forgetting_counts(torch.tensor([[0], [1]])).tolist() == [0]
 
 
+def test_never_learned_examples_rank_first_for_toneva_and_last_for_deepcore():
+    # Class 0: example 0 never learned (count = 4 epochs), example 1 forgotten twice, 2 never.
+    counts = forgetting.forgetting_counts(
+        torch.tensor([[0, 1, 1], [0, 0, 1], [0, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    )
+    assert counts.tolist() == [4, 2, 0]
+    labels = torch.zeros(3, dtype=torch.long)
+    picks = {}
+    for unlearned in forgetting.UNLEARNED:
+        config = ForgettingConfig(epochs=4, unlearned=unlearned)
+        ranked = forgetting.ranking_counts(counts, config)
+        picks[unlearned] = forgetting.select_most_forgotten(ranked, labels, 1, 1, 0).tolist()
+    assert picks == {"toneva": [0], "deepcore": [1]}
+    with pytest.raises(DdppError, match="toneva, deepcore"):
+        ForgettingConfig(unlearned="never")
+
+
 def test_selection_takes_the_most_forgotten_per_class_with_seeded_tie_breaks():
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     counts = torch.tensor([3, 1, 3, 0, 0, 2, 5, 2])

@@ -13,7 +13,7 @@ from ddpp_cli.engine import baselines, data
 
 # Options named after the BaselineConfig field they set (``opt.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
-                     "feature_epochs", "l2_normalize")  # fmt: skip
+                     "forgetting_unlearned", "feature_epochs", "l2_normalize")  # fmt: skip
 # What to evaluate comes from a set (the argument), --baseline or --import; these options apply
 # to the last two only (parameter name -> the ways it applies to).
 CHOICE_OPTIONS = {
@@ -22,6 +22,7 @@ CHOICE_OPTIONS = {
     "train_subset": ("--baseline",),
     "buffer": ("--baseline",),
     "forgetting_epochs": ("--baseline",),
+    "forgetting_unlearned": ("--baseline",),
     "feature_epochs": ("--baseline",),
     "l2_normalize": ("--baseline",),
     "import_kind": ("--import",),
@@ -103,6 +104,16 @@ ForgettingEpochsOpt = Annotated[
     ),
 ]
 
+ForgettingUnlearnedOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--forgetting-unlearned",
+        help="Baseline forgetting: how never-learned examples rank: toneva (forgotten at every "
+        "epoch, so they are picked first) or deepcore (0: the picks were learned, then "
+        "forgotten). (default: toneva)",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
 FeatureEpochsOpt = Annotated[
     int | None,
     typer.Option(

@@ -24,6 +24,7 @@ from ddpp_cli.commands._evaluate_sources import (
     FeatureEpochsOpt,
     ForceSaveOpt,
     ForgettingEpochsOpt,
+    ForgettingUnlearnedOpt,
     ImportKindOpt,
     ImportOpt,
     L2NormalizeOpt,
@@ -78,6 +79,7 @@ def command(
     train_subset: BaselineSubsetOpt = None,
     buffer: BaselineBufferOpt = None,
     forgetting_epochs: ForgettingEpochsOpt = None,
+    forgetting_unlearned: ForgettingUnlearnedOpt = None,
     feature_epochs: FeatureEpochsOpt = None,
     l2_normalize: L2NormalizeOpt = False,
     save: SaveOpt = None,
@@ -187,8 +189,9 @@ def _baseline_config(options: dict) -> baselines.BaselineConfig:
     """The BaselineConfig of ``--baseline`` and its options; DdppError for an option of
     another method (e.g. --forgetting-epochs with herding)."""
     method = options["baseline"].strip().lower()
-    if options["forgetting_epochs"] is not None and method != "forgetting":
-        raise DdppError("--forgetting-epochs only applies to --baseline forgetting.")
+    for name in ("forgetting_epochs", "forgetting_unlearned"):
+        if options[name] is not None and method != "forgetting":
+            raise DdppError(f"--{name.replace('_', '-')} only applies to --baseline forgetting.")
     if options["l2_normalize"] and method != "herding":
         raise DdppError("--l2-normalize only applies to --baseline herding.")
     if options["feature_epochs"] is not None and (method != "herding" or options["buffer"]):

@@ -35,7 +35,7 @@ from ddpp_cli.engine.distilled import DistilledSet, file_sha256, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_per_run, take_test_subset
-from ddpp_cli.engine.forgetting import ForgettingConfig, forgetting_coreset
+from ddpp_cli.engine.forgetting import UNLEARNED, ForgettingConfig, forgetting_coreset
 from ddpp_cli.engine.functional import ParamLayout, load_flat
 from ddpp_cli.engine.preprocess import (
     PreparedData,
@@ -301,7 +301,7 @@ def trained_herding_coreset(
 # setting; on a CPU, lower it and count on a --train-subset (docs/methods.md gives a budget).
 FORGETTING_EPOCHS = 200
 _OWN_FIELDS = {  # settings that apply to one method only (recorded only for it)
-    "forgetting": ("forgetting_epochs",),
+    "forgetting": ("forgetting_epochs", "forgetting_unlearned"),
     "herding": ("feature_epochs", "l2_normalize"),
 }
 
@@ -329,6 +329,7 @@ class BaselineConfig:
     seed: int = 0
     buffer: Path | None = None
     forgetting_epochs: int = FORGETTING_EPOCHS
+    forgetting_unlearned: str = "toneva"  # forgetting.UNLEARNED
     feature_epochs: int = HERDING_FEATURE_EPOCHS
     l2_normalize: bool = False
 
@@ -350,6 +351,11 @@ class BaselineConfig:
             )
         if self.feature_epochs < 1:
             raise DdppError(f"--feature-epochs must be at least 1 (got {self.feature_epochs}).")
+        if self.forgetting_unlearned not in UNLEARNED:
+            raise DdppError(
+                f"--forgetting-unlearned must be one of: {', '.join(UNLEARNED)} "
+                f"(got '{self.forgetting_unlearned}')."
+            )
 
     def describe(self) -> dict[str, Any]:
         """The settings (JSON-ready) as recorded with the coreset and its evaluation: the
@@ -430,7 +436,9 @@ class Baseline:
                 self.train, c.ipc, model, source, l2_normalize=c.l2_normalize, device=device
             )
             return found, {"features": record}
-        config = ForgettingConfig(arch=arch, epochs=c.forgetting_epochs, seed=c.seed)
+        config = ForgettingConfig(
+            arch=arch, epochs=c.forgetting_epochs, seed=c.seed, unlearned=c.forgetting_unlearned
+        )
         found, counts = forgetting_coreset(self.train, c.ipc, config, device=device, on_event=emit)
         return found, {"forgetting": forgetting_record(config, counts, found)}
 

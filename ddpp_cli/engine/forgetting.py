@@ -40,10 +40,16 @@ from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.training import min_batch_size, minibatches
 
+# How never-learned examples rank: "toneva" counts them forgotten at every presentation (the
+# most forgotten of all, Toneva's order_examples_by_forgetting.py); "deepcore" gives them 0
+# (DeepCore's forgetting.py), so the picks are examples that were learned and then forgotten.
+UNLEARNED = ("toneva", "deepcore")
+
 
 @dataclass(frozen=True)
 class ForgettingConfig:
-    """How the presentation record is made (defaults: ``ddpp buffer``'s expert recipe)."""
+    """How the presentation record is made (defaults: ``ddpp buffer``'s expert recipe) and how
+    never-learned examples rank (``unlearned``, one of :data:`UNLEARNED`)."""
 
     arch: str = "convnet"
     epochs: int = 20
@@ -53,9 +59,15 @@ class ForgettingConfig:
     weight_decay: float = 0.0
     dsa_strategy: str = "none"
     seed: int = 0
+    unlearned: str = "toneva"
 
     def __post_init__(self) -> None:
         models.check_known(self.arch)
+        if self.unlearned not in UNLEARNED:
+            raise DdppError(
+                f"--forgetting-unlearned must be one of: {', '.join(UNLEARNED)} "
+                f"(got '{self.unlearned}')."
+            )
         if self.epochs < 1:
             raise DdppError(f"forgetting needs at least 1 epoch (got {self.epochs}).")
         if self.batch_size < 1:
@@ -185,7 +197,8 @@ def forgetting_coreset(
     on_event: Callable[[object], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train on ``train`` (model-input space), count forgetting events, keep the ``ipc`` most
-    forgotten per class. Returns (indices class-major, counts of every training example)."""
+    forgotten per class (never-learned ones ranked as ``config.unlearned`` says). Returns
+    (indices class-major, Toneva's counts of every training example)."""
     # Check --ipc before the (long) training run; the selection would refuse it only after.
     select_most_forgotten(
         torch.zeros_like(train.labels), train.labels, train.num_classes, ipc, config.seed
@@ -196,5 +209,15 @@ def forgetting_coreset(
         model, train.images.to(device), train.labels.to(device), config, on_event=on_event
     )
     counts = forgetting_counts(record)
-    indices = select_most_forgotten(counts, train.labels, train.num_classes, ipc, config.seed)
+    indices = select_most_forgotten(
+        ranking_counts(counts, config), train.labels, train.num_classes, ipc, config.seed
+    )
     return indices, counts
+
+
+def ranking_counts(counts: torch.Tensor, config: ForgettingConfig) -> torch.Tensor:
+    """The counts the selection ranks by: Toneva's (never-learned = ``config.epochs``, more than
+    a learned example can reach), or with never-learned examples at 0 (``unlearned="deepcore"``)."""
+    if config.unlearned == "toneva":
+        return counts
+    return torch.where(counts == config.epochs, torch.zeros_like(counts), counts)
