@@ -31,6 +31,7 @@ and α. The result equals one process's up to rounding (docs/parallel.md).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -294,17 +295,18 @@ def graph_bytes(tensors: list[torch.Tensor]) -> int:
 
 def _kept_step(
     student: Student, theta: torch.Tensor, source: torch.Tensor, labels: torch.Tensor,
-    step: UnrollStep,
+    step: UnrollStep, *, measure: bool = True,
 ) -> tuple[KeptStep, int]:  # fmt: skip
-    """Step ``step`` from θ̃_j = ``theta`` with its double-backward graph kept, and the bytes that
-    graph saves (tensors saved for backward, counted once per storage)."""
+    """Step ``step`` from θ̃_j = ``theta`` with its double-backward graph kept, and (``measure``)
+    the bytes that graph saves (tensors saved for backward, counted once per storage; else 0)."""
     saved: list[torch.Tensor] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         saved.append(tensor)
         return tensor
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    counting = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.enable_grad(), counting if measure else contextlib.nullcontext():
         x, y = student.inputs(source, labels, step)
         theta = theta.detach().requires_grad_(True)
         x_leaf = x.detach().requires_grad_(True)
@@ -341,23 +343,20 @@ def unroll_states(
     :func:`backprop_unroll` differentiates with respect to).
     """
     images, lr = images.detach(), lr.detach()
+    if keep_bytes > 0 and source is None:
+        raise ValueError("keeping graphs needs the source leaf of backprop_unroll")
     thetas = [start.detach()]
     kept: dict[int, KeptStep] = {}
-    first = 0
-    if keep_bytes > 0 and steps:
-        if source is None:
-            raise ValueError("keeping graphs needs the source leaf of backprop_unroll")
-        step0, size = _kept_step(student, thetas[0], source, labels, steps[0])
-        first = len(steps) - kept_count(size, keep_bytes, len(steps), student.world)
-        if first == 0:
-            kept[0] = step0
-        thetas.append((thetas[0] - lr * student.world.sum(step0.grad.detach().clone())).detach())
-        del step0
-    for j in range(len(thetas) - 1, len(steps)):
-        step = steps[j]
-        if keep_bytes > 0 and j >= first:
-            kept[j], _ = _kept_step(student, thetas[-1], source, labels, step)
-            grad = kept[j].grad.detach().clone()
+    first = len(steps)  # the first step whose graph is kept (decided on step 0)
+    for j, step in enumerate(steps):
+        if keep_bytes > 0 and (j == 0 or j >= first):
+            built, size = _kept_step(student, thetas[-1], source, labels, step, measure=j == 0)
+            if j == 0:
+                first = len(steps) - kept_count(size, keep_bytes, len(steps), student.world)
+            if j >= first:
+                kept[j] = built
+            grad = built.grad.detach().clone()
+            del built  # a graph not kept is freed now (a kept one lives on in ``kept``)
         else:
             with torch.no_grad():
                 x, y = student.inputs(images, labels, step)
