@@ -218,6 +218,22 @@ def monitor_accuracies(
     return accuracies
 
 
+def _watch(
+    network: nn.Module,
+    real_by_class: Sequence[torch.Tensor],
+    settings: CafeSettings,
+    generator: torch.Generator,
+    previous: float,
+    window: list[float],
+) -> float:
+    """The next monitor value (:func:`monitor_value` of fresh accuracies), appended to
+    ``window``."""
+    accuracies = monitor_accuracies(network, real_by_class, settings.monitor_per_class, generator)
+    value = monitor_value(previous, accuracies)
+    window.append(value)
+    return value
+
+
 def cafe_iteration(
     network: nn.Module,
     syn_images: torch.Tensor,
@@ -262,11 +278,7 @@ def cafe_iteration(
         image_optimizer.step()
         total += float(loss.detach())
         steps += 1
-        accuracies = monitor_accuracies(
-            network, real_by_class, settings.monitor_per_class, generator
-        )
-        monitor = monitor_value(monitor, accuracies)
-        window.append(monitor)
+        monitor = _watch(network, real_by_class, settings, generator, monitor, window)
         if outer_loop_done(window, settings.lambda_1, settings.window):
             break
         if steps >= settings.max_image_steps:
@@ -281,11 +293,9 @@ def cafe_iteration(
                 batch_size=settings.batch_train, dsa=dsa, generator=generator,
             )  # fmt: skip
             epochs += 1
-            accuracies = monitor_accuracies(
-                network, real_by_class, settings.monitor_per_class, generator
+            inner_monitor = _watch(
+                network, real_by_class, settings, generator, inner_monitor, inner_window
             )
-            inner_monitor = monitor_value(inner_monitor, accuracies)
-            inner_window.append(inner_monitor)
             if inner_loop_done(inner_window, settings.lambda_2, settings.window):
                 break
             if epoch == settings.max_inner_epochs:
