@@ -61,7 +61,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     """Run one configuration in this process and return its record."""
     import torch
 
-    from ddpp_cli.engine import models
+    from ddpp_cli.engine import allocator, models
     from ddpp_cli.engine.augment import DSA
     from ddpp_cli.engine.device import make_generator
     from ddpp_cli.engine.distributed import join_world
@@ -70,6 +70,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
 
     ipc, syn_steps, mode = args.one
     ipc, syn_steps = int(ipc), int(syn_steps)
+    kept = allocator.configure()  # as the ddpp executable does at start (DDPP_MALLOC)
     if args.threads:
         torch.set_num_threads(args.threads)
     world, device = join_world(torch.device(args.device))  # torchrun layouts: R ranks
@@ -146,6 +147,7 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
         "load_average": load,
         "notices": notices,
         "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
+        "malloc": "keep" if kept else "system",
         **describe(student),
     }
     if device.type == "cuda":
@@ -190,6 +192,7 @@ def run_child(
     # PyTorch's CPU allocator: 2 MB-aligned, madvise(MADV_HUGEPAGE) blocks; ddpp sets it on
     # import (ddpp_cli/__init__.py), and the children import torch first, so it is set here.
     env["THP_MEM_ALLOC_ENABLE"] = "1" if args.thp else "0"
+    env["DDPP_MALLOC"] = args.malloc  # the executable keeps freed memory unless told "system"
     key = {"ipc": ipc, "syn_steps": syn_steps, "mode": mode, "layout": layout or ""}
     return _child_record(command, env, key, timeout)
 
@@ -235,6 +238,11 @@ def mtt_one(args: argparse.Namespace) -> dict[str, Any]:
     ipc, syn_steps = (int(v) for v in args.mtt_one)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    malloc = "system"
+    if os.environ.get("DDPP_MALLOC") == "keep":  # only when asked: MTT itself never does this
+        from ddpp_cli.engine import allocator
+
+        malloc = "keep" if allocator.keep_freed_memory() else "system"
     source = Path(args.mtt).resolve()
     if not (source / "distill.py").is_file():
         raise SystemExit(f"{source} holds no distill.py; pass a checkout of mtt-distillation")
@@ -289,6 +297,8 @@ def mtt_one(args: argparse.Namespace) -> dict[str, Any]:
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "load_average": [os.getloadavg()[0]] * 2,
         "mtt": str(source),
+        "malloc": malloc,
+        "thp": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
     }
 
 
@@ -361,6 +371,9 @@ def run_mtt(
         str(ipc), str(syn_steps), "--repeats", str(args.repeats),
     ]  # fmt: skip
     env = dict(os.environ)
+    # MTT as its users run it: PyTorch's and glibc's defaults (--mtt-malloc keep: ddpp's setting).
+    env["THP_MEM_ALLOC_ENABLE"] = env.get("THP_MEM_ALLOC_ENABLE", "0")
+    env["DDPP_MALLOC"] = args.mtt_malloc
     if threads:
         command += ["--threads", str(threads)]
         env["OMP_NUM_THREADS"] = str(threads)
@@ -386,9 +399,9 @@ def table(records: list[dict[str, Any]]) -> str:
     ``--mtt`` was given (marked "same run"), else by MTT's published reference figures."""
     by_key = {_key(r): r for r in records if "error" not in r}
     lines = [
-        "| IPC | N | unroll | layout | s/it (median) | CPU s/it | × MTT s/it | peak RSS MB "
-        "| × MTT RSS | unroll MB | × graph s/it | RSS / RSS at N=20 | load avg |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| IPC | N | unroll | layout | allocator | s/it (median) | CPU s/it | × MTT s/it "
+        "| peak RSS MB | × MTT RSS | unroll MB | × graph s/it | RSS / RSS at N=20 | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         layout = r.get("layout", "")
@@ -409,6 +422,7 @@ def table(records: list[dict[str, Any]]) -> str:
             str(r["syn_steps"]),
             r["mode"],
             layout,
+            r.get("malloc", "system") + (", THP" if r.get("thp") else ""),
             f"{r['median_seconds']:.2f}",
             f"{r['median_cpu_seconds']:.2f}",
             f"{r['median_seconds'] / ref[0]:.2f}{source}" if ref else "–",
@@ -420,7 +434,7 @@ def table(records: list[dict[str, Any]]) -> str:
             "–".join(f"{v:.1f}" for v in r["load_average"]),
         ]
         if "peak_cuda_mb" in r:
-            cells[6] += f" (CUDA {r['peak_cuda_mb']:.0f})"
+            cells[7] += f" (CUDA {r['peak_cuda_mb']:.0f})"
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -518,6 +532,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="ddpp's children with THP_MEM_ALLOC_ENABLE=1, as ddpp sets it (--no-thp: 0)",
     )
+    parser.add_argument(
+        "--malloc", choices=["keep", "system"], default="keep",
+        help="ddpp's children: freed memory kept for reuse, as the ddpp executable does "
+        "(engine/allocator.py), or glibc's default (system)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mtt-malloc", choices=["keep", "system"], default="system",
+        help="MTT's child: glibc's default, as MTT runs (default), or ddpp's setting (keep)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the records here")
     parser.add_argument(
         "--profile", type=Path, help="profile one iteration per configuration into PATH-<config>"

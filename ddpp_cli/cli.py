@@ -18,7 +18,7 @@ from rich.markup import escape
 from ddpp_cli import __version__
 from ddpp_cli.commands import buffer, crossarch, distill, evaluate, run, visualize
 from ddpp_cli.commands._display import err, out
-from ddpp_cli.engine import distributed, faults
+from ddpp_cli.engine import allocator, distributed, faults
 from ddpp_cli.engine.errors import DdppError
 
 app = typer.Typer(
@@ -91,6 +91,11 @@ def root(
     ] = False,
 ) -> None:
     """Dataset distillation by trajectory matching with parameter pruning (DDPP/MTT)."""
+    try:  # freed CPU memory kept for reuse (engine/allocator.py), unless DDPP_MALLOC=system
+        allocator.configure()
+    except DdppError as exc:
+        _error_line(str(exc))
+        raise typer.Exit(2) from None
 
 
 _DISTILL_MEMORY_LEVERS = (
