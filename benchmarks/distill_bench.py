@@ -557,6 +557,10 @@ def main(argv: list[str] | None = None) -> None:
         record = one(args)
         if record:  # rank 0's
             print(json.dumps(record))
+        from ddpp_cli.engine import distributed
+
+        if distributed.launched():  # as ddpp's main(): no abort in the interpreter's teardown
+            distributed.end_process(0)
         return
     if args.mtt_one:
         print(json.dumps(mtt_one(args)))
