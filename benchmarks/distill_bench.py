@@ -70,7 +70,6 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
 
     ipc, syn_steps, mode = args.one
     ipc, syn_steps = int(ipc), int(syn_steps)
-    kept = allocator.configure()  # as the ddpp executable does at start (DDPP_MALLOC)
     if args.threads:
         torch.set_num_threads(args.threads)
     world, device = join_world(torch.device(args.device))  # torchrun layouts: R ranks
@@ -106,6 +105,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_mb()
+    # As ddpp's distillation loop (engine/allocator.py; DDPP_MALLOC=system: malloc's defaults).
+    kept = allocator.keep_freed_memory() if allocator.malloc_mode() == "keep" else False
     if args.profile_out:
         from torch.profiler import ProfilerActivity, profile
 
@@ -192,7 +193,7 @@ def run_child(
     # PyTorch's CPU allocator: 2 MB-aligned, madvise(MADV_HUGEPAGE) blocks; ddpp sets it on
     # import (ddpp_cli/__init__.py), and the children import torch first, so it is set here.
     env["THP_MEM_ALLOC_ENABLE"] = "1" if args.thp else "0"
-    env["DDPP_MALLOC"] = args.malloc  # the executable keeps freed memory unless told "system"
+    env["DDPP_MALLOC"] = args.malloc  # ddpp's loop keeps freed memory unless told "system"
     key = {"ipc": ipc, "syn_steps": syn_steps, "mode": mode, "layout": layout or ""}
     return _child_record(command, env, key, timeout)
 
@@ -534,7 +535,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--malloc", choices=["keep", "system"], default="keep",
-        help="ddpp's children: freed memory kept for reuse, as the ddpp executable does "
+        help="ddpp's children: freed memory kept for reuse, as ddpp's distillation loop "
         "(engine/allocator.py), or glibc's default (system)",
     )  # fmt: skip
     parser.add_argument(

@@ -91,8 +91,8 @@ def root(
     ] = False,
 ) -> None:
     """Dataset distillation by trajectory matching with parameter pruning (DDPP/MTT)."""
-    try:  # freed CPU memory kept for reuse (engine/allocator.py), unless DDPP_MALLOC=system
-        allocator.configure()
+    try:  # DDPP_MALLOC checked before any work (engine/allocator.py)
+        allocator.malloc_mode()
     except DdppError as exc:
         _error_line(str(exc))
         raise typer.Exit(2) from None

@@ -1,35 +1,41 @@
-"""The executable's malloc setting: freed memory reused without page faults (glibc)."""
+"""Freed memory kept for reuse during distillation (glibc's malloc), and the DDPP_MALLOC switch."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
 import pytest
+from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
 from ddpp_cli.engine import allocator
 from ddpp_cli.engine.errors import DdppError
 from tests.conftest import assert_one_line_error
 
-# Allocate, touch and free 64 MiB, then count the page faults of doing it again.
+# Page faults of touching a freshly malloc'd 64 MiB block (after one was freed), inside the
+# block that keeps freed memory and after it.
 _REFAULTS = """
 import ctypes, resource, sys
 from ddpp_cli.engine import allocator
-kept = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = (ctypes.c_void_p,)
 size = 64 * 2**20
-def touch():
+def faults_of_touching():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = libc.malloc(size)
     ctypes.memset(block, 1, size)
     libc.free(block)
-touch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-touch()
-print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+with allocator.freed_memory_kept({"DDPP_MALLOC": sys.argv[1]}) as kept:
+    faults_of_touching()
+    inside = faults_of_touching()
+after = faults_of_touching()
+print(kept, inside, after)
 """
+PAGES = 64 * 2**20 // 4096
 
 
 @pytest.mark.parametrize(
@@ -46,29 +52,63 @@ def test_an_unknown_malloc_mode_is_a_user_error_naming_the_choices():
 
 
 def test_system_mode_leaves_malloc_alone(monkeypatch):
-    called = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: called.append(1) or True)
-    assert allocator.configure({allocator.MALLOC_ENV: "system"}) is False
-    assert called == []
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append("release"))
+    with allocator.freed_memory_kept({allocator.MALLOC_ENV: "system"}) as kept:
+        assert kept is False
+    assert calls == []
+
+
+def test_only_the_outermost_block_restores_the_defaults(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append("release"))
+    with allocator.freed_memory_kept({}), allocator.freed_memory_kept({}):
+        pass
+    assert calls == ["keep", "keep", "release"]
 
 
 @pytest.mark.skipif(allocator.glibc() is None, reason="mallopt is glibc's")
-def test_kept_memory_is_reused_without_page_faults():
-    faults = {}
+def test_kept_memory_is_reused_without_page_faults_until_the_block_ends():
+    found = {}
     for mode in ("system", "keep"):
         done = subprocess.run(
-            [sys.executable, "-c", _REFAULTS, mode], capture_output=True, text=True,
-            check=True,
-        )  # fmt: skip
-        kept, count = done.stdout.split()
-        faults[mode] = int(count)
+            [sys.executable, "-c", _REFAULTS, mode], capture_output=True, text=True, check=True
+        )
+        kept, inside, after = done.stdout.split()
         assert kept == str(mode == "keep")
-    assert faults["system"] >= 64 * 2**20 // 4096 // 2  # mmap'd afresh: faulted page by page
-    assert faults["keep"] < 100  # the freed block is handed out again, already resident
+        found[mode] = (int(inside), int(after))
+    assert found["system"][0] >= PAGES // 2  # mmap'd afresh each time: faulted page by page
+    assert found["keep"][0] < 100  # the freed block handed out again, already resident
+    assert found["keep"][1] >= PAGES // 2  # defaults back and the kept memory released
+
+
+def test_the_distillation_loop_runs_in_the_block(monkeypatch, tiny_buffer, tiny_mnist, tmp_path):
+    from ddpp_cli.engine import distill
+    from ddpp_cli.engine.distill import run as run_module
+    from tests.test_distill import run, small_config
+
+    inside = []
+
+    @contextlib.contextmanager
+    def recording(environ=None):
+        inside.append(True)
+        yield True
+        inside.append(False)
+
+    def loop(*args, **kwargs):
+        assert inside == [True]  # the iterations run inside the block
+        return original(*args, **kwargs)
+
+    original = run_module._loop
+    monkeypatch.setattr(allocator, "freed_memory_kept", recording)
+    monkeypatch.setattr(run_module, "_loop", loop)
+    run(small_config(iterations=1), tmp_path / "run", tiny_buffer, tiny_mnist)
+    assert inside == [True, False]
+    assert (tmp_path / "run" / distill.DISTILLED_NAME).is_file()
 
 
 def test_the_executable_refuses_an_unknown_malloc_mode_in_one_line():
-    from typer.testing import CliRunner
-
     result = CliRunner().invoke(app, ["visualize", "nothing"], env={allocator.MALLOC_ENV: "x"})
     assert_one_line_error(result, "DDPP_MALLOC", "keep", "system")

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import autolr, store
+from ddpp_cli.engine import allocator, autolr, store
 from ddpp_cli.engine.distill.config import (
     CHECKPOINT_NAME,
     DistillConfig,
@@ -101,7 +101,8 @@ def distill(
         if setup.config.snapshot_every > 0:  # the initial images: the animation's first frame
             files.save_image_snapshot(state.images, state.learned_lr, 0)
     emit(_started(setup, folder, state, resumed=resuming, derived=derived))
-    _loop(setup, files, state, emit)
+    with allocator.freed_memory_kept():  # each iteration reuses the last one's memory
+        _loop(setup, files, state, emit)
     return _finish(setup, files, state, emit)
 
 
