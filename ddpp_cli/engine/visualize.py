@@ -21,7 +21,6 @@ import numpy
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 from ddpp_cli.engine import store
 from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
@@ -331,6 +330,8 @@ def class_grid(
         raise DdppError(f"cannot draw images with {channels} channels (only 1 or 3).")
     if upsample > 1:
         pixels = F.interpolate(pixels, scale_factor=upsample, mode="nearest")
+    from torchvision.utils import make_grid  # here: torchvision takes a second to import
+
     mode = "L" if channels == 1 else "RGB"
     canvas = Image.new(mode, layout.size, BACKGROUND[0] if mode == "L" else BACKGROUND)
     height, width = layout.cell
