@@ -54,8 +54,8 @@ EXIT_STATUSES = (
     (
         f"{faults.EXIT_CANNOT_WRITE}",
         "an output path cannot be written (permission denied, read-only, moved or deleted "
-        "while running)",
-        "make it writable or choose another, then the same command again",
+        "while running), or an input cannot be read (permission denied)",
+        "make it writable (readable) or choose another, then the same command again",
     ),
     (
         "130",

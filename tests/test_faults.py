@@ -50,6 +50,18 @@ def test_disk_full_unwritable_and_vanished_paths_each_have_a_status():
     assert gone is not None and gone.status == 5 and "moved or deleted" in gone.message
 
 
+def test_a_permission_error_on_an_unreadable_input_says_read(tmp_path, monkeypatch):
+    data = tmp_path / "images.pt"
+    data.write_bytes(b"x")
+    monkeypatch.setattr(faults.os, "access", lambda path, mode: Path(path) != data)
+    denied = faults.describe(PermissionError(errno.EACCES, "Permission denied", str(data)))
+    assert denied is not None and denied.status == faults.EXIT_CANNOT_WRITE
+    assert denied.message.startswith(f"cannot read {data} (Permission denied); make it readable")
+    output = tmp_path / "out"  # not there yet: a failed write
+    denied = faults.describe(PermissionError(errno.EACCES, "Permission denied", str(output)))
+    assert denied is not None and denied.message.startswith(f"cannot write {output}")
+
+
 def test_other_exceptions_are_not_environment_faults():
     assert faults.describe(ValueError("bug")) is None
     assert faults.describe(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -6,6 +6,7 @@ status, documented in docs/cli.md next to 0 (done), 1 (diverged), 2 (bad input),
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def describe(exc: BaseException, *, memory_levers: str = "") -> Fault | None:
                 f"no space left to write {target} ({exc.strerror}); free disk space or choose "
                 "another output folder, then run the same command again to continue.",
             )
+        if exc.errno in _NOT_PERMITTED and exc.filename and _unreadable(exc.filename):
+            return Fault(
+                EXIT_CANNOT_WRITE,
+                f"cannot read {target} ({exc.strerror}); make it readable for ddpp or give "
+                "ddpp a copy that is.",
+            )
         if exc.errno in _NOT_PERMITTED:
             return Fault(
                 EXIT_CANNOT_WRITE,
@@ -96,6 +103,15 @@ def describe(exc: BaseException, *, memory_levers: str = "") -> Fault | None:
                 "ddpp ran? Recreate it or choose another, then run the same command again.",
             )
     return None
+
+
+def _unreadable(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists and this process may not read it: the permission error came from
+    reading an input, not from writing an output."""
+    try:
+        return os.path.exists(path) and not os.access(path, os.R_OK)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _first_line(exc: BaseException) -> str:
