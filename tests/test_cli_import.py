@@ -7,6 +7,7 @@ The MTT folders are named as MTT's buffer.py names them and hold MTT's ConvNet s
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
 from ddpp_cli.commands import buffer as buffer_command
-from ddpp_cli.engine import store, trajectory
+from ddpp_cli.engine import faults, store, trajectory
 
 runner = CliRunner()
 
@@ -129,6 +130,29 @@ def test_sigkill_mid_import_then_rerun_equals_an_uninterrupted_import(tiny_mnist
         (whole / "buffer.json").read_text()
     )
     assert not list(out.glob(".*.tmp"))
+
+
+def test_a_full_disk_mid_import_says_what_is_kept_and_how_to_continue(
+    tiny_mnist, tmp_path, monkeypatch
+):
+    source = mtt_folder(tmp_path, "mnist", [3])
+    out = tmp_path / "out"
+    write = trajectory._write_imported_expert
+
+    def full_after_two(*args, **kwargs):
+        if len(trajectory.expert_files(out)) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "x.tmp"))
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(trajectory, "_write_imported_expert", full_after_two)
+    result = invoke(*import_args(tiny_mnist, source, out, "--quiet"))
+    assert result.exit_code == faults.EXIT_DISK_FULL, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "no space left" in lines[0]
+    assert f"2 converted experts are kept in {out}" in " ".join(result.output.split())
+    assert "the same command continues with the next expert" in " ".join(result.output.split())
+    assert sorted(trajectory.expert_files(out)) == [0, 1]
 
 
 def test_given_options_are_the_ones_on_the_command_line(tiny_mnist, tmp_path, monkeypatch):

@@ -206,7 +206,7 @@ def _import(
     use_zca = trajectory.resolve_import_zca(source, dataset, options["zca"])
     folder = out_dir or trajectory.default_buffer_dir(dataset, options["arch"], use_zca)
     progress = make_progress(err, disable=quiet)
-    with progress:
+    with continuing(lambda failed: "the same command continues with the next expert"), progress:
         return trajectory.import_mtt(
             source, folder, dataset=dataset, arch=options["arch"],
             experts=given.get("experts"), use_zca=options["zca"],

@@ -843,6 +843,37 @@ def import_mtt(
         existing=sum(1 for i in existing if experts is None or i < experts),
     )
     records: list[ExpertRecord] = []
+    try:
+        _import_files(files, target, existing, complete, started, records, experts, emit)
+    except DdppError:
+        raise
+    except Exception as exc:  # a fault mid-import: the converted experts are complete files
+        kept = len(expert_files(folder))
+        text = f"{kept} converted experts are kept in {folder}"
+        raise StageFailed("buffer", text, folder) from exc
+    if experts is not None and len(records) < experts:
+        raise DdppError(
+            f"--experts {experts} asks for more experts than {source} holds ({len(records)}); "
+            "the ones found are converted."
+        )
+    manifest_path = _write_manifest(folder, target.described)
+    return BufferSummary(
+        folder=folder, manifest=manifest_path, zca=target.zca_path, experts=records
+    )
+
+
+def _import_files(
+    files: list[Path],
+    target: _ImportTarget,
+    existing: dict[int, Path],
+    complete: dict[str, int],
+    started: BufferStarted,
+    records: list[ExpertRecord],
+    experts: int | None,
+    emit: EventCallback,
+) -> None:
+    """Convert ``files`` in order into ``records`` (the first ``experts``), skipping the files a
+    killed import had finished."""
     for number, path in enumerate(files):
         if experts is not None and len(records) >= experts:
             break
@@ -863,16 +894,7 @@ def import_mtt(
             continue
         _convert_file(target, path, content, existing, records, experts, emit)
         del content
-        _write_manifest(folder, target.described)
-    if experts is not None and len(records) < experts:
-        raise DdppError(
-            f"--experts {experts} asks for more experts than {source} holds ({len(records)}); "
-            "the ones found are converted."
-        )
-    manifest_path = _write_manifest(folder, target.described)
-    return BufferSummary(
-        folder=folder, manifest=manifest_path, zca=target.zca_path, experts=records
-    )
+        _write_manifest(target.folder, target.described)
 
 
 @dataclass
