@@ -35,7 +35,7 @@ with allocator.freed_memory_kept({"DDPP_MALLOC": sys.argv[1]}) as kept:
 after = faults_of_touching()
 print(kept, inside, after)
 """
-PAGES = 64 * 2**20 // 4096
+HUGE_PAGES = 64 * 2**20 // 2**21
 
 
 @pytest.mark.parametrize(
@@ -79,9 +79,10 @@ def test_kept_memory_is_reused_without_page_faults_until_the_block_ends():
         kept, inside, after = done.stdout.split()
         assert kept == str(mode == "keep")
         found[mode] = (int(inside), int(after))
-    assert found["system"][0] >= PAGES // 2  # mmap'd afresh each time: faulted page by page
-    assert found["keep"][0] < 100  # the freed block handed out again, already resident
-    assert found["keep"][1] >= PAGES // 2  # defaults back and the kept memory released
+    # At least one fault per 2 MiB (huge pages where THP is "always"; 4 KiB pages: 16,384).
+    assert found["system"][0] >= HUGE_PAGES  # mmap'd afresh each time, faulted in again
+    assert found["keep"][0] < 8  # the freed block handed out again, already resident
+    assert found["keep"][1] >= HUGE_PAGES  # defaults back and the kept memory released
 
 
 def test_the_distillation_loop_runs_in_the_block(monkeypatch, tiny_buffer, tiny_mnist, tmp_path):
