@@ -121,6 +121,24 @@ def test_coreset_rows_take_the_runs_data_buffer_and_forgettings_budget(tmp_path)
     assert config.buffer is None and config.seed == plan.evaluation.seed
 
 
+def test_the_deepcore_forgetting_row_is_forgetting_with_deepcores_ranking(tmp_path):
+    plan = tiny_plan()
+    rows = compare_engine.parse_rows("forgetting,forgetting-deepcore")
+    budgets = compare_engine.row_budgets(plan, rows, {"forgetting-deepcore": 4})
+    assert budgets["forgetting-deepcore"].text() == "4 epochs (paper 200)"
+    jobs = {
+        row: compare_engine.RowJob(row, plan, budgets[row], tmp_path / row, None) for row in rows
+    }
+    toneva, deepcore = (compare_engine.coreset_config(jobs[row]) for row in rows)
+    assert (deepcore.method, deepcore.forgetting_epochs, deepcore.forgetting_unlearned) == (
+        "forgetting", 4, "deepcore",
+    )  # fmt: skip
+    assert toneva.forgetting_unlearned == "toneva"
+    settings = [compare_engine.row_settings(jobs[row]) for row in rows]
+    assert settings[0] != settings[1]  # never reused for one another
+    assert compare_engine.ROWS["forgetting-deepcore"].label == "Forgetting (DeepCore)"
+
+
 def test_trajectory_rows_differ_only_in_eps():
     plan = tiny_plan(eps=0.2)
     mtt = compare_engine.trajectory_config(plan, "mtt", 9)

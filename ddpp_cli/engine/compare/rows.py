@@ -36,6 +36,10 @@ ROWS: dict[str, RowInfo] = {
     "random": RowInfo("Random", "coreset"),
     "herding": RowInfo("Herding", "coreset"),
     "forgetting": RowInfo("Forgetting", "coreset", "epochs", 200, 10, "Toneva et al. 2019"),
+    # The same counts, never-learned examples ranked last (DeepCore's convention; docs/methods.md)
+    "forgetting-deepcore": RowInfo(
+        "Forgetting (DeepCore)", "coreset", "epochs", 200, 10, "Toneva et al. 2019"
+    ),
     "dc": RowInfo("DC", "matching", "iterations", 1000, 40, "DatasetCondensation main.py"),
     "dsa": RowInfo("DSA", "matching", "iterations", 1000, 100, "DatasetCondensation main.py"),
     "dm": RowInfo("DM", "matching", "iterations", 20000, 200, "DatasetCondensation main_DM.py"),

@@ -64,18 +64,25 @@ class RowJob:
 RowRunner = Callable[[RowJob], tuple[evaluate.EvalResult, Path | None]]
 
 
+# Coreset rows that are another setting of a baseline: row → (method, BaselineConfig fields).
+CORESET_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "forgetting-deepcore": ("forgetting", {"forgetting_unlearned": "deepcore"}),
+}
+
+
 def coreset_config(job: RowJob) -> baselines.BaselineConfig:
     """The BaselineConfig of a coreset row: the run's data and seed, the run's buffer (herding's
-    expert features, forgetting's data; None without a trajectory row) and, for forgetting, the
-    row's budget as its epochs."""
+    expert features, forgetting's data; None without a trajectory row) and, for forgetting (both
+    rows), the row's budget as its epochs."""
     plan = job.plan
-    budget = {"forgetting_epochs": job.budget.value} if job.row == "forgetting" else {}
+    method, variant = CORESET_VARIANTS.get(job.row, (job.row, {}))
+    budget = {"forgetting_epochs": job.budget.value} if method == "forgetting" else {}
     # The coresets are drawn from the data the buffer was trained on (the quick profile's
     # subset), which also keeps forgetting's training within its CPU budget.
     return baselines.BaselineConfig(
-        method=job.row, dataset=plan.distill.dataset, ipc=plan.distill.ipc, zca=plan.buffer.zca,
+        method=method, dataset=plan.distill.dataset, ipc=plan.distill.ipc, zca=plan.buffer.zca,
         train_subset=plan.buffer.train_subset, image_size=plan.buffer.image_size,
-        seed=plan.evaluation.seed, buffer=job.buffer, **budget,
+        seed=plan.evaluation.seed, buffer=job.buffer, **budget, **variant,
     )  # fmt: skip
 
 
