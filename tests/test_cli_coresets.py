@@ -207,6 +207,24 @@ def test_an_mtt_set_is_imported_evaluated_and_saved(tiny_mnist, tmp_path):
     assert whitened["protocol"]["preprocessing"] == "zca"
 
 
+def test_a_set_made_at_another_size_imports_with_image_size(tiny_mnist, tmp_path):
+    images, labels = mnist_images(tiny_mnist)
+    small = torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear")
+    torch.save(small, tmp_path / "images_best.pt")
+    torch.save(labels, tmp_path / "labels_best.pt")
+    args = ("--import", tmp_path, "--dataset", "mnist", "--data-dir", tiny_mnist,
+            "--no-download", *FAST, "--no-records")  # fmt: skip
+    refused = invoke("evaluate", *args)
+    assert_one_line_error(refused, "(1, 16, 16)", "(1, 28, 28)", "--image-size")
+    out = tmp_path / "small.safetensors"
+    payload = eval_json(*args, "--image-size", "16", "--save", out)
+    assert payload["protocol"]["image_shape"] == [1, 16, 16]  # tested at the set's size
+    assert distilled.load(out).settings["image_size"] == 16
+    coreset = tmp_path / "coreset.safetensors"
+    eval_json(*baseline_args(tiny_mnist, "random", "--image-size", "16", "--save", coreset))
+    assert distilled.load(coreset).images.shape[-2:] == (16, 16)
+
+
 def test_a_dc_result_file_is_imported_by_experiment(tiny_mnist, tmp_path):
     images, labels = mnist_images(tiny_mnist, per_class=2)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))

@@ -13,13 +13,15 @@ from ddpp_cli.engine import baselines, data
 
 # Options named after the BaselineConfig field they set (``opt.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
-                     "forgetting_unlearned", "feature_epochs", "l2_normalize")  # fmt: skip
+                     "forgetting_unlearned", "feature_epochs", "l2_normalize",
+                     "image_size")  # fmt: skip
 # What to evaluate comes from a set (the argument), --baseline or --import; these options apply
 # to the last two only (parameter name -> the ways it applies to).
 CHOICE_OPTIONS = {
     "dataset": ("--baseline", "--import"),
     "ipc": ("--baseline",),
     "train_subset": ("--baseline",),
+    "image_size": ("--baseline", "--import"),
     "buffer": ("--baseline",),
     "forgetting_epochs": ("--baseline",),
     "forgetting_unlearned": ("--baseline",),
@@ -36,6 +38,16 @@ CHOICE_OPTIONS = {
 ArchOpt = Annotated[
     str | None,
     typer.Option("--arch", help="Network to train (default: the set's, else convnet)."),
+]
+
+ChoiceImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--image-size",
+        help="Baseline or import: the dataset's images at this size (for an image folder, or a "
+        "set made at another size than the dataset's own; a baseline's --buffer tells its own).",
+        rich_help_panel=opt.BASELINE,
+    ),
 ]
 
 BaselineOpt = Annotated[

@@ -20,6 +20,7 @@ from ddpp_cli.commands._evaluate_sources import (
     BaselineIpcOpt,
     BaselineOpt,
     BaselineSubsetOpt,
+    ChoiceImageSizeOpt,
     ExperimentOpt,
     FeatureEpochsOpt,
     ForceSaveOpt,
@@ -77,6 +78,7 @@ def command(
     ipc: BaselineIpcOpt = None,
     no_zca: NoZcaOpt = False,
     train_subset: BaselineSubsetOpt = None,
+    image_size: ChoiceImageSizeOpt = None,
     buffer: BaselineBufferOpt = None,
     forgetting_epochs: ForgettingEpochsOpt = None,
     forgetting_unlearned: ForgettingUnlearnedOpt = None,
@@ -128,7 +130,10 @@ def command(
         payload = {"set": str(path), **result.to_json()}
     elif choice == "--import":
         config = eval_config(arch or "convnet", **training)
-        imported = {"kind": import_kind, "experiment": experiment, "no_zca": no_zca}
+        imported = {
+            "kind": import_kind, "experiment": experiment, "no_zca": no_zca,
+            "image_size": image_size,
+        }  # fmt: skip
         result, distilled_set, saved, zca_written = _evaluate_import(
             import_path, dataset, imported, config, save, display, data_options, run
         )
@@ -251,7 +256,7 @@ def _evaluate_import(
             lr=config.lr, zca=False if imported["no_zca"] else None,
             zca_path=data_options["zca_path"], zca_out=zca_out,
             data_root=data_options["data_root"], download=data_options["download"],
-            seed=config.seed,
+            image_size=imported["image_size"], seed=config.seed,
         )  # fmt: skip
         if save is not None and main:
             saved = distilled.save(save, found)
