@@ -57,8 +57,10 @@ class Clock:
 
 
 def bench_args(args: argparse.Namespace, **changes: Any) -> argparse.Namespace:
-    """The options distill_bench's child runners read."""
-    values = dict(
+    """The options distill_bench's child runners read: its own defaults (so none is missing),
+    then this check's."""
+    values = vars(distill_bench.parse([]))
+    values.update(
         repeats=args.repeats, device=args.device, threads=0, amp="off", compile=False,
         channels_last=False, thp=False, profile_out=None, mtt=args.mtt,
     )  # fmt: skip
