@@ -849,8 +849,8 @@ def import_mtt(
         raise
     except Exception as exc:  # a fault mid-import: the converted experts are complete files
         kept = len(expert_files(folder))
-        text = f"{kept} converted experts are kept in {folder}"
-        raise StageFailed("buffer", text, folder) from exc
+        which = "1 converted expert is" if kept == 1 else f"{kept} converted experts are"
+        raise StageFailed("buffer", f"{which} kept in {folder}", folder) from exc
     if experts is not None and len(records) < experts:
         raise DdppError(
             f"--experts {experts} asks for more experts than {source} holds ({len(records)}); "
