@@ -6,6 +6,9 @@ peak RSS (``ru_maxrss``) is its own. One iteration is the engine's own: ``plan_u
 ``match`` (unroll, pruning mask, matching loss, backward in either mode) → the two SGD steps, on
 CIFAR-shaped random data (3×32×32, 10 classes, ConvNet-3 width 128 with instance norm, DSA on,
 full batch). Seconds are the median of ``--repeats`` iterations after one warm-up iteration.
+ddpp's children keep freed memory for reuse as ddpp's distillation loop does
+(engine/allocator.py; ``--malloc system`` for glibc's defaults); MTT's child keeps its own
+defaults unless ``--mtt-malloc keep``. Each table row names its allocator.
 
 Layouts (``--layouts 1x2 2x1 1x1``, or ``--nproc K`` for every ranks × threads = K plus 1x1) run
 a configuration as R torchrun ranks (gloo on the CPU, one GPU each on CUDA) of T threads; the
