@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -144,6 +146,39 @@ def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_
     raw = data.load("mnist", tiny_mnist, "train", download=False)
     index = baseline.indices(0)
     assert torch.allclose(coreset.images, (raw.images[index] - mean) / std)
+
+
+@pytest.mark.parametrize("method", ["forgetting", "herding"])
+def test_a_trained_selection_is_kept_and_taken_again_not_retrained(method, tiny_mnist, tmp_path):
+    def prepare(**changes):
+        config = BaselineConfig(method, "mnist", 2, forgetting_epochs=2, feature_epochs=2)
+        config = replace(config, **changes)
+        return baselines.prepare_baseline(
+            config, data_root=tiny_mnist, download=False, test_subset=20
+        )
+
+    def select(baseline):
+        events = []
+        found = baseline.indices(0, on_event=events.append, kept_in=tmp_path)
+        trained = sum(not isinstance(e, baselines.SelectionReused) for e in events)
+        return found, trained, [e for e in events if isinstance(e, baselines.SelectionReused)]
+
+    first = prepare()
+    found, trained, reused = select(first)
+    assert trained == 2 and not reused  # two epochs of its network
+    kept = first.selection_file(tmp_path)
+    assert kept.is_file() and kept.name.startswith(f"selection-{method}-")
+    again = prepare()
+    found_again, trained, reused = select(again)
+    assert trained == 0 and [e.path for e in reused] == [kept]
+    assert torch.equal(found_again, found) and again.selection() == first.selection()
+    # Another selection (more epochs) is its own file; a damaged file is computed again.
+    other = prepare(**{f"{'forgetting' if method == 'forgetting' else 'feature'}_epochs": 3})
+    assert other.selection_file(tmp_path) != kept
+    kept.write_bytes(b"damaged")
+    _, trained, reused = select(prepare())
+    assert trained == 2 and not reused
+    assert store.read(kept, store.SELECTION_FORMAT).tensors["indices"].tolist() == found.tolist()
 
 
 def test_a_saved_coreset_evaluates_like_a_distilled_set(tiny_mnist, tmp_path, monkeypatch):

@@ -61,6 +61,8 @@ def test_forgetting_baseline_is_saved_with_its_settings_and_resumes(tiny_mnist, 
     shown = invoke("evaluate", *args)
     assert shown.exit_code == 0, shown.output
     assert "convnet runs 1, 2 resumed from there" in shown.stdout
+    # The forgetting counts were kept too: the rerun trains no network to choose again.
+    assert "selection taken from" in shown.output and "forgetting counts" not in shown.output
     assert eval_json(*args)["accuracies"] == payload["accuracies"]
 
 

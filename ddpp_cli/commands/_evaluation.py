@@ -59,6 +59,8 @@ class EvalDisplay:
             case forgetting.ForgettingEpoch():
                 info = f"loss {event.loss:.4f}, correct {percent(event.accuracy)}"
                 self._selection("forgetting counts", event.epoch, event.epochs, info)
+            case baselines.SelectionReused() if not p.disable:
+                note(p.console, f"selection taken from {event.path} (kept by an earlier run)")
             case Notice() if not p.disable:
                 note(p.console, event.message)
 

@@ -20,6 +20,9 @@ that ``evaluate``, ``crossarch`` and ``visualize`` treat it like a distilled set
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,7 +37,13 @@ from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_per_run, take_test_subset
+from ddpp_cli.engine.evaluate import (
+    EvalConfig,
+    EvalResult,
+    evaluate_per_run,
+    take_test_subset,
+    tensor_digest,
+)
 from ddpp_cli.engine.forgetting import UNLEARNED, ForgettingConfig, forgetting_coreset
 from ddpp_cli.engine.functional import ParamLayout, load_flat
 from ddpp_cli.engine.preprocess import (
@@ -172,6 +181,14 @@ def coreset_set(
 # Without a buffer, herding's feature network trains as long as an expert of ``ddpp buffer``
 # (SPEC §5: 50 epochs), so that both sources give the same kind of network. A CPU budget lowers it.
 HERDING_FEATURE_EPOCHS = 50
+
+
+@dataclass(frozen=True)
+class SelectionReused:
+    """A baseline's trained selection (herding's features, forgetting's counts) was taken from
+    ``path``, kept by an earlier run of the same selection, instead of training again."""
+
+    path: Path
 
 
 @dataclass(frozen=True)
@@ -396,21 +413,71 @@ class Baseline:
         run: int = 0,
         device: torch.device | str = "cpu",
         on_event: Callable[[object], None] | None = None,
+        kept_in: Path | None = None,
     ) -> torch.Tensor:
         """The coreset of evaluation run ``run`` (random: a new subset per run; the other
         methods: the same for every run). Computed once per distinct coreset; training a
         selection network reports its epochs to ``on_event`` (:class:`FeatureEpoch`,
-        :class:`forgetting.ForgettingEpoch`)."""
+        :class:`forgetting.ForgettingEpoch`). With ``kept_in`` (an evaluation's records folder)
+        a trained selection is kept there and taken again by a rerun of the same selection
+        (:meth:`selection_file`) instead of training its network again."""
         c = self.config
         key = run if c.method == "random" else 0
         if key not in self._cache:
             if c.method == "random":
                 found = random_coreset(self.train, c.ipc, derive_seed(c.seed, "random", key))
             else:
-                found, record = self._select(device, on_event or (lambda event: None))
+                emit = on_event or (lambda event: None)
+                found, record = self._kept_selection(device, emit, kept_in)
                 self._selection.update(record)
             self._cache[key] = found
         return self._cache[key]
+
+    def selection_identity(self) -> dict[str, Any]:
+        """What a kept selection must share with this one to be taken: the settings, the pool
+        (content hash, as transformed), the feature network's architecture and, for herding
+        on a buffer's expert, the expert file's hash."""
+        expert = None if self.expert_file is None else file_sha256(self.expert_file)
+        return {
+            "format": store.SELECTION_FORMAT,
+            "config": self.config.describe(),
+            "pool_sha256": tensor_digest(self.train.images, self.train.labels),
+            "feature_arch": self.feature_arch,
+            "expert_sha256": expert,
+        }
+
+    def selection_file(self, folder: Path) -> Path:
+        """Where the trained selection of this baseline is kept in ``folder``."""
+        text = json.dumps(self.selection_identity(), sort_keys=True)
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return Path(folder) / f"selection-{self.config.method}-{digest}.safetensors"
+
+    def _kept_selection(
+        self, device: torch.device | str, emit: Callable[[object], None], kept_in: Path | None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """:meth:`_select`, or the selection kept in ``kept_in`` by an earlier run of the same
+        selection (herding-random trains nothing and is not kept). A kept file that cannot be
+        read or is not this selection's is computed again and replaced."""
+        if kept_in is None or self.config.method == "herding-random":
+            return self._select(device, emit)
+        path = self.selection_file(kept_in)
+        identity = json.loads(json.dumps(self.selection_identity()))
+        if path.is_file():
+            try:
+                kept = store.read(path, store.SELECTION_FORMAT)
+                if kept.metadata.get("identity") == identity:
+                    emit(SelectionReused(path))
+                    return kept.tensors["indices"], kept.metadata["selection"]
+            except (DdppError, KeyError):
+                pass
+        found, record = self._select(device, emit)
+        with contextlib.suppress(OSError):  # keeping it is a convenience; the run goes on
+            Path(kept_in).mkdir(parents=True, exist_ok=True)
+            store.write(
+                path, {"indices": found}, store.SELECTION_FORMAT,
+                {"identity": identity, "selection": record},
+            )  # fmt: skip
+        return found, record
 
     def selection(self) -> dict[str, Any]:
         """How the fixed coreset was chosen (``features`` or ``forgetting`` record); empty for
@@ -647,7 +714,7 @@ def evaluate_baseline(
     for a rerun to continue (see :func:`evaluate.evaluate_per_run`)."""
     c = baseline.config
     if c.method in FIXED_METHODS:
-        chosen = baseline.indices(0, device, on_event)
+        chosen = baseline.indices(0, device, on_event, kept_in=records)
         if world is not None:  # training on GPUs is not bit-reproducible: one coreset for all
             baseline._cache[0] = world.from_main(chosen)
 

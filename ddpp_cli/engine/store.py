@@ -27,6 +27,7 @@ TRAJECTORY_FORMAT = "ddpp.trajectory/1"
 DISTILLED_FORMAT = "ddpp.distilled/1"
 CHECKPOINT_FORMAT = "ddpp.checkpoint/1"
 ZCA_FORMAT = "ddpp.zca/1"
+SELECTION_FORMAT = "ddpp.selection/1"
 
 _PLAIN_KEYS = ("format", "ddpp_version")
 
