@@ -163,6 +163,9 @@ def test_a_trained_selection_is_kept_and_taken_again_not_retrained(method, tiny_
         trained = sum(not isinstance(e, baselines.SelectionReused) for e in events)
         return found, trained, [e for e in events if isinstance(e, baselines.SelectionReused)]
 
+    elsewhere = prepare()  # a torchrun rank other than 0 reads but never writes
+    elsewhere.indices(0, kept_in=tmp_path / "rank1", keep=False)
+    assert not (tmp_path / "rank1").exists()
     first = prepare()
     found, trained, reused = select(first)
     assert trained == 2 and not reused  # two epochs of its network

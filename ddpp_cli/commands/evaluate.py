@@ -231,7 +231,9 @@ def _evaluate_baseline(
             baseline_config, zca_out=zca_out, eval_seed=config.seed, **data_options
         )
         with display.progress:
-            chosen = prepared.indices(0, run["device"], on_event=display, kept_in=run["records"])
+            chosen = prepared.indices(
+                0, run["device"], on_event=display, kept_in=run["records"], keep=main
+            )
             if save is not None and main:  # before the evaluation, which a kill may cut short
                 saved = distilled.save(save, prepared.make_set(chosen))
             result, _ = baselines.evaluate_baseline(prepared, config, on_event=display, **run)

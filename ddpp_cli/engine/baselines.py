@@ -414,13 +414,15 @@ class Baseline:
         device: torch.device | str = "cpu",
         on_event: Callable[[object], None] | None = None,
         kept_in: Path | None = None,
+        keep: bool = True,
     ) -> torch.Tensor:
         """The coreset of evaluation run ``run`` (random: a new subset per run; the other
         methods: the same for every run). Computed once per distinct coreset; training a
         selection network reports its epochs to ``on_event`` (:class:`FeatureEpoch`,
         :class:`forgetting.ForgettingEpoch`). With ``kept_in`` (an evaluation's records folder)
-        a trained selection is kept there and taken again by a rerun of the same selection
-        (:meth:`selection_file`) instead of training its network again."""
+        a trained selection is kept there (unless ``keep`` is false: a torchrun rank other than
+        0, whose choice is replaced by rank 0's) and taken again by a rerun of the same
+        selection (:meth:`selection_file`) instead of training its network again."""
         c = self.config
         key = run if c.method == "random" else 0
         if key not in self._cache:
@@ -428,7 +430,7 @@ class Baseline:
                 found = random_coreset(self.train, c.ipc, derive_seed(c.seed, "random", key))
             else:
                 emit = on_event or (lambda event: None)
-                found, record = self._kept_selection(device, emit, kept_in)
+                found, record = self._kept_selection(device, emit, kept_in, keep)
                 self._selection.update(record)
             self._cache[key] = found
         return self._cache[key]
@@ -453,7 +455,11 @@ class Baseline:
         return Path(folder) / f"selection-{self.config.method}-{digest}.safetensors"
 
     def _kept_selection(
-        self, device: torch.device | str, emit: Callable[[object], None], kept_in: Path | None
+        self,
+        device: torch.device | str,
+        emit: Callable[[object], None],
+        kept_in: Path | None,
+        keep: bool,
     ) -> tuple[torch.Tensor, dict[str, Any]]:
         """:meth:`_select`, or the selection kept in ``kept_in`` by an earlier run of the same
         selection (herding-random trains nothing and is not kept). A kept file that cannot be
@@ -471,6 +477,8 @@ class Baseline:
             except (DdppError, KeyError):
                 pass
         found, record = self._select(device, emit)
+        if not keep:
+            return found, record
         with contextlib.suppress(OSError):  # keeping it is a convenience; the run goes on
             Path(kept_in).mkdir(parents=True, exist_ok=True)
             store.write(
@@ -714,7 +722,8 @@ def evaluate_baseline(
     for a rerun to continue (see :func:`evaluate.evaluate_per_run`)."""
     c = baseline.config
     if c.method in FIXED_METHODS:
-        chosen = baseline.indices(0, device, on_event, kept_in=records)
+        main = world is None or world.is_main
+        chosen = baseline.indices(0, device, on_event, kept_in=records, keep=main)
         if world is not None:  # training on GPUs is not bit-reproducible: one coreset for all
             baseline._cache[0] = world.from_main(chosen)
 
