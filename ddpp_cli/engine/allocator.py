@@ -9,12 +9,12 @@ the kernel faults those pages in again and zeroes them: measured on the 2-core d
 
 Within :func:`freed_memory_kept` glibc serves every block from its heap (``M_MMAP_MAX`` 0) and
 never trims it (``M_TRIM_THRESHOLD`` −1), so what one iteration frees, the next reuses without a
-fault: the iteration then takes 13–15 s there. The price: the process's memory stays at its peak
-(plus glibc's fragmentation, up to ~30 % measured) until the block ends; then malloc's defaults come
-back and the kept memory is returned (``malloc_trim``). The distillation loop runs in it unless
-``DDPP_MALLOC=system``; other stages (training experts, evaluation) keep malloc's defaults, where
-the gain is smaller (10 %) and the fragmentation larger (1.6× the peak). Elsewhere than glibc
-(macOS, Windows, musl) nothing changes.
+fault: the iteration then takes 13–15 s there. The price: the process's memory stays at its
+peak (plus glibc's fragmentation, up to ~30 % measured) until the block ends; then malloc's
+defaults come back and the kept memory is returned (``malloc_trim``). The distillation loop runs
+in it unless ``DDPP_MALLOC=system``; other stages (training experts, evaluation) keep malloc's
+defaults, where the gain is smaller (10 %) and the fragmentation larger (1.6× the peak).
+Elsewhere than glibc (macOS, Windows, musl) nothing changes.
 """
 
 from __future__ import annotations
