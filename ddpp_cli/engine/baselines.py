@@ -448,9 +448,11 @@ class Baseline:
             "expert_sha256": expert,
         }
 
-    def selection_file(self, folder: Path) -> Path:
-        """Where the trained selection of this baseline is kept in ``folder``."""
-        text = json.dumps(self.selection_identity(), sort_keys=True)
+    def selection_file(self, folder: Path, identity: dict[str, Any] | None = None) -> Path:
+        """Where the trained selection of this baseline (``identity``: its
+        :meth:`selection_identity`, computed when not given) is kept in ``folder``."""
+        identity = self.selection_identity() if identity is None else identity
+        text = json.dumps(identity, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         return Path(folder) / f"selection-{self.config.method}-{digest}.safetensors"
 
@@ -466,8 +468,8 @@ class Baseline:
         read or is not this selection's is computed again and replaced."""
         if kept_in is None or self.config.method == "herding-random":
             return self._select(device, emit)
-        path = self.selection_file(kept_in)
-        identity = json.loads(json.dumps(self.selection_identity()))
+        identity = json.loads(json.dumps(self.selection_identity()))  # hashes the pool once
+        path = self.selection_file(kept_in, identity)
         if path.is_file():
             try:
                 kept = store.read(path, store.SELECTION_FORMAT)
