@@ -108,30 +108,9 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = _rss_mb()
-    # As ddpp's distillation loop (engine/allocator.py; DDPP_MALLOC=system: malloc's defaults).
-    kept = allocator.keep_freed_memory() if allocator.malloc_mode() == "keep" else False
-    if args.profile_out:
-        from torch.profiler import ProfilerActivity, profile
-
-        iteration()  # warm-up
-        activities = [ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities) as prof:
-            iteration()
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
-        Path(args.profile_out).write_text(table + "\n", encoding="utf-8")
-    seconds, cpu_seconds = [], []
-    load = [os.getloadavg()[0]]
-    for i in range(args.repeats + 1):  # the first is the warm-up
-        started, cpu_started = time.perf_counter(), time.process_time()
-        loss = iteration()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i > 0:
-            seconds.append(time.perf_counter() - started)
-            cpu_seconds.append(time.process_time() - cpu_started)
-    load.append(os.getloadavg()[0])
+    # As ddpp's distillation loop: freed memory kept unless DDPP_MALLOC=system (allocator.py).
+    with allocator.freed_memory_kept() as kept:
+        seconds, cpu_seconds, loss, load = _timed(args, iteration, device)
     rss = world.gather(_rss_mb())
     record = {
         "ipc": ipc,
@@ -157,6 +136,38 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     if device.type == "cuda":
         record["peak_cuda_mb"] = max(world.gather(torch.cuda.max_memory_allocated(device) / 2**20))
     return record if world.is_main else {}
+
+
+def _timed(
+    args: argparse.Namespace, iteration: Any, device: Any
+) -> tuple[list[float], list[float], float, list[float]]:
+    """Wall and CPU seconds of ``args.repeats`` iterations after a warm-up, the last loss and
+    the load average before and after (and, with ``--profile-out``, a profiled iteration first)."""
+    import torch
+
+    if args.profile_out:
+        from torch.profiler import ProfilerActivity, profile
+
+        iteration()  # warm-up
+        activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities) as prof:
+            iteration()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        Path(args.profile_out).write_text(table + "\n", encoding="utf-8")
+    seconds, cpu_seconds = [], []
+    load = [os.getloadavg()[0]]
+    for i in range(args.repeats + 1):  # the first is the warm-up
+        started, cpu_started = time.perf_counter(), time.process_time()
+        loss = iteration()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i > 0:
+            seconds.append(time.perf_counter() - started)
+            cpu_seconds.append(time.process_time() - cpu_started)
+    load.append(os.getloadavg()[0])
+    return seconds, cpu_seconds, loss, load
 
 
 def run_child(

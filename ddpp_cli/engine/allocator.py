@@ -20,6 +20,7 @@ Elsewhere than glibc (macOS, Windows, musl) nothing changes.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -48,6 +49,7 @@ def malloc_mode(environ: Mapping[str, str] = os.environ) -> str:
     return value
 
 
+@functools.cache
 def glibc() -> ctypes.CDLL | None:
     """The process's C library when it is glibc (the one whose ``mallopt`` this module sets)."""
     if not sys.platform.startswith("linux"):
