@@ -62,6 +62,47 @@ def test_a_permission_error_on_an_unreadable_input_says_read(tmp_path, monkeypat
     assert denied is not None and denied.message.startswith(f"cannot write {output}")
 
 
+def _raised(action) -> OSError:
+    with pytest.raises(OSError) as raised:
+        action()
+    return raised.value
+
+
+def test_paths_of_the_wrong_kind_are_one_line_naming_the_path(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    a_folder = tmp_path / "folder"
+    a_folder.mkdir()
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    cases = {
+        "exists and is not a folder": lambda: a_file.mkdir(parents=True, exist_ok=True),
+        "is a file where a folder is needed": lambda: (a_file / "run").mkdir(parents=True),
+        "is a folder where a file is needed": lambda: a_folder.open("wb"),
+        "too long for the file system": lambda: (tmp_path / ("x" * 300)).mkdir(),
+        "loop of symbolic links": lambda: (loop / "x").mkdir(parents=True),
+        "not empty": lambda: (a_folder / "inside").touch() or a_folder.rmdir(),
+    }
+    for expected, action in cases.items():
+        exc = _raised(action)
+        fault = faults.describe(exc)
+        assert fault is not None, (expected, exc)
+        assert fault.status == faults.EXIT_CANNOT_WRITE
+        assert expected in fault.message and "\n" not in fault.message
+        assert len(fault.message) < 400  # an over-long name is elided, the line stays readable
+
+
+def test_store_writes_onto_a_folder_or_through_a_file_are_faults(tmp_path):
+    folder = tmp_path / "set.safetensors"
+    folder.mkdir()
+    exc = _raised(lambda: store.atomic_write_text(folder, "{}"))
+    assert faults.describe(exc) is not None
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    exc = _raised(lambda: store.atomic_write_text(a_file / "x.json", "{}"))
+    assert faults.describe(exc) is not None
+
+
 def test_other_exceptions_are_not_environment_faults():
     assert faults.describe(ValueError("bug")) is None
     assert faults.describe(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None

@@ -75,6 +75,29 @@ def test_dc_result_file_picks_the_experiment_and_sorts_class_major(tmp_path):
         foreign.import_dc(tmp_path / "res.pt", TARGET, experiment=2)
 
 
+def test_a_dc_result_written_as_dc_main_writes_it_imports(tmp_path):
+    """DC/DSA/DM's main.py: ``torch.save({'data': data_save, 'accs_all_exps': accs_all_exps})``
+    with each accuracy a numpy float64 (its epoch() divides numpy sums)."""
+    numpy = pytest.importorskip("numpy")
+    data_save = []
+    for seed in range(2):
+        images = torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+        data_save.append([images.detach().cpu(), torch.tensor([2, 0, 1, 0, 2, 1])])
+    accs_all_exps = {"ConvNet": [numpy.sum(numpy.equal([1, 0], [1, 1])) / 2.0, numpy.float64(0.6)]}
+    assert isinstance(accs_all_exps["ConvNet"][0], numpy.float64)
+    path = tmp_path / "res_DC_FashionMNIST_ConvNet_1ipc.pt"
+    torch.save({"data": data_save, "accs_all_exps": accs_all_exps}, path)
+    found = foreign.import_dc(path, TARGET, experiment=1)
+    assert torch.equal(found.images[0], data_save[1][0][1])
+
+
+def test_numpy_arrays_and_other_globals_stay_refused(tmp_path):
+    numpy = pytest.importorskip("numpy")
+    torch.save({"data": [], "accs": numpy.arange(3)}, tmp_path / "res_array.pt")
+    with pytest.raises(DdppError, match="weights-only"):
+        foreign.load_weights_only(tmp_path / "res_array.pt")
+
+
 class Payload:
     """A pickle that would create a file when loaded."""
 

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,3 +133,24 @@ def test_read_shapes_reads_the_header_and_checks_the_format(tmp_path):
     assert store.read_shapes(path, store.TRAJECTORY_FORMAT) == {"params": (3, 5), "lr": ()}
     with pytest.raises(DdppError, match=r"is not a ddpp\.zca/1 file"):
         store.read_shapes(path, store.ZCA_FORMAT)
+
+
+def test_force_replaces_regular_files_only(tmp_path):
+    regular = tmp_path / "set.safetensors"
+    regular.write_bytes(b"x")
+    store.refuse_existing(regular, force=True)  # replaced by the write that follows
+    with pytest.raises(DdppError, match="already exists; pass --force"):
+        store.refuse_existing(regular)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder.safetensors"
+    folder.mkdir()
+    for path, kind in ((fifo, "a FIFO"), (folder, "a folder"), (Path("/dev/null"), "a character")):
+        for force in (False, True):
+            with pytest.raises(DdppError, match=f"exists and is {kind}.*regular files only"):
+                store.refuse_existing(path, force=force)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to("/dev/null")  # the link is replaced, never the device it names
+    store.refuse_existing(link, force=True)
+    with pytest.raises(DdppError, match="a file where a folder is needed"):
+        store.refuse_existing(regular / "x.safetensors", force=True)

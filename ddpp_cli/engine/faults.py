@@ -18,7 +18,20 @@ EXIT_CANNOT_WRITE = 5
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_PERMITTED = {errno.EACCES, errno.EPERM, errno.EROFS}
-_VANISHED = {errno.ENOENT, errno.ENOTDIR}
+_VANISHED = {errno.ENOENT}
+# A path of the wrong kind or that the OS refuses: each says what is wrong with the path.
+_BAD_PATH = {
+    errno.EEXIST: "{target} exists and is not a folder; give a new or empty folder, or move the "
+    "file away",
+    errno.ENOTDIR: "a part of {target} is a file where a folder is needed; give a path whose "
+    "folders are folders",
+    errno.EISDIR: "{target} is a folder where a file is needed; give a file name, or move the "
+    "folder away",
+    errno.ENAMETOOLONG: "the path {target} is too long for the file system; choose a shorter "
+    "name or folder",
+    errno.ELOOP: "{target} goes round a loop of symbolic links; give a path that resolves",
+    errno.ENOTEMPTY: "{target} is a folder that is not empty; give a new or empty one",
+}
 # CUDA/MPS/HIP say "out of memory"; torch's CPU allocator "can't allocate memory" (ENOMEM).
 _OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate")
 
@@ -96,6 +109,9 @@ def describe(exc: BaseException, *, memory_levers: str = "") -> Fault | None:
                 f"cannot write {target} ({exc.strerror}); make the folder writable or choose "
                 "another output folder.",
             )
+        if exc.errno in _BAD_PATH:
+            reason = _BAD_PATH[exc.errno].format(target=_shortened(target))
+            return Fault(EXIT_CANNOT_WRITE, f"{reason} ({exc.strerror}).")
         if exc.errno in _VANISHED:
             return Fault(
                 EXIT_CANNOT_WRITE,
@@ -112,6 +128,14 @@ def _unreadable(path: str | os.PathLike) -> bool:
         return os.path.exists(path) and not os.access(path, os.R_OK)
     except (OSError, ValueError, TypeError):
         return False
+
+
+def _shortened(path: str | os.PathLike, limit: int = 120) -> str:
+    """``path`` as text, its middle elided when longer than ``limit`` (an over-long name)."""
+    text = os.fsdecode(path) if not isinstance(path, str) else path
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}…{text[-(limit // 2) :]}"
 
 
 def _first_line(exc: BaseException) -> str:

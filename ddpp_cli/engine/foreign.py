@@ -43,6 +43,26 @@ class ImportTarget:
     preprocessing: dict[str, Any]
 
 
+def numpy_scalar_globals() -> list[Any]:
+    """Exactly what a pickled numpy scalar needs (its reconstructor under numpy 1's and 2's
+    module names, ``numpy.dtype`` and the numeric dtype classes), for files such as DC's
+    ``res_*.pt``, whose accuracies are numpy ``float64``; no arrays, nothing else. Empty when
+    numpy is not installed (such a file then cannot be read, and says so)."""
+    try:
+        import numpy
+    except ImportError:
+        return []
+    core = getattr(numpy, "_core", None) or numpy.core
+    scalar = core.multiarray.scalar
+    numeric = ("bool", "int8", "int16", "int32", "int64", "uint8", "float16", "float32", "float64")
+    return [
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        numpy.dtype,
+        *(type(numpy.dtype(name)) for name in numeric),
+    ]
+
+
 def load_weights_only(path: Path) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU; DdppError for a missing file or
     anything that is not plain tensors/containers (never executes a pickle's code)."""
@@ -50,7 +70,8 @@ def load_weights_only(path: Path) -> Any:
     if not path.is_file():
         raise DdppError(f"{path} does not exist; pass the path of the saved .pt file.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(numpy_scalar_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DdppError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -94,14 +95,42 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def refuse_existing(*paths: Path | None, force: bool = False) -> None:
     """DdppError (one line naming the file and ``--force``) for the first of ``paths`` that
-    exists, unless ``force``; None entries are skipped. Call before any work is done."""
-    if force:
-        return
+    exists, unless ``force``; None entries are skipped. ``--force`` replaces regular files (and
+    symbolic links, not what they point to) only: a folder, FIFO, device or socket is refused
+    either way. Call before any work is done."""
     for path in paths:
-        if path is not None and (Path(path).exists() or Path(path).is_symlink()):
+        if path is None:
+            continue
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        except NotADirectoryError:
+            raise DdppError(
+                f"cannot write {path}: a part of the path is a file where a folder is needed; "
+                "choose another name."
+            ) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            raise DdppError(
+                f"{path} exists and is {_kind_of(mode)}, not a file; --force replaces regular "
+                "files only: choose another name."
+            )
+        if not force:
             raise DdppError(
                 f"{path} already exists; pass --force to replace it, or choose another name."
             )
+
+
+def _kind_of(mode: int) -> str:
+    """ "a folder", "a FIFO", … for a file mode that is not a regular file's."""
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "a special file")
 
 
 def remove_stale_temporaries(folder: Path) -> int:
