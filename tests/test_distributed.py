@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -24,6 +26,8 @@ def test_world_from_env_and_shard(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert distributed.from_env() == World(0, 1, 0)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -43,6 +47,39 @@ def test_one_process_joins_no_group(monkeypatch):
     world, device = distributed.join_world(torch.device("cpu"))
     assert not world.distributed and device == torch.device("cpu")
     assert not torch.distributed.is_initialized()
+
+
+def test_torchruns_environment_without_torchrun_is_one_line(monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # left in a shell
+    with pytest.raises(DdppError) as raised:
+        distributed.join_world(torch.device("cpu"))
+    message = str(raised.value)
+    assert "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT are not" in message
+    assert "Unset WORLD_SIZE" in message and "\n" not in message
+    assert not torch.distributed.is_initialized()
+
+
+def test_ranks_that_never_come_are_awaited_once_and_for_a_bounded_time(monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    for name, value in {**env, "DDPP_RENDEZVOUS_TIMEOUT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(distributed, "RENDEZVOUS_NOTICE_AFTER", 0.2)
+    events: list[object] = []
+    started = time.monotonic()
+    with pytest.raises(DdppError, match=r"rank 0 waited 1 s for 2 processes .* at 127\.0\.0\.1"):
+        distributed.join_world(torch.device("cpu"), on_event=events.append)
+    assert time.monotonic() - started < 30
+    assert [type(e).__name__ for e in events] == ["Notice"]
+    assert "waiting for 2 processes" in events[0].message and "after 1 s" in events[0].message
+    assert not torch.distributed.is_initialized()
+    monkeypatch.setenv("DDPP_RENDEZVOUS_TIMEOUT", "0")
+    with pytest.raises(DdppError, match="DDPP_RENDEZVOUS_TIMEOUT must be at least 1"):
+        distributed.rendezvous_timeout()
 
 
 class LoneRank(World):

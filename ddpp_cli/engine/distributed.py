@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,9 +30,16 @@ import torch
 import torch.distributed as dist
 
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import Notice, OnEvent
 
 T = TypeVar("T")
 TIMEOUT = timedelta(hours=24)  # ranks wait for each other at the end of long stages
+# How long the ranks may take to find each other when the job starts (DDPP_RENDEZVOUS_TIMEOUT
+# seconds overrides it), and after how long a waiting rank 0 says that it waits.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
+RENDEZVOUS_NOTICE_AFTER = 5.0
+# What the env:// rendezvous needs beyond WORLD_SIZE (torchrun sets them all).
+RENDEZVOUS_VARIABLES = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 @dataclass(frozen=True)
@@ -132,8 +140,18 @@ def _env_int(name: str, default: int) -> int:
 
 
 def from_env() -> World:
-    """The world from torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (else one process)."""
+    """The world from torchrun's ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (else one process);
+    DdppError when ``WORLD_SIZE`` > 1 comes without what a rendezvous needs (torchrun's
+    environment without torchrun, e.g. a variable left in a shell)."""
     size = _env_int("WORLD_SIZE", 1)
+    missing = [name for name in RENDEZVOUS_VARIABLES if not os.environ.get(name, "").strip()]
+    if size > 1 and missing:
+        raise DdppError(
+            f"WORLD_SIZE={size} is set but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not: that is part of torchrun's environment "
+            "without torchrun. Unset WORLD_SIZE to run one process, or start ddpp with "
+            f"'torchrun --nproc-per-node {size} $(which ddpp) …'."
+        )
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", rank)
     if size < 1 or not 0 <= rank < size:
@@ -153,21 +171,65 @@ def rank_device(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def join_world(device: torch.device) -> tuple[World, torch.device]:
+def join_world(device: torch.device, on_event: OnEvent | None = None) -> tuple[World, torch.device]:
     """This process's world and device; joins the process group when ``WORLD_SIZE`` > 1.
 
-    The group is left at interpreter exit. Calling it again in a joined process only returns the
-    world and device.
+    The ranks must find each other within :func:`rendezvous_timeout` (DdppError naming who
+    waited for whom, else); when that takes longer than a few seconds, rank 0 says once, through
+    ``on_event`` (a :class:`Notice`), that it waits. After joining, collectives wait up to
+    :data:`TIMEOUT`. The group is left at interpreter exit. Calling it again in a joined process
+    only returns the world and device.
     """
     world = from_env()
     device = rank_device(world, device)
     if world.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+        _rendezvous(world, "nccl" if device.type == "cuda" else "gloo", on_event)
         atexit.register(_leave)
     return world, device
+
+
+def rendezvous_timeout() -> timedelta:
+    """:data:`RENDEZVOUS_TIMEOUT`, or ``DDPP_RENDEZVOUS_TIMEOUT`` seconds when set."""
+    seconds = _env_int("DDPP_RENDEZVOUS_TIMEOUT", int(RENDEZVOUS_TIMEOUT.total_seconds()))
+    if seconds < 1:
+        raise DdppError(f"DDPP_RENDEZVOUS_TIMEOUT must be at least 1 second (got {seconds}).")
+    return timedelta(seconds=seconds)
+
+
+def _rendezvous(world: World, backend: str, on_event: OnEvent | None) -> None:
+    """Join the process group within the rendezvous timeout, then wait up to TIMEOUT."""
+    limit = rendezvous_timeout()
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    waiting = f"{world.size} processes (WORLD_SIZE) at {where}"
+    notice = threading.Timer(
+        RENDEZVOUS_NOTICE_AFTER,
+        lambda: on_event(
+            Notice(f"waiting for {waiting}; giving up after {int(limit.total_seconds())} s.")
+        ),
+    )
+    if on_event is not None and world.is_main:
+        notice.daemon = True
+        notice.start()
+    try:
+        dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=limit)
+    except (RuntimeError, ValueError) as exc:  # torch's DistStoreError is a RuntimeError
+        raise DdppError(
+            f"rank {world.rank} waited {int(limit.total_seconds())} s for {waiting} and not all "
+            f"came ({_first_line(exc)}); start every rank (torchrun --nproc-per-node "
+            f"{world.size} …), or unset WORLD_SIZE to run one process."
+        ) from None
+    finally:
+        notice.cancel()
+    set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is not None:  # collectives then wait as long as a long stage may take
+        set_timeout(TIMEOUT)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _leave() -> None:
