@@ -7,7 +7,9 @@ under the same names, and ``platformdirs`` is asked once (:func:`data_home`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from ddpp_cli.engine.errors import DdppError
 
 APP_NAME = "ddpp"
 TEMPORARY_SUFFIX = ".tmp"  # store's atomic writes; never "another tool's file"
+LOCK_NAME = ".ddpp.lock"  # held by the one process writing a folder (:func:`writing`)
 
 # The data home's sub-folders.
 DATASETS_DIRNAME = "datasets"
@@ -81,7 +84,7 @@ def check_output_folder(
         raise DdppError(f"{folder} is a file, not a run folder; give a new or empty {option}.")
     if not folder.is_dir():
         return
-    known = set(own)
+    known = {*own, LOCK_NAME}
     others = sorted(
         entry.name
         for entry in folder.iterdir()
@@ -93,3 +96,36 @@ def check_output_folder(
             f"{folder} holds other files ({listed}), not a {what}; give a new or empty {option} "
             "so that nothing is mixed with them."
         )
+
+
+@contextlib.contextmanager
+def writing(folder: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Hold ``folder`` for this process while the block writes into it: an exclusive
+    ``fcntl.flock`` on ``folder/.ddpp.lock`` (made with the folder), released by the kernel when
+    the process ends however it ends. A second writer gets a DdppError naming the holder's pid.
+    ``enabled`` False (a torchrun rank other than 0, whose rank 0 holds it) does nothing; so
+    does a system without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks of this kind
+        enabled = False
+    if not enabled:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise DdppError(
+                f"{folder} is being written by another ddpp process (pid {holder}); wait for it "
+                "to finish or stop it, or give another --out."
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
