@@ -27,6 +27,9 @@ from rich.text import Text
 
 LOG_INTERVAL_SECONDS = 30.0
 INTERVAL_VARIABLE = "DDPP_PROGRESS_INTERVAL"
+# A task field: in a log, a task created with ``log_each=True`` prints a line at every unit it
+# completes (an expert's epoch, an evaluation network), however short, not only at its end.
+EACH_UNIT = "log_each"
 
 
 class RateColumn(ProgressColumn):
@@ -56,7 +59,8 @@ class LogLineProgress(Progress):
     """Progress for logs that are not terminals: rich's task bookkeeping, printed as lines.
 
     One plain line per visible task when it finishes (for the per-unit bars, each expert's epochs
-    or each evaluation run, that is every finished unit) and otherwise at most every ``interval``
+    or each evaluation run, that is every finished unit), at every completed unit of a task made
+    with ``log_each=True`` (:data:`EACH_UNIT`), and otherwise at most every ``interval``
     seconds, e.g. ``12:03:04 iterations 120/5000 (2.4 %) 1.9 s/it ETA 2:34:10 loss 0.8812 …``:
     stage, position/total, rate since the task (re)started, time left and its key figures.
     """
@@ -82,26 +86,30 @@ class LogLineProgress(Progress):
         self._mark(task_id)
 
     def update(self, task_id: TaskID, **kwargs: Any) -> None:
-        finished_before = self._tasks[task_id].finished
+        before = self._tasks[task_id]
+        finished_before, completed_before = before.finished, before.completed
         super().update(task_id, **kwargs)
-        self._maybe_print(task_id, finished_before)
+        self._maybe_print(task_id, finished_before, completed_before)
 
     def advance(self, task_id: TaskID, advance: float = 1) -> None:
-        finished_before = self._tasks[task_id].finished
+        before = self._tasks[task_id]
+        finished_before, completed_before = before.finished, before.completed
         super().advance(task_id, advance)
-        self._maybe_print(task_id, finished_before)
+        self._maybe_print(task_id, finished_before, completed_before)
 
     def _mark(self, task_id: TaskID) -> None:
         now = self.get_time()
         self._marks[task_id] = (now, self._tasks[task_id].completed, now)
 
-    def _maybe_print(self, task_id: TaskID, finished_before: bool) -> None:
+    def _maybe_print(self, task_id: TaskID, finished_before: bool, completed_before: float) -> None:
         task = self._tasks[task_id]
         if self.disable or not task.visible:
             return
         started, start_count, last_line = self._marks[task_id]
         now = self.get_time()
-        if (task.finished and not finished_before) or now - last_line >= self.interval:
+        unit_done = bool(task.fields.get(EACH_UNIT)) and task.completed > completed_before
+        finished = task.finished and not finished_before
+        if finished or unit_done or now - last_line >= self.interval:
             self._marks[task_id] = (started, start_count, now)
             line = log_line(task, now - started, task.completed - start_count)
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)

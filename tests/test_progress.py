@@ -59,6 +59,24 @@ def test_a_line_when_the_task_finishes_and_otherwise_once_per_interval():
     ]
 
 
+def test_a_task_made_with_log_each_prints_every_completed_unit():
+    progress, buffer, fake = _log_progress(interval=30)
+    with progress:
+        epochs = progress.add_task("expert 0", total=3, info="", log_each=True)
+        other = progress.add_task("iterations", total=3, info="")
+        for _ in range(3):
+            fake.now += 12  # each epoch well under the 30 s heartbeat
+            progress.advance(epochs)
+            progress.update(other, advance=1)
+        progress.update(epochs, info="again")  # no unit completed: no line
+    assert _lines(buffer) == [
+        "expert 0 1/3 (33.3 %) 12.0 s/it ETA 0:00:24",
+        "expert 0 2/3 (66.7 %) 12.0 s/it ETA 0:00:12",
+        "expert 0 3/3 (100.0 %) 12.0 s/it ETA 0:00:00",
+        "iterations 3/3 (100.0 %) 12.0 s/it ETA 0:00:00",
+    ]
+
+
 def test_rate_counts_only_units_done_since_the_task_started_or_was_reset():
     progress, buffer, fake = _log_progress(interval=0)
     task = progress.add_task("experts", total=10, completed=6, info="")  # 6 resumed
