@@ -70,15 +70,24 @@ def test_gradient_into_the_synthetic_images_matches_finite_differences():
     assert all(r.grad is None for r in real)  # the real side is a constant
 
 
-def test_batchnorm_networks_embed_all_classes_in_one_forward():
+def test_batchnorm_networks_embed_each_side_in_one_forward_as_main_dm():
+    # main_DM.py's ConvNetBN branch: embed(cat(real of every class)) and, separately,
+    # embed(cat(synthetic of every class)); the means per class reshaped from each.
     model = dm.frozen_network("convnet-bn", 1, 2, 8, seed=0, iteration=0).double()
-    real, syn = batches(4, [3, 3]), batches(5, [1, 1])
+    real, syn = batches(4, [3, 3]), batches(5, [2, 2])
     found = dm.distribution_matching_loss(model, real, syn)
-    joint = model.features(torch.cat([*real, *syn])).flatten(1).split([3, 3, 1, 1])
-    expected = sum(((joint[c].mean(0) - joint[2 + c].mean(0)) ** 2).sum() for c in range(2))
+    output_real = model.features(torch.cat(real)).flatten(1).reshape(2, 3, -1)
+    output_syn = model.features(torch.cat(syn)).flatten(1).reshape(2, 2, -1)
+    expected = torch.sum((output_real.mean(dim=1) - output_syn.mean(dim=1)) ** 2)
     assert found.item() == pytest.approx(expected.item(), rel=1e-10)
-    # Not the per-class forward: BN statistics differ.
+    # Neither the per-class forward nor one joint forward of both sides: BN statistics differ.
     assert found.item() != pytest.approx(reference_loss(model, real, syn), rel=1e-6)
+    joint = model.features(torch.cat([*real, *syn])).flatten(1).split([3, 3, 2, 2])
+    mixed = sum(((joint[c].mean(0) - joint[2 + c].mean(0)) ** 2).sum() for c in range(2))
+    assert found.item() != pytest.approx(mixed.item(), rel=1e-6)
+    syn = [s.clone().requires_grad_(True) for s in syn]
+    dm.distribution_matching_loss(model, real, syn).backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in syn)
 
 
 def test_siamese_augmentation_feeds_the_loss_identically_on_both_sides():

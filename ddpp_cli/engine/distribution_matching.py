@@ -15,8 +15,10 @@ lr_img 1.0 relies on that. One fresh frozen network per iteration, one SGD step 
 Defaults and their source (VICO-UoE/DatasetCondensation ``main_DM.py``): 20000 iterations,
 lr_img 1.0 (README: 1 for IPC 1/10/50, 10 for IPC ≥ 100), SGD momentum 0.5, batch_real 256,
 init from real images, DSA ``color_crop_cutout_flip_scale_rotate``, ConvNet-3. For BatchNorm
-networks the reference sends all classes through ψ in one forward (batch statistics over all
-classes): :func:`distribution_matching_loss` does so whenever the network has BatchNorm layers.
+networks the reference sends every class's real images through ψ in one forward and every
+class's synthetic images in a second one (batch statistics over all classes of one side, never
+mixing real and synthetic): :func:`distribution_matching_loss` does so whenever the network has
+BatchNorm layers.
 """
 
 from __future__ import annotations
@@ -70,11 +72,13 @@ def distribution_matching_loss(
     if len(real) != len(syn) or not real:
         raise ValueError("real and syn must hold one batch per class, the same classes")
     if models.uses_batchnorm(model):
-        # One forward of every class (real and synthetic): BN statistics over the joint batch.
-        sizes = [len(b) for b in real] + [len(b) for b in syn]
-        pieces = embedding(model, torch.cat([*[r.detach() for r in real], *syn])).split(sizes)
-        real_means = [p.mean(dim=0).detach() for p in pieces[: len(real)]]
-        syn_means = [p.mean(dim=0) for p in pieces[len(real) :]]
+        # As main_DM.py's BN branch: one forward of all classes' real images, another of all
+        # classes' synthetic images (BN statistics over each side's joint batch).
+        real_pieces = embedding(model, torch.cat([r.detach() for r in real]))
+        real_pieces = real_pieces.detach().split([len(b) for b in real])
+        syn_pieces = embedding(model, torch.cat(list(syn))).split([len(b) for b in syn])
+        real_means = [p.mean(dim=0) for p in real_pieces]
+        syn_means = [p.mean(dim=0) for p in syn_pieces]
     else:
         with torch.no_grad():
             real_means = [embedding(model, r).mean(dim=0) for r in real]
