@@ -51,22 +51,52 @@ def test_an_unknown_malloc_mode_is_a_user_error_naming_the_choices():
         allocator.malloc_mode({allocator.MALLOC_ENV: "fast"})
 
 
-def test_system_mode_leaves_malloc_alone(monkeypatch):
-    calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append("release"))
+@pytest.fixture
+def calls(monkeypatch) -> list[str]:
+    """A fresh process's allocator, its glibc calls recorded instead of made."""
+    made: list[str] = []
+    monkeypatch.setattr(allocator, "_kept", None)
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: made.append("keep") or True)
+    monkeypatch.setattr(allocator, "release_freed_memory", lambda: made.append("release"))
+    return made
+
+
+def test_system_mode_leaves_malloc_alone(calls):
     with allocator.freed_memory_kept({allocator.MALLOC_ENV: "system"}) as kept:
         assert kept is False
     assert calls == []
 
 
-def test_only_the_outermost_block_restores_the_defaults(monkeypatch):
-    calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(allocator, "release_freed_memory", lambda: calls.append("release"))
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"MALLOC_TRIM_THRESHOLD_": "1000000"},
+        {"MALLOC_MMAP_MAX_": "0"},
+        {"MALLOC_MMAP_THRESHOLD_": "4096"},
+        {"MALLOC_TOP_PAD_": "0"},
+        {"GLIBC_TUNABLES": "glibc.pthread.rseq=0:glibc.malloc.trim_threshold=1"},
+    ],
+)
+def test_a_users_own_malloc_settings_win(calls, environ):
+    assert allocator.users_malloc_settings(environ)
+    with allocator.freed_memory_kept(environ) as kept:
+        assert kept is False
+    assert calls == []
+
+
+def test_unrelated_tunables_do_not_count():
+    assert allocator.users_malloc_settings({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == []
+    assert allocator.users_malloc_settings({"MALLOC_ARENA_MAX": "2"}) == []
+
+
+def test_the_setting_is_made_once_per_process_and_each_block_returns_free_memory(calls):
     with allocator.freed_memory_kept({}), allocator.freed_memory_kept({}):
         pass
-    assert calls == ["keep", "keep", "release"]
+    assert calls == ["keep", "release"]  # only the outermost block releases
+    assert allocator.keep_for_process({}) is True  # decided: no second mallopt
+    with allocator.freed_memory_kept({allocator.MALLOC_ENV: "system"}) as kept:
+        assert kept is True  # the process already keeps it: the setting is the process's
+    assert calls == ["keep", "release", "release"]
 
 
 @pytest.mark.skipif(allocator.glibc() is None, reason="mallopt is glibc's")
@@ -82,7 +112,7 @@ def test_kept_memory_is_reused_without_page_faults_until_the_block_ends():
     # At least one fault per 2 MiB (huge pages where THP is "always"; 4 KiB pages: 16,384).
     assert found["system"][0] >= HUGE_PAGES  # mmap'd afresh each time, faulted in again
     assert found["keep"][0] < 8  # the freed block handed out again, already resident
-    assert found["keep"][1] >= HUGE_PAGES  # defaults back and the kept memory released
+    assert found["keep"][1] >= HUGE_PAGES  # the kept memory released (malloc_trim) at the end
 
 
 def test_the_distillation_loop_runs_in_the_block(monkeypatch, tiny_buffer, tiny_mnist, tmp_path):

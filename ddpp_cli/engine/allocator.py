@@ -1,4 +1,4 @@
-"""Freed CPU memory kept for reuse during a distillation, instead of handed back to the kernel.
+"""Freed CPU memory kept for reuse by a process that distils, instead of handed back to the kernel.
 
 PyTorch's CPU allocator takes every tensor from ``malloc``. glibc serves large blocks (32 MiB
 and up, e.g. a first-layer activation of 100 CIFAR images: 52 MB) with a fresh ``mmap`` and
@@ -7,14 +7,20 @@ iteration builds and frees its whole unrolled graph (7 GB at IPC 10, N 20), so e
 the kernel faults those pages in again and zeroes them: measured on the 2-core development CPU,
 9 million page faults and 12–18 s of system time in a 22 s iteration (docs/performance.md).
 
-Within :func:`freed_memory_kept` glibc serves every block from its heap (``M_MMAP_MAX`` 0) and
-never trims it (``M_TRIM_THRESHOLD`` −1), so what one iteration frees, the next reuses without a
-fault: the iteration then takes 13–15 s there. The price: the process's memory stays at its
-peak (plus glibc's fragmentation, up to ~30 % measured) until the block ends; then malloc's
-defaults come back and the kept memory is returned (``malloc_trim``). The distillation loop runs
-in it unless ``DDPP_MALLOC=system``; other stages (training experts, evaluation) keep malloc's
-defaults, where the gain is smaller (10 %) and the fragmentation larger (1.6× the peak).
-Elsewhere than glibc (macOS, Windows, musl) nothing changes.
+:func:`keep_for_process` makes glibc serve every block from its heap (``M_MMAP_MAX`` 0) and never
+trim it (``M_TRIM_THRESHOLD`` −1), so what one iteration frees, the next reuses without a fault:
+the iteration then takes 13–15 s there. It is a property of the whole process from then on:
+glibc turns its dynamic mmap/trim thresholds off for good at the first ``mallopt``, so "malloc's
+defaults" cannot be restored afterwards, and the stages after a distillation (evaluation in
+``ddpp run``) run under the same setting — measured, they fault less and spend less system
+time, at a higher resident size (``benchmarks/malloc_later_stages.py``). The distillation loop
+runs in :func:`freed_memory_kept`, which applies it and, when the loop ends, hands the free memory
+kept so far back to the kernel (``malloc_trim``). ``ddpp run`` applies it from its start.
+
+It is skipped with ``DDPP_MALLOC=system``, and whenever the environment already tunes glibc's
+malloc (``MALLOC_MMAP_MAX_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TOP_PAD_`` or a ``glibc.malloc.*`` tunable in ``GLIBC_TUNABLES``): a user's own setting
+wins. Elsewhere than glibc (macOS, Windows, musl) nothing changes.
 """
 
 from __future__ import annotations
@@ -33,9 +39,15 @@ MALLOC_MODES = ("keep", "system")
 # glibc's <malloc.h>: mallopt parameters.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_DEFAULT_TRIM_THRESHOLD = 128 * 1024  # glibc's defaults, restored after the block
-_DEFAULT_MMAP_MAX = 65536
-_depth = 0  # nested blocks: only the outermost one restores the defaults
+# The variables by which glibc reads a user's own malloc settings at start (mallopt(3)).
+USER_MALLOC_VARIABLES = (
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
+_kept: bool | None = None  # None: not decided yet in this process
+_depth = 0  # nested blocks: only the outermost one returns the free memory
 
 
 def malloc_mode(environ: Mapping[str, str] = os.environ) -> str:
@@ -63,9 +75,18 @@ def glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def users_malloc_settings(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The variables of ``environ`` by which a user already tunes glibc's malloc (empty: none)."""
+    named = [name for name in USER_MALLOC_VARIABLES if environ.get(name, "").strip()]
+    tunables = environ.get("GLIBC_TUNABLES", "")
+    if any(item.strip().startswith("glibc.malloc.") for item in tunables.split(":")):
+        named.append("GLIBC_TUNABLES")
+    return named
+
+
 def keep_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for reuse (no mmap, no trimming) until
-    :func:`release_freed_memory`; True if it took effect, False where it is not glibc."""
+    """Make glibc's malloc keep freed memory for reuse (no mmap, no trimming) for the rest of
+    the process; True if it took effect, False where it is not glibc."""
     libc = glibc()
     if libc is None:
         return False
@@ -75,22 +96,30 @@ def keep_freed_memory() -> bool:
 
 
 def release_freed_memory() -> None:
-    """Back to malloc's defaults, and the free memory kept so far handed back to the kernel."""
+    """Hand the free memory kept so far back to the kernel (the setting itself stays)."""
     libc = glibc()
-    if libc is None:
-        return
-    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-    libc.malloc_trim(0)
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def keep_for_process(environ: Mapping[str, str] = os.environ) -> bool:
+    """Keep freed memory for the rest of the process (:func:`keep_freed_memory`), once, unless
+    ``DDPP_MALLOC=system`` or the user's own malloc settings (:func:`users_malloc_settings`);
+    whether the process keeps it."""
+    global _kept
+    if _kept is None:
+        wanted = malloc_mode(environ) == "keep" and not users_malloc_settings(environ)
+        _kept = wanted and keep_freed_memory()
+    return _kept
 
 
 @contextmanager
 def freed_memory_kept(environ: Mapping[str, str] = os.environ) -> Iterator[bool]:
-    """A block in which freed memory is kept for reuse (:func:`keep_freed_memory`) unless
-    ``DDPP_MALLOC=system``; yields whether it is. Process-wide while it lasts; on leaving the
-    outermost block, malloc's defaults are restored and the kept memory released."""
+    """A block (the distillation loop) run with freed memory kept (:func:`keep_for_process`);
+    yields whether it is. On leaving the outermost block the free memory kept so far goes back
+    to the kernel; the setting stays for the rest of the process (module docstring)."""
     global _depth
-    kept = malloc_mode(environ) == "keep" and keep_freed_memory()
+    kept = keep_for_process(environ)
     _depth += 1
     try:
         yield kept
