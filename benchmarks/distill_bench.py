@@ -1,5 +1,5 @@
-"""Distillation speed and memory (SPEC §10): seconds per iteration and peak memory per unroll mode,
-per torchrun layout, and side by side with MTT's own ``distill.py``.
+"""Distillation speed and memory: seconds per iteration and peak memory per unroll mode, per
+torchrun layout, and side by side with MTT's own ``distill.py`` (docs/performance.md#bars).
 
 Each configuration (IPC × syn_steps × unroll mode × layout) runs in a fresh subprocess, so its
 peak RSS (``ru_maxrss``) is its own. One iteration is the engine's own: ``plan_unroll`` →

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from ddpp_cli.engine import layout
+
 COVERING = ("gray16-c10", "rgb16-c3", "gray32-c3", "rgb32-c10", "gray64-c10", "rgb64-c3")
 TARGET_GAIN = 10.0  # points over random real images (issue 14)
 
@@ -33,7 +35,7 @@ TARGET_GAIN = 10.0  # points over random real images (issue 14)
 def run_one(folder: Path, out: Path, extra: list[str]) -> dict | None:
     """Run (or reuse) one folder's ``ddpp run``; its JSON, or None if it failed."""
     out.mkdir(parents=True, exist_ok=True)
-    result_path = out / "run.json"
+    result_path = out / layout.RUN_SUMMARY_NAME
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
     command = [

@@ -230,7 +230,7 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
         "| Random | " in table and "| DDPP | " in table and "Protocol: convnet, 3 epochs" in table
     )
     assert "| 64.9ᵘ |" in table and "- DSA: DatasetCondensation readme; std: KIP" in table
-    assert "ᵘ not confirmed: recalled in METHODS.md §7" in table
+    assert "ᵘ not confirmed: recalled from the papers" in table
 
     events.clear()
     again = compare_engine.compare(
@@ -309,7 +309,8 @@ def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
     text = " ".join(result.output.split())
     for fragment in ("[1/3] buffer", "[2/3] dm: 5 iterations, batch_real 128 (paper 20000, 256)",
                      "[3/3] mtt", "ddpp run --compare: mnist, IPC 1", "DM", "MTT",
-                     "protocol: convnet", "89.7ᵘ", "DM: METHODS.md §7, found in no source",
+                     "protocol: convnet", "89.7ᵘ",
+                     "DM: recalled from the papers, found in no source",
                      "ᵘ not confirmed", str(out / "compare.md")):  # fmt: skip
         assert fragment in text, result.output
     assert (out / "compare.md").is_file() and (out / "compare.json").is_file()

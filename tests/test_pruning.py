@@ -1,4 +1,4 @@
-"""Pruning mask and matching loss (SPEC §6 steps 3–4), pinned on hand-made vectors."""
+"""Pruning mask and matching loss, pinned on hand-made vectors (docs/distill.md#the-algorithm)."""
 
 from __future__ import annotations
 

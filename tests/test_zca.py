@@ -1,4 +1,4 @@
-"""ZCA whitening: the SPEC formula, invertibility, whitened covariance, file round trip."""
+"""ZCA whitening: the formula of docs/data.md#zca-whitening, inverse, covariance, files."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_whitening_matrix_matches_spec_formula_computed_with_numpy_svd() -> None
     np.testing.assert_allclose(fitted.mean.double().numpy(), x.mean(axis=0), atol=1e-6)
     assert fitted.shape == (2, 3, 4)
     assert fitted.whiten.dtype == torch.float32
-    # x ↦ (x − μ) W, per SPEC.
+    # x ↦ (x − μ) W, per docs/data.md#zca-whitening.
     whitened = fitted.apply(images[:5]).reshape(5, -1).double().numpy()
     np.testing.assert_allclose(whitened, (x[:5] - x.mean(axis=0)) @ expected_w, atol=1e-4)
 

@@ -1,4 +1,5 @@
-"""Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021) as used by MTT/DDPP (SPEC §4).
+"""Differentiable Siamese Augmentation (DSA, Zhao & Bilen 2021) as used by MTT/DDPP
+(docs/data.md#dsa-augmentation).
 
 Each call picks ONE op group uniformly from the strategy and applies it to the whole batch with
 per-sample parameters; ``DSA.siamese`` instead applies one shared transform (same op, same
@@ -327,8 +328,9 @@ class DSA:
         """One transform for any number of images: an op and ONE set of values (batch 1).
 
         Apply it with :meth:`apply_shared`. This is the Siamese mode of the matching methods
-        (DC/DSA, DM, CAFE; METHODS.md §0): the reference draws per-sample parameters and copies
-        sample 0's to the whole batch, i.e. one op with one set of values for all images.
+        (DC/DSA, DM, CAFE; docs/methods.md#shared-pieces): the reference draws per-sample
+        parameters and copies sample 0's to the whole batch, i.e. one op with one set of values
+        for all images.
         """
         return self.sample(1, height, width, generator)
 

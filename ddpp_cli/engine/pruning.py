@@ -1,4 +1,4 @@
-"""Parameter pruning for trajectory matching (DDPP, SPEC §6 steps 3–4).
+"""Parameter pruning for trajectory matching (DDPP; docs/distill.md#the-algorithm, steps 3–4).
 
 After the student unroll, parameters whose end value θ̃_N and expert target θ_{i+M} are "difficult
 to match" (opposite signs, or magnitudes more than 1/ε apart) are dropped from the matching loss.

@@ -1,7 +1,7 @@
 """Published test accuracies (%, ConvNet-3) of the methods ``ddpp run --compare`` puts in one
 table: exactly what docs/published.md gives, where it was checked against a source: the mean,
 the std where a source prints it, the sources (docs/published.md's letters, named), and whether
-the figure was confirmed (``confirmed=False``: "ᵘ", recalled in METHODS.md §7 and found in no
+the figure was confirmed (``confirmed=False``: "ᵘ", recalled from the papers and found in no
 source; never a test target).
 
 They come from other evaluation protocols (the DC benchmark trains coresets without
@@ -18,7 +18,7 @@ from ddpp_cli.engine import data
 
 UNCONFIRMED_MARK = "ᵘ"
 UNCONFIRMED_NOTE = (
-    f"{UNCONFIRMED_MARK} not confirmed: recalled in METHODS.md §7, found in no source "
+    f"{UNCONFIRMED_MARK} not confirmed: recalled from the papers, found in no source "
     "(docs/published.md); not a target"
 )
 
@@ -30,7 +30,7 @@ class Reference:
     accuracy: float
     std: float | None  # None: no source prints one, or the sources disagree
     source: str
-    confirmed: bool  # False: recalled in METHODS.md §7, found in no source
+    confirmed: bool  # False: recalled from the papers, found in no source
 
     def text(self) -> str:
         """The table cell: "70.5 ± 0.6", or "51.4ᵘ" for an unconfirmed figure."""
@@ -112,7 +112,7 @@ def source_text(letters: str) -> str:
     """docs/published.md's letters named: "A; B, C" → "DatasetCondensation readme; std: KIP
     paper (NeurIPS 2021 draft), PAD (NeurIPS 2024)"."""
     if letters == UNFOUND:
-        return "METHODS.md §7, found in no source"
+        return "recalled from the papers, found in no source"
     means, _, stds = (part.strip() for part in letters.partition(";"))
     text = _named(means)
     return f"{text}; std: {_named(stds)}" if stds else text

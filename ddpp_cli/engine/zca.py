@@ -1,4 +1,4 @@
-"""ZCA whitening exactly as SPEC §2 (and MTT's kornia ``ZCAWhitening(eps=0.1)``).
+"""ZCA whitening exactly as docs/data.md#zca-whitening (and MTT's kornia ``ZCAWhitening(eps=0.1)``).
 
 On images in [0, 1] flattened to D = C·H·W: mean μ, covariance Σ = XcᵀXc/(N−1), Σ = U S Uᵀ in
 float64, W = U diag((S + ε)^−½) Uᵀ and W⁻¹ = U diag((S + ε)^½) Uᵀ with ε = 0.1;
