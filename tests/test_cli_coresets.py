@@ -18,7 +18,7 @@ from test_cli_evaluate import eval_json, invoke
 from test_foreign import Payload
 
 from ddpp_cli.commands import evaluate as evaluate_command
-from ddpp_cli.engine import baselines, data, distilled, trajectory
+from ddpp_cli.engine import baselines, coresets, data, distilled, trajectory
 from ddpp_cli.engine.distilled import file_sha256
 from ddpp_cli.engine.preprocess import Normalization
 
@@ -140,8 +140,8 @@ def test_baseline_options_reach_the_config(tiny_mnist, tiny_buffer, monkeypatch)
     assert (forgetting.train_subset, forgetting.seed) == (50, 3)
     assert (herding.feature_epochs, herding.buffer) == (4, None)
     assert expert.method == "herding" and expert.buffer == tiny_buffer
-    assert expert.feature_epochs == baselines.HERDING_FEATURE_EPOCHS == 50
-    assert herding.forgetting_epochs == baselines.FORGETTING_EPOCHS == 200  # not given: defaults
+    assert expert.feature_epochs == coresets.HERDING_FEATURE_EPOCHS == 50
+    assert herding.forgetting_epochs == coresets.FORGETTING_EPOCHS == 200  # not given: defaults
 
 
 @pytest.mark.parametrize(
