@@ -318,3 +318,25 @@ def test_trained_feature_network_is_seeded_and_records_its_recipe():
     with seeded(derive_seed(3, "herding-features", "convnet-d3")):
         fresh = models.create("convnet-d3", 1, 2, 8)
     assert not torch.equal(flat_parameters(net), flat_parameters(fresh))  # it did train
+
+
+def test_the_coreset_registry_lists_every_kind_and_refuses_an_unknown_one():
+    assert coresets.list_coresets() == (
+        "random", "herding", "forgetting", "forgetting-deepcore", "herding-random",
+    )  # fmt: skip
+    assert coresets.list_coresets(settings=False) == (
+        "random", "herding", "forgetting", "herding-random",
+    )  # fmt: skip
+    deepcore = coresets.get_coreset("forgetting-deepcore")
+    assert deepcore.method == "forgetting"
+    assert dict(deepcore.preset) == {"forgetting_unlearned": "deepcore"}
+    message = (
+        "unknown coreset 'x'; choose one of: random, herding, forgetting, forgetting-deepcore, "
+        "herding-random."
+    )
+    with pytest.raises(DdppError) as caught:
+        coresets.get_coreset("x")
+    assert str(caught.value) == message
+    with pytest.raises(ValueError, match="registered twice"):
+        coresets.register(coresets.get_coreset("random"))
+
