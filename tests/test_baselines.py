@@ -339,4 +339,3 @@ def test_the_coreset_registry_lists_every_kind_and_refuses_an_unknown_one():
     assert str(caught.value) == message
     with pytest.raises(ValueError, match="registered twice"):
         coresets.register(coresets.get_coreset("random"))
-
