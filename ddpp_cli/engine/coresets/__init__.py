@@ -10,8 +10,9 @@ trains on the same coreset and the runs differ in the evaluated network only.
 Modules, one job each: ``registry`` (:class:`CoresetInfo`, the registry), ``pool`` (what a
 selection is given, the ``--ipc`` check), and one per coreset: ``random``, ``herding`` (trained
 features), ``forgetting`` (Toneva et al.'s counts; ``forgetting-deepcore``), ``herding_random``.
-Each module describes its coreset(s); they are registered here, in the order of the paper's
-Table I (the order of ``--baseline``'s choices). Every public name is importable from here.
+Each module describes its coreset(s); they are registered here, once, in the order tables and
+``--baseline``'s choices list them (the paper's Table I first). Every public name is importable
+from here.
 """
 
 from ddpp_cli.engine.coresets.forgetting import (
