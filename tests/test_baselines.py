@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from ddpp_cli.engine import baselines, data, distilled, evaluate, models, store, zca
+from ddpp_cli.engine import baselines, coresets, data, distilled, evaluate, models, store, zca
 from ddpp_cli.engine.baselines import BaselineConfig
 from ddpp_cli.engine.device import derive_seed, seeded
 from ddpp_cli.engine.errors import DdppError
@@ -37,8 +37,8 @@ def test_herding_is_greedy_mean_matching_in_one_dimension():
     # Mean 5.375. Step 1: 4.5 is nearest. Step 2: the pair mean (4.5 + x) / 2 is nearest to
     # 5.375 for x = 7. Step 3: (11.5 + x) / 3 → x = 0 (3.83) beats x = 10 (7.17). Then 10.
     features = torch.tensor([[0.0], [10.0], [4.5], [7.0]])
-    assert baselines.herding_order(features, 4).tolist() == [2, 3, 0, 1]
-    assert baselines.herding_order(features, 2).tolist() == [2, 3]
+    assert coresets.herding_order(features, 4).tolist() == [2, 3, 0, 1]
+    assert coresets.herding_order(features, 2).tolist() == [2, 3]
     # Sorting by distance to the mean would give [2, 3, 1, 0]: herding is not that.
 
 
@@ -46,7 +46,7 @@ def test_herding_picks_the_expected_order_in_two_dimensions():
     features = torch.tensor([[2.0, 0.0], [-2.0, 0.0], [0.0, 1.0], [0.0, -1.0], [0.5, 0.5]])
     # Mean (0.1, 0.1): the nearest point is #4; the best partner for it is #3 (not #2, the
     # second nearest to the mean), then #2 restores the balance, then #1 before #0.
-    assert baselines.herding_order(features, 5).tolist() == [4, 3, 2, 1, 0]
+    assert coresets.herding_order(features, 5).tolist() == [4, 3, 2, 1, 0]
     by_distance = (features - features.mean(0)).norm(dim=1).argsort().tolist()
     assert by_distance == [4, 2, 3, 0, 1]
 
@@ -57,22 +57,22 @@ def test_embed_is_the_penultimate_layer():
     images = torch.rand(5, 1, 16, 16)
     with torch.no_grad():
         expected = torch.flatten(model.features(images), 1)
-    assert torch.allclose(baselines.embed(model, images, batch_size=2), expected, atol=1e-5)
+    assert torch.allclose(coresets.embed(model, images, batch_size=2), expected, atol=1e-5)
 
 
 def test_herding_coreset_runs_herding_per_class_in_random_convnet_features():
     train = split([6, 5, 7])
-    chosen = baselines.herding_coreset(train, 3, seed=4)
+    chosen = coresets.herding_coreset(train, 3, seed=4)
     with seeded(derive_seed(4, "herding", "convnet")):
         model = models.create("convnet", 1, 3, (16, 16))
-    features = baselines.embed(model, train.images)
+    features = coresets.embed(model, train.images)
     expected = []
     for label in range(3):
         members = torch.nonzero(train.labels == label).flatten()
-        expected.append(members[baselines.herding_order(features[members], 3)])
+        expected.append(members[coresets.herding_order(features[members], 3)])
     assert chosen.tolist() == torch.cat(expected).tolist()
     assert train.labels[chosen].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    assert torch.equal(chosen, baselines.herding_coreset(train, 3, seed=4))
+    assert torch.equal(chosen, coresets.herding_coreset(train, 3, seed=4))
 
 
 # --------------------------------------------------------------------------------- random
@@ -80,21 +80,21 @@ def test_herding_coreset_runs_herding_per_class_in_random_convnet_features():
 
 def test_random_coreset_is_class_major_seeded_and_without_repeats():
     train = split([5, 4, 6])
-    chosen = baselines.random_coreset(train, 2, seed=3)
+    chosen = coresets.random_coreset(train, 2, seed=3)
     assert train.labels[chosen].tolist() == [0, 0, 1, 1, 2, 2]
     assert len(set(chosen.tolist())) == 6
-    assert torch.equal(chosen, baselines.random_coreset(train, 2, seed=3))
-    draws = {tuple(baselines.random_coreset(train, 2, seed=s).tolist()) for s in range(6)}
+    assert torch.equal(chosen, coresets.random_coreset(train, 2, seed=3))
+    draws = {tuple(coresets.random_coreset(train, 2, seed=s).tolist()) for s in range(6)}
     assert len(draws) > 1
-    assert sorted(baselines.random_coreset(train, 4, seed=0)[4:8].tolist()) == [5, 6, 7, 8]
+    assert sorted(coresets.random_coreset(train, 4, seed=0)[4:8].tolist()) == [5, 6, 7, 8]
 
 
 @pytest.mark.parametrize("ipc, fragment", [(0, "at least 1"), (5, "class 'c1' has \\(4")])
 def test_bad_ipc_is_refused(ipc, fragment):
     train = split([5, 4, 6])
     for pick in (
-        lambda: baselines.random_coreset(train, ipc, seed=0),
-        lambda: baselines.herding_coreset(train, ipc, seed=0),
+        lambda: coresets.random_coreset(train, ipc, seed=0),
+        lambda: coresets.herding_coreset(train, ipc, seed=0),
     ):
         with pytest.raises(DdppError, match=fragment):
             pick()
@@ -123,10 +123,10 @@ class Recorder:
         return 0.5
 
 
-@pytest.mark.parametrize("method", baselines.METHODS)
+@pytest.mark.parametrize("method", coresets.list_coresets(settings=False))
 def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_mnist, monkeypatch):
     recorder = Recorder()
-    monkeypatch.setattr(evaluate, "train_epoch", recorder)
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", recorder)
     config = BaselineConfig(method, "mnist", 2, forgetting_epochs=1, feature_epochs=1)
     baseline = baselines.prepare_baseline(
         config, data_root=tiny_mnist, download=False, test_subset=20
@@ -185,7 +185,7 @@ def test_a_trained_selection_is_kept_and_taken_again_not_retrained(method, tiny_
 
 
 def test_a_saved_coreset_evaluates_like_a_distilled_set(tiny_mnist, tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "train_epoch", Recorder())
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", Recorder())
     zca_file = cheap_zca("mnist", tmp_path / "buffer-zca.safetensors")
     baseline = baselines.prepare_baseline(
         BaselineConfig("random", "mnist", 1), data_root=tiny_mnist, download=False,
@@ -211,7 +211,7 @@ def test_a_saved_coreset_remembers_the_split_seed_of_its_pool(tiny_mnist):
     )
     coreset = baseline.make_set(baseline.indices(0))
     assert coreset.settings["data_seed"] == 7
-    assert evaluate._data_options(coreset.settings) == (None, 7)
+    assert evaluate.sets._data_options(coreset.settings) == (None, 7)
 
 
 def test_zca_is_fitted_and_saved_when_no_file_is_given(tiny_mnist, tmp_path):
@@ -254,10 +254,10 @@ def test_herding_on_features_pins_greedy_picks_and_lowest_index_ties():
         [[0.0, 1.0], [2.0, 1.0], [1.0, 0.0], [1.0, 2.0], [0.0, 0.0], [4.0, 4.0], [2.0, 2.0]]
     )
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1])
-    picks = baselines.herding_on_features(features, labels, 2, 2)
+    picks = coresets.herding_on_features(features, labels, 2, 2)
     assert picks.tolist() == [0, 1, 6, 4]
     # Step 3 of class 0: mean of {0, 1, x} nearest (1, 1): rows 2 and 3 tie → 2.
-    assert baselines.herding_on_features(features, labels, 2, 3).tolist()[:3] == [0, 1, 2]
+    assert coresets.herding_on_features(features, labels, 2, 3).tolist()[:3] == [0, 1, 2]
     # Not the argmax (DeepCore's inverted criterion), which would start class 1 at row 4 or 5.
 
 
@@ -276,20 +276,20 @@ def test_trained_herding_uses_the_expert_last_snapshot_and_records_it(tmp_path):
     with seeded(1):
         model = models.create("convnet-d3", 1, 2, 8)
     params = write_expert(tmp_path / "expert_0000.safetensors", model)
-    net, source = baselines.expert_feature_network(
+    net, source = coresets.expert_feature_network(
         tmp_path / "expert_0000.safetensors", "convnet-d3", train
     )
     from ddpp_cli.engine.functional import flat_parameters
 
     assert torch.equal(flat_parameters(net), params[-1])
-    indices, record = baselines.trained_herding_coreset(train, 2, net, source)
+    indices, record = coresets.trained_herding_coreset(train, 2, net, source)
     assert record["kind"] == "expert" and record["snapshot"] == 2 and record["dim"] == 128
     assert record["expert_sha256"] == distilled.file_sha256(tmp_path / "expert_0000.safetensors")
-    features = baselines.embed(net, train.images)
-    assert torch.equal(indices, baselines.herding_on_features(features, train.labels, 2, 2))
-    normed, record = baselines.trained_herding_coreset(train, 2, net, source, l2_normalize=True)
+    features = coresets.embed(net, train.images)
+    assert torch.equal(indices, coresets.herding_on_features(features, train.labels, 2, 2))
+    normed, record = coresets.trained_herding_coreset(train, 2, net, source, l2_normalize=True)
     unit = torch.nn.functional.normalize(features, dim=1)
-    assert torch.equal(normed, baselines.herding_on_features(unit, train.labels, 2, 2))
+    assert torch.equal(normed, coresets.herding_on_features(unit, train.labels, 2, 2))
     assert record["l2_normalize"] is True
 
 
@@ -297,16 +297,16 @@ def test_an_expert_of_another_architecture_is_refused(tmp_path):
     train = split([6, 6], size=8)
     write_expert(tmp_path / "e.safetensors", models.create("convnet-d3", 1, 3, 8))
     with pytest.raises(DdppError, match="another architecture"):
-        baselines.expert_feature_network(tmp_path / "e.safetensors", "convnet-d3", train)
+        coresets.expert_feature_network(tmp_path / "e.safetensors", "convnet-d3", train)
 
 
 def test_trained_feature_network_is_seeded_and_records_its_recipe():
     train = split([6, 6], size=8)
     epochs = []
-    net, source = baselines.train_feature_network(
+    net, source = coresets.train_feature_network(
         train, "convnet-d3", epochs=2, seed=3, on_epoch=lambda e, n, loss: epochs.append(e)
     )
-    again, _ = baselines.train_feature_network(train, "convnet-d3", epochs=2, seed=3)
+    again, _ = coresets.train_feature_network(train, "convnet-d3", epochs=2, seed=3)
     from ddpp_cli.engine.functional import flat_parameters
 
     assert torch.equal(flat_parameters(net), flat_parameters(again))
@@ -318,3 +318,24 @@ def test_trained_feature_network_is_seeded_and_records_its_recipe():
     with seeded(derive_seed(3, "herding-features", "convnet-d3")):
         fresh = models.create("convnet-d3", 1, 2, 8)
     assert not torch.equal(flat_parameters(net), flat_parameters(fresh))  # it did train
+
+
+def test_the_coreset_registry_lists_every_kind_and_refuses_an_unknown_one():
+    assert coresets.list_coresets() == (
+        "random", "herding", "forgetting", "forgetting-deepcore", "herding-random",
+    )  # fmt: skip
+    assert coresets.list_coresets(settings=False) == (
+        "random", "herding", "forgetting", "herding-random",
+    )  # fmt: skip
+    deepcore = coresets.get_coreset("forgetting-deepcore")
+    assert deepcore.method == "forgetting"
+    assert dict(deepcore.preset) == {"forgetting_unlearned": "deepcore"}
+    message = (
+        "unknown coreset 'x'; choose one of: random, herding, forgetting, forgetting-deepcore, "
+        "herding-random."
+    )
+    with pytest.raises(DdppError) as caught:
+        coresets.get_coreset("x")
+    assert str(caught.value) == message
+    with pytest.raises(ValueError, match="registered twice"):
+        coresets.register(coresets.get_coreset("random"))

@@ -18,7 +18,8 @@ from test_cli_evaluate import eval_json, invoke
 from test_foreign import Payload
 
 from ddpp_cli.commands import evaluate as evaluate_command
-from ddpp_cli.engine import baselines, data, distilled, trajectory
+from ddpp_cli.commands._evaluate_sources import CHOICE_OPTIONS, BaselineOpt
+from ddpp_cli.engine import baselines, coresets, data, distilled, trajectory
 from ddpp_cli.engine.distilled import file_sha256
 from ddpp_cli.engine.preprocess import Normalization
 
@@ -140,8 +141,45 @@ def test_baseline_options_reach_the_config(tiny_mnist, tiny_buffer, monkeypatch)
     assert (forgetting.train_subset, forgetting.seed) == (50, 3)
     assert (herding.feature_epochs, herding.buffer) == (4, None)
     assert expert.method == "herding" and expert.buffer == tiny_buffer
-    assert expert.feature_epochs == baselines.HERDING_FEATURE_EPOCHS == 50
-    assert herding.forgetting_epochs == baselines.FORGETTING_EPOCHS == 200  # not given: defaults
+    assert expert.feature_epochs == coresets.HERDING_FEATURE_EPOCHS == 50
+    assert herding.forgetting_epochs == coresets.FORGETTING_EPOCHS == 200  # not given: defaults
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+@pytest.mark.parametrize("name", coresets.list_coresets())
+def test_every_registered_coreset_is_reachable_and_documented(name, tiny_mnist, monkeypatch):
+    """``--baseline NAME`` (a setting of another coreset: ``--baseline BASE`` with its preset
+    options) reaches the BaselineConfig; --baseline's help names it, evaluate takes each of its
+    options, and docs/evaluation.md or docs/methods.md describe it and its options."""
+    info = coresets.get_coreset(name)
+    built = []
+
+    def capture(config, *args):
+        built.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(evaluate_command, "_evaluate_baseline", capture)
+    preset = [arg for option, value in info.preset for arg in (flag(option), value)]
+    invoke("evaluate", *baseline_args(tiny_mnist, info.method, *preset))
+    (config,) = built
+    assert config.method == info.method
+    assert all(getattr(config, option) == value for option, value in info.preset)
+    choices = coresets.list_coresets(settings=False)
+    assert info.method in choices and (info.base is not None or name in choices)
+    assert coresets.get_coreset(info.method).help in BaselineOpt.__metadata__[0].help
+    for option in info.options:
+        assert "--baseline" in CHOICE_OPTIONS[option]
+    docs = (DOCS / "evaluation.md").read_text() + (DOCS / "methods.md").read_text()
+    assert f"`{name}`" in docs
+    for option in info.options:
+        assert flag(option) in docs
+
+
+def flag(option: str) -> str:
+    """The ``ddpp evaluate`` option of a BaselineConfig field, e.g. ``--l2-normalize``."""
+    return "--" + option.replace("_", "-")
 
 
 @pytest.mark.parametrize(

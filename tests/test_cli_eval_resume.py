@@ -42,7 +42,7 @@ def test_sigkill_after_the_first_run_then_rerun_equals_one_go(mnist_set, tiny_mn
     args = ["evaluate", *eval_args(mnist_set, tiny_mnist), "--json"]
     kill_ddpp_when(  # when run 2 starts: run 1 is in the records by then
         args, display="evaluate.EvalDisplay", message="run 2 started",
-        when="isinstance(event, evaluate.RunStarted) and event.run == 1",
+        when="isinstance(event, evaluate.NetworkStarted) and event.run == 1",
     )  # fmt: skip
     assert list(recorded_runs(records)) == ["0"]  # run 1 was kept the moment it finished
 

@@ -13,7 +13,12 @@ from test_evaluate import mnist_set
 
 from ddpp_cli.engine import evaluate
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.evaluate import EvalConfig, RunFinished, RunStarted, evaluate_images
+from ddpp_cli.engine.evaluate import (
+    EvalConfig,
+    NetworkFinished,
+    NetworkStarted,
+    evaluate_images,
+)
 
 CONFIG = EvalConfig(runs=3, epochs=3, batch_size=4, lr=0.05)
 
@@ -39,7 +44,7 @@ class Killed(BaseException):
 
 def killed_when_run_starts(number: int):
     def on_event(event: object) -> None:
-        if isinstance(event, RunStarted) and event.run == number:
+        if isinstance(event, NetworkStarted) and event.run == number:
             raise Killed
 
     return on_event
@@ -68,8 +73,8 @@ def test_kill_after_two_runs_then_resume_equals_one_go(tmp_path, monkeypatch, pa
 
     events: list[object] = []
     resumed = run(tmp_path / "b", parallel=parallel, on_event=events.append)
-    assert [e.run for e in events if isinstance(e, RunStarted)] == [2]
-    finished = [(e.run, e.resumed) for e in events if isinstance(e, RunFinished)]
+    assert [e.run for e in events if isinstance(e, NetworkStarted)] == [2]
+    finished = [(e.run, e.resumed) for e in events if isinstance(e, NetworkFinished)]
     assert finished == [(0, True), (1, True), (2, False)]
     assert resumed.accuracies == one_go.accuracies  # bit-equal floats
     assert (resumed.mean, resumed.std) == (one_go.mean, one_go.std)
@@ -79,10 +84,10 @@ def test_more_runs_reuse_the_recorded_ones_and_a_rerun_trains_nothing(tmp_path):
     run(tmp_path, replace(CONFIG, runs=2))
     events: list[object] = []
     three = run(tmp_path, on_event=events.append)
-    assert [e.run for e in events if isinstance(e, RunStarted)] == [2]
+    assert [e.run for e in events if isinstance(e, NetworkStarted)] == [2]
     again: list[object] = []
     assert run(tmp_path, on_event=again.append).accuracies == three.accuracies
-    assert not [e for e in again if isinstance(e, RunStarted)]
+    assert not [e for e in again if isinstance(e, NetworkStarted)]
     assert len(record_files(tmp_path)) == 1
 
 
@@ -100,7 +105,7 @@ def test_another_set_or_protocol_never_reuses_a_record(tmp_path, change):
     run(tmp_path)
     events: list[object] = []
     run(tmp_path, on_event=events.append, **change)
-    assert [e.run for e in events if isinstance(e, RunStarted)] == [0, 1, 2]
+    assert [e.run for e in events if isinstance(e, NetworkStarted)] == [0, 1, 2]
     assert len(record_files(tmp_path)) == 2  # one file per evaluation, side by side
 
 
@@ -131,7 +136,7 @@ def test_crossarch_keeps_one_record_per_architecture(tmp_path, tiny_mnist):
         mnist_set(tiny_mnist), ["convnet", "convnet-bn"], config, records=tmp_path,
         on_event=events.append, **options,
     )  # fmt: skip
-    assert not [e for e in events if isinstance(e, RunStarted)]
+    assert not [e for e in events if isinstance(e, NetworkStarted)]
     assert {a: r.accuracies for a, r in again.items()} == {
         a: r.accuracies for a, r in first.items()
     }

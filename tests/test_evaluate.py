@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from ddpp_cli.engine import data, distilled, evaluate, models, zca
+from ddpp_cli.engine.device import derive_seed, seeded
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig
+from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.functional import flat_parameters
 from ddpp_cli.engine.preprocess import Normalization, Preprocessing
 
@@ -138,7 +140,7 @@ class Spy:
 
 def test_schedule_optimizer_and_dsa_follow_the_config(monkeypatch):
     spy = Spy()
-    monkeypatch.setattr(evaluate, "train_epoch", spy)
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", spy)
     images, labels = tiny_tensors()
     config = EvalConfig(runs=1, epochs=6, batch_size=7, dsa_strategy="crop_flip")
     evaluate.train_and_test(
@@ -153,7 +155,7 @@ def test_schedule_optimizer_and_dsa_follow_the_config(monkeypatch):
 
 def test_runs_use_distinct_reproducible_seeds(monkeypatch):
     spy = Spy()
-    monkeypatch.setattr(evaluate, "train_epoch", spy)
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", spy)
     images, labels = tiny_tensors()
     config = EvalConfig(runs=2, epochs=1)
     evaluate.evaluate_images(images, labels, images, labels, num_classes=2, config=config)
@@ -173,7 +175,7 @@ def test_runs_use_distinct_reproducible_seeds(monkeypatch):
 
 def test_a_diverging_run_stops_and_is_reported(monkeypatch):
     spy = Spy(loss=float("nan"))
-    monkeypatch.setattr(evaluate, "train_epoch", spy)
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", spy)
     images, labels = tiny_tensors()
     events: list[object] = []
     result = evaluate.evaluate_images(
@@ -182,19 +184,19 @@ def test_a_diverging_run_stops_and_is_reported(monkeypatch):
     )  # fmt: skip
     assert len(spy.calls) == 1
     assert result.protocol["diverged_runs"] == [0]
-    assert isinstance(events[-1], evaluate.RunFinished) and events[-1].diverged
+    assert isinstance(events[-1], evaluate.NetworkFinished) and events[-1].diverged
 
 
 def test_returned_accuracy_is_the_fraction_of_correct_test_predictions(monkeypatch):
     """Train for a few epochs, capture the trained network, recount its test predictions."""
     created: list[torch.nn.Module] = []
-    original = evaluate.models.create
+    original = models.create
 
     def capture(*args, **kwargs):
         created.append(original(*args, **kwargs))
         return created[-1]
 
-    monkeypatch.setattr(evaluate.models, "create", capture)
+    monkeypatch.setattr(models, "create", capture)
     images, labels = tiny_tensors(n_per_class=4, classes=3, channels=1, size=16)
     test_images, test_labels = tiny_tensors(n_per_class=7, classes=3, channels=1, size=16, seed=1)
     config = EvalConfig(runs=1, epochs=3, lr=0.01)
@@ -209,7 +211,7 @@ def test_returned_accuracy_is_the_fraction_of_correct_test_predictions(monkeypat
     correct = int((predicted == test_labels).sum())
     assert acc == correct / len(test_labels)
     # It trained: the parameters moved away from a fresh network with the same seed.
-    with evaluate.seeded(evaluate.derive_seed(0, "eval", "convnet", 0)):
+    with seeded(derive_seed(0, "eval", "convnet", 0)):
         fresh = original("convnet", 1, 3, (16, 16))
     assert not torch.equal(flat_parameters(fresh), flat_parameters(model))
     # The same seed gives the same accuracy.
@@ -233,7 +235,7 @@ def test_every_architecture_trains_under_the_protocol(arch):
 
 
 def test_result_json_has_the_protocol_and_every_run(monkeypatch):
-    monkeypatch.setattr(evaluate, "train_epoch", Spy())
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", Spy())
     images, labels = tiny_tensors()
     result = evaluate.evaluate_images(
         images, labels, images, labels, num_classes=2, config=EvalConfig(runs=3, epochs=2)
@@ -251,7 +253,7 @@ def test_result_json_has_the_protocol_and_every_run(monkeypatch):
 
 
 def test_events_cover_runs_and_epochs(monkeypatch):
-    monkeypatch.setattr(evaluate, "train_epoch", Spy())
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", Spy())
     images, labels = tiny_tensors()
     events: list[object] = []
     evaluate.evaluate_images(
@@ -259,7 +261,7 @@ def test_events_cover_runs_and_epochs(monkeypatch):
         on_event=events.append,
     )  # fmt: skip
     kinds = [type(e).__name__ for e in events]
-    assert kinds == (["RunStarted"] + ["EpochFinished"] * 3 + ["RunFinished"]) * 2
+    assert kinds == (["NetworkStarted"] + ["NetworkEpochFinished"] * 3 + ["NetworkFinished"]) * 2
 
 
 def test_mismatched_test_images_are_refused():
@@ -291,7 +293,7 @@ def test_test_split_is_transformed_exactly_like_the_set(tiny_mnist, tmp_path):
         normalised, data_root=tiny_mnist, download=False, test_subset=30
     )
     assert len(images) == 30 and preprocessing.kind == "normalize"
-    subset = data.stratified_subset(raw, 30, evaluate.derive_seed(0, "eval", "test"))
+    subset = data.stratified_subset(raw, 30, derive_seed(0, "eval", "test"))
     expected = Preprocessing(normalization=Normalization((0.1307,), (0.3081,))).apply(subset.images)
     assert torch.equal(images, expected)
 
@@ -357,7 +359,7 @@ def test_find_set_prefers_the_best_set_of_a_run(tmp_path):
 
 
 def test_crossarch_evaluates_every_architecture(monkeypatch, tiny_mnist):
-    monkeypatch.setattr(evaluate, "train_epoch", Spy())
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", Spy())
     results = evaluate.crossarch(
         mnist_set(tiny_mnist), ["convnet", "alexnet"], FAST, data_root=tiny_mnist,
         download=False, test_subset=10,
@@ -387,8 +389,8 @@ def test_parallel_runs_give_the_sequential_accuracies(arch, n_per_class):
     )
     assert many.accuracies == one.accuracies and many.protocol == one.protocol
     kinds = [type(e).__name__ for e in events]
-    assert kinds[:2] == ["RunStarted", "RunStarted"] and kinds.count("EpochFinished") == 12
-    assert [e.run for e in events if isinstance(e, evaluate.RunFinished)] == [0, 1, 2]
+    assert kinds[:2] == ["NetworkStarted"] * 2 and kinds.count("NetworkEpochFinished") == 12
+    assert [e.run for e in events if isinstance(e, evaluate.NetworkFinished)] == [0, 1, 2]
 
 
 def test_a_diverging_run_in_a_batch_is_tested_as_it_stopped():
@@ -407,20 +409,20 @@ def test_a_diverging_run_in_a_batch_is_tested_as_it_stopped():
     assert many.accuracies == one.accuracies
 
     def epochs(log: list[object]) -> list[tuple[int, int]]:
-        return sorted((e.run, e.epoch) for e in log if isinstance(e, evaluate.EpochFinished))
+        return sorted((e.run, e.epoch) for e in log if isinstance(e, evaluate.NetworkEpochFinished))
 
     assert epochs(events) == epochs(seen) and len(epochs(seen)) < 12  # stopped early
 
 
 def test_sets_of_different_sizes_fall_back_to_one_at_a_time(monkeypatch):
-    monkeypatch.setattr(evaluate, "train_epoch", Spy())
+    monkeypatch.setattr(evaluate.protocol, "train_epoch", Spy())
     images, labels = tiny_tensors(n_per_class=3)
     events: list[object] = []
     result = evaluate.evaluate_per_run(
         lambda run: (images[: 4 + run], labels[: 4 + run]), images, labels, num_classes=2,
         config=EvalConfig(runs=2, epochs=1), parallel=2, on_event=events.append,
     )  # fmt: skip
-    notices = [e for e in events if isinstance(e, evaluate.Notice)]
+    notices = [e for e in events if isinstance(e, Notice)]
     assert len(notices) == 1 and "one at a time" in notices[0].message
     assert result.protocol["train_size"] == [4, 5]
 

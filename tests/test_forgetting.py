@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddpp_cli.engine import data, forgetting
+from ddpp_cli.engine import data
+from ddpp_cli.engine.coresets import forgetting
+from ddpp_cli.engine.coresets.forgetting import ForgettingConfig, ForgettingEpoch
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.forgetting import ForgettingConfig, ForgettingEpoch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -58,11 +58,11 @@ class DistillDisplay:
                 self.phase = f"validation @ {event.iteration}"
             case distill_engine.TestStarted():
                 self.phase = "test"
-            case evaluate.RunStarted():
+            case evaluate.NetworkStarted():
                 p.reset(self.eval_task, total=event.epochs, visible=True, info="")
                 description = f"{self.phase} run {event.run + 1}/{event.runs}"
                 p.update(self.eval_task, description=description)
-            case evaluate.EpochFinished():
+            case evaluate.NetworkEpochFinished():
                 p.update(self.eval_task, advance=1)
             case distill_engine.ValidationFinished():
                 p.update(self.eval_task, visible=False)

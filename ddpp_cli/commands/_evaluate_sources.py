@@ -1,5 +1,6 @@
 """The options of ``ddpp evaluate`` that choose what it trains on instead of a set: a baseline
-coreset (``--baseline``) or another tool's set (``--import``), and which of them apply to which."""
+coreset (``--baseline``) or another tool's set (``--import``), which of them apply to which, and
+the baseline's config (each coreset's own options read from the coreset registry)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.engine import baselines, data
+from ddpp_cli.engine import baselines, coresets, data
+from ddpp_cli.engine.errors import DdppError
 
 # Options named after the BaselineConfig field they set (``opt.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
@@ -50,12 +52,18 @@ ChoiceImageSizeOpt = Annotated[
     ),
 ]
 
+
+def _coreset_choices() -> str:
+    """``--baseline``'s choices in words, from the coreset registry: "a, b, or c"."""
+    named = [coresets.get_coreset(name).help for name in coresets.list_coresets(settings=False)]
+    return ", ".join(named[:-1]) + ", or " + named[-1] if len(named) > 1 else named[0]
+
+
 BaselineOpt = Annotated[
     str | None,
     typer.Option(
         "--baseline",
-        help="Evaluate a coreset of real images instead: random, herding (on a trained "
-        "network's features), forgetting, or herding-random (on a random network's features).",
+        help=f"Evaluate a coreset of real images instead: {_coreset_choices()}.",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -110,7 +118,7 @@ ForgettingEpochsOpt = Annotated[
     typer.Option(
         "--forgetting-epochs",
         help="Baseline forgetting: epochs of the network whose forgetting events are counted. "
-        f"(default: {baselines.FORGETTING_EPOCHS}, Toneva et al.; see docs/methods.md for a "
+        f"(default: {coresets.FORGETTING_EPOCHS}, Toneva et al.; see docs/methods.md for a "
         "CPU budget)",
         rich_help_panel=opt.BASELINE,
     ),
@@ -131,7 +139,7 @@ FeatureEpochsOpt = Annotated[
     typer.Option(
         "--feature-epochs",
         help="Baseline herding without --buffer: epochs of the feature network. (default: "
-        f"{baselines.HERDING_FEATURE_EPOCHS}, an expert's)",
+        f"{coresets.HERDING_FEATURE_EPOCHS}, an expert's)",
         rich_help_panel=opt.BASELINE,
     ),
 ]
@@ -194,3 +202,31 @@ ExperimentOpt = Annotated[
         rich_help_panel=IMPORT,
     ),
 ]
+
+
+def baseline_config_of(options: dict) -> baselines.BaselineConfig:
+    """The BaselineConfig of ``--baseline`` and its options; DdppError for an option of
+    another method (e.g. --forgetting-epochs with herding)."""
+    method = options["baseline"].strip().lower()
+    known = method in coresets.list_coresets(settings=False)
+    own = coresets.get_coreset(method) if known else None
+    for name in coresets.coreset_options():
+        if options[name] is None or options[name] is False:
+            continue
+        info = coresets.owner(name)
+        moot = options["buffer"] and name in info.unused_with_buffer
+        if own is None or name not in own.options or moot:
+            flag = "--" + name.replace("_", "-")
+            raise DdppError(f"{flag} only applies to {where_applies(info, name)}.")
+    given = opt.settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
+    return baselines.BaselineConfig(
+        method=method, zca=False if options["no_zca"] else None, **given
+    )
+
+
+def where_applies(info: coresets.CoresetInfo, option: str) -> str:
+    """Where a coreset's own ``option`` applies, in words."""
+    if option in info.unused_with_buffer:
+        return (f"--baseline {info.name} without --buffer (with one, the expert's network is "
+                "used as it is)")  # fmt: skip
+    return f"--baseline {info.name}"

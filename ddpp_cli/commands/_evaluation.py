@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands._display import err, note
-from ddpp_cli.engine import augment, baselines, evaluate, forgetting
+from ddpp_cli.engine import augment, baselines, coresets, evaluate
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import percent
@@ -37,26 +37,26 @@ class EvalDisplay:
     def __call__(self, event: object) -> None:
         p = self.progress
         match event:
-            case evaluate.RunStarted():
+            case evaluate.NetworkStarted():
                 self._run_started(event)
-            case evaluate.EpochFinished():
+            case evaluate.NetworkEpochFinished():
                 if not self.group or event.run == self.group[0]:
                     p.update(self.epochs_task, advance=1)
-            case evaluate.RunFinished() if event.resumed:
+            case evaluate.NetworkFinished() if event.resumed:
                 self._arch(event.arch, event.runs)
                 self.resumed.setdefault(event.arch, []).append(event.run)
                 info = f"run {event.run + 1} from the records: {percent(event.accuracy)}"
                 p.update(self.runs_task, advance=1, info=info)
-            case evaluate.RunFinished():
+            case evaluate.NetworkFinished():
                 if event.run in self.group:
                     self.group.remove(event.run)
                 diverged = "  [yellow]diverged[/]" if event.diverged else ""
                 p.update(
                     self.runs_task, advance=1, info=f"last {percent(event.accuracy)}{diverged}"
                 )
-            case baselines.FeatureEpoch():
+            case coresets.FeatureEpoch():
                 self._selection("herding features", event.epoch, event.epochs, event.loss)
-            case forgetting.ForgettingEpoch():
+            case coresets.ForgettingEpoch():
                 info = f"loss {event.loss:.4f}, correct {percent(event.accuracy)}"
                 self._selection("forgetting counts", event.epoch, event.epochs, info)
             case baselines.SelectionReused() if not p.disable:
@@ -77,7 +77,7 @@ class EvalDisplay:
             self.group = []
             self.runs_task = self.progress.add_task(f"{arch} runs", total=runs, info="")
 
-    def _run_started(self, event: evaluate.RunStarted) -> None:
+    def _run_started(self, event: evaluate.NetworkStarted) -> None:
         p = self.progress
         self._arch(event.arch, event.runs)
         if self.epochs_task is None:

@@ -12,7 +12,6 @@ import typer
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, line, out, print_result, set_label
 from ddpp_cli.commands._evaluate_sources import (
-    BASELINE_SETTINGS,
     CHOICE_OPTIONS,
     ArchOpt,
     BaselineBufferOpt,
@@ -31,6 +30,7 @@ from ddpp_cli.commands._evaluate_sources import (
     L2NormalizeOpt,
     NoZcaOpt,
     SaveOpt,
+    baseline_config_of,
 )
 from ddpp_cli.commands._evaluation import (
     BatchOpt,
@@ -49,12 +49,13 @@ from ddpp_cli.commands._evaluation import (
 )
 from ddpp_cli.engine import (
     baselines,
+    coresets,
     distilled,
     evaluate,
     foreign,
+    layout,
     models,
     store,
-    trajectory,
 )
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
@@ -140,7 +141,7 @@ def command(
         title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
     else:
-        baseline_config = _baseline_config(options)
+        baseline_config = baseline_config_of(options)
         config = eval_config(arch or "convnet", **training)
         result, saved, zca_written = _evaluate_baseline(
             baseline_config, config, save, display, data_options, run
@@ -180,34 +181,14 @@ def _choice(
     if choice == "set" and target is None:
         raise DdppError(
             "nothing to evaluate: pass a distilled-set file or run folder, "
-            f"--baseline {'|'.join(baselines.METHODS)} --dataset D --ipc K, or --import PATH "
-            "--dataset D."
+            f"--baseline {'|'.join(coresets.list_coresets(settings=False))} --dataset D --ipc K, "
+            "or --import PATH --dataset D."
         )
     if choice == "--baseline" and (given["dataset"] is None or given["ipc"] is None):
         raise DdppError("--baseline needs --dataset D and --ipc K.")
     if choice == "--import" and given["dataset"] is None:
         raise DdppError("--import needs --dataset D, the dataset the set was made from.")
     return choice
-
-
-def _baseline_config(options: dict) -> baselines.BaselineConfig:
-    """The BaselineConfig of ``--baseline`` and its options; DdppError for an option of
-    another method (e.g. --forgetting-epochs with herding)."""
-    method = options["baseline"].strip().lower()
-    for name in ("forgetting_epochs", "forgetting_unlearned"):
-        if options[name] is not None and method != "forgetting":
-            raise DdppError(f"--{name.replace('_', '-')} only applies to --baseline forgetting.")
-    if options["l2_normalize"] and method != "herding":
-        raise DdppError("--l2-normalize only applies to --baseline herding.")
-    if options["feature_epochs"] is not None and (method != "herding" or options["buffer"]):
-        raise DdppError(
-            "--feature-epochs only applies to --baseline herding without --buffer (with one, "
-            "the expert's network is used as it is)."
-        )
-    given = opt.settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
-    return baselines.BaselineConfig(
-        method=method, zca=False if options["no_zca"] else None, **given
-    )
 
 
 def _zca_beside(save: Path) -> Path:
@@ -275,7 +256,7 @@ def _evaluate_import(
 
 def _zca_out(save: Path | None, main: bool, scratch: str) -> Path:
     """Where a freshly fitted ZCA goes: beside ``--save`` (rank 0), else a scratch folder."""
-    return _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
+    return _zca_beside(save) if save is not None and main else Path(scratch) / layout.ZCA_NAME
 
 
 def _report(

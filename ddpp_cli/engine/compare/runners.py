@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, distilled, evaluate, trajectory
+from ddpp_cli.engine import baselines, coresets, distilled, evaluate, layout, trajectory
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.compare.events import EvaluationStarted
 from ddpp_cli.engine.compare.rows import ROWS, Budget, matching_config, trajectory_config
@@ -43,7 +43,7 @@ class RowJob:
     @property
     def records(self) -> Path:
         """Where the row's evaluation keeps its finished runs."""
-        return self.folder / evaluate.RECORDS_DIRNAME
+        return self.folder / layout.RECORDS_DIRNAME
 
     @property
     def sources(self) -> dict[str, Any]:
@@ -64,19 +64,14 @@ class RowJob:
 RowRunner = Callable[[RowJob], tuple[evaluate.EvalResult, Path | None]]
 
 
-# Coreset rows that are another setting of a baseline: row → (method, BaselineConfig fields).
-CORESET_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "forgetting-deepcore": ("forgetting", {"forgetting_unlearned": "deepcore"}),
-}
-
-
 def coreset_config(job: RowJob) -> baselines.BaselineConfig:
     """The BaselineConfig of a coreset row: the run's data and seed, the run's buffer (herding's
     expert features, forgetting's data; None without a trajectory row) and, for forgetting (both
     rows), the row's budget as its epochs."""
     plan = job.plan
-    method, variant = CORESET_VARIANTS.get(job.row, (job.row, {}))
-    budget = {"forgetting_epochs": job.budget.value} if method == "forgetting" else {}
+    coreset = coresets.get_coreset(job.row)
+    method, variant = coreset.method, dict(coreset.preset)
+    budget = {coreset.budget_option: job.budget.value} if coreset.budget_option else {}
     # The coresets are drawn from the data the buffer was trained on (the quick profile's
     # subset), which also keeps forgetting's training within its CPU budget.
     return baselines.BaselineConfig(

@@ -1,5 +1,6 @@
-"""Forgetting-event coresets (Toneva et al., "An Empirical Study of Example Forgetting during Deep
-Neural Network Learning", ICLR 2019), as used for the DC benchmark's coreset rows.
+"""The forgetting coreset: the ``ipc`` most forgotten examples of each class (Toneva et al.,
+"An Empirical Study of Example Forgetting during Deep Neural Network Learning", ICLR 2019), as
+used for the DC benchmark's coreset rows, counted while training a network on the pool.
 
 Three pieces, each usable alone:
 
@@ -20,15 +21,15 @@ Training settings (:class:`ForgettingConfig`) are a [ddpp] choice, documented in
 docs/methods.md: Toneva trains 200 epochs (MNIST: SGD lr 0.01, momentum 0.5, batch 64, no
 augmentation; CIFAR: ResNet18, lr 0.1, batch 128, augmentation) and sums 5 seeds. What the DC
 paper used could not be confirmed, so ddpp trains ConvNet (the benchmark network) with the
-expert recipe of ``ddpp buffer`` (SGD lr 0.01, momentum 0, weight decay 0, batch 256, SPEC §5),
+expert recipe of ``ddpp buffer`` (SGD lr 0.01, momentum 0, weight decay 0, batch 256),
 without augmentation (correctness is recorded on the images as they are), for 20 epochs by
 default: a CPU budget, far below Toneva's 200.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,14 +37,20 @@ from torch import nn
 
 from ddpp_cli.engine import data, models
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.coresets.pool import CoresetRequest
+from ddpp_cli.engine.coresets.registry import CoresetInfo
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.training import min_batch_size, minibatches
 
 # How never-learned examples rank: "toneva" counts them forgotten at every presentation (the
 # most forgotten of all, Toneva's order_examples_by_forgetting.py); "deepcore" gives them 0
 # (DeepCore's forgetting.py), so the picks are examples that were learned and then forgotten.
 UNLEARNED = ("toneva", "deepcore")
+# Forgetting's training epochs by default: Toneva et al.'s 200 (DeepCore trains 40). A GPU
+# setting; on a CPU, lower it and count on a --train-subset (docs/methods.md gives a budget).
+FORGETTING_EPOCHS = 200
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,7 @@ def record_presentations(
     labels: torch.Tensor,
     config: ForgettingConfig,
     *,
-    on_event: Callable[[object], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> torch.Tensor:
     """Train ``model`` on ``images`` for ``config.epochs`` epochs of shuffled minibatches,
     recording whether each example is classified correctly at its forward pass before the update.
@@ -194,7 +201,7 @@ def forgetting_coreset(
     config: ForgettingConfig,
     *,
     device: torch.device | str = "cpu",
-    on_event: Callable[[object], None] | None = None,
+    on_event: OnEvent | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train on ``train`` (model-input space), count forgetting events, keep the ``ipc`` most
     forgotten per class (never-learned ones ranked as ``config.unlearned`` says). Returns
@@ -221,3 +228,59 @@ def ranking_counts(counts: torch.Tensor, config: ForgettingConfig) -> torch.Tens
     if config.unlearned == "toneva":
         return counts
     return torch.where(counts == config.epochs, torch.zeros_like(counts), counts)
+
+
+def forgetting_record(
+    config: ForgettingConfig, counts: torch.Tensor, indices: torch.Tensor
+) -> dict[str, Any]:
+    """The ``forgetting`` entry of a coreset's settings: the training settings, where the counts
+    came from, and the counts of the pool and of the chosen examples."""
+    return {
+        **asdict(config),
+        # Experts of `ddpp buffer` keep per-epoch snapshots, not each example's correctness at
+        # each presentation, so the counts always come from a run of their own.
+        "counts_source": "trained on the pool",
+        "pool_size": int(counts.numel()),
+        "never_learned": int((counts == config.epochs).sum()),
+        "max_count": int(counts.max()),
+        "selected_counts": counts[indices].tolist(),
+    }
+
+
+def select_forgetting(
+    request: CoresetRequest, run: int, device: torch.device | str, emit: OnEvent
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The most forgotten examples, counted while training ``request.arch`` on the pool for
+    ``forgetting_epochs`` (its epochs reported as :class:`ForgettingEpoch`)."""
+    config = ForgettingConfig(
+        arch=request.arch, epochs=request.option("forgetting_epochs"), seed=request.seed,
+        unlearned=request.option("forgetting_unlearned"),
+    )  # fmt: skip
+    found, counts = forgetting_coreset(
+        request.train, request.ipc, config, device=device, on_event=emit
+    )
+    return found, {"forgetting": forgetting_record(config, counts, found)}
+
+
+FORGETTING = CoresetInfo(
+    "forgetting",
+    "Forgetting",
+    "forgetting",
+    select_forgetting,
+    options=("forgetting_epochs", "forgetting_unlearned"),
+    trained=True,
+    budget_option="forgetting_epochs",
+)
+# The same counts, never-learned examples ranked last (DeepCore's convention; docs/methods.md):
+# a row of `ddpp run --compare`, and `--baseline forgetting --forgetting-unlearned deepcore`.
+FORGETTING_DEEPCORE = CoresetInfo(
+    "forgetting-deepcore",
+    "Forgetting (DeepCore)",
+    "forgetting-deepcore",
+    select_forgetting,
+    options=FORGETTING.options,
+    trained=True,
+    budget_option="forgetting_epochs",
+    base="forgetting",
+    preset=(("forgetting_unlearned", "deepcore"),),
+)

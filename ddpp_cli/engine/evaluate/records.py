@@ -1,0 +1,132 @@
+"""The evaluation records: each finished run kept in a folder, so that a killed evaluation
+resumes with its first missing run, and where that folder is by default."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ddpp_cli import __version__
+from ddpp_cli.engine import layout, store
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate.protocol import EvalConfig
+
+RECORDS_FORMAT = "ddpp.evaluation/1"
+RUN_SET_NAMES = (layout.BEST_NAME, layout.DISTILLED_NAME)  # a run folder's sets, best first
+
+# run -> (accuracy, diverged, train-set size, seconds)
+FinishedRuns = dict[int, tuple[float, bool, int, float]]
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 over the dtype, shape and bytes of ``tensors`` (any device), hex."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{flat.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def default_records_dir(set_path: Path | None = None) -> Path:
+    """Where ``evaluate``/``crossarch`` keep the finished runs of a set by default.
+
+    A set in a run folder (``RUN/best.safetensors``, ``RUN/distilled.safetensors``) or the run
+    folder itself: ``RUN/evaluations/``. Any other set file ``DIR/NAME.safetensors``:
+    ``DIR/NAME.eval/``. No file (a baseline): the ddpp data folder's ``evaluations/``. File
+    names inside carry a hash of the set, test split and protocol, so one folder can hold the
+    records of many evaluations without mixing them.
+    """
+    if set_path is None:
+        return layout.data_home() / layout.RECORDS_DIRNAME
+    set_path = Path(set_path)
+    if set_path.is_dir():
+        return set_path / layout.RECORDS_DIRNAME
+    if set_path.name in RUN_SET_NAMES:
+        return set_path.parent / layout.RECORDS_DIRNAME
+    return set_path.with_name(f"{set_path.stem}.eval")
+
+
+def evaluation_identity(
+    first_set: tuple[torch.Tensor, torch.Tensor],
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    config: EvalConfig,
+    lr: float,
+) -> dict[str, Any]:
+    """What a recorded run must share with a new one to be reused in its place.
+
+    The set (content hash of run 0's images and labels), the test split as transformed (hash),
+    the class count, the protocol (every :class:`EvalConfig` field but ``runs``, since run r does
+    not depend on how many follow) and the learning rate actually used.
+    """
+    settings = asdict(config)
+    del settings["runs"]
+    return {
+        "set_sha256": tensor_digest(*first_set),
+        "test_sha256": tensor_digest(test_images, test_labels),
+        "num_classes": num_classes,
+        "protocol": {**settings, "lr": lr},
+    }
+
+
+@dataclass(frozen=True)
+class EvalRecords:
+    """The finished runs of one evaluation, kept in ``<folder>/<arch>-<hash>.json``.
+
+    Each write replaces the whole file atomically (temporary file, fsync, ``os.replace``).
+    """
+
+    path: Path
+    identity: dict[str, Any]
+    runs: dict[int, dict[str, Any]]
+
+    @classmethod
+    def open(cls, folder: Path, identity: dict[str, Any]) -> EvalRecords:
+        """The records of ``identity`` in ``folder`` (none yet when the file is absent).
+
+        DdppError when the file is unreadable or records another evaluation than its name says.
+        """
+        text = json.dumps(identity, sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        arch = identity["protocol"]["arch"]
+        path = Path(folder) / f"{arch}-{key}.json"
+        if not path.is_file():
+            return cls(path, identity, {})
+        try:
+            content = json.loads(path.read_text())
+            ok = content.get("format") == RECORDS_FORMAT and content.get("identity") == identity
+            runs = {int(run): dict(entry) for run, entry in content["runs"].items()}
+            for entry in runs.values():
+                if not (
+                    isinstance(entry["accuracy"], float)
+                    and isinstance(entry["diverged"], bool)
+                    and isinstance(entry["train_size"], int)
+                ):
+                    raise ValueError("a run lacks its accuracy, diverged flag or train size")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DdppError(
+                f"{path} is not readable evaluation records ({exc}); delete it to evaluate anew."
+            ) from None
+        if not ok:
+            raise DdppError(
+                f"{path} records another set or protocol than its name says; delete it to "
+                "evaluate anew."
+            )
+        return cls(path, identity, runs)
+
+    def save(self) -> None:
+        content = {
+            "format": RECORDS_FORMAT,
+            "ddpp_version": __version__,
+            "identity": self.identity,
+            "runs": {str(run): self.runs[run] for run in sorted(self.runs)},
+        }
+        store.atomic_write_text(self.path, json.dumps(content, indent=2) + "\n")
