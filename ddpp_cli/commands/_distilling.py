@@ -82,16 +82,17 @@ def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str])
     table.add_column("value")
     table.add_column("from")
     method = event.config.method
+    from_buffer = distill_engine.get_method(method).needs_buffer  # zca, train_subset: its own
     rows = {
         name: value
         for name, value in asdict(event.config).items()
         if method in distill_engine.METHOD_SETTINGS.get(name, (method,))
     }
-    if method == "tm" and rows["batch_syn"] is None:
+    if "batch_syn" in rows and rows["batch_syn"] is None:
         rows["batch_syn"] = "all"
     for name, value in rows.items():
         source = event.derived.get(name) or origin.get(name, "default")
-        if method == "tm" and name in ("zca", "train_subset") and source != "user":
+        if from_buffer and name in ("zca", "train_subset") and source != "user":
             source = "buffer" if source != "resume" else source
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), source)
     table.add_section()

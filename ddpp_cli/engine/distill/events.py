@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,6 @@ from typing import Any
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
-
-EventCallback = Callable[[object], None]
 
 
 class DivergedError(DdppError):

@@ -12,7 +12,6 @@ from ddpp_cli.engine import data
 from ddpp_cli.engine.device import derive_seed
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.events import (
-    EventCallback,
     TestFinished,
     TestStarted,
     ValidationStarted,
@@ -20,6 +19,7 @@ from ddpp_cli.engine.distill.events import (
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
+from ddpp_cli.engine.events import OnEvent
 
 MAX_VAL_SIZE = 5000
 
@@ -66,7 +66,7 @@ class Validation:
         labels: torch.Tensor,
         num_classes: int,
         device: torch.device,
-        emit: EventCallback,
+        emit: OnEvent,
         world: World | None = None,
     ) -> None:
         self.config = config
@@ -105,7 +105,7 @@ def final_test(
     *,
     num_classes: int,
     device: torch.device,
-    emit: EventCallback,
+    emit: OnEvent,
     previous: dict[str, Any] | None,
     world: World | None = None,
 ) -> EvalResult:
