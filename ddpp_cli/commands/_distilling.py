@@ -41,18 +41,8 @@ class DistillDisplay:
                     info="",
                 )
                 self.eval_task = p.add_task("evaluation", total=1, visible=False, info="")
-            case distill_engine.IterationFinished(method="tm"):
-                self.status = (
-                    f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  "
-                    f"lr {event.lr:.4g}"
-                )
-                p.update(self.iterations_task, advance=1, info=self._info())
             case distill_engine.IterationFinished():
-                self.status = f"loss {event.loss:.4g}" + "".join(
-                    f"  {name.replace('_', ' ')} {value}"
-                    for name, value in event.details.items()
-                    if name in ("image_steps", "inner_epochs")
-                )
+                self.status = iteration_status(event)
                 p.update(self.iterations_task, advance=1, info=self._info())
             case distill_engine.ValidationStarted():
                 self.phase = f"validation @ {event.iteration}"
@@ -73,6 +63,20 @@ class DistillDisplay:
                 p.update(self.iterations_task, info=self._info())
             case distill_engine.TestFinished():
                 p.update(self.eval_task, visible=False)
+
+
+def iteration_status(event: distill_engine.IterationFinished) -> str:
+    """The iteration bar's numbers: loss, pruned fraction and α for a method that learns a step
+    size (tm); else the loss and the method's loop counts (CAFE)."""
+    if distill_engine.get_method(event.method).learns_step_size:
+        return (
+            f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  lr {event.lr:.4g}"
+        )
+    return f"loss {event.loss:.4g}" + "".join(
+        f"  {name.replace('_', ' ')} {value}"
+        for name, value in event.details.items()
+        if name in ("image_steps", "inner_epochs")
+    )
 
 
 def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str]) -> Table:

@@ -44,10 +44,10 @@ def check_buffer(config: DistillConfig, folder: Path, manifest: dict[str, Any]) 
             f"not '{config.arch}'; pass --arch {manifest.get('arch')} or make a buffer with "
             f"'{buffer_command(config)}'."
         )
-    kind = (manifest.get("preprocessing") or {}).get("kind")
-    if config.zca is not None and (kind == "zca") != config.zca:
+    whitened = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    if config.zca is not None and whitened != config.zca:
         raise DdppError(
-            f"the buffer at {folder} is {'ZCA-whitened' if kind == 'zca' else 'normalised'}"
+            f"the buffer at {folder} is {'ZCA-whitened' if whitened else 'normalised'}"
             f" but {'--zca' if config.zca else '--no-zca'} was given; drop the option or pass "
             "a matching buffer."
         )

@@ -104,7 +104,7 @@ class DistillConfig:
     amp: str = "off"
     compile: bool = False
     channels_last: bool = False
-    method: str = "tm"
+    method: str = DEFAULT_METHOD
     # The other methods' settings (METHOD_SETTINGS; None where the method has none).
     image_size: int | None = None  # None: the dataset's own
     batch_real: int | None = None

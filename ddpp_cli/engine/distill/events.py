@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.distill.methods import DEFAULT_METHOD
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
 
@@ -52,7 +53,7 @@ class IterationFinished:
     start_epoch: int | None
     expert: int | None
     seconds: float
-    method: str = "tm"
+    method: str = DEFAULT_METHOD
     details: dict[str, Any] = field(default_factory=dict)  # the method's own numbers
 
 
@@ -107,4 +108,4 @@ class DistillSummary:
     test: EvalResult | None
     pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
     seconds: float = 0.0
-    method: str = "tm"
+    method: str = DEFAULT_METHOD

@@ -1,5 +1,6 @@
-"""Model selection (SPEC §6): a validation split held out from the training data, evaluation of
-the current images on it, and the one final test of the chosen set on the test split."""
+"""Model selection (docs/distill.md): a validation split held out from the training data,
+evaluation of the current images on it, and the one final test of the chosen set on the test
+split."""
 
 from __future__ import annotations
 

@@ -90,10 +90,10 @@ _SHARED = {
     "quick_cuts": {"batch_real": 64},
 }
 DC = MethodInfo(
-        name="dc", label="DC", doc="docs/methods.md#dc", preset=preset_of("noise"),
+        name="dc", label="DC", doc="docs/methods.md, DC", preset=preset_of("noise"),
         matching_dsa=False, quick_budget=40, **_SHARED,
 )  # fmt: skip
 DSA = MethodInfo(
-        name="dsa", label="DSA", doc="docs/methods.md#dsa", preset=preset_of("real"),
+        name="dsa", label="DSA", doc="docs/methods.md, DSA", preset=preset_of("real"),
         quick_budget=100, **_SHARED,
 )  # fmt: skip
