@@ -8,9 +8,10 @@ one the trajectory rows were distilled in.
 
 - ``random``, ``herding``, ``forgetting``: coresets of :mod:`~ddpp_cli.engine.baselines`
   (``prepare_baseline`` → ``evaluate_baseline``);
-- ``dc``, ``dsa``, ``dm``, ``cafe``: :func:`engine.distill.distill` with
-  ``DistillConfig.method`` set to the row (no buffer: these methods match real images);
-- ``mtt``, ``ddpp``: trajectory matching from the run's one buffer, ε = 0 and the plan's ε.
+- one row per distillation method of the registry (``distill.methods``; a record may list
+  several): ``dc``, ``dsa``, ``dm``, ``cafe``: :func:`engine.distill.distill` with the method's
+  resolution (no buffer: these methods match real images); ``mtt``, ``ddpp``: trajectory
+  matching from the run's one buffer, ε = 0 and the plan's ε.
 
 Each row's budget (iterations, epochs) comes from the profile (:class:`RowInfo`) and can be
 overridden (:func:`parse_budgets`); the table says it and the row's other cuts (the quick
