@@ -19,6 +19,7 @@ from ddpp_cli.cli import app
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import distilled, pipeline
+from ddpp_cli.engine.distill.methods import registry
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from tests.conftest import assert_one_line_error
@@ -185,8 +186,8 @@ def test_a_matching_row_records_its_whole_config_so_a_changed_cut_is_not_reused(
     job = compare_engine.RowJob("dsa", plan, budget, tmp_path, None)
     before = compare_engine.row_settings(job)
     assert before["distill"]["method"] == "dsa" and before["distill"]["batch_real"] == 64
-    cuts = {**compare_engine.QUICK_MATCHING, "dsa": {"batch_real": 32}}
-    monkeypatch.setattr(compare_engine.rows, "QUICK_MATCHING", cuts)
+    dsa = replace(distill_engine.get_method("dsa"), quick_cuts={"batch_real": 32})
+    monkeypatch.setitem(registry._REGISTRY, "dsa", dsa)
     assert compare_engine.row_settings(job)["distill"]["batch_real"] == 32
 
 

@@ -41,18 +41,8 @@ class DistillDisplay:
                     info="",
                 )
                 self.eval_task = p.add_task("evaluation", total=1, visible=False, info="")
-            case distill_engine.IterationFinished(method="tm"):
-                self.status = (
-                    f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  "
-                    f"lr {event.lr:.4g}"
-                )
-                p.update(self.iterations_task, advance=1, info=self._info())
             case distill_engine.IterationFinished():
-                self.status = f"loss {event.loss:.4g}" + "".join(
-                    f"  {name.replace('_', ' ')} {value}"
-                    for name, value in event.details.items()
-                    if name in ("image_steps", "inner_epochs")
-                )
+                self.status = iteration_status(event)
                 p.update(self.iterations_task, advance=1, info=self._info())
             case distill_engine.ValidationStarted():
                 self.phase = f"validation @ {event.iteration}"
@@ -75,6 +65,20 @@ class DistillDisplay:
                 p.update(self.eval_task, visible=False)
 
 
+def iteration_status(event: distill_engine.IterationFinished) -> str:
+    """The iteration bar's numbers: loss, pruned fraction and α for a method that learns a step
+    size (tm); else the loss and the method's loop counts (CAFE)."""
+    if distill_engine.get_method(event.method).learns_step_size:
+        return (
+            f"loss {event.loss:.4f}  pruned {100 * event.pruned_fraction:.2f} %  lr {event.lr:.4g}"
+        )
+    return f"loss {event.loss:.4g}" + "".join(
+        f"  {name.replace('_', ' ')} {value}"
+        for name, value in event.details.items()
+        if name in ("image_steps", "inner_epochs")
+    )
+
+
 def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str]) -> Table:
     """Every resolved setting with where it came from, then the run's folder, buffer and data."""
     table = Table(title="ddpp distill: resolved settings", title_justify="left")
@@ -82,16 +86,17 @@ def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str])
     table.add_column("value")
     table.add_column("from")
     method = event.config.method
+    from_buffer = distill_engine.get_method(method).needs_buffer  # zca, train_subset: its own
     rows = {
         name: value
         for name, value in asdict(event.config).items()
         if method in distill_engine.METHOD_SETTINGS.get(name, (method,))
     }
-    if method == "tm" and rows["batch_syn"] is None:
+    if "batch_syn" in rows and rows["batch_syn"] is None:
         rows["batch_syn"] = "all"
     for name, value in rows.items():
         source = event.derived.get(name) or origin.get(name, "default")
-        if method == "tm" and name in ("zca", "train_subset") and source != "user":
+        if from_buffer and name in ("zca", "train_subset") and source != "user":
             source = "buffer" if source != "resume" else source
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), source)
     table.add_section()

@@ -15,6 +15,7 @@ import typer
 
 from ddpp_cli.engine import data, models
 from ddpp_cli.engine.device import DEVICE_CHOICES
+from ddpp_cli.engine.distill import methods as distill_methods
 
 ARCHITECTURES = ", ".join(models.available())
 
@@ -151,8 +152,7 @@ IterationsOpt = Annotated[
     int | None,
     typer.Option(
         "--iterations",
-        help="Distillation iterations. (default: the method's: tm 5000, dc/dsa 1000, dm 20000, "
-        "cafe 2000)",
+        help=distill_methods.iterations_help(),
         rich_help_panel=DISTILL,
     ),
 ]
@@ -234,9 +234,7 @@ MethodOpt = Annotated[
     str | None,
     typer.Option(
         "--method",
-        help="tm: trajectory matching (MTT; DDPP with --eps > 0); dc, dsa: gradient matching "
-        "without/with Siamese DSA; dm: distribution matching; cafe: CAFE (docs/methods.md). "
-        "Only tm needs a buffer. (default: tm)",
+        help=distill_methods.method_help(),
         rich_help_panel=DISTILL,
     ),
 ]

@@ -155,7 +155,7 @@ def check_method_options(ctx: typer.Context, method: str | None, resume_dir: Pat
     does not apply to the run's method: ``--method``, else the resumed run's, else tm."""
     if method is None and resume_dir is not None:
         method = distill_engine.saved_config(resume_dir).method
-    distill_engine.check_options(method or "tm", opt.given_options(ctx))
+    distill_engine.check_options(method or distill_engine.DEFAULT_METHOD, opt.given_options(ctx))
 
 
 def resolve_run(

@@ -243,7 +243,7 @@ def cafe_iteration(
     settings: CafeSettings,
     generator: torch.Generator,
 ) -> CafeIteration:
-    """One CAFE iteration on a freshly initialised ConvNet ``network`` (METHODS.md §4).
+    """One CAFE iteration on a freshly initialised ConvNet ``network`` (docs/methods.md, CAFE).
 
     Repeat: an image step on :func:`cafe_loss` (all classes in one forward per side, each class
     under its Siamese DSA draw with CAFE+DSA); append the monitor value; stop when

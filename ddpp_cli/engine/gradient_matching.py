@@ -7,7 +7,7 @@ one real data produces, class by class:
 
 with the real gradient a constant and the synthetic one kept differentiable (second order, so
 that L can be backpropagated into S). Everything here is a pure function; the outer/inner loop
-that trains θ on S between matching steps is the caller's (METHODS.md §1, §2).
+that trains θ on S between matching steps is the caller's (docs/methods.md, DC and DSA).
 
 Defaults and their source (VICO-UoE/DatasetCondensation, ``utils.py``: ``match_loss``,
 ``distance_wb``, ``get_loops``; ``main.py`` for the rest):
@@ -218,7 +218,7 @@ def gradient_matching_iteration(
     loops: MatchingLoops,
     generator: torch.Generator,
 ) -> float:
-    """One DC/DSA iteration on a freshly initialised ``network`` (METHODS.md §1–2).
+    """One DC/DSA iteration on a freshly initialised ``network`` (docs/methods.md, DC and DSA).
 
     ``outer_loop`` times: draw ``batch_real`` real images per class, apply the class's Siamese
     DSA draw to its real and synthetic images (DSA only), take one ``image_optimizer`` step on

@@ -147,32 +147,36 @@ def _plan_distill(
     dataset: str, ipc: int, eps: float, arch: str, seed: int, use_zca: bool, quick: bool,
     given: dict[str, Any], origin: dict[str, str], *, derive: bool = False,
 ) -> distill_engine.DistillConfig:  # fmt: skip
-    """The distillation settings: the preset, the quick profile's cuts, then the options
-    (``origin`` is told where each came from); ``derive`` is ``--auto-lr``."""
-    preset = presets.resolve(dataset, ipc, derive=derive)
-    distill_values: dict[str, Any] = {}
-    if quick:
-        distill_values = {
-            "syn_steps": min(preset["syn_steps"], QUICK["syn_steps"]),
-            "max_start_epoch": min(preset["max_start_epoch"], QUICK["max_start_epoch"]),
-            "iterations": QUICK["iterations"],
-            "eval_every": QUICK["eval_every"],
-            "checkpoint_every": QUICK["checkpoint_every"],
-        }
-        if not use_zca:
-            distill_values["lr_img"] = max(preset["lr_img"], QUICK["lr_img"])
-        origin.update({name: "profile" for name in distill_values})
-    distill_values.update({k: given[k] for k in DISTILL_KEYS if k in given})
-    origin.update({k: "user" for k in DISTILL_KEYS if k in given})
-    all_images = distill_values.get("batch_syn") == 0  # --batch-syn 0: every image each step
-    if all_images:
-        del distill_values["batch_syn"]
+    """The distillation settings, resolved as ``ddpp distill`` resolves them: the preset, the
+    quick profile's cuts, then the options (``origin`` is told where the profile's and the
+    options' values came from); ``derive`` is ``--auto-lr``."""
+    profile = _quick_distill_profile(use_zca) if quick else {}
+    options = {k: given[k] for k in DISTILL_KEYS if k in given}
     # The run evaluates the set itself (with the baseline), so the distiller's own test is off.
-    config = distill_engine.DistillConfig.from_preset(
-        dataset, ipc, derive=derive, eps=eps, arch=arch, seed=seed, zca=use_zca, test_runs=0,
-        train_subset=given.get("train_subset"), **distill_values,
+    resolved = distill_engine.resolve(
+        {
+            "dataset": dataset, "ipc": ipc, "eps": eps, "arch": arch, "seed": seed,
+            "zca": use_zca, "test_runs": 0, "train_subset": given.get("train_subset"), **options,
+        },
+        None, derive=derive, profile=profile,
     )  # fmt: skip
-    return replace(config, batch_syn=None) if all_images else config
+    origin.update({name: resolved.origin[name] for name in (*profile, *options)})
+    return resolved.config
+
+
+def _quick_distill_profile(use_zca: bool) -> dict[str, Any]:
+    """The quick profile's distillation values: caps of the preset's unroll, a short run
+    without validation and, on normalised data, larger image steps."""
+    profile: dict[str, Any] = {
+        "syn_steps": lambda preset: min(preset, QUICK["syn_steps"]),
+        "max_start_epoch": lambda preset: min(preset, QUICK["max_start_epoch"]),
+        "iterations": QUICK["iterations"],
+        "eval_every": QUICK["eval_every"],
+        "checkpoint_every": QUICK["checkpoint_every"],
+    }
+    if not use_zca:
+        profile["lr_img"] = lambda preset: max(preset, QUICK["lr_img"])
+    return profile
 
 
 def _plan_buffer(

@@ -1,4 +1,4 @@
-"""Distillation presets of SPEC §6: the paper's hyperparameters per dataset and IPC.
+"""tm's presets: the paper's hyperparameters per dataset and IPC (docs/distill.md, Presets).
 
 ``resolve(dataset, ipc)`` gives the values used when the user sets none. Datasets without a row
 use the "other sets" row, except for the step sizes ``lr_teacher`` and ``lr_lr``, which are None
@@ -42,13 +42,13 @@ _TABLE: dict[str, dict[int, tuple[int, int, int, int | None, bool, float, float,
         50: (20, 2, 40, 300, False, 10000.0, 1e-4, 0.01),
     },
 }
-# SPEC §6's "other sets" row; its lr_lr 1e-5 and lr_teacher 0.01 are replaced by derived values.
+# The table's "other sets" row; its lr_lr 1e-5 and lr_teacher 0.01 are replaced by derived values.
 _OTHER = (20, 2, 10, None, False, 100.0, 1e-5, 0.01)
 DERIVED = ("lr_teacher", "lr_lr")  # None in a resolved preset: derived at the start of the run
 
 
 def has_paper_row(dataset: str) -> bool:
-    """Whether SPEC §6 lists tuned values for ``dataset`` (CIFAR-10/100, Tiny ImageNet)."""
+    """Whether the paper lists tuned values for ``dataset`` (CIFAR-10/100, Tiny ImageNet)."""
     return data.info(dataset).name in _TABLE
 
 

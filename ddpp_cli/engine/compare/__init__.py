@@ -8,9 +8,10 @@ one the trajectory rows were distilled in.
 
 - ``random``, ``herding``, ``forgetting``: coresets of :mod:`~ddpp_cli.engine.baselines`
   (``prepare_baseline`` → ``evaluate_baseline``);
-- ``dc``, ``dsa``, ``dm``, ``cafe``: :func:`engine.distill.distill` with
-  ``DistillConfig.method`` set to the row (no buffer: these methods match real images);
-- ``mtt``, ``ddpp``: trajectory matching from the run's one buffer, ε = 0 and the plan's ε.
+- one row per distillation method of the registry (``distill.methods``; a record may list
+  several): ``dc``, ``dsa``, ``dm``, ``cafe``: :func:`engine.distill.distill` with the method's
+  resolution (no buffer: these methods match real images); ``mtt``, ``ddpp``: trajectory
+  matching from the run's one buffer, ε = 0 and the plan's ε.
 
 Each row's budget (iterations, epochs) comes from the profile (:class:`RowInfo`) and can be
 overridden (:func:`parse_budgets`); the table says it and the row's other cuts (the quick
@@ -39,7 +40,6 @@ from ddpp_cli.engine.compare.rows import (
     CUT_SETTINGS,
     KINDS,
     PAPER_LOOP_CAPS,
-    QUICK_MATCHING,
     ROWS,
     TABLE_I,
     UNCAPPED,
@@ -48,10 +48,12 @@ from ddpp_cli.engine.compare.rows import (
     RowInfo,
     matching_config,
     matching_cuts,
+    method_rows,
     parse_budgets,
     parse_rows,
     quick_budgets_text,
     row_budgets,
+    row_config,
     row_origin,
     trajectory_config,
 )
@@ -98,7 +100,6 @@ __all__ = [
     "MARKDOWN_NAME",
     "PAPER_LOOP_CAPS",
     "PUBLISHED_HEADING",
-    "QUICK_MATCHING",
     "ROWS",
     "ROWS_DIRNAME",
     "ROW_FORMAT",
@@ -127,6 +128,7 @@ __all__ = [
     "markdown",
     "matching_config",
     "matching_cuts",
+    "method_rows",
     "parse_budgets",
     "parse_rows",
     "protocol_text",
@@ -135,6 +137,7 @@ __all__ = [
     "read_row",
     "reference",
     "row_budgets",
+    "row_config",
     "row_folder",
     "row_origin",
     "row_settings",

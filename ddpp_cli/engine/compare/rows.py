@@ -2,18 +2,21 @@
 ``--compare-budget``, each row's budget and cuts (:class:`Budget`), and the configs a row runs:
 its coreset, matching or trajectory distillation settings.
 
-The quick profile cuts each method to a CPU budget: fewer iterations (forgetting: epochs) and,
-for the matching methods, fewer real images per step and CAFE's loops capped
-(:data:`QUICK_MATCHING`); a row's :class:`Budget` lists every cut next to the paper's value.
+The distillation rows come from the method registry (``distill.methods``: each method's rows,
+label, paper budget and source). The quick profile cuts each method to a CPU budget: fewer
+iterations (forgetting: epochs) and, for the matching methods, the cuts of its record
+(``quick_cuts``: fewer real images per step, CAFE's loops capped), resolved as a profile; a
+row's :class:`Budget` lists every cut next to the paper's value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine.distill.methods import compare_rows
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.pipeline import RunPlan
 
@@ -30,6 +33,30 @@ class RowInfo:
     paper: int | None = None  # the method's own default
     quick: int | None = None  # the quick profile's CPU budget (None: the plan's iterations)
     paper_source: str = ""
+    method: str | None = None  # the distillation method it runs (None: a coreset)
+    changes: Mapping[str, Any] = field(default_factory=dict)  # its settings beyond the method's
+
+    @property
+    def needs_buffer(self) -> bool:
+        """Whether the row distills from the run's buffer."""
+        return self.method is not None and distill_engine.get_method(self.method).needs_buffer
+
+
+def method_rows() -> dict[str, RowInfo]:
+    """The rows of the registered methods (:func:`distill.methods.compare_rows`): the matching
+    methods, then those from a buffer (the paper's order)."""
+    rows = []
+    for name in distill_engine.list_methods():
+        info = distill_engine.get_method(name)
+        kind = "trajectory" if info.needs_buffer else "matching"
+        for row in compare_rows(info):
+            rows.append(
+                (row.name, RowInfo(
+                    row.label, kind, "iterations", info.paper_budget, info.quick_budget,
+                    info.preset_source, method=name, changes=dict(row.changes),
+                ))
+            )  # fmt: skip
+    return dict(sorted(rows, key=lambda item: KINDS.index(item[1].kind)))
 
 
 ROWS: dict[str, RowInfo] = {
@@ -40,12 +67,7 @@ ROWS: dict[str, RowInfo] = {
     "forgetting-deepcore": RowInfo(
         "Forgetting (DeepCore)", "coreset", "epochs", 200, 10, "Toneva et al. 2019"
     ),
-    "dc": RowInfo("DC", "matching", "iterations", 1000, 40, "DatasetCondensation main.py"),
-    "dsa": RowInfo("DSA", "matching", "iterations", 1000, 100, "DatasetCondensation main.py"),
-    "dm": RowInfo("DM", "matching", "iterations", 20000, 200, "DatasetCondensation main_DM.py"),
-    "cafe": RowInfo("CAFE", "matching", "iterations", 2000, 4, "CAFE distill.py"),
-    "mtt": RowInfo("MTT", "trajectory", "iterations", 5000, None, "SPEC §6"),
-    "ddpp": RowInfo("DDPP", "trajectory", "iterations", 5000, None, "SPEC §6"),
+    **method_rows(),
 }
 # The paper's Table I order; ``--compare all`` asks for these.
 TABLE_I = ("random", "herding", "forgetting", "dsa", "dm", "cafe", "mtt", "ddpp")
@@ -106,9 +128,9 @@ class Cut:
 
 
 UNCAPPED = "no cap"
-# The settings of a matching row that a profile may cut (QUICK_MATCHING), and the papers' values
-# they are shown against: METHOD_PRESETS' batch_real; CAFE's reference loops have no cap (ddpp's
-# preset caps them at 100, which the paper profile therefore shows as a cut too).
+# The settings of a matching row that a profile may cut (a method's ``quick_cuts``), and the
+# papers' values they are shown against: the method's preset batch_real; CAFE's reference loops
+# have no cap (ddpp's preset caps them at 100, which the paper profile therefore shows as a cut).
 CUT_SETTINGS = ("batch_real", "max_image_steps", "max_inner_epochs")
 PAPER_LOOP_CAPS = {"max_image_steps": UNCAPPED, "max_inner_epochs": UNCAPPED}
 
@@ -168,28 +190,30 @@ def row_budgets(
             budgets[row] = Budget(None, None, None, "–")
         elif row in given:
             budgets[row] = Budget(info.unit, given[row], info.paper, "user")
-        elif info.kind == "trajectory":
+        elif info.quick is None:  # a buffer method's row: the plan's iterations
             origin = plan.origin.get("iterations", "default")
             budgets[row] = Budget(info.unit, plan.distill.iterations, info.paper, origin)
         elif quick:
             budgets[row] = Budget(info.unit, info.quick, info.paper, "profile")
         else:
             budgets[row] = Budget(info.unit, info.paper, info.paper, "paper")
-        if info.kind == "matching":
-            config = matching_config(plan, row, int(budgets[row].value or 0))
+        if info.method is not None:
+            config = row_config(plan, row, int(budgets[row].value or 0))
             budgets[row] = replace(budgets[row], cuts=matching_cuts(config))
     return budgets
 
 
 def matching_cuts(config: distill_engine.DistillConfig) -> tuple[Cut, ...]:
-    """The settings of a matching row's config (:data:`CUT_SETTINGS`) that differ from the
-    paper's, in that order."""
-    cuts = []
+    """The settings of a distillation row's config (:data:`CUT_SETTINGS`) that differ from the
+    paper's, in that order (none for a buffer method's row: it has none of them)."""
+    cuts, preset = [], None
     for name in CUT_SETTINGS:
         value = getattr(config, name)
         if value is None:
             continue
-        paper = PAPER_LOOP_CAPS.get(name) or distill_engine.METHOD_PRESETS[config.method][name]
+        if preset is None:
+            preset = distill_engine.method_preset(config.method, config.dataset, config.ipc)
+        paper = PAPER_LOOP_CAPS.get(name) or preset[name]
         if value != paper:
             cuts.append(Cut(name, value, paper))
     return tuple(cuts)
@@ -198,28 +222,37 @@ def matching_cuts(config: distill_engine.DistillConfig) -> tuple[Cut, ...]:
 # --------------------------------------------------------------------- what a row distills with
 
 
+def row_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
+    """The distillation of a method's row: from the buffer, the plan's own
+    (:func:`trajectory_config`); else the method's resolution (:func:`matching_config`)."""
+    if ROWS[row].needs_buffer:
+        return trajectory_config(plan, row, iterations)
+    return matching_config(plan, row, iterations)
+
+
 def trajectory_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
-    """The distillation of a trajectory row: the plan's, with ε 0 for ``mtt``."""
-    config = replace(plan.distill, iterations=iterations)
-    return replace(config, eps=0.0) if row == "mtt" else config
-
-
-# The quick profile's CPU cuts of the matching methods beyond their iterations (docs/compare.md):
-# fewer real images per class and step, and CAFE's loops capped.
-QUICK_MATCHING: dict[str, dict[str, int]] = {
-    "dc": {"batch_real": 64},
-    "dsa": {"batch_real": 64},
-    "dm": {"batch_real": 128},
-    "cafe": {"batch_real": 64, "max_image_steps": 10, "max_inner_epochs": 10},
-}
+    """The distillation of a trajectory row: the plan's, with the row's changes (``mtt``: ε 0)."""
+    return replace(plan.distill, iterations=iterations, **ROWS[row].changes)
 
 
 def matching_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.DistillConfig:
-    """The distillation of a matching row (dc, dsa, dm, cafe): ``DistillConfig.method`` set to
-    the row, which brings the method's own preset (lr_img, loops, init), and the row's budget;
-    the run's data, seed, validation and checkpoint settings are the plan's."""
-    changes = QUICK_MATCHING.get(row, {}) if plan.profile == "quick" else {}
-    return plan.distill.with_method(row, iterations=iterations, test_runs=0, **changes)
+    """The distillation of a matching row (dc, dsa, dm, cafe), resolved as ``ddpp distill``
+    resolves a run: the method's preset (lr_img, loops, init), then the quick profile's cuts
+    (its record's ``quick_cuts``), then the row's budget and the plan's data, seed, validation
+    and checkpoint settings (the method's own settings and the preset's fields are not taken
+    from the plan)."""
+    method = ROWS[row].method
+    info = distill_engine.get_method(method)
+    kept = {f.name for f in fields(plan.distill)} - {
+        *distill_engine.METHOD_SETTINGS,
+        *distill_engine.METHOD_PRESET_FIELDS,
+        "method",
+        "zca",
+    }
+    given = {name: getattr(plan.distill, name) for name in sorted(kept)}
+    given |= {"method": method, "iterations": iterations, "test_runs": 0}
+    profile = info.quick_cuts if plan.profile == "quick" else None
+    return distill_engine.resolve(given, None, profile=profile).config
 
 
 def row_origin(plan: RunPlan, row: str) -> dict[str, str]:
@@ -227,12 +260,14 @@ def row_origin(plan: RunPlan, row: str) -> dict[str, str]:
     plan's origins, the row's budget, and for a matching row its method ("row"), the method's
     preset and the quick profile's cuts."""
     origin = {**plan.origin, "iterations": "row budget"}
-    if ROWS[row].kind == "trajectory":
-        return origin | ({"eps": "mtt row"} if row == "mtt" else {})
-    if ROWS[row].kind != "matching":
+    info = ROWS[row]
+    if info.needs_buffer:
+        return origin | {name: f"{row} row" for name in info.changes}
+    if info.method is None:
         return origin
-    preset = distill_engine.method_preset(row, plan.distill.dataset, plan.distill.ipc)
+    method = distill_engine.get_method(info.method)
+    preset = distill_engine.method_preset(method.name, plan.distill.dataset, plan.distill.ipc)
     origin |= {name: "preset" for name in preset if name != "iterations"}
     if plan.profile == "quick":
-        origin |= {name: "profile (CPU cut)" for name in QUICK_MATCHING.get(row, {})}
+        origin |= {name: "profile (CPU cut)" for name in method.quick_cuts}
     return origin | {"method": "row"}

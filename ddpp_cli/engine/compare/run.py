@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import data, evaluate, store, trajectory
+from ddpp_cli.engine import data, evaluate, layout, store, trajectory
 from ddpp_cli.engine.compare.events import CompareStarted, StepFinished, StepStarted
 from ddpp_cli.engine.compare.rows import ROWS, parse_rows, row_budgets
 from ddpp_cli.engine.compare.runners import RUNNERS, RowJob, RowRunner, row_settings
@@ -27,39 +26,22 @@ from ddpp_cli.engine.compare.table import (
     RowResult,
     markdown,
 )
-from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.events import Notice, OnEvent
+from ddpp_cli.engine.layout import ROW_NAME, ROWS_DIRNAME
 from ddpp_cli.engine.pipeline import RunPlan, choose_buffer
 from ddpp_cli.engine.published import reference
 
 ROW_FORMAT = "ddpp.compare-row/1"
-ROWS_DIRNAME = "compare"
-ROW_NAME = "row.json"
-
-EventCallback = Callable[[object], None]
 
 
 def default_compare_folder(plan: RunPlan, now: datetime | None = None) -> Path:
-    """``<user data dir>/ddpp/runs/<dataset>-ipc<K>-compare-<timestamp>``."""
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    name = f"{plan.distill.dataset}-ipc{plan.distill.ipc}-compare-{stamp}"
-    return platformdirs.user_data_path("ddpp") / "runs" / name
+    """``<data home>/runs/<dataset>-ipc<K>-compare-<timestamp>``."""
+    return layout.default_runs_folder(f"{plan.distill.dataset}-ipc{plan.distill.ipc}-compare", now)
 
 
 def check_compare_folder(folder: Path) -> None:
     """DdppError when ``folder`` holds anything but an earlier comparison's files."""
-    if folder.exists() and not folder.is_dir():
-        raise DdppError(f"{folder} is a file, not a run folder; give a new or empty --out.")
-    if not folder.is_dir():
-        return
-    own = {MARKDOWN_NAME, JSON_NAME, ROWS_DIRNAME}
-    others = sorted(p.name for p in folder.iterdir() if p.name not in own and p.suffix != ".tmp")
-    if others:
-        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-        raise DdppError(
-            f"{folder} holds other files ({listed}), not a ddpp comparison; give a new or empty "
-            "--out so that nothing is mixed with them."
-        )
+    layout.check_output_folder(folder, {MARKDOWN_NAME, JSON_NAME, ROWS_DIRNAME}, "ddpp comparison")
 
 
 def read_row(folder: Path) -> dict[str, Any] | None:
@@ -74,7 +56,7 @@ def read_row(folder: Path) -> dict[str, Any] | None:
 
 
 def row_folder(
-    base: Path, row: str, settings: dict[str, Any], emit: EventCallback
+    base: Path, row: str, settings: dict[str, Any], emit: OnEvent
 ) -> tuple[Path, dict[str, Any] | None]:
     """The folder of ``row`` under ``base`` and its saved ``row.json`` when its settings match
     (None: a fresh folder). ``base/row`` first, then ``row-2``, ``row-3``, …: the first whose
@@ -139,7 +121,7 @@ def compare(
     download: bool = True,
     device: torch.device | str = "cpu",
     parallel: int = 1,
-    on_event: EventCallback | None = None,
+    on_event: OnEvent | None = None,
     runners: Mapping[str, RowRunner] | None = None,
 ) -> CompareSummary:
     """Run or reuse every row of ``rows`` (in that order) under ``plan``'s evaluation protocol
@@ -157,7 +139,7 @@ def compare(
     check_compare_folder(folder)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(CompareStarted(plan, rows, folder, data_folder))
-    wants_buffer = any(ROWS[row].kind == "trajectory" for row in rows)
+    wants_buffer = any(ROWS[row].needs_buffer for row in rows)
     total = len(rows) + wants_buffer
     buffer_dir = None
     sources = {"data_root": data_root, "download": download}
@@ -179,8 +161,8 @@ def compare(
 
 
 def _buffer_step(
-    plan: RunPlan, buffer: Path | None, total: int, emit: EventCallback, sources: dict[str, Any],
-    device: torch.device | str, parallel: int, on_event: EventCallback | None, source: Path,
+    plan: RunPlan, buffer: Path | None, total: int, emit: OnEvent, sources: dict[str, Any],
+    device: torch.device | str, parallel: int, on_event: OnEvent | None, source: Path,
 ) -> Path:  # fmt: skip
     """The one buffer the trajectory rows distill from, reused or trained as ``ddpp run`` does."""
     buffer_dir, reused = choose_buffer(plan, buffer, emit, source)
@@ -197,9 +179,7 @@ def _buffer_step(
     return buffer_dir
 
 
-def _row_step(
-    job: RowJob, runner: RowRunner, index: int, total: int, emit: EventCallback
-) -> RowResult:
+def _row_step(job: RowJob, runner: RowRunner, index: int, total: int, emit: OnEvent) -> RowResult:
     """One row: reused when a finished one of the same settings exists, else run (or resumed)."""
     settings = row_settings(job)
     folder, saved = row_folder(job.folder.parent, job.row, settings, emit)

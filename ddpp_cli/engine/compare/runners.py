@@ -12,16 +12,15 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, coresets, distilled, evaluate, layout, trajectory
+from ddpp_cli.engine import baselines, coresets, distilled, evaluate
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.compare.events import EvaluationStarted
-from ddpp_cli.engine.compare.rows import ROWS, Budget, matching_config, trajectory_config
+from ddpp_cli.engine.compare.rows import ROWS, Budget, row_config
+from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.layout import RECORDS_DIRNAME, ZCA_NAME
+from ddpp_cli.engine.layout import ROW_RUN_DIRNAME as RUN_DIRNAME
+from ddpp_cli.engine.layout import ROW_SET_NAME as SET_NAME
 from ddpp_cli.engine.pipeline import RunPlan
-
-SET_NAME = "set.safetensors"  # a coreset row's set (run 0's coreset)
-RUN_DIRNAME = "run"  # a distilled row's run folder
-
-EventCallback = Callable[[object], None]
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,12 @@ class RowJob:
     download: bool = True
     device: torch.device | str = "cpu"
     parallel: int = 1
-    on_event: EventCallback | None = None
+    on_event: OnEvent | None = None
 
     @property
     def records(self) -> Path:
         """Where the row's evaluation keeps its finished runs."""
-        return self.folder / layout.RECORDS_DIRNAME
+        return self.folder / RECORDS_DIRNAME
 
     @property
     def sources(self) -> dict[str, Any]:
@@ -86,9 +85,9 @@ def run_coreset_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
     plan = job.plan
     zca_file = None
     if plan.buffer.zca and job.buffer is not None:
-        zca_file = job.buffer / trajectory.ZCA_NAME
+        zca_file = job.buffer / ZCA_NAME
     prepared = baselines.prepare_baseline(
-        coreset_config(job), zca_path=zca_file, zca_out=job.folder / trajectory.ZCA_NAME,
+        coreset_config(job), zca_path=zca_file, zca_out=job.folder / ZCA_NAME,
         test_subset=plan.test_subset, eval_seed=plan.evaluation.seed, **job.sources,
     )  # fmt: skip
     job.evaluating()
@@ -103,10 +102,8 @@ def run_distilled_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
     then evaluate its set (best.safetensors, else distilled.safetensors)."""
     plan, row, iterations = job.plan, job.row, int(job.budget.value or 0)
     folder = job.folder / RUN_DIRNAME
-    if ROWS[row].kind == "trajectory":
-        config, buffer = trajectory_config(plan, row, iterations), job.buffer
-    else:
-        config, buffer = matching_config(plan, row, iterations), None
+    config = row_config(plan, row, iterations)
+    buffer = job.buffer if ROWS[row].needs_buffer else None
     distill_engine.distill(
         config, folder, buffer=buffer, device=job.device, on_event=job.on_event, **job.sources
     )
@@ -141,12 +138,11 @@ def row_settings(job: RowJob) -> dict[str, Any]:
         "evaluation": asdict(plan.evaluation),
         "test_subset": plan.test_subset,
     }
-    if info.kind == "trajectory":
-        config = trajectory_config(plan, job.row, int(job.budget.value or 0))
-        settings |= {"distill": config.identity(), "buffer": str(job.buffer)}
-    elif info.kind == "matching":  # the whole config, so the profile's cuts are compared too
-        config = matching_config(plan, job.row, int(job.budget.value or 0))
+    if info.method is not None:  # the whole config, so the profile's cuts are compared too
+        config = row_config(plan, job.row, int(job.budget.value or 0))
         settings |= {"distill": config.identity()}
+        if info.needs_buffer:
+            settings["buffer"] = str(job.buffer)
     else:
         buffer = None if job.buffer is None else str(job.buffer)
         settings |= {"train_subset": plan.buffer.train_subset, "buffer": buffer}

@@ -10,12 +10,12 @@ from typing import Any
 from ddpp_cli import __version__
 from ddpp_cli.engine import evaluate
 from ddpp_cli.engine.compare.rows import ROWS, Budget
+from ddpp_cli.engine.layout import COMPARE_JSON_NAME as JSON_NAME
+from ddpp_cli.engine.layout import COMPARE_MARKDOWN_NAME as MARKDOWN_NAME
 from ddpp_cli.engine.pipeline import RunPlan
 from ddpp_cli.engine.published import UNCONFIRMED_NOTE, Reference
 
 FORMAT = "ddpp.compare/1"
-MARKDOWN_NAME = "compare.md"
-JSON_NAME = "compare.json"
 
 
 @dataclass(frozen=True)

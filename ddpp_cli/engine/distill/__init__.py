@@ -1,4 +1,5 @@
-"""Distillation (``ddpp distill``): MTT trajectory matching with DDPP parameter pruning (SPEC §6),
+"""Distillation (``ddpp distill``): MTT trajectory matching with DDPP parameter pruning
+(docs/distill.md),
 and, with ``config.method``, the comparison methods DC, DSA, DM and CAFE (docs/methods.md),
 which share the run folder, checkpoints, validation, guards and summary (``methods``).
 
@@ -15,39 +16,33 @@ result). All randomness comes from three CPU generators derived from the seed (e
 start epochs, minibatches and DSA draws), whose states are checkpointed; evaluation runs are
 seeded on their own. The engine never prints: progress goes to ``on_event``.
 
-Modules, one job each: ``config`` (settings, buffer and run folder locations, the resume rule),
-``state`` (:class:`DistillState` and its checkpoint form), ``files`` (the run folder's files),
-``setup`` (buffer, data, validation split, student), ``step`` (one iteration and its guards),
-``validation`` (held-out split, validation, the final test), ``events``, and ``run`` (the loop).
+Modules, one job each: ``methods`` (the registry of methods: one record per ``--method``, one
+module per family), ``config`` (the settings, checked against the method's record),
+``resolution`` (preset → profile → saved run → options, and the resume rule), ``buffer`` (where
+the buffer is and whether it fits), ``state`` (:class:`DistillState` and its checkpoint form),
+``files`` (the run folder's files), ``setup`` (buffer, data, validation split, student), ``step``
+(tm's iteration and the guards), ``validation`` (held-out split, validation, the final test),
+``events``, and ``run`` (the loop).
 """
 
 from ddpp_cli.engine import presets as presets  # the CLI reads presets.KEYS through here
+from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer, find_buffer
 from ddpp_cli.engine.distill.config import (
-    ALL_IMAGES,
     CHANGEABLE_ON_RESUME,
-    CHECKPOINT_NAME,
     INITS,
-    METHOD_PRESETS,
+    METHOD_PRESET_FIELDS,
     METHOD_SETTINGS,
     METHODS,
-    RESOLVED_AT_START,
     DistillConfig,
-    Resolved,
-    check_options,
-    default_run_dir,
-    find_buffer,
     lighter_unroll,
     method_preset,
-    resolve,
-    resume_config,
-    saved_config,
+    not_applicable,
 )
 from ddpp_cli.engine.distill.events import (
     CheckpointSaved,
     DistillStarted,
     DistillSummary,
     DivergedError,
-    EventCallback,
     IterationFinished,
     TestFinished,
     TestStarted,
@@ -56,23 +51,34 @@ from ddpp_cli.engine.distill.events import (
 )
 from ddpp_cli.engine.distill.files import (
     BEST_NAME,
+    CHECKPOINT_NAME,
     DISTILLED_NAME,
     METRICS_NAME,
     SNAPSHOTS_DIRNAME,
     SUMMARY_NAME,
     RunFolder,
+    default_run_dir,
     read_checkpoint,
 )
-from ddpp_cli.engine.distill.methods import MethodStep
+from ddpp_cli.engine.distill.methods import (
+    DEFAULT_METHOD,
+    MethodInfo,
+    MethodStep,
+    get_method,
+    list_methods,
+)
+from ddpp_cli.engine.distill.resolution import (
+    ALL_IMAGES,
+    RESOLVED_AT_START,
+    Resolved,
+    check_options,
+    resolve,
+    resume_config,
+    saved_config,
+)
 from ddpp_cli.engine.distill.run import distill, summary_json
 from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
-from ddpp_cli.engine.distill.state import (
-    GENERATORS,
-    METHOD_GENERATORS,
-    Best,
-    DistillState,
-    StateDict,
-)
+from ddpp_cli.engine.distill.state import GENERATORS, Best, DistillState, StateDict
 from ddpp_cli.engine.distill.step import MatchingStep, divergence, read_snapshots
 from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_validation
 from ddpp_cli.engine.unroll import UnrollStep, plan_unroll, unroll
@@ -82,13 +88,13 @@ __all__ = [
     "BEST_NAME",
     "CHANGEABLE_ON_RESUME",
     "CHECKPOINT_NAME",
+    "DEFAULT_METHOD",
     "DISTILLED_NAME",
     "GENERATORS",
     "INITS",
     "MAX_VAL_SIZE",
     "METHODS",
-    "METHOD_GENERATORS",
-    "METHOD_PRESETS",
+    "METHOD_PRESET_FIELDS",
     "METHOD_SETTINGS",
     "METRICS_NAME",
     "RESOLVED_AT_START",
@@ -101,9 +107,9 @@ __all__ = [
     "DistillState",
     "DistillSummary",
     "DivergedError",
-    "EventCallback",
     "IterationFinished",
     "MatchingStep",
+    "MethodInfo",
     "MethodStep",
     "Resolved",
     "RunFolder",
@@ -115,13 +121,18 @@ __all__ = [
     "Validation",
     "ValidationFinished",
     "ValidationStarted",
+    "buffer_command",
+    "check_buffer",
     "check_options",
     "default_run_dir",
     "distill",
     "divergence",
     "find_buffer",
+    "get_method",
     "lighter_unroll",
+    "list_methods",
     "method_preset",
+    "not_applicable",
     "plan_unroll",
     "read_checkpoint",
     "read_snapshots",

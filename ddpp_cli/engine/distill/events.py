@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.distill.methods import DEFAULT_METHOD
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
-
-EventCallback = Callable[[object], None]
 
 
 class DivergedError(DdppError):
@@ -55,7 +53,7 @@ class IterationFinished:
     start_epoch: int | None
     expert: int | None
     seconds: float
-    method: str = "tm"
+    method: str = DEFAULT_METHOD
     details: dict[str, Any] = field(default_factory=dict)  # the method's own numbers
 
 
@@ -110,4 +108,4 @@ class DistillSummary:
     test: EvalResult | None
     pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
     seconds: float = 0.0
-    method: str = "tm"
+    method: str = DEFAULT_METHOD

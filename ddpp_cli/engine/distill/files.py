@@ -6,23 +6,27 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from ddpp_cli.engine import store
-from ddpp_cli.engine.distill.config import CHECKPOINT_NAME
-from ddpp_cli.engine.distill.state import StateDict, generator_names
+from ddpp_cli.engine import layout, store
+from ddpp_cli.engine.distill.config import DistillConfig
+from ddpp_cli.engine.distill.methods import DEFAULT_METHOD, get_method
+from ddpp_cli.engine.distill.state import StateDict
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
-
-DISTILLED_NAME = "distilled.safetensors"
-METRICS_NAME = "metrics.jsonl"
-BEST_NAME = "best.safetensors"
-SNAPSHOTS_DIRNAME = "snapshots"  # iter_NNNNNN.safetensors with --snapshot-every (for --animate)
-SUMMARY_NAME = "summary.json"
+from ddpp_cli.engine.layout import (
+    BEST_NAME,
+    CHECKPOINT_NAME,
+    DISTILLED_NAME,
+    METRICS_NAME,
+    SNAPSHOTS_DIRNAME,
+)
+from ddpp_cli.engine.layout import DISTILL_SUMMARY_NAME as SUMMARY_NAME
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
 SetMaker = Callable[[torch.Tensor, float | None, int], DistilledSet]
@@ -51,35 +55,28 @@ def _writing(method: Method) -> Method:
 # What else ddpp puts in a run folder: ``ddpp run``'s summary and pictures, ``ddpp visualize``'s
 # default grids, ``ddpp evaluate``'s records.
 RUN_EXTRAS = (
-    "run.json", "grid.png", "curves.png", "distilled-grid.png", "best-grid.png", "evaluations",
+    layout.RUN_SUMMARY_NAME, layout.GRID_NAME, layout.CURVES_NAME, "distilled-grid.png",
+    "best-grid.png", layout.RECORDS_DIRNAME,
 )  # fmt: skip
+
+
+def default_run_dir(config: DistillConfig, now: datetime | None = None) -> Path:
+    """``<data home>/runs/<dataset>-ipc<K>-eps<E>-<timestamp>``."""
+    return layout.default_runs_folder(f"{config.dataset}-ipc{config.ipc}-eps{config.eps:g}", now)
 
 
 def check_startable(folder: Path) -> None:
     """DdppError when a new run cannot start in ``folder``: it holds files of a run but no
     checkpoint to resume from, or files that are not a run's (never mixed into)."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise DdppError(f"{folder} is a file, not a run folder; give a new or empty --out.")
-    if not folder.is_dir():
-        return
-    if any((folder / name).exists() for name in (DISTILLED_NAME, METRICS_NAME, BEST_NAME)):
+    if folder.is_dir() and any(
+        (folder / name).exists() for name in (DISTILLED_NAME, METRICS_NAME, BEST_NAME)
+    ):
         raise DdppError(
             f"{folder} holds files of a run but no {CHECKPOINT_NAME} to resume from; use an "
             "empty --out."
         )
-    run_names = {SNAPSHOTS_DIRNAME, SUMMARY_NAME, *RUN_EXTRAS}
-    others = sorted(
-        entry.name
-        for entry in folder.iterdir()
-        if entry.name not in run_names and not entry.name.endswith(".tmp")
-    )
-    if others:
-        listed = ", ".join(others[:3]) + (", …" if len(others) > 3 else "")
-        raise DdppError(
-            f"{folder} holds other files ({listed}), not a ddpp run; give a new or empty --out "
-            "so that nothing is mixed with them."
-        )
+    layout.check_output_folder(folder, {SNAPSHOTS_DIRNAME, SUMMARY_NAME, *RUN_EXTRAS}, "ddpp run")
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
@@ -88,9 +85,12 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     stored = store.read(path, store.CHECKPOINT_FORMAT)
     tensors = {"images": store.require_tensor(stored, "images", ndim=4)}
     config = stored.metadata.get("config")
-    method = config.get("method", "tm") if isinstance(config, dict) else "tm"
-    learned = ("lr", "expert_order") if method == "tm" else ()
-    for name in (*learned, *(f"rng_{g}" for g in generator_names(method))):
+    info = get_method(
+        config.get("method", DEFAULT_METHOD) if isinstance(config, dict) else DEFAULT_METHOD
+    )
+    learned = ("lr",) if info.learns_step_size else ()
+    experts = ("expert_order",) if info.needs_buffer else ()
+    for name in (*learned, *experts, *(f"rng_{g}" for g in info.generators)):
         tensors[name] = store.require_tensor(stored, name, ndim=1)
     for name in ("momentum_images", "momentum_lr"):
         if name in stored.tensors:

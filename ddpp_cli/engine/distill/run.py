@@ -11,33 +11,31 @@ import torch
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import allocator, autolr, store
-from ddpp_cli.engine.distill.config import (
-    CHECKPOINT_NAME,
-    DistillConfig,
-    find_buffer,
-    not_applicable,
-    resume_config,
-)
+from ddpp_cli.engine.distill.buffer import find_buffer
+from ddpp_cli.engine.distill.config import DistillConfig, not_applicable
 from ddpp_cli.engine.distill.events import (
     CheckpointSaved,
     DistillStarted,
     DistillSummary,
     DivergedError,
-    EventCallback,
     IterationFinished,
     ValidationFinished,
 )
 from ddpp_cli.engine.distill.files import RunFolder, check_startable, read_checkpoint
-from ddpp_cli.engine.distill.methods import MethodStep
+from ddpp_cli.engine.distill.methods import get_method
+from ddpp_cli.engine.distill.methods.registry import Step
+from ddpp_cli.engine.distill.resolution import resume_config
 from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import DistillState, StateDict
-from ddpp_cli.engine.distill.step import MatchingStep, divergence
+from ddpp_cli.engine.distill.step import divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
+from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.faults import StageFailed
-from ddpp_cli.engine.trajectory import MANIFEST_NAME, read_manifest
+from ddpp_cli.engine.layout import CHECKPOINT_NAME, MANIFEST_NAME
+from ddpp_cli.engine.trajectory import read_manifest
 
 
 def distill(
@@ -48,7 +46,7 @@ def distill(
     data_root: Path | None = None,
     download: bool = True,
     device: torch.device | str = "cpu",
-    on_event: EventCallback | None = None,
+    on_event: OnEvent | None = None,
     world: World | None = None,
 ) -> DistillSummary:
     """Run (or resume, when ``folder`` holds a checkpoint) a distillation into ``folder``.
@@ -70,7 +68,8 @@ def distill(
         config = resume_config(folder, config)
     else:
         check_startable(folder)
-    if config.method == "tm":
+    info = get_method(config.method)
+    if info.needs_buffer:
         buffer = _resume_buffer(folder, buffer) if resuming else buffer
         setup = set_up(
             config, find_buffer(config, buffer), data_root=data_root, download=download,
@@ -84,7 +83,7 @@ def distill(
         )
     setup.world.barrier()  # every rank has seen whether the folder held a checkpoint
     derived: dict[str, str] = {}
-    if not resuming and config.method == "tm":  # open step sizes (no paper row, --auto-lr)
+    if not resuming and info.learns_step_size:  # open step sizes (no paper row, --auto-lr)
         setup, derived = autolr.calibrate(setup)
     files = RunFolder(
         folder, setup.as_set, *setup.checkpoint_contents(), writes=setup.world.is_main
@@ -139,7 +138,7 @@ def _started(
     )  # fmt: skip
 
 
-def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback) -> None:
+def _loop(setup: RunSetup, files: RunFolder, state: DistillState, emit: OnEvent) -> None:
     """Iterate until ``iterations``. An iteration is complete once its metrics line is written;
     whatever else stops the next one (Ctrl-C, out of memory, a CUDA error, a bug) checkpoints
     the last complete state, unless a write failed (:meth:`_Loop.keep`)."""
@@ -176,24 +175,14 @@ class _Loop:
     """The pieces the loop uses: the step, validation, the files and the event callback."""
 
     def __init__(
-        self, setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback
+        self, setup: RunSetup, files: RunFolder, state: DistillState, emit: OnEvent
     ) -> None:
         self.config = setup.config
         self.files = files
         self.state = state
         self.emit = emit
         self.labels = setup.labels
-        self.matching: MatchingStep | MethodStep
-        if setup.config.method == "tm":
-            self.matching = MatchingStep(
-                setup.config, setup.student, setup.expert_paths, setup.labels,
-                setup.prepared.image_size, setup.device,
-            )  # fmt: skip
-        else:
-            self.matching = MethodStep(
-                setup.config, setup.real_by_class, setup.labels, setup.prepared.channels,
-                setup.prepared.image_size, setup.device,
-            )  # fmt: skip
+        self.matching: Step = get_method(setup.config.method).step(setup)
         train = setup.prepared.train
         self.validation = Validation(
             setup.config, train.images[setup.val_idx], train.labels[setup.val_idx],
@@ -294,12 +283,7 @@ class _Loop:
         path = self.files.save_diverged(last_good, iteration)
         lr = self.state.learned_lr
         self.files.log({**record, **({} if lr is None else {"lr": lr}), "diverged": problem})
-        if self.config.method == "tm":
-            where = f"expert {record['expert']}, start epoch {record['start_epoch']}"
-            advice = autolr.divergence_advice(lr, self.config)
-        else:
-            where = f"method {self.config.method}"
-            advice = f"Lower --lr-img (it was {self.config.lr_img:g}) and start a new run."
+        where, advice = get_method(self.config.method).divergence(self.config, record, lr)
         raise DivergedError(
             f"{problem} at iteration {iteration} ({where}); the run diverged. The last good "
             f"set (iteration {last_good.iteration}) is in {path}. " + advice,
@@ -310,7 +294,7 @@ class _Loop:
 
 
 def _finish(
-    setup: RunSetup, files: RunFolder, state: DistillState, emit: EventCallback
+    setup: RunSetup, files: RunFolder, state: DistillState, emit: OnEvent
 ) -> DistillSummary:
     """Test the best set (or the final one) once and write ``summary.json``."""
     config = setup.config

@@ -12,19 +12,20 @@ import torch
 
 from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
-from ddpp_cli.engine.cafe import convnet_layer_features
 from ddpp_cli.engine.device import make_generator, seeded
+from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer
 from ddpp_cli.engine.distill.config import DistillConfig
-from ddpp_cli.engine.distill.events import EventCallback
+from ddpp_cli.engine.distill.methods import get_method, list_methods
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.validation import split_validation, validation_size
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
+from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
-from ddpp_cli.engine.trajectory import ZCA_NAME, expert_files, read_manifest
+from ddpp_cli.engine.trajectory import expert_files, read_manifest
 from ddpp_cli.engine.unroll import Student
 
 
@@ -108,11 +109,12 @@ class RunSetup:
 
     def fresh_state(self) -> DistillState:
         """Iteration 0: initial images, α = lr_teacher (tm), new generators."""
-        c = self.config
-        if c.method != "tm":
+        c, info = self.config, get_method(self.config.method)
+        if not info.needs_buffer:
             return DistillState.start_method(
-                self.initial_images(), seed=c.seed, lr_img=c.lr_img, device=self.device
-            )
+                self.initial_images(), seed=c.seed, lr_img=c.lr_img, device=self.device,
+                streams=info.generators,
+            )  # fmt: skip
         return DistillState.start(
             self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
             lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
@@ -127,7 +129,7 @@ class RunSetup:
             )
         experts = saved.meta["experts"]
         missing = [e for e in experts if e not in self.expert_paths]
-        if self.config.method == "tm" and (not experts or missing):
+        if get_method(self.config.method).needs_buffer and (not experts or missing):
             raise DdppError(
                 f"{path} uses experts {missing or experts} that the buffer at {self.buffer} "
                 "no longer holds; resume with the buffer the run was started with (--buffer)."
@@ -145,7 +147,7 @@ def set_up(
     data_root: Path | None,
     download: bool,
     device: torch.device,
-    emit: EventCallback,
+    emit: OnEvent,
     world: World | None = None,
 ) -> RunSetup:
     """Check the buffer against ``config``, load the data as the buffer was made, split off
@@ -153,7 +155,7 @@ def set_up(
     of ``world``); DdppError on any mismatch."""
     world = world or World()
     manifest = read_manifest(buffer)
-    config.check_buffer(buffer, manifest)
+    check_buffer(config, buffer, manifest)
     buffer_config = manifest.get("config") or {}
     is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
     if config.train_subset is None and buffer_config.get("train_subset") is not None:
@@ -163,7 +165,7 @@ def set_up(
     if not expert_paths:
         raise DdppError(
             f"the buffer at {buffer} holds no expert files yet; finish it with "
-            f"'{config.buffer_command(buffer)}'."
+            f"'{buffer_command(config, buffer)}'."
         )
     prepared, preprocessing = _prepare_data(config, buffer, manifest, data_root, download)
     num_classes = prepared.num_classes
@@ -200,11 +202,12 @@ def set_up_method(
     """The setup of a method without buffer (dc, dsa, dm, cafe): the data normalised as the
     dataset's table says (``image_size`` resizes), the validation split, and the per-class real
     pools without the validation images; DdppError where the method cannot run."""
-    world = world or World()
-    if world.distributed:
+    world, info = world or World(), get_method(config.method)
+    if world.distributed and not info.distributed:
+        allowed = ", ".join(m for m in list_methods() if get_method(m).distributed)
         raise DdppError(
             f"--method {config.method} runs in one process; torchrun is only supported for "
-            "--method tm. Run it without torchrun."
+            f"--method {allowed}. Run it without torchrun."
         )
     prepared = prepare(
         config.dataset, data_root, use_zca=False, download=download,
@@ -212,13 +215,8 @@ def set_up_method(
     )  # fmt: skip
     num_classes = prepared.num_classes
     config, train_idx, val_idx, model = _split_and_network(replace(config, zca=False), prepared)
-    if config.method in ("dc", "dsa") and models.uses_batchnorm(model):
-        raise DdppError(
-            f"--method {config.method} with BatchNorm needs the reference's frozen-statistics "
-            f"step, which ddpp does not implement; use --arch {config.arch.replace('-bn', '')}."
-        )
-    if config.method == "cafe":
-        convnet_layer_features(model, prepared.train.images[:1])  # DdppError if it has none
+    if info.check_network is not None:  # DdppError where the network cannot serve the method
+        info.check_network(config, model, prepared.train.images[:1])
     pool_images = prepared.train.images[train_idx]
     pool_labels = prepared.train.labels[train_idx]
     real_by_class = [pool_images[pool_labels == c].to(device) for c in range(num_classes)]

@@ -23,15 +23,9 @@ import torch
 
 from ddpp_cli.engine.device import make_generator
 
-# The run's random streams: the expert order, the start epochs, and minibatches + DSA draws.
+# The streams of a run from a buffer (tm's record's ``generators``): the expert order, the start
+# epochs, and minibatches + DSA draws.
 GENERATORS = ("experts", "start", "unroll")
-# The other methods' one stream: real batches, DSA draws, inner-loop shuffles.
-METHOD_GENERATORS = ("matching",)
-
-
-def generator_names(method: str) -> tuple[str, ...]:
-    """The generators a run of ``method`` checkpoints."""
-    return GENERATORS if method == "tm" else METHOD_GENERATORS
 
 
 @dataclass
@@ -109,10 +103,17 @@ class DistillState:
 
     @classmethod
     def start_method(
-        cls, images: torch.Tensor, *, seed: int, lr_img: float, device: torch.device
+        cls,
+        images: torch.Tensor,
+        *,
+        seed: int,
+        lr_img: float,
+        device: torch.device,
+        streams: tuple[str, ...],
     ) -> DistillState:
-        """Iteration 0 of a method without experts or learned step size (dc, dsa, dm, cafe)."""
-        generators = {name: make_generator(seed, name) for name in METHOD_GENERATORS}
+        """Iteration 0 of a method without experts or learned step size (dc, dsa, dm, cafe),
+        with new generators ``streams`` (its record's ``generators``)."""
+        generators = {name: make_generator(seed, name) for name in streams}
         return cls.create(
             images, None, lr_img=lr_img, lr_lr=None, device=device, generators=generators,
             experts=[], order=torch.zeros(0, dtype=torch.long),

@@ -1,17 +1,20 @@
-"""One iteration of SPEC §6 (:class:`MatchingStep`) and the guards a run checks after it."""
+"""One iteration of trajectory matching with pruning (:class:`MatchingStep`, docs/distill.md)
+and the guards a run checks after it."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import safe_open
 
-from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.state import DistillState
 from ddpp_cli.engine.unroll import Student, UnrollStep, match, plan_unroll
+
+if TYPE_CHECKING:
+    from ddpp_cli.engine.distill.config import DistillConfig
 
 
 def read_snapshots(path: Path, rows: tuple[int, ...]) -> list[torch.Tensor]:

@@ -1,5 +1,6 @@
-"""Model selection (SPEC §6): a validation split held out from the training data, evaluation of
-the current images on it, and the one final test of the chosen set on the test split."""
+"""Model selection (docs/distill.md): a validation split held out from the training data,
+evaluation of the current images on it, and the one final test of the chosen set on the test
+split."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from ddpp_cli.engine import data
 from ddpp_cli.engine.device import derive_seed
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.events import (
-    EventCallback,
     TestFinished,
     TestStarted,
     ValidationStarted,
@@ -20,6 +20,7 @@ from ddpp_cli.engine.distill.events import (
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
+from ddpp_cli.engine.events import OnEvent
 
 MAX_VAL_SIZE = 5000
 
@@ -66,7 +67,7 @@ class Validation:
         labels: torch.Tensor,
         num_classes: int,
         device: torch.device,
-        emit: EventCallback,
+        emit: OnEvent,
         world: World | None = None,
     ) -> None:
         self.config = config
@@ -105,7 +106,7 @@ def final_test(
     *,
     num_classes: int,
     device: torch.device,
-    emit: EventCallback,
+    emit: OnEvent,
     previous: dict[str, Any] | None,
     world: World | None = None,
 ) -> EvalResult:

@@ -1,0 +1,89 @@
+"""tm: trajectory matching (MTT) with DDPP's parameter pruning, the default method: its record.
+
+It matches expert trajectories from a buffer (``ddpp buffer``), learns the student's step size
+α with the images, and is the only method with ZCA, torchrun and the memory-saving unroll
+(docs/distill.md). Its iteration is :class:`~ddpp_cli.engine.distill.step.MatchingStep`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ddpp_cli.engine import autolr, presets
+from ddpp_cli.engine.distill.methods.registry import CompareRow, MethodInfo
+from ddpp_cli.engine.distill.state import GENERATORS
+from ddpp_cli.engine.distill.step import MatchingStep
+from ddpp_cli.engine.errors import DdppError
+
+if TYPE_CHECKING:
+    from ddpp_cli.engine.distill.config import DistillConfig
+    from ddpp_cli.engine.distill.setup import RunSetup
+
+EPS = 0.1  # the paper's pruning threshold ε, where none is given
+# Its own options, in the order they are checked ("buffer", "auto_lr": the command's options).
+SETTINGS = (
+    "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_lr", "lr_teacher", "eps",
+    "unroll", "unroll_budget", "amp", "compile", "channels_last", "buffer", "auto_lr",
+)  # fmt: skip
+
+
+def preset(dataset: str, ipc: int, derive: bool) -> dict[str, Any]:
+    """The MTT/DDPP table (engine/presets.py); its ``zca`` only picks the default buffer."""
+    return presets.resolve(dataset, ipc, derive=derive)
+
+
+def check(config: DistillConfig) -> None:
+    """ε in [0, 1), and the unroll's lengths (N, M, T⁺) at least 1."""
+    if not 0.0 <= config.eps < 1.0:
+        raise DdppError(
+            f"--eps must be in [0, 1) (got {config.eps}); 0 turns pruning off, 0.1 is the "
+            "paper's value."
+        )
+    for name in ("syn_steps", "expert_epochs", "max_start_epoch"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DdppError(f"--{name.replace('_', '-')} must be an integer ≥ 1 (got {value}).")
+
+
+def step(setup: RunSetup) -> MatchingStep:
+    return MatchingStep(
+        setup.config, setup.student, setup.expert_paths, setup.labels,
+        setup.prepared.image_size, setup.device,
+    )  # fmt: skip
+
+
+def lighter_unroll(config: DistillConfig) -> str:
+    """``--unroll memory``, else no kept step graphs; "" when every step is recomputed."""
+    if config.unroll == "graph":
+        return " --unroll memory"
+    return " --unroll-budget 0" if config.unroll_budget > 0 else ""
+
+
+def divergence(config: DistillConfig, record: dict[str, Any], lr: float | None) -> tuple[str, str]:
+    """The expert and start epoch that diverged, and the step size to change."""
+    where = f"expert {record['expert']}, start epoch {record['start_epoch']}"
+    return where, autolr.divergence_advice(lr, config)
+
+
+TM = MethodInfo(
+    name="tm",
+    label="DDPP",
+    summary="trajectory matching (MTT; DDPP with --eps > 0)",
+    doc="docs/distill.md, The algorithm",
+    preset=preset,
+    preset_source="MTT/DDPP papers (docs/distill.md, Presets)",
+    paper_budget=5000,
+    step=step,
+    settings=SETTINGS,
+    preset_only=("zca",),
+    needs_buffer=True,
+    learns_step_size=True,
+    allows_zca=True,
+    distributed=True,
+    generators=GENERATORS,
+    unset={"eps": EPS},
+    check=check,
+    lighter_unroll=lighter_unroll,
+    divergence=divergence,
+    compare_rows=(CompareRow("mtt", "MTT", {"eps": 0.0}), CompareRow("ddpp", "DDPP")),
+)
