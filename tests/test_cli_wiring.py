@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.commands import _options
+from ddpp_cli.commands import _settings
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import pipeline, store
 from ddpp_cli.engine.errors import DdppError
@@ -126,11 +126,11 @@ def test_shared_options_read_the_same_in_distill_and_run():
 
 
 def test_settings_rejects_an_unknown_name():
-    assert _options.settings({"iterations": 3, "eps": None}, ["iterations", "eps"]) == {
+    assert _settings.settings({"iterations": 3, "eps": None}, ["iterations", "eps"]) == {
         "iterations": 3
     }
     with pytest.raises(TypeError, match="iteratons"):
-        _options.settings({"iteratons": 3}, ["iterations"])
+        _settings.settings({"iteratons": 3}, ["iterations"])
 
 
 # ------------------------------------------------------------------------ one resume rule

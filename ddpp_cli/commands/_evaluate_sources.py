@@ -11,7 +11,7 @@ import typer
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.engine import baselines, data
 
-# Options named after the BaselineConfig field they set (``opt.settings`` maps them).
+# Options named after the BaselineConfig field they set (``_settings.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
                      "forgetting_unlearned", "feature_epochs", "l2_normalize",
                      "image_size")  # fmt: skip

@@ -23,9 +23,9 @@ from ddpp_cli.commands._options import (
     TestSubsetOpt,
     TrainSubsetOpt,
     ZcaOpt,
-    given_options,
     quiet_option,
 )
+from ddpp_cli.commands._settings import given_options
 from ddpp_cli.engine import augment, data, faults, trajectory
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands import _settings
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay, summary_table
 from ddpp_cli.engine import distill as distill_engine
@@ -145,7 +146,7 @@ def command(
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     resume_dir, out_dir = options.pop("resume_dir"), options.pop("out_dir")
     derive = options.pop("auto_lr")
-    given = opt.settings(options, CONFIG_FIELDS)
+    given = _settings.settings(options, CONFIG_FIELDS)
     folder, resolved = resolve_run(given, resume_dir, out_dir, derive=derive)
     distill_and_report(folder, resolved, engine_options, **output)
 
@@ -155,7 +156,7 @@ def check_method_options(ctx: typer.Context, method: str | None, resume_dir: Pat
     does not apply to the run's method: ``--method``, else the resumed run's, else tm."""
     if method is None and resume_dir is not None:
         method = distill_engine.saved_config(resume_dir).method
-    distill_engine.check_options(method or "tm", opt.given_options(ctx))
+    distill_engine.check_options(method or "tm", _settings.given_options(ctx))
 
 
 def resolve_run(

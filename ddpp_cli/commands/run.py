@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands import _comparing
+from ddpp_cli.commands import _comparing, _settings
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay
@@ -232,7 +232,7 @@ def command(
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     rows, budgets = options.pop("compare"), options.pop("compare_budget")
-    given = opt.settings(options, SETTINGS)
+    given = _settings.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
     _comparing.refuse_with_compare(given, budgets, rows)
     plan = pipeline.plan_run(dataset, ipc, **given)
