@@ -172,7 +172,7 @@ ImportOpt = Annotated[
         help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt and "
         "lr_best.pt beside it), a DC/DSA/DM res_*.pt, or a folder holding one. Loaded as "
         "tensors only (never arbitrary pickles). Needs --dataset; MTT's ZCA: the dataset's "
-        "default, --no-zca, or --zca PATH.",
+        "default, --no-zca, or --zca-file PATH.",
         rich_help_panel=IMPORT,
     ),
 ]

@@ -10,6 +10,7 @@ import typer
 
 from ddpp_cli.commands._display import out
 from ddpp_cli.commands._options import quiet_option
+from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
 from ddpp_cli.engine import distilled, evaluate, store
 from ddpp_cli.engine import visualize as visualize_engine
 
@@ -71,7 +72,9 @@ AnimateOpt = Annotated[
 
 ZcaFileOpt = Annotated[
     Path | None,
-    typer.Option("--zca", help="The buffer's zca.safetensors, for a ZCA set whose file moved."),
+    typer.Option(
+        "--zca-file", help="The buffer's zca.safetensors, for a ZCA set whose file moved."
+    ),
 ]
 
 
@@ -99,6 +102,7 @@ def command(
     curves: CurvesOpt = None,
     animate: AnimateOpt = None,
     zca_file: ZcaFileOpt = None,
+    zca_renamed: ZcaFileRenamedOpt = None,
     force: ForceOpt = False,
     quiet: quiet_option("the paths written") = False,
 ) -> None:

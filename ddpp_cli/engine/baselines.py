@@ -579,7 +579,7 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
         )
     is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
     if zca_path is not None:
-        raise DdppError("--zca PATH and --buffer both fix the whitening; drop --zca (the "
+        raise DdppError("--zca-file PATH and --buffer both fix the whitening; drop --zca-file (the "
                         "buffer's own ZCA is used).")  # fmt: skip
     if config.zca is not None and config.zca != is_zca:
         raise DdppError(
