@@ -26,11 +26,17 @@ from ddpp_cli.commands._options import (
     ZcaOpt,
     quiet_option,
 )
-from ddpp_cli.commands._settings import given_options
-from ddpp_cli.engine import augment, data, faults, trajectory
+from ddpp_cli.commands._settings import field_default, given_options
+from ddpp_cli.engine import augment, data, faults, layout, trajectory
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.progress import make_progress, percent
+
+# The expert recipe's defaults (shown by --help): BufferConfig's, the paper's.
+EXPERTS, EPOCHS, LR, BATCH_SIZE, ARCH = (
+    field_default(trajectory.BufferConfig, name)
+    for name in ("experts", "epochs", "lr", "batch_size", "arch")
+)
 
 
 def command(
@@ -40,13 +46,15 @@ def command(
     download: DownloadOpt = True,
     arch: Annotated[
         str, typer.Option("--arch", help=f"Expert architecture: {ARCHITECTURES}.")
-    ] = "convnet",
-    experts: ExpertsOpt = 100,
+    ] = ARCH,
+    experts: ExpertsOpt = EXPERTS,
     epochs: Annotated[
         int, typer.Option("--epochs", help="Training epochs per expert.", rich_help_panel=BUFFER)
-    ] = 50,
-    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.01,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 256,
+    ] = EPOCHS,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = LR,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Training batch size.")
+    ] = BATCH_SIZE,
     zca: ZcaOpt = None,
     dsa: Annotated[
         bool, typer.Option("--dsa/--no-dsa", help="Differentiable augmentation while training.")
@@ -65,7 +73,10 @@ def command(
     ] = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="Buffer folder (default: the ddpp data folder's 'buffers')."),
+        typer.Option(
+            "--out",
+            help=f"Buffer folder (default: the ddpp data folder's '{layout.BUFFERS_DIRNAME}').",
+        ),
     ] = None,
     parallel: ParallelOpt = 1,
     device: DeviceOpt = "auto",
