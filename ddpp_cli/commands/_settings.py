@@ -49,8 +49,12 @@ def value_text(value: object) -> str:
 
 
 def with_default(text: str, config: type, name: str) -> str:
-    """``text`` followed by "(default: V)", V the default of ``config``'s field ``name``."""
-    return f"{text} (default: {value_text(field_default(config, name))})"
+    """``text`` followed by "(default: V)", V the default of ``config``'s field ``name`` (a
+    switch's as its flag: "compile" or "no-compile")."""
+    value = field_default(config, name)
+    if isinstance(value, bool):
+        return f"{text} (default: {'' if value else 'no-'}{name.replace('_', '-')})"
+    return f"{text} (default: {value_text(value)})"
 
 
 def distill_default(text: str, name: str) -> str:

@@ -37,8 +37,11 @@ SnapshotEveryOpt = Annotated[
     int | None,
     typer.Option(
         "--snapshot-every",
-        help="Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
-        "--animate'); 0 = never. (default: 0)",
+        help=_settings.distill_default(
+            "Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
+            "--animate'); 0 = never.",
+            "snapshot_every",
+        ),
         rich_help_panel=opt.RUN_FOLDER,
     ),
 ]
@@ -46,7 +49,7 @@ TestRunsOpt = Annotated[
     int | None,
     typer.Option(
         "--test-runs",
-        help="Networks for the final test; 0 = skip. (default: 5)",
+        help=_settings.distill_default("Networks for the final test; 0 = skip.", "test_runs"),
         rich_help_panel=opt.VALIDATION,
     ),
 ]
@@ -60,8 +63,11 @@ AmpOpt = Annotated[
     str | None,
     typer.Option(
         "--amp",
-        help="tm: off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
-        "pruning and updates stay float32). (default: off)",
+        help=_settings.distill_default(
+            "tm: off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
+            "pruning and updates stay float32).",
+            "amp",
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -69,8 +75,11 @@ CompileOpt = Annotated[
     bool | None,
     typer.Option(
         "--compile/--no-compile",
-        help="tm: torch.compile the per-step gradient (falls back with a notice if it cannot "
-        "compile). (default: no-compile)",
+        help=_settings.distill_default(
+            "tm: torch.compile the per-step gradient (falls back with a notice if it cannot "
+            "compile).",
+            "compile",
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -78,8 +87,9 @@ ChannelsLastOpt = Annotated[
     bool | None,
     typer.Option(
         "--channels-last/--no-channels-last",
-        help="tm: channels-last activations (helps on GPUs, slower on CPUs). "
-        "(default: no-channels-last)",
+        help=_settings.distill_default(
+            "tm: channels-last activations (helps on GPUs, slower on CPUs).", "channels_last"
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
