@@ -10,7 +10,6 @@ from pathlib import Path
 import typer
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands import _settings
 from ddpp_cli.commands._display import err, line, out, print_result, set_label
 from ddpp_cli.commands._evaluate_sources import (
     BASELINE_SETTINGS,
@@ -49,6 +48,7 @@ from ddpp_cli.commands._evaluation import (
     records_line,
 )
 from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
+from ddpp_cli.commands._settings import settings
 from ddpp_cli.engine import (
     baselines,
     distilled,
@@ -207,9 +207,7 @@ def _baseline_config(options: dict) -> baselines.BaselineConfig:
             "--feature-epochs only applies to --baseline herding without --buffer (with one, "
             "the expert's network is used as it is)."
         )
-    given = _settings.settings(
-        {name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS
-    )
+    given = settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
     return baselines.BaselineConfig(
         method=method, zca=False if options["no_zca"] else None, **given
     )
