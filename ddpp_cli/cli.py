@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import typer
-from rich.markup import escape
 
 from ddpp_cli import __version__
 from ddpp_cli.commands import buffer, crossarch, distill, evaluate, run, visualize
-from ddpp_cli.commands._display import err, out
+from ddpp_cli.commands._display import err, error_line, out
 from ddpp_cli.engine import allocator, distributed, faults
 from ddpp_cli.engine.errors import DdppError
 
@@ -45,7 +44,7 @@ def user_errors(command: F, memory_levers: str = "") -> F:
         try:
             return command(*args, **kwargs)
         except DdppError as exc:
-            _error_line(str(exc))
+            error_line(str(exc))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]; everything already written is complete.")
@@ -57,14 +56,10 @@ def user_errors(command: F, memory_levers: str = "") -> F:
             fault = faults.describe(cause, memory_levers=memory_levers)
             if fault is None:
                 raise  # a bug: the traceback (a StageFailed's says where the state is kept)
-            _error_line(fault.message + _kept(exc))
+            error_line(fault.message + _kept(exc))
             raise typer.Exit(fault.status) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def _error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _kept(exc: Exception) -> str:
@@ -94,7 +89,7 @@ def root(
     try:  # DDPP_MALLOC checked before any work (engine/allocator.py)
         allocator.malloc_mode()
     except DdppError as exc:
-        _error_line(str(exc))
+        error_line(str(exc))
         raise typer.Exit(2) from None
 
 

@@ -74,6 +74,11 @@ def _is_argument(param: Any) -> bool:
     return getattr(param, "param_type_name", "") == "argument"
 
 
+def _listed(params: list[Any]) -> list[Any]:
+    """The parameters a user is shown: not ``--help``, not hidden (an old spelling refused)."""
+    return [p for p in params if p.name != "help" and not getattr(p, "hidden", False)]
+
+
 def _type_name(param: Any, ctx: Any) -> str:
     if getattr(param, "is_flag", False):
         return "flag"
@@ -105,7 +110,7 @@ def _option_row(param: Any, ctx: Any) -> str:
 def _command_section(name: str, command: Any, ctx: Any) -> list[str]:
     help_text = (command.help or "").strip()
     lines = [f"## `ddpp {name}`", "", help_text, ""]
-    params = [p for p in command.params if p.name != "help"]
+    params = _listed(command.params)
     if params:
         lines += ["| option | type | default | description |", "|---|---|---|---|"]
         lines += [_option_row(p, ctx) for p in params]
@@ -134,7 +139,7 @@ def undocumented_options(app: typer.Typer) -> list[str]:
     ctx = typer.Context(group)
     missing = []
     for name in group.list_commands(ctx):
-        for param in group.get_command(ctx, name).params:
+        for param in _listed(group.get_command(ctx, name).params):
             if not _is_argument(param) and not (getattr(param, "help", "") or "").strip():
                 missing.append(f"{name} {param.opts[0]}")
     return missing

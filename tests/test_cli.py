@@ -43,6 +43,22 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("ddpp ")
 
 
+@pytest.mark.parametrize("command", ["evaluate", "crossarch", "visualize"])
+def test_the_old_zca_file_spelling_is_refused_naming_the_new_one(command, tmp_path):
+    zca_file = tmp_path / "zca.safetensors"
+    result = invoke(command, tmp_path / "set.safetensors", "--zca", zca_file)
+    assert_one_line_error(result, "--zca is now --zca-file")
+    both = invoke(command, tmp_path / "set.safetensors", "--zca", zca_file, "--no-zca")
+    assert both.exit_code == 2, both.output  # the switch never meets the file option
+    assert "--zca-file" in invoke(command, "--help").output
+
+
+@pytest.mark.parametrize("command", ["buffer", "distill", "run"])
+def test_zca_stays_a_switch_where_it_is_one(command):
+    output = " ".join(invoke(command, "--help").output.split())
+    assert "--zca --no-zca" in output and "--zca-file" not in output
+
+
 def test_python_dash_m_works():
     done = subprocess.run(
         [sys.executable, "-m", "ddpp_cli", "--help"], capture_output=True, text=True, check=False

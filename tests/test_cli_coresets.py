@@ -208,8 +208,8 @@ def test_a_buffer_of_another_dataset_or_with_another_zca_is_refused(tiny_mnist, 
     args = ("--baseline", "herding", "--ipc", "1", "--buffer", tiny_buffer, *FAST)
     other = invoke("evaluate", *args, "--dataset", "fashionmnist")
     assert_one_line_error(other, "made for dataset 'mnist'")
-    both = invoke("evaluate", *args, "--dataset", "mnist", "--zca", tiny_buffer / "x")
-    assert_one_line_error(both, "--zca PATH and --buffer")
+    both = invoke("evaluate", *args, "--dataset", "mnist", "--zca-file", tiny_buffer / "x")
+    assert_one_line_error(both, "--zca-file PATH and --buffer")
 
 
 # ---------------------------------------------------------------------------------- import
@@ -243,7 +243,7 @@ def test_an_mtt_set_is_imported_evaluated_and_saved(tiny_mnist, tmp_path):
     assert again["accuracies"] == payload["accuracies"]
     # ZCA-whitened MTT images are imported with the ZCA they were whitened with.
     zca_file = cheap_zca("mnist", tmp_path / "zca.safetensors")
-    whitened = eval_json("--import", folder / "images_best.pt", *args, "--zca", zca_file)
+    whitened = eval_json("--import", folder / "images_best.pt", *args, "--zca-file", zca_file)
     assert whitened["protocol"]["preprocessing"] == "zca"
 
 

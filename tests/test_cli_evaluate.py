@@ -148,10 +148,11 @@ def test_a_zca_set_without_its_zca_is_refused(tiny_mnist, tmp_path):
     assert ok.exit_code == 0, ok.output
     moved = zca_file.rename(tmp_path / "moved.safetensors")
     result = invoke("evaluate", path, "--data-dir", tiny_mnist, "--no-download", *FAST)
-    assert_one_line_error(result, "ZCA", "--zca")
+    assert_one_line_error(result, "ZCA", "--zca-file")
     again = invoke(
-        "evaluate", path, "--zca", moved, "--data-dir", tiny_mnist, "--no-download", *FAST, "-q"
-    )
+        "evaluate", path, "--zca-file", moved, "--data-dir", tiny_mnist, "--no-download", *FAST,
+        "-q",
+    )  # fmt: skip
     assert again.exit_code == 0, again.output
 
 

@@ -6,6 +6,7 @@ with a DdppError, so the command exits 2 right after building its config.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import typer
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.commands import _options
+from ddpp_cli.commands import _settings
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import pipeline, store
+from ddpp_cli.engine import evaluate, pipeline, store
 from ddpp_cli.engine.errors import DdppError
 
 runner = CliRunner()
@@ -126,11 +127,44 @@ def test_shared_options_read_the_same_in_distill_and_run():
 
 
 def test_settings_rejects_an_unknown_name():
-    assert _options.settings({"iterations": 3, "eps": None}, ["iterations", "eps"]) == {
+    assert _settings.settings({"iterations": 3, "eps": None}, ["iterations", "eps"]) == {
         "iterations": 3
     }
     with pytest.raises(TypeError, match="iteratons"):
-        _options.settings({"iteratons": 3}, ["iterations"])
+        _settings.settings({"iteratons": 3}, ["iterations"])
+
+
+def test_help_defaults_are_the_config_fields():
+    distill = _options_by_flag("distill")
+    config = distill_engine.DistillConfig
+    assert distill["--eval-runs"].help.endswith(f"(default: {config.eval_runs})")
+    assert distill["--unroll-budget"].help.endswith(f"(default: {config.unroll_budget})")
+    assert distill["--compile"].help.endswith("(default: no-compile)")  # a switch: its flag
+    assert "tm 5000, dc/dsa 1000, dm 20000, cafe 2000" in distill["--iterations"].help
+    assert "noise for dc and cafe, else real" in distill["--init"].help
+    run = _options_by_flag("run")
+    evaluation = evaluate.EvalConfig
+    assert f"paper {evaluation.runs})" in run["--runs"].help
+    assert f"quick {pipeline.QUICK['epochs']}, paper {evaluation.epochs})" in run["--epochs"].help
+
+
+def test_no_command_module_imports_another():
+    commands = ("buffer", "distill", "evaluate", "crossarch", "visualize", "run")
+    folder = Path(__file__).parents[1] / "ddpp_cli" / "commands"
+    for module in [*commands, *(p.stem for p in folder.glob("_*.py"))]:
+        tree = ast.parse((folder / f"{module}.py").read_text())
+        imported = {
+            name.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "ddpp_cli.commands"
+            for name in node.names
+        } | {
+            node.module.rsplit(".", 1)[1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith("ddpp_cli.commands.")
+        }
+        assert not imported & set(commands), (module, imported & set(commands))
 
 
 # ------------------------------------------------------------------------ one resume rule

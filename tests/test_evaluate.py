@@ -313,7 +313,7 @@ def test_evaluate_set_runs_and_records_the_set(tiny_mnist, tmp_path):
 def test_a_zca_set_without_its_zca_is_refused(tiny_mnist, tmp_path):
     record, path = zca_set(tiny_mnist, tmp_path)
     path.unlink()
-    with pytest.raises(DdppError, match="--zca"):
+    with pytest.raises(DdppError, match="--zca-file"):
         evaluate.evaluate_set(record, FAST, data_root=tiny_mnist, download=False)
 
 

@@ -125,7 +125,7 @@ def test_grid_block_is_the_image_with_zca_undone(zca_set):
 def test_zca_set_whose_file_moved_needs_zca_option(zca_set, tmp_path):
     moved = tmp_path / "elsewhere.safetensors"
     Path(zca_set.preprocessing["zca_file"]).rename(moved)
-    with pytest.raises(DdppError, match="--zca"):
+    with pytest.raises(DdppError, match="--zca-file"):
         vis.class_grid(zca_set)
     pixels = vis.pixel_images(zca_set, zca_path=moved)
     assert (pixels - pixels_for([0, 1, 1, 2, 2, 2], seed=1)).abs().max() < 1e-4

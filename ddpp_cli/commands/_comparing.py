@@ -1,4 +1,5 @@
-"""``ddpp run --compare``: its options, the progress display of its steps and the table."""
+"""``ddpp run --compare``: its options, the run and its table (the progress display is
+:class:`._displays.RunDisplay`, as for one run)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands._display import distilling, err, line, note, out
-from ddpp_cli.commands._distilling import DistillDisplay
-from ddpp_cli.commands._evaluation import EvalDisplay
-from ddpp_cli.commands.buffer import BufferDisplay
+from ddpp_cli.commands._display import distilling, err, line, out
+from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import compare as compare_engine
-from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import faults, pipeline, presets
+from ddpp_cli.engine import faults, pipeline
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.published import UNCONFIRMED_NOTE
 from ddpp_cli.progress import make_progress
 
@@ -59,62 +56,6 @@ def refuse_with_compare(given: dict[str, Any], budgets: str | None, compare: str
         )
     if given.get("eps") == 0:
         raise DdppError("--eps 0 makes the ddpp row the mtt row; give ε > 0 with --compare.")
-
-
-class CompareDisplay:
-    """A step line per row, then the bars of what the row runs (buffer, distillation,
-    evaluation) and its result line."""
-
-    def __init__(self, progress, plan: pipeline.RunPlan, quiet: bool, device: str) -> None:
-        self.progress = progress
-        self.plan = plan
-        self.origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
-        self.quiet = quiet
-        self.device = device
-        self.row_origin = self.origin
-        self.sub = None
-        self.tasks_before: set = set()
-
-    def __call__(self, event: object) -> None:
-        p = self.progress
-        match event:
-            case compare_engine.CompareStarted() if not p.disable:
-                d = event.plan.distill
-                line(
-                    p.console,
-                    f"ddpp run --compare: {d.dataset} IPC {d.ipc}, profile {event.plan.profile}, "
-                    f"rows {', '.join(event.rows)}, on {self.device}; data from "
-                    f"{event.data_folder}",
-                )
-            case compare_engine.StepStarted():
-                if not p.disable:
-                    line(
-                        p.console,
-                        f"[bold cyan][{event.index}/{event.total}] {event.step}[/]: {event.detail}",
-                    )
-                self.tasks_before = set(p.task_ids)
-                self.sub = BufferDisplay(p, self.device) if event.step == "buffer" else None
-                if event.step in compare_engine.ROWS:
-                    row = compare_engine.row_origin(self.plan, event.step)
-                    self.row_origin = {**self.origin, **row}
-            case compare_engine.StepFinished():
-                for task in set(p.task_ids) - self.tasks_before:
-                    p.remove_task(task)
-                self.sub = None
-                if not p.disable and event.step != "buffer":
-                    done = "reused" if event.reused else f"{event.seconds:.0f} s"
-                    p.console.print(f"    {event.step}: {event.detail} ({done})", highlight=False)
-            case Notice() if not p.disable:
-                note(p.console, event.message)
-            case compare_engine.CompareStarted() | Notice():
-                pass  # not shown with --quiet
-            case distill_engine.DistillStarted():
-                self.sub = DistillDisplay(p, self.row_origin, self.quiet)
-                self.sub(event)
-            case compare_engine.EvaluationStarted():
-                self.sub = EvalDisplay(p)
-            case _ if self.sub is not None:
-                self.sub(event)
 
 
 def compare_table(summary: compare_engine.CompareSummary) -> Table:
@@ -176,7 +117,7 @@ def compare_and_report(
     folder = engine_options["out_dir"] or compare_engine.default_compare_folder(plan)
     silent = quiet or json_out
     progress = make_progress(err, disable=silent)
-    display = CompareDisplay(progress, plan, silent, str(torch_device))
+    display = RunDisplay(progress, plan, silent, str(torch_device))
     hint = f"finished rows and checkpoints are kept; rerun with --out {folder} to continue."
 
     def continuation(failed: faults.StageFailed) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ddpp_cli.engine import evaluate, faults
@@ -27,6 +28,11 @@ def line(console: Console, text: str) -> None:
 
 def note(console: Console, message: str) -> None:
     line(console, f"[yellow]note:[/] {message}")
+
+
+def error_line(message: str) -> None:
+    """A failure's one line on stderr: ``error: ...`` (the message as written, never markup)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager

@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands._settings import settings
 from ddpp_cli.engine import baselines, coresets, data
 from ddpp_cli.engine.errors import DdppError
 
-# Options named after the BaselineConfig field they set (``opt.settings`` maps them).
+# Options named after the BaselineConfig field they set (``_settings.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
                      "forgetting_unlearned", "feature_epochs", "l2_normalize",
                      "image_size")  # fmt: skip
@@ -180,7 +181,7 @@ ImportOpt = Annotated[
         help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt and "
         "lr_best.pt beside it), a DC/DSA/DM res_*.pt, or a folder holding one. Loaded as "
         "tensors only (never arbitrary pickles). Needs --dataset; MTT's ZCA: the dataset's "
-        "default, --no-zca, or --zca PATH.",
+        "default, --no-zca, or --zca-file PATH.",
         rich_help_panel=IMPORT,
     ),
 ]
@@ -218,7 +219,7 @@ def baseline_config_of(options: dict) -> baselines.BaselineConfig:
         if own is None or name not in own.options or moot:
             flag = "--" + name.replace("_", "-")
             raise DdppError(f"{flag} only applies to {where_applies(info, name)}.")
-    given = opt.settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
+    given = settings({name: options[name] for name in BASELINE_SETTINGS}, BASELINE_SETTINGS)
     return baselines.BaselineConfig(
         method=method, zca=False if options["no_zca"] else None, **given
     )

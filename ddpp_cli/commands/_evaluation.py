@@ -112,7 +112,7 @@ DsaOpt = Annotated[
 ZcaFileOpt = Annotated[
     Path | None,
     typer.Option(
-        "--zca",
+        "--zca-file",
         help="ZCA file (a buffer's zca.safetensors): for a ZCA set whose file moved; for a "
         "baseline, whiten with it instead of fitting a new one; for --import, the ZCA the "
         "images were whitened with.",

@@ -1,20 +1,21 @@
-"""Options shared by several commands, each declared once as an ``Annotated`` alias.
+"""Options shared by several commands, each declared once as an ``Annotated`` alias, by help panel.
 
 A command uses the alias with its own default (``None`` where "not given" must stay visible, so
-that presets, a resumed run's settings or a profile can fill the value). :func:`settings` maps
-the options a command was given to config fields by name, so no setting is spelled twice.
+that presets, a resumed run's settings or a profile can fill the value). :mod:`._settings` maps
+the options given to config fields, and gives help texts their defaults from those fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from ddpp_cli.engine import data, models
+from ddpp_cli.commands._settings import distill_default, init_default, preset_default
+from ddpp_cli.engine import data, layout, models
 from ddpp_cli.engine.device import DEVICE_CHOICES
+from ddpp_cli.engine.distill import MAX_VAL_SIZE
 from ddpp_cli.engine.distill import methods as distill_methods
 
 ARCHITECTURES = ", ".join(models.available())
@@ -31,363 +32,263 @@ BASELINE = "Baseline (instead of a set)"
 METHODS = "Methods dc, dsa, dm, cafe"
 
 
-def settings(options: dict[str, Any], known: Iterable[str]) -> dict[str, Any]:
-    """The options given (not None), by field name; TypeError for a name not in ``known``.
-
-    Commands name their parameters after the config fields they set, so one call maps every
-    setting (nanoGPT's configurator rejects unknown keys the same way).
-    """
-    unknown = set(options) - set(known)
-    if unknown:
-        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return {name: value for name, value in options.items() if value is not None}
-
-
-def given_options(ctx: typer.Context) -> dict[str, object]:
-    """The options the user set on the command line (not left at their defaults), by name:
-    Typer's parameter source, so that a default typed out is "given" too."""
-    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
-    return {
-        name: value
-        for name, value in ctx.params.items()
-        if sources[name] is not None and sources[name].name in ("COMMANDLINE", "ENVIRONMENT")
-    }
+def _option(kind: Any, panel: str | None, *flags: str, help: str, **kwargs: Any) -> Any:
+    """The alias ``Annotated[kind, typer.Option(*flags)]``, shown in help panel ``panel``."""
+    return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, **kwargs)]
 
 
 # ------------------------------------------------------------------------------------- data
-DatasetOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dataset", "-d", help=f"Dataset: {', '.join(data.available())}.", rich_help_panel=DATA
-    ),
-]
-DataDirOpt = Annotated[
+DatasetOpt = _option(
+    str | None, DATA, "--dataset", "-d", help=f"Dataset: {', '.join(data.available())}."
+)
+DataDirOpt = _option(
     Path | None,
-    typer.Option(
-        "--data-dir",
-        help="Folder holding the dataset (default: the ddpp data folder's 'datasets').",
-        rich_help_panel=DATA,
-    ),
-]
-DownloadOpt = Annotated[
-    bool,
-    typer.Option(
-        "--download/--no-download",
-        help="Download torchvision datasets when missing.",
-        rich_help_panel=DATA,
-    ),
-]
-ZcaOpt = Annotated[
+    DATA,
+    "--data-dir",
+    help="Folder holding the dataset (default: the ddpp data folder's "
+    f"'{layout.DATASETS_DIRNAME}').",
+)
+DownloadOpt = _option(
+    bool, DATA, "--download/--no-download", help="Download torchvision datasets when missing."
+)
+ZcaOpt = _option(
     bool | None,
-    typer.Option(
-        "--zca/--no-zca",
-        help="ZCA-whiten the data (default: the preset's, on for CIFAR; with --buffer, as the "
-        "buffer was made).",
-        rich_help_panel=DATA,
-    ),
-]
-TrainSubsetOpt = Annotated[
+    DATA,
+    "--zca/--no-zca",
+    help="ZCA-whiten the data (default: the preset's, on for CIFAR; with --buffer, as the "
+    "buffer was made).",
+)
+TrainSubsetOpt = _option(
     int | None,
-    typer.Option(
-        "--train-subset",
-        help="Train on a stratified, seeded subset of N images (distill: default the buffer's).",
-        rich_help_panel=DATA,
-    ),
-]
-TestSubsetOpt = Annotated[
+    DATA,
+    "--train-subset",
+    help="Train on a stratified, seeded subset of N images (distill: default the buffer's).",
+)
+TestSubsetOpt = _option(
+    int | None, DATA, "--test-subset", help="Test on a stratified, seeded subset of N images."
+)
+ImageSizeOpt = _option(
     int | None,
-    typer.Option(
-        "--test-subset",
-        help="Test on a stratified, seeded subset of N images.",
-        rich_help_panel=DATA,
-    ),
-]
-ImageSizeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--image-size",
-        help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its "
-        "buffer's).",
-        rich_help_panel=DATA,
-    ),
-]
+    DATA,
+    "--image-size",
+    help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its buffer's).",
+)
 
 # ----------------------------------------------------------------------------------- buffer
-ExpertsOpt = Annotated[
-    int | None,
-    typer.Option("--experts", help="Number of expert trajectories.", rich_help_panel=BUFFER),
-]
-BufferDirOpt = Annotated[
+ExpertsOpt = _option(int | None, BUFFER, "--experts", help="Number of expert trajectories.")
+BufferDirOpt = _option(
     Path | None,
-    typer.Option(
-        "--buffer",
-        help="Buffer folder (default: the ddpp data folder's buffer for --dataset/--arch/ZCA; "
-        "'ddpp run' trains one when none fits).",
-        rich_help_panel=BUFFER,
-    ),
-]
+    BUFFER,
+    "--buffer",
+    help="Buffer folder (default: the ddpp data folder's buffer for --dataset/--arch/ZCA; "
+    "'ddpp run' trains one when none fits).",
+)
 
 # ------------------------------------------------------------------------------ distillation
-IpcOpt = Annotated[
-    int | None,
-    typer.Option("--ipc", help="Synthetic images per class.", rich_help_panel=DISTILL),
-]
-EpsOpt = Annotated[
+IpcOpt = _option(int | None, DISTILL, "--ipc", help="Synthetic images per class.")
+EpsOpt = _option(
     float | None,
-    typer.Option(
-        "--eps",
-        help="tm: pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
-        rich_help_panel=DISTILL,
-    ),
-]
-ArchOpt = Annotated[
+    DISTILL,
+    "--eps",
+    help="tm: pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
+)
+ArchOpt = _option(
     str | None,
-    typer.Option(
-        "--arch",
-        help=f"Architecture of the experts and the student: {ARCHITECTURES}. (default: convnet)",
-        rich_help_panel=DISTILL,
-    ),
-]
-IterationsOpt = Annotated[
+    DISTILL,
+    "--arch",
+    help=distill_default(f"Architecture of the experts and the student: {ARCHITECTURES}.", "arch"),
+)
+IterationsOpt = _option(
     int | None,
-    typer.Option(
-        "--iterations",
-        help=distill_methods.iterations_help(),
-        rich_help_panel=DISTILL,
-    ),
-]
-SynStepsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--syn-steps", help="tm: student steps N per iteration (preset).", rich_help_panel=DISTILL
-    ),
-]
-ExpertEpochsOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--expert-epochs", help="tm: expert epochs M to match (preset).", rich_help_panel=DISTILL
-    ),
-]
-MaxStartEpochOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--max-start-epoch",
-        help="tm: start epochs drawn from 0…T⁺−1 (preset).",
-        rich_help_panel=DISTILL,
-    ),
-]
-BatchSynOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--batch-syn",
-        help="tm: synthetic minibatch per step; 0 = all (preset).",
-        rich_help_panel=DISTILL,
-    ),
-]
-LrImgOpt = Annotated[
+    DISTILL,
+    "--iterations",
+    help=distill_methods.iterations_help(),
+)
+SynStepsOpt = _option(
+    int | None, DISTILL, "--syn-steps", help="tm: student steps N per iteration (preset)."
+)
+ExpertEpochsOpt = _option(
+    int | None, DISTILL, "--expert-epochs", help="tm: expert epochs M to match (preset)."
+)
+MaxStartEpochOpt = _option(
+    int | None, DISTILL, "--max-start-epoch", help="tm: start epochs drawn from 0…T⁺−1 (preset)."
+)
+BatchSynOpt = _option(
+    int | None, DISTILL, "--batch-syn", help="tm: synthetic minibatch per step; 0 = all (preset)."
+)
+LrImgOpt = _option(
     float | None,
-    typer.Option(
-        "--lr-img",
-        help="SGD lr of the images (the method's preset; cafe halves it at 1200, 1600, 1800).",
-        rich_help_panel=DISTILL,
-    ),
-]
-LrLrOpt = Annotated[
+    DISTILL,
+    "--lr-img",
+    help="SGD lr of the images (the method's preset; cafe halves it at 1200, 1600, 1800).",
+)
+LrLrOpt = _option(
     float | None,
-    typer.Option(
-        "--lr-lr",
-        help="tm: SGD lr of the learned step size (preset; derived from the first gradient for "
-        "sets without a paper row).",
-        rich_help_panel=DISTILL,
-    ),
-]
-LrTeacherOpt = Annotated[
+    DISTILL,
+    "--lr-lr",
+    help="tm: SGD lr of the learned step size (preset; derived from the first gradient for "
+    "sets without a paper row).",
+)
+LrTeacherOpt = _option(
     float | None,
-    typer.Option(
-        "--lr-teacher",
-        help="tm: initial learned step size α (preset; derived from the buffer for sets without a "
-        "paper row).",
-        rich_help_panel=DISTILL,
-    ),
-]
-AutoLrOpt = Annotated[
+    DISTILL,
+    "--lr-teacher",
+    help="tm: initial learned step size α (preset; derived from the buffer for sets without a "
+    "paper row).",
+)
+AutoLrOpt = _option(
     bool,
-    typer.Option(
-        "--auto-lr",
-        help="tm: derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
-        "sets without a paper row; docs/distill.md).",
-        rich_help_panel=DISTILL,
-    ),
-]
-InitOpt = Annotated[
+    DISTILL,
+    "--auto-lr",
+    help="tm: derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
+    "sets without a paper row; docs/distill.md).",
+)
+InitOpt = _option(
     str | None,
-    typer.Option(
-        "--init",
-        help="Initial images: real or noise. (default: the method's: noise for dc and cafe, "
-        "else real)",
-        rich_help_panel=DISTILL,
-    ),
-]
+    DISTILL,
+    "--init",
+    help=f"Initial images: real or noise. (default: the method's: {init_default()})",
+)
 
 # ----------------------------------------------------------- the other distillation methods
-MethodOpt = Annotated[
+MethodOpt = _option(
     str | None,
-    typer.Option(
-        "--method",
-        help=distill_methods.method_help(),
-        rich_help_panel=DISTILL,
-    ),
-]
-BatchRealOpt = Annotated[
+    DISTILL,
+    "--method",
+    help=distill_methods.method_help(),
+)
+BatchRealOpt = _option(
     int | None,
-    typer.Option(
-        "--batch-real",
-        help="dc/dsa/dm/cafe: real images drawn per class for each matching step. (default: 256)",
-        rich_help_panel=METHODS,
+    METHODS,
+    "--batch-real",
+    help=preset_default(
+        "dc/dsa/dm/cafe: real images drawn per class for each matching step.", "batch_real"
     ),
-]
-LrNetOpt = Annotated[
+)
+LrNetOpt = _option(
     float | None,
-    typer.Option(
-        "--lr-net",
-        help="dc/dsa/cafe: SGD lr of the network trained on the synthetic set between image "
-        "steps. (default: 0.01)",
-        rich_help_panel=METHODS,
+    METHODS,
+    "--lr-net",
+    help=preset_default(
+        "dc/dsa/cafe: SGD lr of the network trained on the synthetic set between image steps.",
+        "lr_net",
     ),
-]
-OuterLoopOpt = Annotated[
+)
+OuterLoopOpt = _option(
     int | None,
-    typer.Option(
-        "--outer-loop",
-        help="dc/dsa: image steps per iteration (default: the reference's get_loops of the IPC).",
-        rich_help_panel=METHODS,
-    ),
-]
-InnerLoopOpt = Annotated[
+    METHODS,
+    "--outer-loop",
+    help="dc/dsa: image steps per iteration (default: the reference's get_loops of the IPC).",
+)
+InnerLoopOpt = _option(
     int | None,
-    typer.Option(
-        "--inner-loop",
-        help="dc/dsa: network epochs on the synthetic set between image steps (default: the "
-        "reference's get_loops of the IPC).",
-        rich_help_panel=METHODS,
-    ),
-]
-MaxImageStepsOpt = Annotated[
+    METHODS,
+    "--inner-loop",
+    help="dc/dsa: network epochs on the synthetic set between image steps (default: the "
+    "reference's get_loops of the IPC).",
+)
+MaxImageStepsOpt = _option(
     int | None,
-    typer.Option(
-        "--max-image-steps",
-        help="cafe: at most N image steps per iteration (the reference has no bound). "
-        "(default: 100)",
-        rich_help_panel=METHODS,
+    METHODS,
+    "--max-image-steps",
+    help=preset_default(
+        "cafe: at most N image steps per iteration (the reference has no bound).",
+        "max_image_steps",
     ),
-]
-MaxInnerEpochsOpt = Annotated[
+)
+MaxInnerEpochsOpt = _option(
     int | None,
-    typer.Option(
-        "--max-inner-epochs",
-        help="cafe: at most N network epochs per inner phase (the reference has no bound). "
-        "(default: 100)",
-        rich_help_panel=METHODS,
+    METHODS,
+    "--max-inner-epochs",
+    help=preset_default(
+        "cafe: at most N network epochs per inner phase (the reference has no bound).",
+        "max_inner_epochs",
     ),
-]
+)
 
 # ----------------------------------------------------------------------- validation and test
-EvalEveryOpt = Annotated[
+EvalEveryOpt = _option(
     int | None,
-    typer.Option(
-        "--eval-every",
-        help="Validate every N iterations; 0 = never. (default: 500)",
-        rich_help_panel=VALIDATION,
-    ),
-]
-EvalRunsOpt = Annotated[
+    VALIDATION,
+    "--eval-every",
+    help=distill_default("Validate every N iterations; 0 = never.", "eval_every"),
+)
+EvalRunsOpt = _option(
     int | None,
-    typer.Option(
-        "--eval-runs", help="Networks per validation. (default: 3)", rich_help_panel=VALIDATION
-    ),
-]
-EvalEpochsOpt = Annotated[
+    VALIDATION,
+    "--eval-runs",
+    help=distill_default("Networks per validation.", "eval_runs"),
+)
+EvalEpochsOpt = _option(
     int | None,
-    typer.Option(
-        "--eval-epochs",
-        help="Epochs per validation network (distill: also per test network). (default: 1000)",
-        rich_help_panel=VALIDATION,
+    VALIDATION,
+    "--eval-epochs",
+    help=distill_default(
+        "Epochs per validation network (distill: also per test network).", "eval_epochs"
     ),
-]
-ValSizeOpt = Annotated[
+)
+ValSizeOpt = _option(
     int | None,
-    typer.Option(
-        "--val-size",
-        help="Validation images held out of the training split (default: 10 %, at most 5000).",
-        rich_help_panel=VALIDATION,
-    ),
-]
+    VALIDATION,
+    "--val-size",
+    help="Validation images held out of the training split (default: 10 %, at most "
+    f"{MAX_VAL_SIZE}).",
+)
 
 # -------------------------------------------------------------------------------- run folder
-CheckpointEveryOpt = Annotated[
+CheckpointEveryOpt = _option(
     int | None,
-    typer.Option(
-        "--checkpoint-every",
-        help="Checkpoint every N iterations. (default: 100)",
-        rich_help_panel=RUN_FOLDER,
-    ),
-]
-RunFolderOpt = Annotated[
+    RUN_FOLDER,
+    "--checkpoint-every",
+    help=distill_default("Checkpoint every N iterations.", "checkpoint_every"),
+)
+RunFolderOpt = _option(
     Path | None,
-    typer.Option(
-        "--out",
-        help="Run folder (default: the ddpp data folder's 'runs'); resumed if it holds a "
-        "checkpoint.",
-        rich_help_panel=RUN_FOLDER,
-    ),
-]
+    RUN_FOLDER,
+    "--out",
+    help=f"Run folder (default: the ddpp data folder's '{layout.RUNS_DIRNAME}'); resumed if it "
+    "holds a checkpoint.",
+)
 
 # --------------------------------------------------------------------------------- execution
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help=f"Device: {DEVICE_CHOICES}.", rich_help_panel=EXECUTION)
-]
-SeedOpt = Annotated[
-    int | None,
-    typer.Option("--seed", help="Seed for every random draw.", rich_help_panel=EXECUTION),
-]
-UnrollOpt = Annotated[
+DeviceOpt = _option(str, EXECUTION, "--device", help=f"Device: {DEVICE_CHOICES}.")
+SeedOpt = _option(int | None, EXECUTION, "--seed", help="Seed for every random draw.")
+UnrollOpt = _option(
     str | None,
-    typer.Option(
-        "--unroll",
-        help="tm: graph keeps the unrolled graph (fastest; memory grows with --syn-steps); "
+    EXECUTION,
+    "--unroll",
+    help=distill_default(
+        "tm: graph keeps the unrolled graph (fastest; memory grows with --syn-steps); "
         "memory: recomputes one step at a time in reverse (bounded memory, same gradients) "
-        "except the last steps that fit --unroll-budget. (default: graph)",
-        rich_help_panel=EXECUTION,
+        "except the last steps that fit --unroll-budget.",
+        "unroll",
     ),
-]
-UnrollBudgetOpt = Annotated[
+)
+UnrollBudgetOpt = _option(
     int | None,
-    typer.Option(
-        "--unroll-budget",
-        metavar="MIB",
-        help="tm, with --unroll memory: keep the graphs of as many of the last steps as fit in MIB "
-        "MiB instead of recomputing them (faster; 0 recomputes every step). (default: 2048)",
-        rich_help_panel=EXECUTION,
+    EXECUTION,
+    "--unroll-budget",
+    metavar="MIB",
+    help=distill_default(
+        "tm, with --unroll memory: keep the graphs of as many of the last steps as fit in "
+        "MIB MiB instead of recomputing them (faster; 0 recomputes every step).",
+        "unroll_budget",
     ),
-]
-ParallelOpt = Annotated[
+)
+ParallelOpt = _option(
     int,
-    typer.Option(
-        "--parallel",
-        help="Train K networks at once as one batched (vmapped) model, each with its own seed "
-        "and data order (faster on GPUs; on CPUs one at a time is as fast).",
-        rich_help_panel=EXECUTION,
-    ),
-]
+    EXECUTION,
+    "--parallel",
+    help="Train K networks at once as one batched (vmapped) model, each with its own seed "
+    "and data order (faster on GPUs; on CPUs one at a time is as fast).",
+)
 
 # ------------------------------------------------------------------------------------ output
-JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else there.")
-]
+JsonOpt = _option(
+    bool, None, "--json", help="Print one JSON object on stdout and nothing else there."
+)
 
 
 def quiet_option(prints: str) -> Any:
     """``--quiet``/``-q``; its help says what the command still prints (``prints``)."""
-    return Annotated[
-        bool, typer.Option("--quiet", "-q", help=f"No progress or tables; print only {prints}.")
-    ]
+    return _option(bool, None, "--quiet", "-q", help=f"No progress or tables; print only {prints}.")

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands._display import continuing, err, line, note, out
+from ddpp_cli.commands._display import continuing, err, line, out
+from ddpp_cli.commands._displays import BufferDisplay
 from ddpp_cli.commands._options import (
     ARCHITECTURES,
     BUFFER,
@@ -23,74 +24,19 @@ from ddpp_cli.commands._options import (
     TestSubsetOpt,
     TrainSubsetOpt,
     ZcaOpt,
-    given_options,
     quiet_option,
 )
-from ddpp_cli.engine import augment, data, faults, trajectory
+from ddpp_cli.commands._settings import field_default, given_options
+from ddpp_cli.engine import augment, data, faults, layout, trajectory
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
-from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
 
-
-class BufferDisplay:
-    """Turns buffer engine events into two progress bars (experts, epochs of the current one).
-
-    With ``--parallel K`` several experts start together; the epochs bar follows the first one
-    of the group and is labelled with the whole group.
-    """
-
-    def __init__(self, progress, device: str = "") -> None:
-        self.progress = progress
-        self.device = device
-        self.experts_task = None
-        self.epochs_task = None
-        self.group: list[int] = []  # experts started and not yet finished
-
-    def __call__(self, event: object) -> None:
-        p = self.progress
-        match event:
-            case trajectory.BufferStarted():
-                self._started(event)
-            case trajectory.ExpertStarted():
-                if not self.group:
-                    p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
-                self.group.append(event.index)
-                label = "expert" + ("s" if len(self.group) > 1 else "")
-                many = len(self.group) > 1
-                indices = f"{self.group[0]}–{self.group[-1]}" if many else event.index
-                p.update(self.epochs_task, description=f"{label} {indices}")
-            case trajectory.EpochFinished():
-                if not self.group or event.index == self.group[0]:
-                    p.update(
-                        self.epochs_task,
-                        advance=1,
-                        info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
-                    )
-            case trajectory.ExpertFinished() if not event.record.resumed:
-                if event.record.index in self.group:
-                    self.group.remove(event.record.index)
-                acc = event.record.test_accuracy[-1] if event.record.test_accuracy else None
-                p.update(self.experts_task, advance=1, info=f"last expert {percent(acc)}")
-            case Notice() if not p.disable:
-                note(p.console, event.message)
-
-    def _started(self, event: trajectory.BufferStarted) -> None:
-        p = self.progress
-        # an import without --experts learns how many experts there are only at its last file
-        count = "every expert found" if event.total is None else f"{event.total} experts"
-        if not p.disable:
-            line(
-                p.console,
-                f"buffer [bold]{event.folder}[/]: {count} "
-                f"({event.existing} done), {event.train_size} train / {event.test_size} test "
-                f"images, {event.num_params:,} parameters, {event.preprocessing}"
-                + (f", on {self.device}" if self.device else ""),
-            )
-        self.experts_task = p.add_task(
-            "experts", total=event.total, completed=event.existing, info=""
-        )
-        self.epochs_task = p.add_task("epochs", total=1, visible=False, info="")
+# The expert recipe's defaults (shown by --help): BufferConfig's, the paper's.
+EXPERTS, EPOCHS, LR, BATCH_SIZE, ARCH = (
+    field_default(trajectory.BufferConfig, name)
+    for name in ("experts", "epochs", "lr", "batch_size", "arch")
+)
 
 
 def command(
@@ -100,13 +46,15 @@ def command(
     download: DownloadOpt = True,
     arch: Annotated[
         str, typer.Option("--arch", help=f"Expert architecture: {ARCHITECTURES}.")
-    ] = "convnet",
-    experts: ExpertsOpt = 100,
+    ] = ARCH,
+    experts: ExpertsOpt = EXPERTS,
     epochs: Annotated[
         int, typer.Option("--epochs", help="Training epochs per expert.", rich_help_panel=BUFFER)
-    ] = 50,
-    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = 0.01,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Training batch size.")] = 256,
+    ] = EPOCHS,
+    lr: Annotated[float, typer.Option("--lr", help="SGD learning rate.")] = LR,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Training batch size.")
+    ] = BATCH_SIZE,
     zca: ZcaOpt = None,
     dsa: Annotated[
         bool, typer.Option("--dsa/--no-dsa", help="Differentiable augmentation while training.")
@@ -125,7 +73,10 @@ def command(
     ] = None,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="Buffer folder (default: the ddpp data folder's 'buffers')."),
+        typer.Option(
+            "--out",
+            help=f"Buffer folder (default: the ddpp data folder's '{layout.BUFFERS_DIRNAME}').",
+        ),
     ] = None,
     parallel: ParallelOpt = 1,
     device: DeviceOpt = "auto",

@@ -25,6 +25,7 @@ from ddpp_cli.commands._evaluation import (
     records_dir,
     records_line,
 )
+from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
 from ddpp_cli.engine import augment, distilled, evaluate
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
@@ -44,6 +45,7 @@ def command(
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
     zca_file: ZcaFileOpt = None,
+    zca_renamed: ZcaFileRenamedOpt = None,
     records: RecordsOpt = None,
     no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,

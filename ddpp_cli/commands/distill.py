@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands import _settings
 from ddpp_cli.commands._display import distilling, err, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay, summary_table
 from ddpp_cli.engine import distill as distill_engine
@@ -36,8 +37,11 @@ SnapshotEveryOpt = Annotated[
     int | None,
     typer.Option(
         "--snapshot-every",
-        help="Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
-        "--animate'); 0 = never. (default: 0)",
+        help=_settings.distill_default(
+            "Keep the images every N iterations in RUN/snapshots/ (for 'ddpp visualize "
+            "--animate'); 0 = never.",
+            "snapshot_every",
+        ),
         rich_help_panel=opt.RUN_FOLDER,
     ),
 ]
@@ -45,7 +49,7 @@ TestRunsOpt = Annotated[
     int | None,
     typer.Option(
         "--test-runs",
-        help="Networks for the final test; 0 = skip. (default: 5)",
+        help=_settings.distill_default("Networks for the final test; 0 = skip.", "test_runs"),
         rich_help_panel=opt.VALIDATION,
     ),
 ]
@@ -59,8 +63,11 @@ AmpOpt = Annotated[
     str | None,
     typer.Option(
         "--amp",
-        help="tm: off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
-        "pruning and updates stay float32). (default: off)",
+        help=_settings.distill_default(
+            "tm: off, or bf16: autocast the student's forward to bfloat16 (for GPUs; loss, "
+            "pruning and updates stay float32).",
+            "amp",
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -68,8 +75,11 @@ CompileOpt = Annotated[
     bool | None,
     typer.Option(
         "--compile/--no-compile",
-        help="tm: torch.compile the per-step gradient (falls back with a notice if it cannot "
-        "compile). (default: no-compile)",
+        help=_settings.distill_default(
+            "tm: torch.compile the per-step gradient (falls back with a notice if it cannot "
+            "compile).",
+            "compile",
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -77,8 +87,9 @@ ChannelsLastOpt = Annotated[
     bool | None,
     typer.Option(
         "--channels-last/--no-channels-last",
-        help="tm: channels-last activations (helps on GPUs, slower on CPUs). "
-        "(default: no-channels-last)",
+        help=_settings.distill_default(
+            "tm: channels-last activations (helps on GPUs, slower on CPUs).", "channels_last"
+        ),
         rich_help_panel=opt.EXECUTION,
     ),
 ]
@@ -145,7 +156,7 @@ def command(
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     resume_dir, out_dir = options.pop("resume_dir"), options.pop("out_dir")
     derive = options.pop("auto_lr")
-    given = opt.settings(options, CONFIG_FIELDS)
+    given = _settings.settings(options, CONFIG_FIELDS)
     folder, resolved = resolve_run(given, resume_dir, out_dir, derive=derive)
     distill_and_report(folder, resolved, engine_options, **output)
 
@@ -155,7 +166,9 @@ def check_method_options(ctx: typer.Context, method: str | None, resume_dir: Pat
     does not apply to the run's method: ``--method``, else the resumed run's, else tm."""
     if method is None and resume_dir is not None:
         method = distill_engine.saved_config(resume_dir).method
-    distill_engine.check_options(method or distill_engine.DEFAULT_METHOD, opt.given_options(ctx))
+    distill_engine.check_options(
+        method or distill_engine.DEFAULT_METHOD, _settings.given_options(ctx)
+    )
 
 
 def resolve_run(

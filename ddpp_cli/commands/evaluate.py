@@ -47,6 +47,7 @@ from ddpp_cli.commands._evaluation import (
     records_dir,
     records_line,
 )
+from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
 from ddpp_cli.engine import (
     baselines,
     coresets,
@@ -74,6 +75,7 @@ def command(
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
     zca_file: ZcaFileOpt = None,
+    zca_renamed: ZcaFileRenamedOpt = None,
     baseline: BaselineOpt = None,
     dataset: BaselineDatasetOpt = None,
     ipc: BaselineIpcOpt = None,

@@ -8,80 +8,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands import _comparing
+from ddpp_cli.commands import _comparing, _settings
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import distilling, err, line, note, out
-from ddpp_cli.commands._distilling import DistillDisplay
-from ddpp_cli.commands._evaluation import EvalDisplay
-from ddpp_cli.commands.buffer import BufferDisplay
+from ddpp_cli.commands._display import distilling, err, line, out
+from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import faults, pipeline, presets
+from ddpp_cli.engine import evaluate, faults, pipeline, trajectory
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
-from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress, percent
 
 # Settings of plan_run: its keyword arguments and its overrides.
 SETTINGS = ("eps", "profile", "arch", "seed", "auto_lr", *pipeline.OVERRIDE_KEYS)
 # Options that are not settings of the run: where things are and where it runs.
 ENGINE_OPTIONS = ("buffer_dir", "out_dir", "data_dir", "download", "device", "parallel")
-
-
-class RunDisplay:
-    """One progress display for a whole ``ddpp run``: a stage line, then each stage's own bars."""
-
-    def __init__(self, progress, origin: dict[str, str], quiet: bool, device: str) -> None:
-        self.progress = progress
-        self.origin = origin
-        self.quiet = quiet
-        self.device = device
-        self.stage_display = None
-        self.tasks_before: set = set()
-
-    def __call__(self, event: object) -> None:
-        p = self.progress
-        match event:
-            case pipeline.RunStarted() if not p.disable:
-                d = event.plan.distill
-                line(
-                    p.console,
-                    f"ddpp run: {d.dataset} IPC {d.ipc}, ε {d.eps:g}, profile "
-                    f"{event.plan.profile}, on {self.device}; data from {event.data_folder}",
-                )
-            case pipeline.StageStarted():
-                self._stage_started(event)
-            case pipeline.StageFinished():
-                for task in set(p.task_ids) - self.tasks_before:
-                    p.remove_task(task)
-                self.stage_display = None
-                if not p.disable and event.stage in ("evaluate", "baseline"):
-                    p.console.print(
-                        f"    {event.stage}: {event.detail} ({event.seconds:.0f} s)",
-                        highlight=False,
-                    )
-            case Notice() if not p.disable:
-                note(p.console, event.message)
-            case pipeline.RunStarted() | Notice():
-                pass  # not shown with --quiet
-            case _ if self.stage_display is not None:
-                self.stage_display(event)
-
-    def _stage_started(self, event: pipeline.StageStarted) -> None:
-        p = self.progress
-        if not p.disable:
-            line(
-                p.console,
-                f"[bold cyan][{event.index}/{event.total}] {event.stage}[/]: {event.detail}",
-            )
-        self.tasks_before = set(p.task_ids)
-        if event.stage == "buffer":
-            self.stage_display = BufferDisplay(p, self.device)
-        elif event.stage == "distill":
-            self.stage_display = DistillDisplay(p, self.origin, self.quiet)
-        elif event.stage in ("evaluate", "baseline"):
-            self.stage_display = EvalDisplay(p)
-        else:
-            self.stage_display = None
 
 
 def summary_table(summary: pipeline.RunSummary) -> Table:
@@ -142,14 +82,18 @@ def print_summary(summary: pipeline.RunSummary) -> None:
         line(out, f"{label + ':':<9}{path}")
 
 
+QUICK = pipeline.QUICK
 ProfileOpt = Annotated[
     str,
     typer.Option(
         "--profile",
-        help="paper: SPEC settings (GPU hours); quick: a small budget that finishes in "
-        "minutes on a CPU for MNIST-sized data at IPC 1 (1 expert on 5000 images, 60 "
-        "iterations of at most 20 steps from start epochs < 3, lr-img ≥ 1000 unless ZCA, no "
-        "validation, 3 networks × 300 epochs tested on 2000 images). Options override either.",
+        help="paper: the paper's settings (GPU hours); quick: a small budget that finishes in "
+        f"minutes on a CPU for MNIST-sized data at IPC 1 ({QUICK['experts']} expert on "
+        f"{QUICK['buffer_train_subset']} images, {QUICK['iterations']} iterations of at most "
+        f"{QUICK['syn_steps']} steps from start epochs < {QUICK['max_start_epoch']}, lr-img ≥ "
+        f"{QUICK['lr_img']:g} unless ZCA, no validation, {QUICK['runs']} networks × "
+        f"{QUICK['epochs']} epochs tested on {QUICK['test_subset']} images). Options override "
+        "either.",
         rich_help_panel=opt.DISTILL,
     ),
 ]
@@ -157,15 +101,23 @@ BufferEpochsOpt = Annotated[
     int | None,
     typer.Option(
         "--buffer-epochs",
-        help="Epochs per expert (quick: as needed, paper 50).",
+        help="Epochs per expert (quick: as needed, paper "
+        f"{_settings.field_default(trajectory.BufferConfig, 'epochs')}).",
         rich_help_panel=opt.BUFFER,
     ),
 ]
+
+
+def _quick_and_paper(name: str) -> str:
+    """ "quick 3, paper 5": the profiles' values of an evaluation setting."""
+    return f"quick {QUICK[name]}, paper {_settings.field_default(evaluate.EvalConfig, name)}"
+
+
 RunsOpt = Annotated[
     int | None,
     typer.Option(
         "--runs",
-        help="Networks per set and baseline (quick 3, paper 5).",
+        help=f"Networks per set and baseline ({_quick_and_paper('runs')}).",
         rich_help_panel=opt.EVALUATION,
     ),
 ]
@@ -173,7 +125,7 @@ EpochsOpt = Annotated[
     int | None,
     typer.Option(
         "--epochs",
-        help="Epochs per network (quick 300, paper 1000).",
+        help=f"Epochs per network ({_quick_and_paper('epochs')}).",
         rich_help_panel=opt.EVALUATION,
     ),
 ]
@@ -232,7 +184,7 @@ def command(
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     rows, budgets = options.pop("compare"), options.pop("compare_budget")
-    given = opt.settings(options, SETTINGS)
+    given = _settings.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
     _comparing.refuse_with_compare(given, budgets, rows)
     plan = pipeline.plan_run(dataset, ipc, **given)
@@ -252,10 +204,9 @@ def run_and_report(
     """
     world, torch_device = join_world(resolve_device(engine_options["device"]))
     folder = world.from_main(engine_options["out_dir"] or pipeline.default_run_folder(plan))
-    origin = {**{name: "preset" for name in presets.KEYS}, **plan.origin}
     silent = quiet or json_out or not world.is_main
     progress = make_progress(err, disable=silent)
-    display = RunDisplay(progress, origin, silent, str(torch_device))
+    display = RunDisplay(progress, plan, silent, str(torch_device))
     resume_hint = (
         f"finished stages and checkpoints are kept; rerun with --out {folder} to continue."
     )

@@ -10,7 +10,8 @@ import typer
 
 from ddpp_cli.commands._display import out
 from ddpp_cli.commands._options import quiet_option
-from ddpp_cli.engine import distilled, evaluate, store
+from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
+from ddpp_cli.engine import distilled, evaluate, layout, store
 from ddpp_cli.engine import visualize as visualize_engine
 
 GridOutOpt = Annotated[
@@ -71,7 +72,9 @@ AnimateOpt = Annotated[
 
 ZcaFileOpt = Annotated[
     Path | None,
-    typer.Option("--zca", help="The buffer's zca.safetensors, for a ZCA set whose file moved."),
+    typer.Option(
+        "--zca-file", help="The buffer's zca.safetensors, for a ZCA set whose file moved."
+    ),
 ]
 
 
@@ -99,6 +102,7 @@ def command(
     curves: CurvesOpt = None,
     animate: AnimateOpt = None,
     zca_file: ZcaFileOpt = None,
+    zca_renamed: ZcaFileRenamedOpt = None,
     force: ForceOpt = False,
     quiet: quiet_option("the paths written") = False,
 ) -> None:
@@ -140,7 +144,7 @@ def command(
             max_per_row=max_per_row, zca_path=zca_file,
         )  # fmt: skip
         frames = len(inputs.snapshots)
-        written("animate:", animate, f"({frames} frames from {target / 'snapshots'})")
+        written("animate:", animate, f"({frames} frames from {target / layout.SNAPSHOTS_DIRNAME})")
 
 
 @dataclass
@@ -178,7 +182,7 @@ def _read_inputs(target, grid_out, curves, animate, classes, draw_grid, export) 
 
 def _grid(inputs: _Inputs, max_per_row: int, upsample: int, clip: bool, zca_file, written) -> None:
     distilled_set, chosen = inputs.set, inputs.classes
-    layout = visualize_engine.grid_layout(
+    arrangement = visualize_engine.grid_layout(
         distilled_set, classes=chosen, max_per_row=max_per_row, upsample=upsample
     )
     image = visualize_engine.class_grid(
@@ -188,6 +192,6 @@ def _grid(inputs: _Inputs, max_per_row: int, upsample: int, clip: bool, zca_file
     visualize_engine.save_image(image, inputs.grid_out)
     written(
         "grid:", inputs.grid_out,
-        f"({len(layout.classes)} classes × up to {max(layout.counts)} images of "
+        f"({len(arrangement.classes)} classes × up to {max(arrangement.counts)} images of "
         f"{inputs.set_path}, {image.width}×{image.height} px{', clipped' if clip else ''})",
     )  # fmt: skip

@@ -128,12 +128,13 @@ def resolve_preprocessing(distilled: DistilledSet, zca_path: Path | None = None)
     if not path.is_file():
         raise DdppError(
             f"this set is ZCA-whitened and needs its ZCA file ({info.get('zca_file')}), which is "
-            "missing; pass --zca PATH to the buffer's zca.safetensors."
+            "missing; pass --zca-file PATH to the buffer's zca.safetensors."
         )
     expected = info.get("zca_sha256")
     if zca_path is None and expected and file_sha256(path) != expected:
         raise DdppError(
-            f"{path} is not the ZCA this set was made with (checksum differs); pass --zca PATH."
+            f"{path} is not the ZCA this set was made with (checksum differs); pass "
+            "--zca-file PATH."
         )
     whitening = zca.load(path)
     if tuple(whitening.shape) != tuple(distilled.images.shape[1:]):

@@ -350,7 +350,7 @@ def import_for_dataset(
     files = find_files(path, kind)
     info = data.info(dataset)
     if zca_path is not None and zca is False:
-        raise DdppError("--zca PATH and --no-zca contradict each other; drop one.")
+        raise DdppError("--zca-file PATH and --no-zca contradict each other; drop one.")
     if zca is None:
         zca = zca_path is not None or (files.kind == "mtt" and info.default_zca)
     prepared, described, _ = baselines.prepare_pool(

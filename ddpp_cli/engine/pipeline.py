@@ -3,8 +3,9 @@
 A :class:`RunPlan` fixes every stage's settings from a profile (:data:`PROFILES`) plus the
 user's overrides; :func:`run_pipeline` carries it out and returns a :class:`RunSummary`.
 
-- ``paper``: SPEC §5–§7 as they stand (100 experts × 50 epochs on the full data, the §6 preset,
-  5000 iterations with validation, 5 evaluation runs × 1000 epochs).
+- ``paper``: the paper's settings as they stand, the config dataclasses' defaults (100 experts ×
+  50 epochs on the full data, the preset, 5000 iterations with validation, 5 evaluation runs ×
+  1000 epochs; docs/distill.md, docs/evaluation.md).
 - ``quick``: the same algorithm on a budget a 2-core CPU finishes in minutes for an MNIST-sized
   set at IPC 1 (one expert on a 5000-image subset, 60 iterations, 3 × 300-epoch evaluation
   runs on a 2000-image test subset); the settings table says what was cut.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,23 +29,19 @@ import platformdirs
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import baselines, data, distilled, evaluate, presets, store, trajectory
+from ddpp_cli.engine import baselines, data, distilled, evaluate, layout, presets, store, trajectory
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.events import Notice, OnEvent
 
 PROFILES = ("quick", "paper")
 STAGES = ("buffer", "distill", "evaluate", "baseline", "visualize")
-SUMMARY_NAME = "run.json"
 SUMMARY_FORMAT = "ddpp.run/1"
-GRID_NAME = "grid.png"
-CURVES_NAME = "curves.png"
 
-EventCallback = Callable[[object], None]
-
-# The budget of the quick profile (every value overridable from the command line).
+# The budget of the quick profile (every value overridable from the command line); the paper
+# profile's values are the config dataclasses' defaults.
 QUICK = {
     "experts": 1,
     "buffer_train_subset": 5000,
@@ -60,8 +56,6 @@ QUICK = {
     "epochs": 300,
     "test_subset": 2000,
 }
-# The paper's evaluation (SPEC §7) and buffer size (SPEC §5).
-PAPER = {"experts": 100, "buffer_epochs": 50, "runs": 5, "epochs": 1000}
 
 # ``ddpp run`` options that override a stage's setting, by the name used in :func:`plan_run`.
 DISTILL_KEYS = (
@@ -131,12 +125,8 @@ def plan_run(
         info.name, ipc, eps, arch, seed, use_zca, quick, given, origin, derive=auto_lr
     )
     buffer_config = _plan_buffer(distill_config, quick, given, origin)
-    evaluation = evaluate.EvalConfig(
-        arch=arch,
-        runs=given.get("runs", QUICK["runs"] if quick else PAPER["runs"]),
-        epochs=given.get("epochs", QUICK["epochs"] if quick else PAPER["epochs"]),
-        seed=seed,
-    )
+    profile_values = _profile_values(("runs", "epochs"), quick, given)
+    evaluation = evaluate.EvalConfig(arch=arch, seed=seed, **profile_values)
     test_subset = given.get("test_subset", QUICK["test_subset"] if quick else None)
     for name in ("runs", "epochs", "test_subset"):
         origin[name] = "user" if name in given else ("profile" if quick else "default")
@@ -186,9 +176,8 @@ def _plan_buffer(
     """The buffer settings: experts long enough for ``distill_config``, the profile's count and
     subsets, then the options (``origin`` is told where each came from)."""
     needed = distill_config.needed_epochs
-    buffer_epochs = given.get(
-        "buffer_epochs", needed if quick else max(PAPER["buffer_epochs"], needed)
-    )
+    paper = trajectory.BufferConfig(distill_config.dataset)  # the paper's buffer: the defaults
+    buffer_epochs = given.get("buffer_epochs", needed if quick else max(paper.epochs, needed))
     if buffer_epochs < needed:
         raise DdppError(
             f"--buffer-epochs {buffer_epochs} is too short: --max-start-epoch "
@@ -198,7 +187,7 @@ def _plan_buffer(
     config = trajectory.BufferConfig(
         dataset=distill_config.dataset,
         arch=distill_config.arch,
-        experts=given.get("experts", QUICK["experts"] if quick else PAPER["experts"]),
+        experts=given.get("experts", QUICK["experts"] if quick else paper.experts),
         epochs=buffer_epochs,
         zca=distill_config.zca,
         train_subset=given.get("train_subset", QUICK["buffer_train_subset"] if quick else None),
@@ -209,6 +198,13 @@ def _plan_buffer(
     for name in ("experts", "buffer_epochs", "train_subset"):
         origin[name] = "user" if name in given else ("profile" if quick else "default")
     return config
+
+
+def _profile_values(names: tuple[str, ...], quick: bool, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``names`` as given, else the quick profile's; the paper profile leaves the
+    rest to the config dataclass's defaults."""
+    values = {name: QUICK[name] for name in names} if quick else {}
+    return {**values, **{name: given[name] for name in names if name in given}}
 
 
 # ----------------------------------------------------------------------------------- buffers
@@ -232,7 +228,10 @@ def buffer_folder(config: trajectory.BufferConfig, profile: str) -> Path:
         test_subset=QUICK["buffer_test_subset"],
     )
     identity = config.identity()
-    if identity == standard.identity() and config.epochs == PAPER["buffer_epochs"]:
+    if (
+        identity == standard.identity()
+        and config.epochs == trajectory.BufferConfig(config.dataset).epochs
+    ):
         return base
     if profile == "quick" and identity == quick.identity():
         return base.with_name(f"{base.name}-quick")
@@ -395,7 +394,7 @@ class _StageClock:
     """Announces each stage of STAGES (StageStarted, numbered by its place there), times it from
     then on and announces its end (StageFinished); ``seconds`` keeps each stage's time."""
 
-    def __init__(self, emit: EventCallback) -> None:
+    def __init__(self, emit: OnEvent) -> None:
         self.emit = emit
         self.seconds: dict[str, float] = {}
         self._stage = ""
@@ -466,7 +465,7 @@ def run_pipeline(
     download: bool = True,
     device: torch.device | str = "cpu",
     parallel: int = 1,
-    on_event: EventCallback | None = None,
+    on_event: OnEvent | None = None,
     world: World | None = None,
 ) -> RunSummary:
     """Carry out ``plan``: make or reuse the buffer, distill into ``folder`` (resumed when it
@@ -478,7 +477,7 @@ def run_pipeline(
     emit = on_event or (lambda event: None)
     world = world or World()
     folder = world.from_main(Path(folder) if folder is not None else default_run_folder(plan))
-    if not (folder / distill_engine.CHECKPOINT_NAME).is_file():
+    if not (folder / layout.CHECKPOINT_NAME).is_file():
         distill_engine.files.check_startable(folder)  # before hours of buffer training
     stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
@@ -515,7 +514,7 @@ def run_pipeline(
         folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
         buffer_reused=reused, distill=distill_summary, set_path=set_path,
         evaluation=evaluation, baseline=baseline, grid=grid, curves=curves,
-        summary=folder / SUMMARY_NAME, seconds=stages.seconds,
+        summary=folder / layout.RUN_SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
     if world.is_main:
         store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
@@ -523,7 +522,7 @@ def run_pipeline(
 
 
 def choose_buffer(
-    plan: RunPlan, buffer: Path | None, emit: EventCallback, source: Path | None = None,
+    plan: RunPlan, buffer: Path | None, emit: OnEvent, source: Path | None = None,
     world: World | None = None,
 ) -> tuple[Path, bool]:  # fmt: skip
     """The buffer a run distills from, and whether it is reused (else it is to be trained).
@@ -556,7 +555,7 @@ def choose_buffer(
 
 
 def _buffer_stage(
-    plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: EventCallback,
+    plan: RunPlan, buffer: Path | None, stages: _StageClock, emit: OnEvent,
     sources: dict[str, Any], run: dict[str, Any], source: Path | None = None,
 ) -> tuple[Path, bool]:  # fmt: skip
     """Stage 1: the buffer to distill from (:func:`choose_buffer`), trained when none is reused,
@@ -577,7 +576,7 @@ def _baseline_stage(
 ) -> evaluate.EvalResult:  # fmt: skip
     """Stage 4: the random-real baseline under the set's protocol and test images."""
     stages.start("baseline", f"random real images, IPC {plan.distill.ipc}")
-    zca_file = buffer_dir / trajectory.ZCA_NAME if plan.buffer.zca else None
+    zca_file = buffer_dir / layout.ZCA_NAME if plan.buffer.zca else None
     prepared = baselines.prepare_baseline(
         baselines.BaselineConfig(
             method="random", dataset=plan.distill.dataset, ipc=plan.distill.ipc,
@@ -596,7 +595,7 @@ def _pictures_stage(
 ) -> tuple[Path, Path]:
     """Stage 5: the class grid and the curves, in the run folder (drawn by one rank: ``draw``)."""
     stages.start("visualize", str(folder))
-    grid, curves = folder / GRID_NAME, folder / CURVES_NAME
+    grid, curves = folder / layout.GRID_NAME, folder / layout.CURVES_NAME
     if draw:
         upsample = 2 if distilled_set.images.shape[-1] < 64 else 1
         visualize_engine.save_image(

@@ -47,7 +47,7 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
         )
     is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
     if zca_path is not None:
-        raise DdppError("--zca PATH and --buffer both fix the whitening; drop --zca (the "
+        raise DdppError("--zca-file PATH and --buffer both fix the whitening; drop --zca-file (the "
                         "buffer's own ZCA is used).")  # fmt: skip
     if config.zca is not None and config.zca != is_zca:
         raise DdppError(
@@ -143,7 +143,7 @@ def prepare_baseline(
     info = data.info(config.dataset)
     buffer = _buffer_data(config, zca_path) if config.buffer is not None else None
     if zca_path is not None and config.zca is False:
-        raise DdppError("--zca PATH and --no-zca contradict each other; drop one.")
+        raise DdppError("--zca-file PATH and --no-zca contradict each other; drop one.")
     if buffer is not None:
         zca_path, use_zca = buffer.zca_file, buffer.zca_file is not None
         image_size, data_seed = buffer.image_size, buffer.seed

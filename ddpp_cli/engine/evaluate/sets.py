@@ -78,8 +78,8 @@ def load_test_split(
     info = data.info(distilled.dataset)
     if zca_path is not None and distilled.preprocessing.get("kind") != "zca":
         raise DdppError(
-            "this set is normalised, not ZCA-whitened; drop --zca (its normalisation is stored "
-            "in the set)."
+            "this set is normalised, not ZCA-whitened; drop --zca-file (its normalisation is "
+            "stored in the set)."
         )
     preprocessing = resolve_preprocessing(distilled, zca_path)
     if preprocessing.whitening is not None:
