@@ -14,7 +14,7 @@ from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distill, distilled, store, unroll
+from ddpp_cli.engine import distill, distilled, store, student
 
 runner = CliRunner()
 
@@ -206,7 +206,7 @@ def test_compile_failure_is_a_note_not_an_error(tiny_mnist, buffer_dir, tmp_path
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(unroll, "COMPILE_BACKEND", broken_backend)
+    monkeypatch.setattr(student, "COMPILE_BACKEND", broken_backend)
     torch._dynamo.reset()
     out = tmp_path / "run"
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--compile"))

@@ -17,8 +17,9 @@ from ddpp_cli.engine import augment, data, models, presets, store
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.gradient_matching import LOOPS
+from ddpp_cli.engine.student import AMP_MODES
 from ddpp_cli.engine.trajectory import MANIFEST_NAME, default_buffer_dir
-from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES
+from ddpp_cli.engine.unroll import UNROLL_MODES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 INITS = ("real", "noise")

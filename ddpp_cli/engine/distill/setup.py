@@ -24,8 +24,8 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
+from ddpp_cli.engine.student import Student
 from ddpp_cli.engine.trajectory import ZCA_NAME, expert_files, read_manifest
-from ddpp_cli.engine.unroll import Student
 
 
 @dataclass

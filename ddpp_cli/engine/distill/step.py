@@ -11,7 +11,8 @@ from safetensors import safe_open
 
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.state import DistillState
-from ddpp_cli.engine.unroll import Student, UnrollStep, match, plan_unroll
+from ddpp_cli.engine.student import Student, UnrollStep, plan_unroll
+from ddpp_cli.engine.unroll import match
 
 
 def read_snapshots(path: Path, rows: tuple[int, ...]) -> list[torch.Tensor]:
