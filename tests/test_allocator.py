@@ -69,6 +69,7 @@ def test_only_the_outermost_block_restores_the_defaults(monkeypatch):
     assert calls == ["keep", "keep", "release"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(allocator.glibc() is None, reason="mallopt is glibc's")
 def test_kept_memory_is_reused_without_page_faults_until_the_block_ends():
     found = {}

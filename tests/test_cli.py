@@ -43,6 +43,7 @@ def test_version():
     assert result.exit_code == 0 and result.output.startswith("ddpp ")
 
 
+@pytest.mark.slow
 def test_python_dash_m_works():
     done = subprocess.run(
         [sys.executable, "-m", "ddpp_cli", "--help"], capture_output=True, text=True, check=False
@@ -61,6 +62,7 @@ def test_buffer_writes_files_and_prints_a_summary(tiny_mnist, tmp_path):
     assert (tmp_path / "b" / "buffer.json").is_file()
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_the_folder(tiny_mnist, tmp_path):
     result = invoke(
         *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1", "--quiet")
@@ -148,6 +150,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_path):
     out = tmp_path / "b"
     args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "2", "--quiet")
@@ -187,6 +190,7 @@ def test_real_fashion_mnist_buffer(fashion_mnist_dir, tmp_path):
     assert loaded.metadata["test_accuracy"][-1] >= 0.55
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
 def test_the_package_asks_for_huge_pages_before_torch_unless_told_otherwise(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}

@@ -35,6 +35,7 @@ def baseline_args(data_dir: Path, method: str, *extra: object) -> tuple:
 # ------------------------------------------------------------------------------ forgetting
 
 
+@pytest.mark.slow
 def test_forgetting_baseline_is_saved_with_its_settings_and_resumes(tiny_mnist, tmp_path):
     out = tmp_path / "forgetting.safetensors"
     args = baseline_args(

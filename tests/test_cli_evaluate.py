@@ -211,6 +211,7 @@ def test_a_set_and_a_baseline_together_are_refused(mnist_set, tiny_mnist):
     assert_one_line_error(result, "not both")
 
 
+@pytest.mark.slow
 def test_herding_baseline_is_saved_as_a_set(tiny_mnist, tmp_path):
     out = tmp_path / "herding.safetensors"
     payload = eval_json(
@@ -263,6 +264,7 @@ def test_crossarch_json_and_markdown(mnist_set, tiny_mnist):
 # ---------------------------------------------------------------------------- --parallel
 
 
+@pytest.mark.slow
 def test_parallel_runs_print_the_sequential_accuracies(mnist_set, tiny_mnist):
     args = (mnist_set, "--data-dir", tiny_mnist, "--no-download", "--epochs", "2", "--runs",
             "3", "--test-subset", "20", "--device", "cpu")  # fmt: skip

@@ -128,6 +128,7 @@ def test_idx_image_and_label_counts_must_agree(tmp_path: Path) -> None:
         data.load("mnist", tmp_path, download=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_loads_offline() -> None:
     train = data.load("fashionmnist", FASHION_MNIST, download=False)

@@ -83,6 +83,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_splits_the_work_and_matches_one_process(tiny_mnist, tmp_path):
     """Two gloo ranks on the CPU: buffer (batched within a rank too) and a baseline evaluation."""
     data = ["--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download"]

@@ -234,6 +234,7 @@ def test_channels_last_gives_the_same_gradients():
         torch.testing.assert_close(ga_cl, ga, rtol=1e-10, atol=0)
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager(monkeypatch):
     """torch.compile's tracing (AOT autograd, the 'aot_eager' backend: no C++ codegen, so the
     test is fast) through both modes; inductor itself is exercised by the benchmark."""
