@@ -1,4 +1,4 @@
-"""Dataset registry: every split held as one float32 (N, C, H, W) tensor in [0, 1] + int64 labels.
+"""Datasets: every split held as one float32 (N, C, H, W) tensor in [0, 1] + int64 labels.
 
 ``load(name, root, split)`` is the one entry point (names from ``available()``). Sources:
 

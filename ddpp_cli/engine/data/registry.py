@@ -98,6 +98,7 @@ ALIASES = {
     "tiny-imagenet-200": "tinyimagenet",
     "covid19": "covid19-cxr",
 }
+# The torchvision.datasets class that reads each array dataset.
 TORCHVISION_CLASSES = {
     "cifar10": "CIFAR10",
     "cifar100": "CIFAR100",

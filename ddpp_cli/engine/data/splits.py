@@ -1,5 +1,7 @@
-"""Loaded splits: the :class:`ImageSplit` record, per-class draws, stratified subsets and the
-normalisation constants.
+"""Loaded splits: the ImageSplit record, per-class draws, stratified subsets, normalisation.
+
+Every stratified choice of ddpp (holdout, subsets, coresets, the validation split, real-image
+initialisation) draws through :func:`shuffled_per_class`.
 """
 
 from __future__ import annotations
