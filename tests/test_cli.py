@@ -71,6 +71,7 @@ def test_quiet_prints_only_the_folder(tiny_mnist, tmp_path):
     assert result.output.strip() == str(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_under_the_data_dir(tiny_mnist, tmp_path):
     args = ["buffer", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download",
             "--experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]  # fmt: skip

@@ -359,6 +359,7 @@ def test_cli_wiring_builds_the_plan_rows_and_budgets(monkeypatch, tmp_path):
     assert isinstance(call["folder"], Path)
 
 
+@pytest.mark.slow
 def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnist, tmp_path):
     options = {"data_root": tiny_mnist, "download": False}
     plan = tiny_plan(iterations=3)

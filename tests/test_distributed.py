@@ -55,6 +55,7 @@ class LoneRank(World):
         return [value]
 
 
+@pytest.mark.slow
 def test_a_rank_writes_only_the_experts_it_trains(tiny_mnist, tmp_path):
     config = trajectory.BufferConfig(
         dataset="mnist", experts=3, epochs=1, batch_size=64, seed=3, test_subset=10, zca=True

@@ -121,6 +121,7 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_mnist, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_corrupted_expert_file_is_reported_not_overwritten(tiny_mnist, tmp_path):
     summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
     summary.experts[0].path.write_bytes(b"garbage")
