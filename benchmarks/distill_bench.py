@@ -69,7 +69,8 @@ def one(args: argparse.Namespace) -> dict[str, Any]:
     from ddpp_cli.engine.device import make_generator
     from ddpp_cli.engine.distributed import join_world
     from ddpp_cli.engine.functional import ParamLayout, flat_parameters
-    from ddpp_cli.engine.unroll import Student, describe, match, plan_unroll
+    from ddpp_cli.engine.student import Student, describe, plan_unroll
+    from ddpp_cli.engine.unroll import match
 
     ipc, syn_steps, mode = args.one
     ipc, syn_steps = int(ipc), int(syn_steps)

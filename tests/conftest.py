@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny generated datasets (never downloads) and the real Debian files."""
+"""Shared fixtures: tiny generated datasets (never downloads) and the real Debian files; one torch
+thread per pytest-xdist worker."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ import pytest
 import torch
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each pytest-xdist worker runs torch on one thread: the workers share the cores (no OpenMP
+    threads spin-waiting on each other), and tiny tensors run fastest on one thread anyway."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: torch.Tensor, gz: bool = True) -> None:

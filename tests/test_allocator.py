@@ -99,6 +99,7 @@ def test_the_setting_is_made_once_per_process_and_each_block_returns_free_memory
     assert calls == ["keep", "release", "release"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(allocator.glibc() is None, reason="mallopt is glibc's")
 def test_kept_memory_is_reused_without_page_faults_until_the_block_ends():
     found = {}

@@ -123,6 +123,7 @@ class Recorder:
         return 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", coresets.list_coresets(settings=False))
 def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_mnist, monkeypatch):
     recorder = Recorder()
@@ -148,6 +149,7 @@ def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_
     assert torch.allclose(coreset.images, (raw.images[index] - mean) / std)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["forgetting", "herding"])
 def test_a_trained_selection_is_kept_and_taken_again_not_retrained(method, tiny_mnist, tmp_path):
     def prepare(**changes):

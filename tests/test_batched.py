@@ -124,6 +124,7 @@ def test_parallel_must_be_positive():
     assert batched.groups([3, 4, 5, 6, 7], 2) == [[3, 4], [5, 6], [7]]
 
 
+@pytest.mark.slow
 def test_batched_buffer_equals_sequential_and_resumes(tiny_mnist, tmp_path):
     config = trajectory.BufferConfig(
         dataset="mnist", experts=3, epochs=1, batch_size=32, seed=3, train_subset=40,

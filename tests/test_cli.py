@@ -59,6 +59,7 @@ def test_zca_stays_a_switch_where_it_is_one(command):
     assert "--zca --no-zca" in output and "--zca-file" not in output
 
 
+@pytest.mark.slow
 def test_python_dash_m_works():
     done = subprocess.run(
         [sys.executable, "-m", "ddpp_cli", "--help"], capture_output=True, text=True, check=False
@@ -77,6 +78,7 @@ def test_buffer_writes_files_and_prints_a_summary(tiny_mnist, tmp_path):
     assert (tmp_path / "b" / "buffer.json").is_file()
 
 
+@pytest.mark.slow
 def test_quiet_prints_only_the_folder(tiny_mnist, tmp_path):
     result = invoke(
         *tiny_buffer_args(tiny_mnist, tmp_path / "b", "--experts", "1", "--epochs", "1", "--quiet")
@@ -85,6 +87,7 @@ def test_quiet_prints_only_the_folder(tiny_mnist, tmp_path):
     assert result.output.strip() == str(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_default_output_folder_is_under_the_data_dir(tiny_mnist, tmp_path):
     args = ["buffer", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download",
             "--experts", "1", "--epochs", "1", "--device", "cpu", "--quiet"]  # fmt: skip
@@ -164,6 +167,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_path):
     out = tmp_path / "b"
     args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "2", "--quiet")
@@ -203,6 +207,7 @@ def test_real_fashion_mnist_buffer(fashion_mnist_dir, tmp_path):
     assert loaded.metadata["test_accuracy"][-1] >= 0.55
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("0", "0")])
 def test_the_package_asks_for_huge_pages_before_torch_unless_told_otherwise(given, expected):
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}

@@ -36,6 +36,7 @@ def baseline_args(data_dir: Path, method: str, *extra: object) -> tuple:
 # ------------------------------------------------------------------------------ forgetting
 
 
+@pytest.mark.slow
 def test_forgetting_baseline_is_saved_with_its_settings_and_resumes(tiny_mnist, tmp_path):
     out = tmp_path / "forgetting.safetensors"
     args = baseline_args(
@@ -70,6 +71,7 @@ def test_forgetting_baseline_is_saved_with_its_settings_and_resumes(tiny_mnist, 
 # -------------------------------------------------------------------------------- herding
 
 
+@pytest.mark.slow
 def test_herding_without_a_buffer_trains_its_feature_network_and_says_so(tiny_mnist, tmp_path):
     out = tmp_path / "herding.safetensors"
     args = baseline_args(tiny_mnist, "herding", "--feature-epochs", "1", "--train-subset", "40")

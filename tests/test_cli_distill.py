@@ -14,7 +14,7 @@ from conftest import assert_one_line_error
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distill, distilled, store, unroll
+from ddpp_cli.engine import distill, distilled, store, student
 
 runner = CliRunner()
 
@@ -167,6 +167,7 @@ def test_default_buffer_and_run_folder(tiny_mnist, buffer_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_like_ctrl_c(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
     original = distill.MatchingStep.step
@@ -202,11 +203,12 @@ def test_unknown_unroll_mode_is_one_line(tiny_mnist, buffer_dir, tmp_path):
     assert_one_line_error(result, "--unroll must be one of: graph, memory")
 
 
+@pytest.mark.slow
 def test_compile_failure_is_a_note_not_an_error(tiny_mnist, buffer_dir, tmp_path, monkeypatch):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(unroll, "COMPILE_BACKEND", broken_backend)
+    monkeypatch.setattr(student, "COMPILE_BACKEND", broken_backend)
     torch._dynamo.reset()
     out = tmp_path / "run"
     result = invoke(*distill_args(tiny_mnist, buffer_dir, out, "--compile"))

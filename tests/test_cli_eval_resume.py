@@ -34,6 +34,7 @@ def recorded_runs(folder: Path) -> dict:
     return json.loads(files[0].read_text())["runs"]
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_run_then_rerun_equals_one_go(mnist_set, tiny_mnist):  # noqa: F811
     one_go = eval_json(*eval_args(mnist_set, tiny_mnist, "--no-records"))
     records = evaluate.default_records_dir(mnist_set)

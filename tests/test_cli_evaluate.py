@@ -116,6 +116,7 @@ def test_quiet_prints_only_the_result(mnist_set, tiny_mnist):
     assert len(result.stdout.strip().splitlines()) == 1 and "±" in result.stdout
 
 
+@pytest.mark.slow
 def test_resnet18_on_a_one_channel_28px_set(mnist_set, tiny_mnist):
     payload = eval_json(
         mnist_set, "--data-dir", tiny_mnist, "--no-download", "--arch", "resnet18", *FAST
@@ -212,6 +213,7 @@ def test_a_set_and_a_baseline_together_are_refused(mnist_set, tiny_mnist):
     assert_one_line_error(result, "not both")
 
 
+@pytest.mark.slow
 def test_herding_baseline_is_saved_as_a_set(tiny_mnist, tmp_path):
     out = tmp_path / "herding.safetensors"
     payload = eval_json(
@@ -264,6 +266,7 @@ def test_crossarch_json_and_markdown(mnist_set, tiny_mnist):
 # ---------------------------------------------------------------------------- --parallel
 
 
+@pytest.mark.slow
 def test_parallel_runs_print_the_sequential_accuracies(mnist_set, tiny_mnist):
     args = (mnist_set, "--data-dir", tiny_mnist, "--no-download", "--epochs", "2", "--runs",
             "3", "--test-subset", "20", "--device", "cpu")  # fmt: skip
@@ -275,6 +278,7 @@ def test_parallel_runs_print_the_sequential_accuracies(mnist_set, tiny_mnist):
     assert_one_line_error(invoke("evaluate", *args, "--parallel", "0"), "--parallel")
 
 
+@pytest.mark.slow
 def test_crossarch_and_baselines_take_parallel(mnist_set, tiny_mnist):
     result = invoke(
         "crossarch", mnist_set, "--archs", "convnet,convnet-bn", "--data-dir", tiny_mnist,

@@ -299,6 +299,7 @@ def buffer_args(data_dir: Path, out: Path) -> list[object]:
             "--device", "cpu", "--quiet"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_out_of_memory_mid_expert_keeps_the_finished_ones_and_a_rerun_completes(
     tiny_mnist, tmp_path, monkeypatch
 ):

@@ -102,6 +102,7 @@ def test_the_default_folder_follows_the_inferred_zca(tiny_cifar, tmp_path):  # n
     assert Path(result.output.strip()) == trajectory.default_buffer_dir("cifar10", "convnet", False)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_import_then_rerun_equals_an_uninterrupted_import(tiny_mnist, tmp_path):
     source = mtt_folder(tmp_path, "mnist", [3, 1])
     whole = tmp_path / "whole"

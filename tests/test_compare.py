@@ -167,6 +167,7 @@ def test_a_folder_of_other_files_is_refused(tmp_path):
 # ------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_a_matching_row_distills_with_its_own_method(tiny_mnist, tmp_path):
     summary = compare_engine.compare(
         tiny_plan(), ("dm",), tmp_path / "c", budgets={"dm": 2}, data_root=tiny_mnist,
@@ -191,6 +192,7 @@ def test_a_matching_row_records_its_whole_config_so_a_changed_cut_is_not_reused(
     assert compare_engine.row_settings(job)["distill"]["batch_real"] == 32
 
 
+@pytest.mark.slow
 def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, tmp_path):
     events: list[object] = []
     options = {"data_root": tiny_mnist, "download": False, "runners": {"dsa": as_random}}
@@ -243,6 +245,7 @@ def test_compare_runs_every_row_under_one_protocol_then_reuses_them(tiny_mnist, 
     assert not any(isinstance(e, Notice) for e in events)
 
 
+@pytest.mark.slow
 def test_a_rerun_after_an_interruption_gives_the_same_table(tiny_mnist, tmp_path):
     rows = ("random", "herding", "dc")
     options = {"data_root": tiny_mnist, "download": False}
@@ -358,6 +361,7 @@ def test_cli_wiring_builds_the_plan_rows_and_budgets(monkeypatch, tmp_path):
     assert isinstance(call["folder"], Path)
 
 
+@pytest.mark.slow
 def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnist, tmp_path):
     options = {"data_root": tiny_mnist, "download": False}
     plan = tiny_plan(iterations=3)

@@ -16,6 +16,7 @@ import torchvision.datasets
 from PIL import Image
 
 from ddpp_cli.engine import data
+from ddpp_cli.engine.data import folders
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.preprocess import prepare
 
@@ -127,6 +128,7 @@ def test_idx_image_and_label_counts_must_agree(tmp_path: Path) -> None:
         data.load("mnist", tmp_path, download=False)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
 def test_real_fashion_mnist_loads_offline() -> None:
     train = data.load("fashionmnist", FASHION_MNIST, download=False)
@@ -407,7 +409,7 @@ def test_folder_decode_is_cached_on_disk(tmp_path: Path, monkeypatch: pytest.Mon
     def no_decoding(*args: object) -> None:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_all", no_decoding)
+    monkeypatch.setattr(folders, "_decode_all", no_decoding)
     second = data.load("imagefolder", tmp_path)
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
     data.clear_cache()

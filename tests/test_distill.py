@@ -235,6 +235,7 @@ def test_resume_continues_bit_for_bit(straight_run, tiny_buffer, tiny_mnist, tmp
     assert len(metrics(tmp_path)) == 11  # iterations 0-10
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_matches(
     straight_run, tiny_buffer, tiny_mnist, tmp_path
 ):
@@ -254,6 +255,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(
     assert len(metrics(tmp_path)) == 11  # iterations 0-10
 
 
+@pytest.mark.slow
 def test_memory_mode_run_matches_the_graph_mode(straight_run, tiny_buffer, tiny_mnist, tmp_path):
     """A whole run with --unroll memory: same draws, same losses and images up to rounding; the
     mode is stored with the run and may be switched on resume (it is the same maths)."""

@@ -122,6 +122,7 @@ def assert_same_run(ours: Path, theirs: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_and_resume_across_world_sizes(buffer, tiny_mnist, tmp_path):
     one = {mode: tmp_path / f"one-{mode}" for mode in ("graph", "memory")}
     for mode, folder in one.items():

@@ -274,6 +274,7 @@ def test_validation_picks_the_best_set_and_metrics_hold_the_methods_numbers(tiny
 # ------------------------------------------------------------------------- resume bit for bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", OTHER_METHODS)
 def test_ctrl_c_and_resume_continue_bit_for_bit(method, tiny_mnist, tmp_path):
     config = small(method)
@@ -294,6 +295,7 @@ def test_ctrl_c_and_resume_continue_bit_for_bit(method, tiny_mnist, tmp_path):
     assert_same_run(tmp_path / "straight", interrupted)
 
 
+@pytest.mark.slow
 def test_a_killed_dsa_run_resumes_bit_for_bit(tiny_mnist, tmp_path):
     args = cli_args(tiny_mnist, tmp_path / "straight", "dsa", "--outer-loop", 2, "--inner-loop", 2)
     assert invoke(*args).exit_code == 0

@@ -92,6 +92,7 @@ class LoneRank(World):
         return [value]
 
 
+@pytest.mark.slow
 def test_a_rank_writes_only_the_experts_it_trains(tiny_mnist, tmp_path):
     config = trajectory.BufferConfig(
         dataset="mnist", experts=3, epochs=1, batch_size=64, seed=3, test_subset=10, zca=True
@@ -120,6 +121,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_torchrun_splits_the_work_and_matches_one_process(tiny_mnist, tmp_path):
     """Two gloo ranks on the CPU: buffer (batched within a rank too) and a baseline evaluation."""
     data = ["--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download"]

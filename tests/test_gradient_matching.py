@@ -111,6 +111,7 @@ def test_loss_on_the_benchmark_convnet_ignores_biases_and_norm_parameters():
     assert 0 < found.item() <= 2 * 2 * (3 * 128 + 2)
 
 
+@pytest.mark.slow
 def test_gradient_into_the_synthetic_images_matches_finite_differences():
     model = small_net()
     params = dict(model.named_parameters())

@@ -118,6 +118,7 @@ class LoadSpy:
         return content
 
 
+@pytest.mark.slow
 def test_import_streams_one_file_at_a_time_and_takes_the_first_n(tiny_mnist, tmp_path, monkeypatch):
     source = mtt_folder(tmp_path, "mnist", [2, 1, 2, 2])
     spy = LoadSpy(monkeypatch)
@@ -133,6 +134,7 @@ class Killed(BaseException):
     """Stands in for the process dying (not an Exception: nothing may catch it)."""
 
 
+@pytest.mark.slow
 def test_rerun_after_a_kill_continues_and_equals_an_uninterrupted_import(
     tiny_mnist, tmp_path, monkeypatch
 ):

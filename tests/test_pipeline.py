@@ -230,6 +230,7 @@ def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_run_end_to_end_then_reuses_the_buffer(tiny_mnist, tmp_path):
     first = tmp_path / "run1"
     result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,

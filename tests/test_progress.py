@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from ddpp_cli.progress import LogLineProgress, clock, log_interval, make_progress, rate_text
@@ -114,6 +115,7 @@ def test_formatting_helpers_and_interval_variable(monkeypatch):
     assert log_interval() == 30.0
 
 
+@pytest.mark.slow
 def test_a_buffer_run_logs_plain_progress_lines_when_stderr_is_not_a_terminal(
     tiny_mnist, tmp_path: Path
 ):

@@ -26,6 +26,7 @@ def _ruff() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("ruff")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_ruff() is None, reason="ruff is not installed")
 def test_ruff_is_clean():
     ruff = _ruff()

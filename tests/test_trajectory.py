@@ -33,6 +33,7 @@ def test_config_validation(overrides, message):
         small_config(**overrides)
 
 
+@pytest.mark.slow
 def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_path):
     events = []
     summary = train_buffer(
@@ -71,6 +72,7 @@ def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_pa
     assert {"BufferStarted", "ExpertStarted", "EpochFinished", "ExpertFinished"} <= kinds
 
 
+@pytest.mark.slow
 def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
     summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
     params = trajectory.load_trajectory(summary.experts[0].path).params
@@ -81,6 +83,7 @@ def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
     assert torch.equal(params[0], flat_parameters(model))
 
 
+@pytest.mark.slow
 def test_training_learns_the_synthetic_task(tmp_path):
     data_root = make_mnist_folder(tmp_path / "digits", train_per_class=20, test_per_class=5)
     summary = train_buffer(
@@ -92,6 +95,7 @@ def test_training_learns_the_synthetic_task(tmp_path):
     assert summary.experts[0].test_accuracy[-1] >= 0.5
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_files_to_an_uninterrupted_run(tiny_mnist, tmp_path):
     config = small_config(epochs=1)
     straight = train_buffer(config, tmp_path / "a", data_root=tiny_mnist, download=False)
@@ -108,6 +112,7 @@ def test_resume_gives_identical_files_to_an_uninterrupted_run(tiny_mnist, tmp_pa
         )
 
 
+@pytest.mark.slow
 def test_other_settings_in_the_same_folder_are_refused(tiny_mnist, tmp_path):
     train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
     with pytest.raises(DdppError, match=r"other settings \(lr: 0\.01 there vs 0\.05 now"):
@@ -116,6 +121,7 @@ def test_other_settings_in_the_same_folder_are_refused(tiny_mnist, tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_corrupted_expert_file_is_reported_not_overwritten(tiny_mnist, tmp_path):
     summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
     summary.experts[0].path.write_bytes(b"garbage")
@@ -124,6 +130,7 @@ def test_corrupted_expert_file_is_reported_not_overwritten(tiny_mnist, tmp_path)
     assert summary.experts[0].path.read_bytes() == b"garbage"
 
 
+@pytest.mark.slow
 def test_zca_buffer_saves_and_reuses_the_whitening(tiny_mnist, tmp_path):
     summary = train_buffer(
         small_config(experts=1, epochs=1, zca=True), tmp_path, data_root=tiny_mnist, download=False

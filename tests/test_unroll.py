@@ -1,6 +1,6 @@
-"""The student unroll (engine/unroll.py): the reverse Hessian-vector step on hand-made values,
-the memory mode's gradients against the graph mode's, and the execution options (bf16 autocast,
-torch.compile and its fallback, channels-last)."""
+"""The student unroll (engine/unroll.py, engine/student.py): the reverse Hessian-vector step on
+hand-made values, the memory mode's gradients against the graph mode's, and the execution options
+(bf16 autocast, torch.compile and its fallback, channels-last)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from ddpp_cli.engine import models, unroll
+from ddpp_cli.engine import student as student_module
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.device import make_generator
+from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
 from ddpp_cli.engine.pruning import prune_mask
-from ddpp_cli.engine.unroll import Student, match, plan_unroll, reverse_step
+from ddpp_cli.engine.student import Student, describe, plan_unroll
+from ddpp_cli.engine.unroll import match, reverse_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,7 +151,7 @@ def test_keeping_the_last_graphs_changes_nothing(kept_steps):
 
 
 def test_kept_count_fits_the_budget():
-    world = unroll.World()
+    world = World()
     assert unroll.kept_count(100, 0, 20, world) == 0
     assert unroll.kept_count(100, 250, 20, world) == 2
     assert unroll.kept_count(100, 10**9, 20, world) == 20
@@ -231,10 +234,11 @@ def test_channels_last_gives_the_same_gradients():
         torch.testing.assert_close(ga_cl, ga, rtol=1e-10, atol=0)
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_eager(monkeypatch):
     """torch.compile's tracing (AOT autograd, the 'aot_eager' backend: no C++ codegen, so the
     test is fast) through both modes; inductor itself is exercised by the benchmark."""
-    monkeypatch.setattr(unroll, "COMPILE_BACKEND", "aot_eager")
+    monkeypatch.setattr(student_module, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()
     problem = tiny_problem(torch.float32, channels=3)
     model, layout, *_ = problem
@@ -245,7 +249,7 @@ def test_compiled_step_matches_eager(monkeypatch):
     for mode in ("graph", "memory"):
         student = Student(model, layout, dsa, compile=True, on_notice=notices.append)
         _, gx_c, ga_c = gradients(student, problem, steps, mode)
-        assert unroll.describe(student)["compile"], notices
+        assert describe(student)["compile"], notices
         torch.testing.assert_close(gx_c, gx, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(ga_c, ga, rtol=1e-4, atol=1e-8)
     assert notices == []
@@ -255,7 +259,7 @@ def test_compile_failure_falls_back_with_a_notice(monkeypatch):
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(unroll, "COMPILE_BACKEND", broken_backend)
+    monkeypatch.setattr(student_module, "COMPILE_BACKEND", broken_backend)
     torch._dynamo.reset()
     problem = tiny_problem(torch.float32, channels=3)
     model, layout, *_ = problem
@@ -266,7 +270,7 @@ def test_compile_failure_falls_back_with_a_notice(monkeypatch):
     student = Student(model, layout, dsa, compile=True, on_notice=notices.append)
     _, gx_c, _ = gradients(student, problem, steps, "memory")
     assert len(notices) == 1 and "continuing without --compile" in notices[0]
-    assert not unroll.describe(student)["compile"]
+    assert not describe(student)["compile"]
     torch.testing.assert_close(gx_c, gx, rtol=1e-5, atol=1e-7)
 
 

@@ -20,6 +20,9 @@ from ddpp_cli.engine import distilled, zca
 from ddpp_cli.engine import visualize as vis
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.preprocess import Normalization
+from ddpp_cli.engine.visualize.curves import nice_ticks, tick_labels
+from ddpp_cli.engine.visualize.export import folder_names
+from ddpp_cli.engine.visualize.pixels import to_uint8
 
 runner = CliRunner()
 TOLERANCE = 1 / 255 + 1e-6
@@ -190,7 +193,7 @@ def test_parse_classes(norm_set):
 
 def test_folder_names_are_safe_unique_and_sorted_in_class_order():
     names = ["T-shirt/top", "..", "", "a b", "ünïcode", "x" * 100, *(f"c{k}" for k in range(6))]
-    folders = vis.folder_names(names)
+    folders = folder_names(names)
     assert sorted(folders) == folders and len(set(folders)) == len(folders)
     assert folders[:4] == ["00_T-shirt_top", "01", "02", "03_a_b"]
     assert all("/" not in f and not f.startswith(".") and len(f) <= 64 for f in folders)
@@ -202,8 +205,8 @@ def test_export_round_trips_through_imagefolder(kind, norm_set, zca_set, tmp_pat
     manifest = vis.export_folder(chosen, tmp_path / "export")
     folder = ImageFolder(str(tmp_path / "export"), transform=transforms.ToTensor())
     assert folder.classes == manifest["folders"]
-    assert folder.classes == vis.folder_names(NAMES)
-    expected = vis.to_uint8(vis.pixel_images(chosen)).float() / 255
+    assert folder.classes == folder_names(NAMES)
+    expected = to_uint8(vis.pixel_images(chosen)).float() / 255
     by_path = {Path(p).relative_to(tmp_path / "export").as_posix(): t for p, t in folder.samples}
     assert sorted(by_path) == sorted(manifest["files"])
     for index, relative in enumerate(manifest["files"]):
@@ -291,13 +294,13 @@ def test_curves_leave_missing_quantities_empty(tmp_path):
 
 
 def test_ticks_are_round():
-    assert vis.nice_ticks(0, 500, 6, integer=True) == [0, 100, 200, 300, 400, 500]
-    assert vis.nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]
-    assert vis.tick_labels(vis.nice_ticks(0.0099, 0.0103)) == [
+    assert nice_ticks(0, 500, 6, integer=True) == [0, 100, 200, 300, 400, 500]
+    assert nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]
+    assert tick_labels(nice_ticks(0.0099, 0.0103)) == [
         "0.0099", "0.0100", "0.0101", "0.0102", "0.0103",
     ]  # fmt: skip
-    assert vis.tick_labels([0.0, 2e-6, 4e-6]) == ["0", "2e-6", "4e-6"]
-    assert vis.tick_labels([0.0, 2.5, 5.0]) == ["0.0", "2.5", "5.0"]
+    assert tick_labels([0.0, 2e-6, 4e-6]) == ["0", "2e-6", "4e-6"]
+    assert tick_labels([0.0, 2.5, 5.0]) == ["0.0", "2.5", "5.0"]
 
 
 def test_metrics_errors(tmp_path):

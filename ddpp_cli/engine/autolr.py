@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from ddpp_cli.engine.device import make_generator
-from ddpp_cli.engine.unroll import match, plan_unroll
+from ddpp_cli.engine.student import plan_unroll
+from ddpp_cli.engine.unroll import match
 
 ALPHA_STEP = 0.01  # ρ: the first α update is 1 % of α (momentum 0.5 makes it ≤ 2 % later)
 PROBES = 3  # start epochs probed: 0, T⁺ // 2 and T⁺ − 1 (distinct ones)

@@ -1,4 +1,6 @@
-"""The student unroll of trajectory matching and its gradient, in two exact modes (SPEC §6, §10).
+"""The student unroll of trajectory matching and its gradient, in two exact modes.
+
+The algorithm is in docs/distill.md.
 
 θ̃_0 = θ_i and θ̃_{j+1} = θ̃_j − α g_j with g_j = ∇_θ CE(f(A_j(b_j); θ̃_j)). The matching loss L
 is a function of θ̃_N; its gradient w.r.t. the images X and α needs the second derivatives of
@@ -7,16 +9,14 @@ every step. Two ways to get it, equal up to rounding:
 * ``graph`` (MTT): keep the whole unrolled graph (``create_graph``) and call ``backward`` once.
   Memory grows linearly with N.
 * ``memory``: keep only the N + 1 flat parameter vectors (detached) and the recorded draws
-  (minibatches and DSA parameters from :func:`plan_unroll`). Walk the steps in reverse,
-  rebuild one step's graph at a time and propagate the adjoint a = dL/dθ̃_{j+1} with
-  Hessian-vector products (:func:`reverse_step`):
+  (minibatches and DSA parameters from :func:`~ddpp_cli.engine.student.plan_unroll`). Walk the
+  steps in reverse, rebuild one step's graph at a time and propagate the adjoint
+  a = dL/dθ̃_{j+1} with Hessian-vector products (:func:`reverse_step`):
   dL/dθ̃_j = a − α (∂g_j/∂θ)ᵀ a,  dL/dX += −α (∂g_j/∂X)ᵀ a,  dL/dα += −⟨a, g_j⟩.
   Peak memory is that of one step's double-backward graph, whatever N is (unlike TESLA's
   first-order shortcut, this is exact).
 
-:class:`Student` holds the network as a pure function of a flat parameter vector, with the
-execution options that do not change the maths: bf16 autocast for the network's forward,
-``torch.compile`` of the per-step gradient, and channels-last activations.
+The network itself is a :class:`~ddpp_cli.engine.student.Student`, a pure function of θ.
 
 Across ranks (``Student(world=...)``, under torchrun) every rank holds the same θ̃_j, X and α and
 replays the same draws; rank r takes the contiguous share [s_r, e_r) of each step's minibatch of
@@ -34,36 +34,20 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ddpp_cli.engine.augment import DSA, DSAParams
+from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.distributed import World, sum_across
-from ddpp_cli.engine.functional import ParamLayout, functional_forward
+from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.pruning import matching_loss, prune_mask
+from ddpp_cli.engine.student import Student, UnrollStep
 
 UNROLL_MODES = ("graph", "memory")
-AMP_MODES = ("off", "bf16")
-COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which traces the same but skips codegen
 
 GradFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SumFn = Callable[[torch.Tensor], torch.Tensor]
-NoticeCallback = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class UnrollStep:
-    """One student step's draws: minibatch indices into X (None = all) and its DSA draw."""
-
-    indices: torch.Tensor | None
-    augment: DSAParams
-
-    def batch(self, num_images: int) -> int:
-        """The minibatch's size B (``num_images`` when it is all of X)."""
-        return num_images if self.indices is None else int(self.indices.numel())
 
 
 @dataclass(frozen=True)
@@ -72,160 +56,6 @@ class MatchResult:
 
     loss: float
     pruned_fraction: float
-
-
-def plan_unroll(
-    num_images: int,
-    syn_steps: int,
-    batch_syn: int | None,
-    dsa: DSA,
-    image_size: tuple[int, int],
-    generator: torch.Generator,
-) -> list[UnrollStep]:
-    """Draw the minibatches (shuffled chunks of X, as MTT) and DSA parameters of N steps.
-
-    Drawing everything first keeps the unroll a pure function of its inputs, so the memory mode
-    can replay the same steps in its reverse pass.
-    """
-    height, width = image_size
-    steps: list[UnrollStep] = []
-    chunks: list[torch.Tensor] = []
-    for _ in range(syn_steps):
-        if batch_syn is None or batch_syn >= num_images:
-            indices, batch = None, num_images
-        else:
-            if not chunks:
-                chunks = list(torch.randperm(num_images, generator=generator).split(batch_syn))
-            indices = chunks.pop(0)
-            batch = int(indices.numel())
-        params = dsa.sample(batch, height, width, generator) if dsa.enabled else DSAParams("none")
-        steps.append(UnrollStep(indices, params))
-    return steps
-
-
-# ------------------------------------------------------------------------- the student
-
-
-class Student:
-    """The student network as a pure function of a flat parameter vector θ.
-
-    ``amp="bf16"`` runs the network's forward under ``torch.autocast`` (bf16); the loss, the
-    gradient g, the parameter updates, the mask and the matching loss stay in float32.
-    ``compile`` wraps the per-step gradient in ``torch.compile``; if compiling fails, the
-    student reports it once through ``on_notice`` and runs eagerly. ``channels_last`` passes the
-    augmented images in channels-last memory format (convolutions keep it). ``world`` (under
-    torchrun) makes :meth:`inputs` this rank's share of each minibatch (see the module notes).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layout: ParamLayout,
-        dsa: DSA,
-        *,
-        amp: str = "off",
-        compile: bool = False,
-        channels_last: bool = False,
-        on_notice: NoticeCallback | None = None,
-        world: World | None = None,
-    ) -> None:
-        if amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {amp!r}")
-        self.model = model
-        self.layout = layout
-        self.dsa = dsa
-        self.amp = amp
-        self.channels_last = channels_last
-        self.world = world or World()
-        self.on_notice = on_notice or (lambda message: None)
-        self._compiled: Callable[..., torch.Tensor] | None = None
-        if compile:
-            self._compiled = torch.compile(self._functional_gradient, backend=COMPILE_BACKEND)
-
-    # -- the maths --------------------------------------------------------------------------
-
-    def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """CE(f(x; θ), y), the network under autocast when ``amp`` asks, the loss in float32."""
-        if self.amp == "off":
-            return F.cross_entropy(functional_forward(self.model, self.layout, theta, x), y)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            logits = functional_forward(self.model, self.layout, theta, x)
-        return F.cross_entropy(logits.to(theta.dtype), y)
-
-    def inputs(self, images: torch.Tensor, labels: torch.Tensor, step: UnrollStep) -> tuple:
-        """The step's augmented minibatch A_j(b_j) (differentiable w.r.t. ``images``) and labels;
-        across ranks, this rank's contiguous share of it (possibly empty)."""
-        augment = step.augment
-        if not self.world.distributed and step.indices is None:
-            x, y = images, labels
-        else:
-            start, stop = self.world.split(step.batch(len(labels)))
-            if step.indices is None:
-                x, y = images[start:stop], labels[start:stop]
-            else:
-                index = step.indices[start:stop].to(images.device)
-                x, y = images[index], labels[index]
-            if self.world.distributed:
-                augment = augment.rows(start, stop)
-        if x.shape[0] == 0:
-            return x, y
-        x = self.dsa.apply(x, augment)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
-
-    def _functional_gradient(
-        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
-    ) -> torch.Tensor:
-        return torch.func.grad(self.loss)(theta, x, y)
-
-    def share(self, step: UnrollStep, num_images: int) -> float:
-        """This rank's share (e_r − s_r) / B of the step's minibatch (1 in one process)."""
-        if not self.world.distributed:
-            return 1.0
-        start, stop = self.world.split(step.batch(num_images))
-        return (stop - start) / step.batch(num_images)
-
-    def shard_gradient(
-        self,
-        theta: torch.Tensor,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        share: float,
-        *,
-        create_graph: bool,
-    ) -> torch.Tensor:
-        """This rank's part of g: ``share`` · ∇CE on its share ``x`` (zero when it is empty).
-
-        An empty share's zero stays attached to θ and to X (through the empty ``x``): autograd
-        runs a node's backward only on a path to the inputs asked for, and every rank must run
-        the backward of every step's all-reduce, in the same order, or the collectives of the
-        ranks no longer match."""
-        if x.shape[0] == 0:
-            return theta * 0.0 + x.sum() * 0.0
-        grad = self.gradient(theta, x, y, create_graph=create_graph)
-        return grad if share == 1.0 else grad * share
-
-    def gradient(
-        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, create_graph: bool
-    ) -> torch.Tensor:
-        """g = ∇_θ CE(f(x; θ), y); with ``create_graph`` differentiable w.r.t. θ and x."""
-        if self._compiled is not None:
-            try:
-                return self._compiled(theta, x, y)
-            except Exception as error:  # any failure to compile: say so once, run eagerly
-                self._compiled = None
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                self.on_notice(
-                    f"torch.compile failed ({type(error).__name__}: {reason[:200]}); "
-                    "continuing without --compile."
-                )
-        with torch.enable_grad():
-            if not theta.requires_grad:
-                theta = theta.detach().requires_grad_(True)
-            loss = self.loss(theta, x, y)
-            (grad,) = torch.autograd.grad(loss, theta, create_graph=create_graph)
-        return grad
 
 
 # ------------------------------------------------------------------------- graph mode
@@ -523,12 +353,3 @@ def match(
 def _accumulate(leaf: torch.Tensor, grad: torch.Tensor) -> None:
     grad = grad.to(leaf.dtype).reshape(leaf.shape)
     leaf.grad = grad if leaf.grad is None else leaf.grad + grad
-
-
-def describe(student: Student) -> dict[str, Any]:
-    """The execution options in effect (for benchmark records)."""
-    return {
-        "amp": student.amp,
-        "compile": student._compiled is not None,
-        "channels_last": student.channels_last,
-    }

@@ -81,7 +81,8 @@ from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import GENERATORS, Best, DistillState, StateDict
 from ddpp_cli.engine.distill.step import MatchingStep, divergence, read_snapshots
 from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_validation
-from ddpp_cli.engine.unroll import UnrollStep, plan_unroll, unroll
+from ddpp_cli.engine.student import UnrollStep, plan_unroll
+from ddpp_cli.engine.unroll import unroll
 
 __all__ = [
     "ALL_IMAGES",

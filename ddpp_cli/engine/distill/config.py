@@ -17,7 +17,8 @@ from ddpp_cli.engine.distill.methods import (
     method_settings,
 )
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES
+from ddpp_cli.engine.student import AMP_MODES
+from ddpp_cli.engine.unroll import UNROLL_MODES
 
 INITS = ("real", "noise")
 # The registered methods (tm: trajectory matching, MTT with DDPP's pruning; dc/dsa: gradient

@@ -25,8 +25,8 @@ from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
+from ddpp_cli.engine.student import Student
 from ddpp_cli.engine.trajectory import expert_files, read_manifest
-from ddpp_cli.engine.unroll import Student
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 
 from ddpp_cli.engine.distill.state import DistillState
-from ddpp_cli.engine.unroll import Student, UnrollStep, match, plan_unroll
+from ddpp_cli.engine.student import Student, UnrollStep, plan_unroll
+from ddpp_cli.engine.unroll import match
 
 if TYPE_CHECKING:
     from ddpp_cli.engine.distill.config import DistillConfig

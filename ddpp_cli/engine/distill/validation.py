@@ -39,7 +39,7 @@ def split_validation(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified (train, validation) indices, validation of ``size`` images, both sorted."""
     counts = torch.bincount(labels, minlength=num_classes).tolist()
-    quota = data._allocate(counts, size) if size > 0 else [0] * num_classes
+    quota = data.proportional_quota(counts, size) if size > 0 else [0] * num_classes
     train, val = [], []
     for order, take in zip(
         data.shuffled_per_class(labels, num_classes, generator), quota, strict=True

@@ -1,0 +1,296 @@
+"""Image-folder datasets (tinyimagenet, covid19-cxr, imagefolder) and their on-disk decode cache.
+
+Images are decoded once with PIL and cached under ``<dataset folder>/.ddpp-cache/``
+(``layout.CACHE_DIRNAME``), so that later loads are fast; a single folder of class folders is
+split 80/20 per class, seeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ddpp_cli.engine import store
+from ddpp_cli.engine.data.registry import ALIASES, REGISTRY
+from ddpp_cli.engine.data.splits import shuffled_per_class
+from ddpp_cli.engine.device import make_generator
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.layout import CACHE_DIRNAME
+
+CACHE_FORMAT = "ddpp.cache/1"
+TEST_FRACTION = 0.2
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+FOLDER_CANDIDATES = {
+    "tinyimagenet": ("tinyimagenet", "tiny-imagenet-200", "tinyimagenet/tiny-imagenet-200"),
+    "covid19-cxr": (
+        "covid19-cxr",
+        "COVID-19_Radiography_Dataset",
+        "covid19-cxr/COVID-19_Radiography_Dataset",
+    ),
+    "imagefolder": (),
+}
+_GRAYSCALE_FOLDERS = {"covid19-cxr"}
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """Image files under a class folder (recursively), skipping hidden and ``*mask*`` folders."""
+    files: list[Path] = []
+    for current, dirs, names in os.walk(class_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and "mask" not in d.lower())
+        files.extend(
+            Path(current) / n
+            for n in sorted(names)
+            if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    return files
+
+
+def _class_folder_listing(folder: Path) -> tuple[tuple[str, ...], list[Path], list[int]]:
+    """Classes (sorted folder names), files and labels of a folder of class folders."""
+    class_dirs = _visible_dirs(folder)
+    if not class_dirs:
+        raise DdppError(f"{folder} has no class folders; expected one sub-folder per class.")
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, class_dir in enumerate(class_dirs):
+        found = _image_files(class_dir)
+        if not found:
+            raise DdppError(
+                f"class folder {class_dir} has no images ({', '.join(IMAGE_EXTENSIONS)}); "
+                "remove it or add images."
+            )
+        files.extend(found)
+        labels.extend([label] * len(found))
+    return tuple(d.name for d in class_dirs), files, labels
+
+
+def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], list[int]]:
+    """Files/labels of a test (or val) folder, using the train split's class indices."""
+    index = {c: i for i, c in enumerate(classes)}
+    annotations = folder / "val_annotations.txt"
+    if _is_tiny_imagenet_val(folder):
+        files, labels = [], []
+        for line in annotations.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                files.append(folder / "images" / parts[0])
+                labels.append(index[parts[1]])
+        if not files:
+            raise DdppError(f"{annotations} names none of the {len(classes)} train classes.")
+        return files, labels
+    test_classes, files, local = _class_folder_listing(folder)
+    unknown = [c for c in test_classes if c not in index]
+    if unknown:
+        raise DdppError(
+            f"{folder} has class folders that train/ lacks: {', '.join(unknown[:5])}; the test "
+            "classes must be a subset of the train classes."
+        )
+    return files, [index[test_classes[i]] for i in local]
+
+
+def _is_tiny_imagenet_val(folder: Path) -> bool:
+    """Tiny ImageNet's official ``val/``: ``images/`` plus ``val_annotations.txt``."""
+    return (folder / "val_annotations.txt").is_file() and (folder / "images").is_dir()
+
+
+def _labelled_test_dir(folder: Path, classes: tuple[str, ...]) -> Path:
+    """The labelled held-out split next to ``train/``: ``test/``, else ``val/``.
+
+    In Tiny ImageNet's official archive ``test/images/`` has no labels; its labelled ``val/`` is
+    the test split (as in MTT and the papers), so an annotated ``val/`` wins over ``test/``, and
+    a folder holding nothing but an ``images/`` folder of files is taken as unlabelled. MTT's
+    rearranged ``val/images/<wnid>/`` (class folders under ``images/``) works too.
+    """
+    val_images = folder / "val" / "images"
+    if val_images.is_dir() and _visible_dirs(val_images):
+        return val_images
+    if _is_tiny_imagenet_val(folder / "val"):
+        return folder / "val"
+    for name in ("test", "val"):
+        candidate = folder / name
+        if not candidate.is_dir():
+            continue
+        inner = [d.name for d in _visible_dirs(candidate)]
+        if inner == ["images"] and "images" not in classes:
+            continue  # Tiny ImageNet's unlabelled test/images/
+        return candidate
+    raise DdppError(
+        f"{folder} has train/ but no labelled test/ or val/ folder; add one with the same "
+        "class folders."
+    )
+
+
+def _class_names(folder: Path, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """Readable class names: Tiny ImageNet's ``words.txt`` (wnid TAB names) when present.
+
+    The first name before the comma is used ("n01443537" → "goldfish"); a name two classes
+    share gets its wnid appended. Without ``words.txt`` the folder names are the names.
+    """
+    words = folder / "words.txt"
+    if not words.is_file():
+        return classes
+    try:
+        lines = words.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DdppError(f"cannot read {words}: {exc}; fix or remove it.") from None
+    table = {}
+    for line in lines:
+        wnid, _, names = line.partition("\t")
+        if names.strip():
+            table[wnid.strip()] = names.split(",")[0].strip()
+    names = [table.get(c, c) for c in classes]
+    counts = {name: names.count(name) for name in names}
+    return tuple(
+        f"{name} ({wnid})" if counts[name] > 1 and name != wnid else name
+        for name, wnid in zip(names, classes, strict=True)
+    )
+
+
+def _is_shared_data_folder(folder: Path) -> bool:
+    """True for a data root holding other datasets (cifar10/, mnist/, …), not class folders."""
+    return any(d.name in REGISTRY or d.name in ALIASES for d in _visible_dirs(folder))
+
+
+def find_dataset_dir(name: str, root: Path) -> Path:
+    """The folder under ``root`` holding image-folder dataset ``name``; DdppError when none."""
+    candidates = [root / c for c in FOLDER_CANDIDATES[name]] + [root]
+    for candidate in candidates:
+        if not candidate.is_dir() or not _visible_dirs(candidate):
+            continue
+        if candidate == root and name != "imagefolder" and _is_shared_data_folder(root):
+            continue
+        folder = candidate
+        # Descend through wrapper folders (e.g. an extracted archive's top-level folder).
+        while not (folder / "train").is_dir():
+            subdirs = _visible_dirs(folder)
+            if len(subdirs) != 1 or not _visible_dirs(subdirs[0]):
+                break
+            folder = subdirs[0]
+        return folder
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    if name == "tinyimagenet":
+        layout = (
+            "the official tiny-imagenet-200 layout (train/<wnid>/images/, val/images/ with "
+            "val_annotations.txt) or train/<class>/… and val/<class>/… folders"
+        )
+    elif name == "covid19-cxr":
+        layout = "one folder per class (the COVID-19 Radiography Database layout)"
+    else:
+        layout = "train/ and test/ (or val/) class folders, or a single folder of class folders"
+    raise DdppError(
+        f"no {name} data found: expected {layout} in {tried}. Pass --data-dir pointing to it "
+        "(this dataset cannot be downloaded automatically)."
+    )
+
+
+def _decode(path: Path, mode: str, size: int | None) -> torch.Tensor:
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise DdppError(f"cannot read image {path}: {exc}; remove or replace the file.") from None
+    if size is not None and image.size != (size, size):
+        image = TF.resize(image, [size, size])
+    return TF.pil_to_tensor(image)
+
+
+def _decode_all(files: Sequence[Path], mode: str, size: int | None) -> torch.Tensor:
+    """Decode images to one uint8 (N, C, H, W) tensor (threads; PIL releases the GIL)."""
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        tensors = list(pool.map(lambda p: _decode(p, mode, size), files))
+    first = tensors[0].shape
+    for path, tensor in zip(files, tensors, strict=True):
+        if tensor.shape != first:
+            raise DdppError(
+                f"images differ in size: {files[0]} is {first[2]}×{first[1]} but {path} is "
+                f"{tensor.shape[2]}×{tensor.shape[1]}; pass --image-size to resize them."
+            )
+    return torch.stack(tensors)
+
+
+def _cache_key(
+    folder: Path, files: Sequence[Path], labels: Sequence[int], mode: str, size: int | None
+) -> str:
+    entries = []
+    for path, label in zip(files, labels, strict=True):
+        stat = path.stat()
+        entries.append((str(path.relative_to(folder)), label, stat.st_size, stat.st_mtime_ns))
+    text = json.dumps({"format": CACHE_FORMAT, "mode": mode, "size": size, "files": entries})
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _decode_cached(
+    folder: Path, files: list[Path], labels: list[int], mode: str, size: int | None
+) -> torch.Tensor:
+    """``_decode_all`` with an on-disk cache keyed on the listing, mtimes, mode and size."""
+    try:
+        cache = (
+            folder / CACHE_DIRNAME / f"{_cache_key(folder, files, labels, mode, size)}.safetensors"
+        )
+    except OSError as exc:
+        raise DdppError(f"cannot read the image files under {folder}: {exc}") from None
+    if cache.is_file():
+        try:
+            images = store.read(cache, CACHE_FORMAT).tensors["images"]
+            if images.dtype == torch.uint8 and images.ndim == 4 and len(images) == len(files):
+                return images
+        except (DdppError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    images = _decode_all(files, mode, size)
+    with contextlib.suppress(OSError):  # a read-only data folder just goes without the cache
+        store.write(cache, {"images": images}, CACHE_FORMAT, {"mode": mode, "size": size})
+    return images
+
+
+def _holdout_indices(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
+    """Boolean test mask: round(20 %) of each class (at least 1 when it has 2+ images), seeded."""
+    generator = make_generator(seed, "holdout")
+    test = torch.zeros(labels.shape[0], dtype=torch.bool)
+    for members in shuffled_per_class(labels, num_classes, generator):
+        count = members.numel()
+        n_test = min(max(math.floor(TEST_FRACTION * count + 0.5), 1), count - 1)
+        test[members[: max(n_test, 0)]] = True
+    return test
+
+
+def load_folder_dataset(
+    name: str, root: Path, split: str, image_size: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    folder = find_dataset_dir(name, root)
+    mode = "L" if name in _GRAYSCALE_FOLDERS else "RGB"
+    default_size = REGISTRY[name].image_size
+    size = image_size if image_size is not None else (default_size[0] if default_size else None)
+
+    train_dir = folder / "train"
+    if train_dir.is_dir():
+        classes, files, labels = _class_folder_listing(train_dir)
+        if split == "test":
+            files, labels = _test_listing(_labelled_test_dir(folder, classes), classes)
+        images = _decode_cached(folder, files, labels, mode, size)
+        return images, torch.tensor(labels, dtype=torch.int64), _class_names(folder, classes)
+
+    classes, files, labels = _class_folder_listing(folder)
+    if len(classes) < 2:
+        raise DdppError(f"{folder} has only one class folder ({classes[0]}); need at least two.")
+    label_tensor = torch.tensor(labels, dtype=torch.int64)
+    images = _decode_cached(folder, files, labels, mode, size)
+    keep = _holdout_indices(label_tensor, len(classes), seed)
+    if split == "train":
+        keep = ~keep
+    return images[keep], label_tensor[keep], classes

@@ -1,0 +1,35 @@
+"""Pictures of distilled sets and runs: class grids, ImageFolder exports and training curves.
+
+Everything here returns images or writes files; nothing prints. Images are shown in pixel space:
+a set's normalisation or ZCA whitening is undone first (:func:`pixel_images`). Grids are built
+with ``torchvision.utils.make_grid`` and labelled with pillow; curves are drawn with pillow only.
+One module per concern: ``pixels``, ``drawing``, ``files``, ``grid``, ``export``, ``curves``,
+``animation``.
+"""
+
+from ddpp_cli.engine.visualize.animation import animation, animation_sources
+from ddpp_cli.engine.visualize.curves import PANELS, curves_image, panels_for, read_metrics
+from ddpp_cli.engine.visualize.export import EXPORT_MANIFEST, check_export_folder, export_folder
+from ddpp_cli.engine.visualize.files import image_format, save_image
+from ddpp_cli.engine.visualize.grid import class_grid, grid_layout, image_box, parse_classes
+from ddpp_cli.engine.visualize.pixels import clipped_view, pixel_images
+
+__all__ = [
+    "EXPORT_MANIFEST",
+    "PANELS",
+    "animation",
+    "animation_sources",
+    "check_export_folder",
+    "class_grid",
+    "clipped_view",
+    "curves_image",
+    "export_folder",
+    "grid_layout",
+    "image_box",
+    "image_format",
+    "panels_for",
+    "parse_classes",
+    "pixel_images",
+    "read_metrics",
+    "save_image",
+]
