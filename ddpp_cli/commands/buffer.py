@@ -26,7 +26,8 @@ from ddpp_cli.commands._options import (
     given_options,
     quiet_option,
 )
-from ddpp_cli.engine import augment, data, faults, trajectory
+from ddpp_cli.engine import augment, data, faults
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.events import Notice
@@ -50,9 +51,9 @@ class BufferDisplay:
     def __call__(self, event: object) -> None:
         p = self.progress
         match event:
-            case trajectory.BufferStarted():
+            case buffer_engine.BufferStarted():
                 self._started(event)
-            case trajectory.ExpertStarted():
+            case buffer_engine.ExpertStarted():
                 if not self.group:
                     p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
                 self.group.append(event.index)
@@ -60,14 +61,14 @@ class BufferDisplay:
                 many = len(self.group) > 1
                 indices = f"{self.group[0]}–{self.group[-1]}" if many else event.index
                 p.update(self.epochs_task, description=f"{label} {indices}")
-            case trajectory.EpochFinished():
+            case buffer_engine.EpochFinished():
                 if not self.group or event.index == self.group[0]:
                     p.update(
                         self.epochs_task,
                         advance=1,
                         info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
                     )
-            case trajectory.ExpertFinished() if not event.record.resumed:
+            case buffer_engine.ExpertFinished() if not event.record.resumed:
                 if event.record.index in self.group:
                     self.group.remove(event.record.index)
                 acc = event.record.test_accuracy[-1] if event.record.test_accuracy else None
@@ -75,7 +76,7 @@ class BufferDisplay:
             case Notice() if not p.disable:
                 note(p.console, event.message)
 
-    def _started(self, event: trajectory.BufferStarted) -> None:
+    def _started(self, event: buffer_engine.BufferStarted) -> None:
         p = self.progress
         # an import without --experts learns how many experts there are only at its last file
         count = "every expert found" if event.total is None else f"{event.total} experts"
@@ -140,9 +141,9 @@ def command(
         summary = _import(ctx, import_dir, out_dir, quiet)
     else:
         use_zca = data.info(dataset).default_zca if zca is None else zca
-        folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
+        folder = out_dir or buffer_engine.default_buffer_dir(dataset, arch, use_zca)
         world, torch_device = join_world(resolve_device(device))
-        config = trajectory.BufferConfig(
+        config = buffer_engine.BufferConfig(
             dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
             batch_size=batch_size, dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none",
             zca=use_zca, train_subset=train_subset, test_subset=test_subset, image_size=image_size,
@@ -150,7 +151,7 @@ def command(
         )  # fmt: skip
         progress = make_progress(err, disable=quiet or not world.is_main)
         with continuing(_continuation), progress:
-            summary = trajectory.train_buffer(
+            summary = buffer_engine.train_buffer(
                 config, folder, data_root=data_dir, download=download, device=torch_device,
                 on_event=BufferDisplay(progress, str(torch_device)), parallel=parallel,
                 world=world,
@@ -169,7 +170,7 @@ def _continuation(failed: faults.StageFailed) -> str:
     return f"the same command{smaller} continues with the missing ones"
 
 
-def _print_summary(summary: trajectory.BufferSummary) -> None:
+def _print_summary(summary: buffer_engine.BufferSummary) -> None:
     table = Table(title=f"Expert trajectories in {summary.folder}")
     table.add_column("expert", justify="right")
     table.add_column("final test acc", justify="right")
@@ -194,20 +195,20 @@ def _print_summary(summary: trajectory.BufferSummary) -> None:
 
 def _import(
     ctx: typer.Context, source: Path, out_dir: Path | None, quiet: bool
-) -> trajectory.BufferSummary:
+) -> buffer_engine.BufferSummary:
     """``--import``: refuse training options, take ZCA (and the dataset) from MTT's folder name
     unless given, convert (resumable)."""
     given = given_options(ctx)
-    trajectory.check_import_options(given)
+    buffer_engine.check_import_options(given)
     options = ctx.params
-    named_dataset, _ = trajectory.mtt_folder_settings(source)
+    named_dataset, _ = buffer_engine.mtt_folder_settings(source)
     dataset = given.get("dataset") or named_dataset or options["dataset"]
     dataset = data.info(dataset).name
-    use_zca = trajectory.resolve_import_zca(source, dataset, options["zca"])
-    folder = out_dir or trajectory.default_buffer_dir(dataset, options["arch"], use_zca)
+    use_zca = buffer_engine.resolve_import_zca(source, dataset, options["zca"])
+    folder = out_dir or buffer_engine.default_buffer_dir(dataset, options["arch"], use_zca)
     progress = make_progress(err, disable=quiet)
     with continuing(lambda failed: "the same command continues with the next expert"), progress:
-        return trajectory.import_mtt(
+        return buffer_engine.import_mtt(
             source, folder, dataset=dataset, arch=options["arch"],
             experts=given.get("experts"), use_zca=options["zca"],
             data_root=options["data_dir"], download=options["download"],

@@ -54,11 +54,11 @@ from ddpp_cli.engine import (
     foreign,
     models,
     store,
-    trajectory,
 )
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.progress import make_progress
 
 TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
@@ -275,7 +275,7 @@ def _evaluate_import(
 
 def _zca_out(save: Path | None, main: bool, scratch: str) -> Path:
     """Where a freshly fitted ZCA goes: beside ``--save`` (rank 0), else a scratch folder."""
-    return _zca_beside(save) if save is not None and main else Path(scratch) / trajectory.ZCA_NAME
+    return _zca_beside(save) if save is not None and main else Path(scratch) / ZCA_NAME
 
 
 def _report(

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ddpp_cli.engine import data, models, store, trajectory, zca
+from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.buffer import expert_files, load_trajectory, read_manifest
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256, zca_reference
 from ddpp_cli.engine.distributed import World
@@ -46,14 +47,13 @@ from ddpp_cli.engine.evaluate import (
 )
 from ddpp_cli.engine.forgetting import UNLEARNED, ForgettingConfig, forgetting_coreset
 from ddpp_cli.engine.functional import ParamLayout, load_flat
+from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import (
     PreparedData,
     Preprocessing,
     prepare,
-    recorded_normalization,
 )
 from ddpp_cli.engine.training import train_epoch
-from ddpp_cli.engine.trajectory import load_trajectory
 
 METHODS = ("random", "herding", "forgetting", "herding-random")
 FIXED_METHODS = ("herding", "forgetting", "herding-random")  # one coreset for every run
@@ -564,20 +564,20 @@ class _BufferData:
 def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
     """Read ``config.buffer``'s manifest; DdppError when it contradicts the config."""
     folder = Path(config.buffer)
-    manifest = trajectory.read_manifest(folder)  # DdppError when not a buffer
+    manifest = read_manifest(folder)  # DdppError when not a buffer
     name = data.info(config.dataset).name
-    dataset = manifest.get("dataset")
+    dataset = manifest.dataset
     if not isinstance(dataset, str) or data.info(dataset).name != name:
         raise DdppError(
             f"the buffer at {folder} was made for dataset '{dataset}', not '{name}'; pass a "
             f"{name} buffer or drop --buffer."
         )
-    arch = str(manifest.get("arch"))
+    arch = manifest.arch
     if config.feature_arch is not None and config.feature_arch != arch:
         raise DdppError(
             f"the buffer at {folder} holds '{arch}' experts, not '{config.feature_arch}'."
         )
-    is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    is_zca = manifest.is_zca
     if zca_path is not None:
         raise DdppError("--zca PATH and --buffer both fix the whitening; drop --zca (the "
                         "buffer's own ZCA is used).")  # fmt: skip
@@ -586,27 +586,26 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
             f"the buffer at {folder} is {'ZCA-whitened' if is_zca else 'normalised'}; drop "
             f"{'--no-zca' if is_zca else '--zca'} or pass another buffer."
         )
-    buffer_config = manifest.get("config") or {}
-    image_size = buffer_config.get("image_size")
+    image_size = manifest.image_size
     if config.image_size is not None and config.image_size != image_size:
         raise DdppError(
             f"the buffer at {folder} was made at --image-size {image_size}, not "
             f"{config.image_size}; drop --image-size."
         )
-    zca_file = folder / trajectory.ZCA_NAME if is_zca else None
+    zca_file = folder / ZCA_NAME if is_zca else None
     if zca_file is not None and not zca_file.is_file():
-        raise DdppError(f"the buffer at {folder} is ZCA-whitened but its {trajectory.ZCA_NAME} "
+        raise DdppError(f"the buffer at {folder} is ZCA-whitened but its {ZCA_NAME} "
                         "is missing; remake the buffer.")  # fmt: skip
-    experts = trajectory.expert_files(folder)
+    experts = expert_files(folder)
     if config.method == "herding" and not experts:
         raise DdppError(f"the buffer at {folder} holds no expert yet; finish it with 'ddpp "
                         "buffer', or drop --buffer to train a feature network.")  # fmt: skip
     return _BufferData(
         arch=arch,
         zca_file=zca_file,
-        normalization=None if is_zca else recorded_normalization(manifest.get("preprocessing")),
+        normalization=None if is_zca else manifest.normalization,
         image_size=image_size,
-        seed=int(buffer_config.get("seed") or 0),
+        seed=manifest.seed,
         expert_file=experts[min(experts)] if experts else None,
     )
 

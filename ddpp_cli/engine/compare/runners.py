@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, distilled, evaluate, trajectory
+from ddpp_cli.engine import baselines, distilled, evaluate
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.compare.events import EvaluationStarted
 from ddpp_cli.engine.compare.rows import ROWS, Budget, matching_config, trajectory_config
+from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.pipeline import RunPlan
 
 SET_NAME = "set.safetensors"  # a coreset row's set (run 0's coreset)
@@ -91,9 +92,9 @@ def run_coreset_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
     plan = job.plan
     zca_file = None
     if plan.buffer.zca and job.buffer is not None:
-        zca_file = job.buffer / trajectory.ZCA_NAME
+        zca_file = job.buffer / ZCA_NAME
     prepared = baselines.prepare_baseline(
-        coreset_config(job), zca_path=zca_file, zca_out=job.folder / trajectory.ZCA_NAME,
+        coreset_config(job), zca_path=zca_file, zca_out=job.folder / ZCA_NAME,
         test_subset=plan.test_subset, eval_seed=plan.evaluation.seed, **job.sources,
     )  # fmt: skip
     job.evaluating()

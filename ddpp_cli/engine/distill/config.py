@@ -15,9 +15,10 @@ import platformdirs
 
 from ddpp_cli.engine import augment, data, models, presets, store
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.buffer import BufferManifest, default_buffer_dir
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.gradient_matching import LOOPS
-from ddpp_cli.engine.trajectory import MANIFEST_NAME, default_buffer_dir
+from ddpp_cli.engine.layout import MANIFEST_NAME
 from ddpp_cli.engine.unroll import AMP_MODES, UNROLL_MODES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -301,29 +302,28 @@ class DistillConfig:
             parts.append(f"--out {out}")
         return " ".join(parts)
 
-    def check_buffer(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def check_buffer(self, folder: Path, manifest: BufferManifest) -> None:
         """DdppError when the buffer does not fit: dataset, architecture, preprocessing, epochs."""
-        dataset = manifest.get("dataset")
+        dataset = manifest.dataset
         if not isinstance(dataset, str) or data.info(dataset).name != self.dataset:
             raise DdppError(
                 f"the buffer at {folder} was made for dataset '{dataset}', not "
                 f"'{self.dataset}'; pass a {self.dataset} buffer with --buffer or make one with "
                 f"'{self.buffer_command()}'."
             )
-        if manifest.get("arch") != self.arch:
+        if manifest.arch != self.arch:
             raise DdppError(
-                f"the buffer at {folder} was made with architecture '{manifest.get('arch')}', "
-                f"not '{self.arch}'; pass --arch {manifest.get('arch')} or make a buffer with "
+                f"the buffer at {folder} was made with architecture '{manifest.arch}', "
+                f"not '{self.arch}'; pass --arch {manifest.arch} or make a buffer with "
                 f"'{self.buffer_command()}'."
             )
-        kind = (manifest.get("preprocessing") or {}).get("kind")
-        if self.zca is not None and (kind == "zca") != self.zca:
+        if self.zca is not None and manifest.is_zca != self.zca:
             raise DdppError(
-                f"the buffer at {folder} is {'ZCA-whitened' if kind == 'zca' else 'normalised'}"
+                f"the buffer at {folder} is {'ZCA-whitened' if manifest.is_zca else 'normalised'}"
                 f" but {'--zca' if self.zca else '--no-zca'} was given; drop the option or pass "
                 "a matching buffer."
             )
-        epochs = int(manifest.get("epochs", 0))
+        epochs = manifest.epochs or 0
         if self.needed_epochs > epochs:
             raise DdppError(
                 f"--max-start-epoch {self.max_start_epoch} with --expert-epochs "
