@@ -68,8 +68,8 @@ class RunSetup:
         settings = {**asdict(self.config), "iteration": iteration}
         if self.buffer is not None:
             settings.update(
-                image_size=self.buffer_config.get("image_size"),
-                data_seed=int(self.buffer_config.get("seed") or 0),
+                image_size=self.manifest.image_size,
+                data_seed=self.manifest.seed,
                 buffer=self.buffer_config,
                 buffer_path=str(self.buffer.resolve()),
             )
