@@ -81,7 +81,7 @@ def tiny_mnist(tmp_path_factory) -> Path:
 def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
     """Two experts × 3 epochs on the tiny MNIST folder resized to 8×8 (a fast ConvNet-3), trained
     once per session on one thread; tests read it and never write into it."""
-    from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
+    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
 
     folder = tmp_path_factory.mktemp("tiny-buffer")
     config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
@@ -127,7 +127,7 @@ import sys, time
 import torch
 torch.set_num_threads(1)
 from ddpp_cli.cli import main
-from ddpp_cli.engine import evaluate, trajectory
+from ddpp_cli.engine import buffer as buffer_engine, evaluate
 from ddpp_cli.commands import {module} as commands
 
 class Signalling(commands.{display}):
@@ -146,7 +146,7 @@ main()
 def kill_ddpp_when(args: list[str], *, display: str, when: str, message: str) -> None:
     """Run ``ddpp ARGS`` in a child process whose ``display`` (``"buffer.BufferDisplay"``, a
     class of ``ddpp_cli.commands``) prints ``message`` once ``when`` holds (an expression of
-    ``event``, ``evaluate`` and ``trajectory``) and then waits; SIGKILL it there. The kill lands
+    ``event``, ``evaluate`` and ``buffer_engine``) and then waits; SIGKILL it there. The kill lands
     at that point by construction, not by timing; the test fails if the child never says it."""
     module, cls = display.split(".")
     source = _SIGNALLING_CHILD.format(module=module, display=cls, when=when, message=message)

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from ddpp_cli.engine import augment, batched, models, trajectory
+from ddpp_cli.engine import augment, batched, models
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine.device import seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import flat_parameters
@@ -126,19 +127,19 @@ def test_parallel_must_be_positive():
 
 @pytest.mark.slow
 def test_batched_buffer_equals_sequential_and_resumes(tiny_mnist, tmp_path):
-    config = trajectory.BufferConfig(
+    config = buffer_engine.BufferConfig(
         dataset="mnist", experts=3, epochs=1, batch_size=32, seed=3, train_subset=40,
         test_subset=20,
     )  # fmt: skip
     options = {"data_root": tiny_mnist, "download": False}
-    sequential = trajectory.train_buffer(config, tmp_path / "seq", **options)
+    sequential = buffer_engine.train_buffer(config, tmp_path / "seq", **options)
     events: list[object] = []
-    parallel = trajectory.train_buffer(
+    parallel = buffer_engine.train_buffer(
         config, tmp_path / "par", parallel=2, on_event=events.append, **options
     )
     for one, other in zip(sequential.experts, parallel.experts, strict=True):
         assert one.path.name == other.path.name
-        a, b = trajectory.load_trajectory(one.path), trajectory.load_trajectory(other.path)
+        a, b = buffer_engine.load_trajectory(one.path), buffer_engine.load_trajectory(other.path)
         assert torch.equal(a.params[0], b.params[0])  # same initialisation
         torch.testing.assert_close(a.params, b.params, **TRAJECTORY_TOL)
         assert set(a.metadata) == set(b.metadata)
@@ -147,9 +148,9 @@ def test_batched_buffer_equals_sequential_and_resumes(tiny_mnist, tmp_path):
     # resume: a missing expert of a batched buffer is retrained, the others kept
     before = parallel.experts[2].path.read_bytes()
     parallel.experts[1].path.unlink()
-    again = trajectory.train_buffer(config, tmp_path / "par", parallel=2, **options)
+    again = buffer_engine.train_buffer(config, tmp_path / "par", parallel=2, **options)
     assert [r.resumed for r in again.experts] == [True, False, True]
     assert parallel.experts[2].path.read_bytes() == before
-    restored = trajectory.load_trajectory(again.experts[1].path).params
-    expected = trajectory.load_trajectory(sequential.experts[1].path).params
+    restored = buffer_engine.load_trajectory(again.experts[1].path).params
+    expected = buffer_engine.load_trajectory(sequential.experts[1].path).params
     torch.testing.assert_close(restored, expected, **TRAJECTORY_TOL)

@@ -15,7 +15,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import store, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import store
 
 runner = CliRunner()
 
@@ -94,7 +95,7 @@ def test_default_output_folder_is_under_the_data_dir(tiny_mnist, tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     folder = Path(result.output.strip())
-    assert folder == trajectory.default_buffer_dir("mnist", "convnet", False)
+    assert folder == buffer_engine.default_buffer_dir("mnist", "convnet", False)
     assert str(folder).startswith(os.environ["XDG_DATA_HOME"])
 
 
@@ -173,9 +174,9 @@ def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_
     args = tiny_buffer_args(tiny_mnist, out, "--experts", "2", "--epochs", "2", "--quiet")
     kill_ddpp_when(  # after expert 1's first epoch of 2: mid-expert by construction
         args, display="buffer.BufferDisplay", message="expert 1 is training",
-        when="isinstance(event, trajectory.EpochFinished) and event.index == 1",
+        when="isinstance(event, buffer_engine.EpochFinished) and event.index == 1",
     )  # fmt: skip
-    files = trajectory.expert_files(out)
+    files = buffer_engine.expert_files(out)
     assert sorted(files) == [0]
     for path in files.values():
         assert store.read(path, store.TRAJECTORY_FORMAT).tensors["params"].shape == (3, 317_706)
@@ -184,7 +185,7 @@ def test_sigkill_mid_expert_then_rerun_completes_without_damage(tiny_mnist, tmp_
     command = [sys.executable, "-m", "ddpp_cli", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    files = trajectory.expert_files(out)
+    files = buffer_engine.expert_files(out)
     assert sorted(files) == [0, 1]
     assert not list(out.glob(".*.tmp"))
     for index, digest in hashes.items():
@@ -201,7 +202,7 @@ def test_real_fashion_mnist_buffer(fashion_mnist_dir, tmp_path):
         "--out", str(tmp_path / "b"), "--device", "cpu", "--seed", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    loaded = trajectory.load_trajectory(tmp_path / "b" / "expert_0000.safetensors")
+    loaded = buffer_engine.load_trajectory(tmp_path / "b" / "expert_0000.safetensors")
     assert loaded.params.shape == (2, 317_706)
     assert loaded.metadata["data"]["train_size"] == 2000
     assert loaded.metadata["test_accuracy"][-1] >= 0.55

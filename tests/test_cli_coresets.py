@@ -19,7 +19,8 @@ from test_foreign import Payload
 
 from ddpp_cli.commands import evaluate as evaluate_command
 from ddpp_cli.commands._evaluate_sources import CHOICE_OPTIONS, BaselineOpt
-from ddpp_cli.engine import baselines, coresets, data, distilled, trajectory
+from ddpp_cli.engine import baselines, coresets, data, distilled
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine.distilled import file_sha256
 from ddpp_cli.engine.preprocess import Normalization
 
@@ -91,7 +92,7 @@ def test_herding_with_a_buffer_uses_its_expert_and_its_data(tiny_mnist, tiny_buf
     )  # fmt: skip
     saved = distilled.load(out)
     features = saved.settings["features"]
-    expert = trajectory.expert_path(tiny_buffer, 0)
+    expert = buffer_engine.expert_path(tiny_buffer, 0)
     assert features["kind"] == "expert" and features["expert_file"] == str(expert.resolve())
     assert features["expert_sha256"] == file_sha256(expert) and features["snapshot"] == 3
     assert features["l2_normalize"] is True
@@ -99,8 +100,8 @@ def test_herding_with_a_buffer_uses_its_expert_and_its_data(tiny_mnist, tiny_buf
     assert "feature_epochs" not in payload["protocol"]["baseline"]  # nothing was trained
     # The data as the experts saw them: 8×8, the buffer's normalisation; evaluable again.
     assert tuple(saved.images.shape[1:]) == (1, 8, 8) and saved.settings["image_size"] == 8
-    manifest = trajectory.read_manifest(tiny_buffer)
-    assert saved.preprocessing == manifest["preprocessing"]
+    manifest = buffer_engine.read_manifest(tiny_buffer)
+    assert saved.preprocessing == manifest.preprocessing
     again = eval_json(out, "--data-dir", tiny_mnist, "--no-download", *FAST, "--no-records")
     assert again["accuracies"] == payload["accuracies"]
 
@@ -111,7 +112,7 @@ def test_any_baseline_takes_the_data_as_a_buffer_made_them(tiny_mnist, tiny_buff
                         "--save", out)  # fmt: skip
     saved = distilled.load(out)
     assert tuple(saved.images.shape[1:]) == (1, 8, 8) and payload["protocol"]["image_shape"][1] == 8
-    assert saved.preprocessing == trajectory.read_manifest(tiny_buffer)["preprocessing"]
+    assert saved.preprocessing == buffer_engine.read_manifest(tiny_buffer).preprocessing
     assert payload["protocol"]["baseline"]["image_size"] == saved.settings["image_size"] == 8
 
 

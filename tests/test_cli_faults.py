@@ -17,7 +17,9 @@ from conftest import assert_same_run
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distill, faults, store, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import distill, faults, store
+from ddpp_cli.engine.buffer import train as buffer_train
 
 runner = CliRunner()
 
@@ -306,7 +308,7 @@ def test_out_of_memory_mid_expert_keeps_the_finished_ones_and_a_rerun_completes(
     straight = tmp_path / "straight"
     assert invoke(*buffer_args(tiny_mnist, straight)).exit_code == 0
     out = tmp_path / "b"
-    original = trajectory.train_epoch
+    original = buffer_train.train_epoch
     epochs = []
 
     def epoch_out_of_memory(*args, **kwargs):
@@ -315,20 +317,20 @@ def test_out_of_memory_mid_expert_keeps_the_finished_ones_and_a_rerun_completes(
             raise torch.cuda.OutOfMemoryError(OOM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trajectory, "train_epoch", epoch_out_of_memory)
+    monkeypatch.setattr(buffer_train, "train_epoch", epoch_out_of_memory)
     result = invoke(*buffer_args(tiny_mnist, out))
     assert_one_fault_line(
         result, faults.EXIT_OUT_OF_MEMORY, "reduce memory with a smaller --parallel",
         f"1 of 3 experts are finished and kept in {out}",
         "the same command with a smaller --parallel continues with the missing ones",
     )  # fmt: skip
-    assert sorted(trajectory.expert_files(out)) == [0]
-    kept = _sha(trajectory.expert_path(out, 0))
-    assert_same_file(trajectory.expert_path(out, 0), trajectory.expert_path(straight, 0))
+    assert sorted(buffer_engine.expert_files(out)) == [0]
+    kept = _sha(buffer_engine.expert_path(out, 0))
+    assert_same_file(buffer_engine.expert_path(out, 0), buffer_engine.expert_path(straight, 0))
 
-    monkeypatch.setattr(trajectory, "train_epoch", original)
+    monkeypatch.setattr(buffer_train, "train_epoch", original)
     assert invoke(*buffer_args(tiny_mnist, out)).exit_code == 0
-    assert _sha(trajectory.expert_path(out, 0)) == kept  # not rewritten
+    assert _sha(buffer_engine.expert_path(out, 0)) == kept  # not rewritten
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in straight.iterdir())
     for path in straight.iterdir():
         assert_same_file(out / path.name, path)

@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
 from ddpp_cli.commands import buffer as buffer_command
-from ddpp_cli.engine import faults, store, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import faults, store
+from ddpp_cli.engine.buffer import mtt_import
 
 runner = CliRunner()
 
@@ -62,10 +64,10 @@ def test_experts_takes_the_first_n_and_no_experts_takes_all(tiny_mnist, tmp_path
     source = mtt_folder(tmp_path, "mnist", [2, 2])
     result = invoke(*import_args(tiny_mnist, source, tmp_path / "three", "--experts", "3"))
     assert result.exit_code == 0, result.output
-    assert sorted(trajectory.expert_files(tmp_path / "three")) == [0, 1, 2]
+    assert sorted(buffer_engine.expert_files(tmp_path / "three")) == [0, 1, 2]
     result = invoke(*import_args(tiny_mnist, source, tmp_path / "all"))
     assert result.exit_code == 0, result.output
-    assert sorted(trajectory.expert_files(tmp_path / "all")) == [0, 1, 2, 3]
+    assert sorted(buffer_engine.expert_files(tmp_path / "all")) == [0, 1, 2, 3]
     assert "every expert found" in result.output  # the total is unknown until the last file
     assert "None" not in result.output
     result = invoke(*import_args(tiny_mnist, source, tmp_path / "five", "--experts", "5", "-q"))
@@ -78,10 +80,10 @@ def test_zca_and_dataset_come_from_mtts_folder_name(tiny_cifar, tmp_path, folder
     out = tmp_path / "out"
     result = invoke("buffer", "--import", source, "--no-download", "--out", out, "--quiet")
     assert result.exit_code == 0, result.output
-    manifest = trajectory.read_manifest(out)
-    assert manifest["dataset"] == "cifar10"
-    assert manifest["config"]["zca"] is zca
-    assert manifest["preprocessing"]["kind"] == ("zca" if zca else "normalize")
+    manifest = buffer_engine.read_manifest(out)
+    assert manifest.dataset == "cifar10"
+    assert manifest.config["zca"] is zca
+    assert manifest.preprocessing_kind == ("zca" if zca else "normalize")
     assert (out / "zca.safetensors").is_file() is zca
 
 
@@ -92,14 +94,16 @@ def test_zca_is_required_when_the_folder_does_not_tell(tiny_cifar, tmp_path):  #
     assert_one_line_error(result, "--zca or --no-zca")
     result = invoke(*args, "--out", tmp_path / "b", "--no-zca", "--quiet")
     assert result.exit_code == 0, result.output
-    assert trajectory.read_manifest(tmp_path / "b")["config"]["zca"] is False
+    assert buffer_engine.read_manifest(tmp_path / "b").config["zca"] is False
 
 
 def test_the_default_folder_follows_the_inferred_zca(tiny_cifar, tmp_path):  # noqa: F811
     source = mtt_folder(tmp_path, "cifar10_NO_ZCA", [1], shapes=mtt_convnet_shapes(3, 10, 1))
     result = invoke("buffer", "--import", source, "--no-download", "--quiet")
     assert result.exit_code == 0, result.output
-    assert Path(result.output.strip()) == trajectory.default_buffer_dir("cifar10", "convnet", False)
+    assert Path(result.output.strip()) == buffer_engine.default_buffer_dir(
+        "cifar10", "convnet", False
+    )
 
 
 @pytest.mark.slow
@@ -111,15 +115,15 @@ def test_sigkill_mid_import_then_rerun_equals_an_uninterrupted_import(tiny_mnist
     args = import_args(tiny_mnist, source, out, "--quiet")
     kill_ddpp_when(  # between two experts of one MTT file, by construction
         args, display="buffer.BufferDisplay", message="expert 1 written",
-        when="isinstance(event, trajectory.ExpertFinished) and event.record.index == 1",
+        when="isinstance(event, buffer_engine.ExpertFinished) and event.record.index == 1",
     )  # fmt: skip
-    assert sorted(trajectory.expert_files(out)) == [0, 1]
+    assert sorted(buffer_engine.expert_files(out)) == [0, 1]
 
     done = subprocess.run(
         [sys.executable, "-m", "ddpp_cli", *args], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    files, expected = trajectory.expert_files(out), trajectory.expert_files(whole)
+    files, expected = buffer_engine.expert_files(out), buffer_engine.expert_files(whole)
     assert sorted(files) == sorted(expected) == [0, 1, 2, 3]
     for index, path in expected.items():  # tensors and metadata, not bytes
         resumed, uninterrupted = (
@@ -138,14 +142,14 @@ def test_a_full_disk_mid_import_says_what_is_kept_and_how_to_continue(
 ):
     source = mtt_folder(tmp_path, "mnist", [3])
     out = tmp_path / "out"
-    write = trajectory._write_imported_expert
+    write = mtt_import._write_imported_expert
 
     def full_after_two(*args, **kwargs):
-        if len(trajectory.expert_files(out)) == 2:
+        if len(buffer_engine.expert_files(out)) == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(out / "x.tmp"))
         return write(*args, **kwargs)
 
-    monkeypatch.setattr(trajectory, "_write_imported_expert", full_after_two)
+    monkeypatch.setattr(mtt_import, "_write_imported_expert", full_after_two)
     result = invoke(*import_args(tiny_mnist, source, out, "--quiet"))
     assert result.exit_code == faults.EXIT_DISK_FULL, result.output
     lines = [line for line in result.output.strip().splitlines() if line.strip()]
@@ -153,7 +157,7 @@ def test_a_full_disk_mid_import_says_what_is_kept_and_how_to_continue(
     assert "no space left" in lines[0]
     assert f"2 converted experts are kept in {out}" in " ".join(result.output.split())
     assert "the same command continues with the next expert" in " ".join(result.output.split())
-    assert sorted(trajectory.expert_files(out)) == [0, 1]
+    assert sorted(buffer_engine.expert_files(out)) == [0, 1]
 
 
 def test_given_options_are_the_ones_on_the_command_line(tiny_mnist, tmp_path, monkeypatch):

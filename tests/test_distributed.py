@@ -15,7 +15,8 @@ import torch
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import distributed, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import distributed
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 
@@ -94,11 +95,11 @@ class LoneRank(World):
 
 @pytest.mark.slow
 def test_a_rank_writes_only_the_experts_it_trains(tiny_mnist, tmp_path):
-    config = trajectory.BufferConfig(
+    config = buffer_engine.BufferConfig(
         dataset="mnist", experts=3, epochs=1, batch_size=64, seed=3, test_subset=10, zca=True
     )
     folder = tmp_path / "buf"
-    trajectory.train_buffer(
+    buffer_engine.train_buffer(
         config, folder, data_root=tiny_mnist, download=False, world=LoneRank(1, 2, 1)
     )
     assert sorted(p.name for p in folder.iterdir()) == ["expert_0001.safetensors"]
@@ -154,8 +155,8 @@ def test_torchrun_splits_the_work_and_matches_one_process(tiny_mnist, tmp_path):
     single = runner.invoke(app, [*buffer_args, "--out", str(tmp_path / "one"), "-q"])
     assert single.exit_code == 0, single.output
     for name in ("expert_0000", "expert_0001", "expert_0002"):
-        ours = trajectory.load_trajectory(tmp_path / "ranks" / f"{name}.safetensors")
-        theirs = trajectory.load_trajectory(tmp_path / "one" / f"{name}.safetensors")
+        ours = buffer_engine.load_trajectory(tmp_path / "ranks" / f"{name}.safetensors")
+        theirs = buffer_engine.load_trajectory(tmp_path / "one" / f"{name}.safetensors")
         torch.testing.assert_close(ours.params, theirs.params, **TOL)
     manifest = json.loads((tmp_path / "ranks" / "buffer.json").read_text())
     assert [e["index"] for e in manifest["experts"]] == [0, 1, 2]

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpp_cli.engine import data, store, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import data, store
+from ddpp_cli.engine.buffer import check_import_options, import_mtt, mtt_import
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.preprocess import prepare, recorded_normalization
-from ddpp_cli.engine.trajectory import check_import_options, import_mtt
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -61,7 +61,7 @@ def mtt_folder(root: Path, name: str, counts: list[int], shapes=MNIST_SHAPES, ep
     return folder
 
 
-def run_import(source: Path, out: Path, tiny_mnist: Path, **options) -> trajectory.BufferSummary:
+def run_import(source: Path, out: Path, tiny_mnist: Path, **options) -> buffer_engine.BufferSummary:
     settings = {"dataset": "mnist", "data_root": tiny_mnist, "download": False}
     settings.setdefault("use_zca", False)
     return import_mtt(source, out, **{**settings, **options})
@@ -70,19 +70,19 @@ def run_import(source: Path, out: Path, tiny_mnist: Path, **options) -> trajecto
 def test_import_gives_identical_tensors_in_file_order(tiny_mnist, tmp_path):
     source = mtt_folder(tmp_path, "mnist", [2, 1])
     summary = run_import(source, tmp_path / "out", tiny_mnist)
-    layout = ParamLayout.from_json(trajectory.read_manifest(tmp_path / "out")["layout"])
+    layout = buffer_engine.read_manifest(tmp_path / "out").layout
     experts = [e for n in range(2) for e in torch.load(source / f"replay_buffer_{n}.pt")]
     assert [r.index for r in summary.experts] == [0, 1, 2]
     for record, expert in zip(summary.experts, experts, strict=True):
-        params = trajectory.load_trajectory(record.path, layout).params
+        params = buffer_engine.load_trajectory(record.path, layout).params
         assert params.shape == (3, 317_706)
         for epoch, tensors in enumerate(expert):
             unflat = layout.unflatten(params[epoch])
             for name, tensor in zip(layout.names, tensors, strict=True):
                 assert torch.equal(unflat[name], tensor)
-    manifest = trajectory.read_manifest(tmp_path / "out")
-    assert manifest["epochs"] == 2 and len(manifest["experts"]) == 3
-    assert manifest["config"]["zca"] is False
+    manifest = buffer_engine.read_manifest(tmp_path / "out")
+    assert manifest.epochs == 2 and len(manifest.experts) == 3
+    assert manifest.config["zca"] is False
 
 
 class LoadSpy:
@@ -94,14 +94,14 @@ class LoadSpy:
         self.calls: list[tuple[str, object]] = []
         self.alive: list[list[weakref.ref]] = []
         self.peak_files = 0
-        monkeypatch.setattr(trajectory.torch, "load", self)
-        real_write = trajectory.store.write
+        monkeypatch.setattr(mtt_import.torch, "load", self)
+        real_write = mtt_import.store.write
 
         def write(*args, **kwargs):
             self.check()
             return real_write(*args, **kwargs)
 
-        monkeypatch.setattr(trajectory.store, "write", write)
+        monkeypatch.setattr(mtt_import.store, "write", write)
 
     def files_alive(self) -> int:
         gc.collect()
@@ -126,7 +126,7 @@ def test_import_streams_one_file_at_a_time_and_takes_the_first_n(tiny_mnist, tmp
     assert spy.calls == [(f"replay_buffer_{n}.pt", True) for n in range(3)]  # not file 3
     assert spy.peak_files == 1  # never two files' experts at once
     assert [r.index for r in summary.experts] == [0, 1, 2, 3]
-    assert sorted(trajectory.expert_files(tmp_path / "out")) == [0, 1, 2, 3]
+    assert sorted(buffer_engine.expert_files(tmp_path / "out")) == [0, 1, 2, 3]
     assert spy.files_alive() == 0
 
 
@@ -143,7 +143,7 @@ def test_rerun_after_a_kill_continues_and_equals_an_uninterrupted_import(
     run_import(source, whole, tiny_mnist)
 
     out = tmp_path / "out"
-    real_write = trajectory.store.write
+    real_write = mtt_import.store.write
     writes = []
 
     def dies_at_the_third_expert(path, *args, **kwargs):
@@ -153,15 +153,15 @@ def test_rerun_after_a_kill_continues_and_equals_an_uninterrupted_import(
         return real_write(path, *args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(trajectory.store, "write", dies_at_the_third_expert)
+        patch.setattr(mtt_import.store, "write", dies_at_the_third_expert)
         with pytest.raises(Killed):
             run_import(source, out, tiny_mnist)
-    assert sorted(trajectory.expert_files(out)) == [0, 1]
+    assert sorted(buffer_engine.expert_files(out)) == [0, 1]
     spy = LoadSpy(monkeypatch)
     summary = run_import(source, out, tiny_mnist)
     assert [name for name, _ in spy.calls] == ["replay_buffer_1.pt", "replay_buffer_2.pt"]
     assert [r.resumed for r in summary.experts] == [True, True, False, False]
-    files, expected = trajectory.expert_files(out), trajectory.expert_files(whole)
+    files, expected = buffer_engine.expert_files(out), buffer_engine.expert_files(whole)
     assert sorted(files) == sorted(expected) == [0, 1, 2, 3]
     for index, path in expected.items():  # (safetensors orders header keys at random)
         resumed, uninterrupted = (
@@ -231,18 +231,18 @@ def test_import_validates_the_device_and_the_expert_count(tiny_mnist, tmp_path):
     ],
 )
 def test_mtt_folder_names_tell_dataset_and_zca(tmp_path, path, expected):
-    assert trajectory.mtt_folder_settings(tmp_path / path) == expected
+    assert buffer_engine.mtt_folder_settings(tmp_path / path) == expected
 
 
 def test_zca_must_be_given_when_the_folder_does_not_tell_and_must_agree(tmp_path):
     with pytest.raises(DdppError, match="pass --zca or --no-zca") as caught:
-        trajectory.resolve_import_zca(tmp_path / "experts", "cifar10", None)
+        buffer_engine.resolve_import_zca(tmp_path / "experts", "cifar10", None)
     assert "\n" not in str(caught.value)
-    assert trajectory.resolve_import_zca(tmp_path / "experts", "cifar10", True) is True
+    assert buffer_engine.resolve_import_zca(tmp_path / "experts", "cifar10", True) is True
     with pytest.raises(DdppError, match="without ZCA, but --zca was given"):
-        trajectory.resolve_import_zca(tmp_path / "cifar10_NO_ZCA" / "ConvNet", "cifar10", True)
+        buffer_engine.resolve_import_zca(tmp_path / "cifar10_NO_ZCA" / "ConvNet", "cifar10", True)
     with pytest.raises(DdppError, match="cifar100 experts, not cifar10; pass --dataset cifar100"):
-        trajectory.resolve_import_zca(tmp_path / "cifar100" / "ConvNet", "cifar10", None)
+        buffer_engine.resolve_import_zca(tmp_path / "cifar100" / "ConvNet", "cifar10", None)
 
 
 @pytest.fixture
@@ -270,17 +270,17 @@ def cifar_import(tmp_path: Path, folder_name: str, classes: int, **options):
     dataset = folder_name.split("_")[0].lower()
     out = tmp_path / f"out-{folder_name}"
     import_mtt(source, out, dataset=dataset, download=False, **options)
-    return out, trajectory.read_manifest(out)
+    return out, buffer_engine.read_manifest(out)
 
 
 def test_zca_is_inferred_from_mtts_folder_names(tiny_cifar, tmp_path):
     out, manifest = cifar_import(tmp_path, "cifar10", 10)
-    assert manifest["config"]["zca"] is True
-    assert manifest["preprocessing"]["kind"] == "zca"
+    assert manifest.config["zca"] is True
+    assert manifest.preprocessing_kind == "zca"
     assert (out / "zca.safetensors").is_file()
     out, manifest = cifar_import(tmp_path, "cifar10_NO_ZCA", 10)
-    assert manifest["config"]["zca"] is False and not (out / "zca.safetensors").exists()
-    assert manifest["preprocessing"] == {
+    assert manifest.config["zca"] is False and not (out / "zca.safetensors").exists()
+    assert manifest.preprocessing == {
         "kind": "normalize",
         "mean": list(CIFAR10_MEAN),
         "std": list(CIFAR10_STD),
@@ -289,9 +289,9 @@ def test_zca_is_inferred_from_mtts_folder_names(tiny_cifar, tmp_path):
 
 def test_cifar100_without_zca_keeps_mtts_cifar10_normalization(tiny_cifar, tmp_path):
     out, manifest = cifar_import(tmp_path, "cifar100_NO_ZCA", 100)
-    recorded = manifest["preprocessing"]
+    recorded = manifest.preprocessing
     assert (recorded["mean"], recorded["std"]) == (list(CIFAR10_MEAN), list(CIFAR10_STD))
-    expert = store.read_metadata(trajectory.expert_files(out)[0])
+    expert = store.read_metadata(buffer_engine.expert_files(out)[0])
     assert expert["preprocessing"] == recorded
 
     # What a later stage prepares for this buffer: the recorded normalisation wins.

@@ -12,9 +12,12 @@ from conftest import assert_one_line_error, make_mnist_folder
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import data, pipeline, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import data, pipeline
+from ddpp_cli.engine.buffer import reuse
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
+from ddpp_cli.engine.layout import MANIFEST_NAME
 
 runner = CliRunner()
 
@@ -82,22 +85,27 @@ def test_bad_plans_are_refused():
 # ----------------------------------------------------------------------------------- buffers
 
 
+QUICK_SUBSETS = (5000, 1000)  # the quick profile's buffer (train_subset, test_subset)
+
+
 def test_buffer_folders_by_profile():
     paper = pipeline.plan_run("cifar10", 1, profile="paper").buffer
-    base = trajectory.default_buffer_dir("cifar10", "convnet", True)
-    assert pipeline.buffer_folder(paper, "paper") == base
+    base = buffer_engine.default_buffer_dir("cifar10", "convnet", True)
+    assert reuse.buffer_folder(paper, "paper") == base
     quick = pipeline.plan_run("cifar10", 1, profile="quick").buffer
-    assert pipeline.buffer_folder(quick, "quick") == base.with_name(base.name + "-quick")
+    assert reuse.buffer_folder(quick, "quick", QUICK_SUBSETS) == base.with_name(
+        base.name + "-quick"
+    )
     other = pipeline.plan_run("cifar10", 1, profile="quick", train_subset=123).buffer
-    name = pipeline.buffer_folder(other, "quick").name
+    name = reuse.buffer_folder(other, "quick", QUICK_SUBSETS).name
     assert name.startswith("cifar10-convnet-zca-") and len(name) == len("cifar10-convnet-zca-") + 8
     # Other settings: the first 8 hex digits of the SHA-256 of their identity as sorted JSON, so
     # the name does not depend on the profile asking, and other settings get another folder.
     identity = json.dumps(other.identity(), sort_keys=True).encode()
     assert name == f"cifar10-convnet-zca-{hashlib.sha256(identity).hexdigest()[:8]}"
-    assert pipeline.buffer_folder(other, "paper").name == name
+    assert reuse.buffer_folder(other, "paper").name == name
     another = pipeline.plan_run("cifar10", 1, profile="quick", train_subset=124).buffer
-    assert pipeline.buffer_folder(another, "quick").name != name
+    assert reuse.buffer_folder(another, "quick", QUICK_SUBSETS).name != name
 
 
 QUICK_FASHION = pipeline.plan_run("fashionmnist", 1, profile="quick", experts=2).buffer
@@ -111,13 +119,13 @@ def _fake_buffer(folder: Path, experts: int, *, epochs: int = 4, kind: str = "no
     folder.mkdir(parents=True)
     identity = {**QUICK_FASHION.identity(), "epochs": epochs, "zca": kind == "zca", **config}
     manifest = {
-        "format": trajectory.MANIFEST_FORMAT, "dataset": dataset, "arch": arch, "epochs": epochs,
+        "format": buffer_engine.MANIFEST_FORMAT, "dataset": dataset, "arch": arch, "epochs": epochs,
         "config": {**identity, "dataset": dataset, "arch": arch},
         "preprocessing": {"kind": kind},
     }  # fmt: skip
-    (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     for index in range(experts):
-        trajectory.expert_path(folder, index).write_bytes(b"")
+        buffer_engine.expert_path(folder, index).write_bytes(b"")
     return folder
 
 
@@ -129,11 +137,11 @@ def test_reusable_buffer_is_the_fitting_one_with_most_experts(tmp_path):
     _fake_buffer(tmp_path / "d-other-arch", 5, arch="alexnet")
     _fake_buffer(tmp_path / "e-mnist", 5, dataset="mnist")
     (tmp_path / "f-not-a-buffer").mkdir()
-    assert pipeline.find_reusable_buffer(config, 4, tmp_path) is None
+    assert reuse.find_reusable_buffer(config, 4, tmp_path) is None
     _fake_buffer(tmp_path / "g-fits", 2, epochs=50)
     _fake_buffer(tmp_path / "h-fits-more", 3)
-    assert pipeline.find_reusable_buffer(config, 4, tmp_path) == tmp_path / "h-fits-more"
-    assert pipeline.find_reusable_buffer(config, 4, tmp_path / "missing") is None
+    assert reuse.find_reusable_buffer(config, 4, tmp_path) == tmp_path / "h-fits-more"
+    assert reuse.find_reusable_buffer(config, 4, tmp_path / "missing") is None
 
 
 @pytest.mark.parametrize(
@@ -157,28 +165,29 @@ def test_a_buffer_differing_in_any_training_setting_is_not_reused(tmp_path, chan
     experts = changes.pop("experts", 3)
     folder = _fake_buffer(tmp_path / "buffers" / "x", experts, **changes)
     if changes.get("imported"):
-        manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
         manifest["config"] = {"imported_from": "/mtt/fashion/ConvNet", "dataset": "fashionmnist",
                               "arch": "convnet", "zca": False, "image_size": None}  # fmt: skip
-        (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
-    search = pipeline.search_buffers(QUICK_FASHION, 4, tmp_path / "buffers")
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    search = reuse.search_buffers(QUICK_FASHION, 4, tmp_path / "buffers")
     assert search.found is None
     assert search.nearest[0] == folder and expected in search.nearest[1]
     # the same buffer with matching settings (more epochs, another test subset) is reused
     _fake_buffer(tmp_path / "buffers" / "y", 2, epochs=9, test_subset=7)
-    assert pipeline.find_reusable_buffer(QUICK_FASHION, 4, tmp_path / "buffers") == (
+    assert reuse.find_reusable_buffer(QUICK_FASHION, 4, tmp_path / "buffers") == (
         tmp_path / "buffers" / "y"
     )
 
 
 def test_a_new_buffer_never_goes_into_a_folder_of_other_settings(tmp_path):
-    folder = pipeline.buffer_folder(QUICK_FASHION, "quick")
-    assert pipeline.training_folder(QUICK_FASHION, "quick") == folder  # absent: used
+    folder = reuse.buffer_folder(QUICK_FASHION, "quick", QUICK_SUBSETS)
+    # absent: used
+    assert reuse.training_folder(QUICK_FASHION, "quick", subsets=QUICK_SUBSETS) == folder
     _fake_buffer(folder, 1, lr=0.5)  # e.g. made by 'ddpp buffer --lr 0.5 --out <that folder>'
-    other = pipeline.training_folder(QUICK_FASHION, "quick")
+    other = reuse.training_folder(QUICK_FASHION, "quick", subsets=QUICK_SUBSETS)
     assert other.parent == folder.parent and other.name.startswith(folder.name + "-")
     _fake_buffer(other, 1)  # same settings, fewer experts: extended in place
-    assert pipeline.training_folder(QUICK_FASHION, "quick") == other
+    assert reuse.training_folder(QUICK_FASHION, "quick", subsets=QUICK_SUBSETS) == other
 
 
 # ---------------------------------------------------------------------- system data folders
@@ -260,7 +269,7 @@ def test_run_end_to_end_then_reuses_the_buffer(tiny_mnist, tmp_path):
         summary["selection"] == summary["distilled"]["selection"] == "validation split, tested once"
     )
     buffer = Path(summary["buffer"])
-    assert buffer.parent == trajectory.default_buffer_dir("mnist", "convnet", False).parent
+    assert buffer.parent == buffer_engine.default_buffer_dir("mnist", "convnet", False).parent
 
     second = tmp_path / "run2"
     result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,
@@ -284,7 +293,7 @@ def test_run_end_to_end_then_reuses_the_buffer(tiny_mnist, tmp_path):
     )
     payload = json.loads((third / "run.json").read_text())
     assert payload["buffer_reused"] is False and payload["buffer"] != str(buffer)
-    assert sorted(trajectory.expert_files(buffer)) == [0]  # the old buffer is untouched
+    assert sorted(buffer_engine.expert_files(buffer)) == [0]  # the old buffer is untouched
 
 
 def test_run_into_a_folder_of_other_files_is_refused_before_any_work(tiny_mnist, tmp_path):
@@ -294,7 +303,7 @@ def test_run_into_a_folder_of_other_files_is_refused_before_any_work(tiny_mnist,
     result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,
                     "--out", folder, *TINY)  # fmt: skip
     assert_one_line_error(result, str(folder), "draft.tex", "not a ddpp run")
-    assert not trajectory.default_buffer_dir("mnist", "convnet", False).parent.exists()
+    assert not buffer_engine.default_buffer_dir("mnist", "convnet", False).parent.exists()
     assert [p.name for p in folder.iterdir()] == ["draft.tex"]
 
 
@@ -340,27 +349,29 @@ def test_a_folder_datasets_buffer_is_reused_only_for_the_same_folder(tmp_path):
     config = replace(QUICK_FASHION, dataset="imagefolder")
     first, second = tmp_path / "xrays-a", tmp_path / "xrays-b"
     folder = _fake_buffer(tmp_path / "buffers" / "a", 3, dataset="imagefolder")
-    manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
     manifest["data"] = {"source": str(first.resolve())}
-    (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert pipeline.search_buffers(config, 4, tmp_path / "buffers", first).found == folder
-    search = pipeline.search_buffers(config, 4, tmp_path / "buffers", second)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert reuse.search_buffers(config, 4, tmp_path / "buffers", first).found == folder
+    search = reuse.search_buffers(config, 4, tmp_path / "buffers", second)
     assert search.found is None
     assert search.nearest[0] == folder
     assert search.nearest[1] == f"data: {str(first.resolve())!r} there vs {str(second)!r} now"
     # a named dataset is the same data wherever its files are
-    assert pipeline.buffer_difference(manifest, QUICK_FASHION, 4, second) == (
+    manifest = buffer_engine.read_manifest(folder)
+    assert reuse.buffer_difference(manifest, QUICK_FASHION, 4, second) == (
         "dataset: 'imagefolder' there vs 'fashionmnist' now"
     )
 
 
 def test_a_new_folder_dataset_buffer_never_goes_into_another_folders_buffer(tmp_path):
     config = replace(QUICK_FASHION, dataset="imagefolder")
-    folder = pipeline.buffer_folder(config, "quick")
+    folder = reuse.buffer_folder(config, "quick", QUICK_SUBSETS)
     _fake_buffer(folder, 1, dataset="imagefolder")  # same settings, made from folder a
-    manifest = json.loads((folder / trajectory.MANIFEST_NAME).read_text())
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
     manifest["data"] = {"source": str(tmp_path / "a")}
-    (folder / trajectory.MANIFEST_NAME).write_text(json.dumps(manifest))
-    assert pipeline.training_folder(config, "quick", tmp_path / "a") == folder  # extended
-    other = pipeline.training_folder(config, "quick", tmp_path / "b")
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    extended = reuse.training_folder(config, "quick", tmp_path / "a", QUICK_SUBSETS)
+    assert extended == folder
+    other = reuse.training_folder(config, "quick", tmp_path / "b", QUICK_SUBSETS)
     assert other != folder and other.name.startswith(folder.name + "-")

@@ -6,9 +6,10 @@ from __future__ import annotations
 from ddpp_cli.commands._display import line, note
 from ddpp_cli.commands._distilling import DistillDisplay
 from ddpp_cli.commands._evaluation import EvalDisplay
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import pipeline, presets, trajectory
+from ddpp_cli.engine import pipeline, presets
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import percent
 
@@ -33,9 +34,9 @@ class BufferDisplay:
     def __call__(self, event: object) -> None:
         p = self.progress
         match event:
-            case trajectory.BufferStarted():
+            case buffer_engine.BufferStarted():
                 self._started(event)
-            case trajectory.ExpertStarted():
+            case buffer_engine.ExpertStarted():
                 if not self.group:
                     p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
                 self.group.append(event.index)
@@ -43,14 +44,14 @@ class BufferDisplay:
                 many = len(self.group) > 1
                 indices = f"{self.group[0]}–{self.group[-1]}" if many else event.index
                 p.update(self.epochs_task, description=f"{label} {indices}")
-            case trajectory.EpochFinished():
+            case buffer_engine.EpochFinished():
                 if not self.group or event.index == self.group[0]:
                     p.update(
                         self.epochs_task,
                         advance=1,
                         info=f"loss {event.train_loss:.3f}  test {percent(event.test_accuracy)}",
                     )
-            case trajectory.ExpertFinished() if not event.record.resumed:
+            case buffer_engine.ExpertFinished() if not event.record.resumed:
                 if event.record.index in self.group:
                     self.group.remove(event.record.index)
                 acc = event.record.test_accuracy[-1] if event.record.test_accuracy else None
@@ -58,7 +59,7 @@ class BufferDisplay:
             case Notice() if not p.disable:
                 note(p.console, event.message)
 
-    def _started(self, event: trajectory.BufferStarted) -> None:
+    def _started(self, event: buffer_engine.BufferStarted) -> None:
         p = self.progress
         # an import without --experts learns how many experts there are only at its last file
         count = "every expert found" if event.total is None else f"{event.total} experts"

@@ -27,14 +27,15 @@ from ddpp_cli.commands._options import (
     quiet_option,
 )
 from ddpp_cli.commands._settings import field_default, given_options
-from ddpp_cli.engine import augment, data, faults, layout, trajectory
+from ddpp_cli.engine import augment, data, faults, layout
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.progress import make_progress, percent
 
 # The expert recipe's defaults (shown by --help): BufferConfig's, the paper's.
 EXPERTS, EPOCHS, LR, BATCH_SIZE, ARCH = (
-    field_default(trajectory.BufferConfig, name)
+    field_default(buffer_engine.BufferConfig, name)
     for name in ("experts", "epochs", "lr", "batch_size", "arch")
 )
 
@@ -91,9 +92,9 @@ def command(
         summary = _import(ctx, import_dir, out_dir, quiet)
     else:
         use_zca = data.info(dataset).default_zca if zca is None else zca
-        folder = out_dir or trajectory.default_buffer_dir(dataset, arch, use_zca)
+        folder = out_dir or buffer_engine.default_buffer_dir(dataset, arch, use_zca)
         world, torch_device = join_world(resolve_device(device))
-        config = trajectory.BufferConfig(
+        config = buffer_engine.BufferConfig(
             dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
             batch_size=batch_size, dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none",
             zca=use_zca, train_subset=train_subset, test_subset=test_subset, image_size=image_size,
@@ -101,7 +102,7 @@ def command(
         )  # fmt: skip
         progress = make_progress(err, disable=quiet or not world.is_main)
         with continuing(_continuation), progress:
-            summary = trajectory.train_buffer(
+            summary = buffer_engine.train_buffer(
                 config, folder, data_root=data_dir, download=download, device=torch_device,
                 on_event=BufferDisplay(progress, str(torch_device)), parallel=parallel,
                 world=world,
@@ -120,7 +121,7 @@ def _continuation(failed: faults.StageFailed) -> str:
     return f"the same command{smaller} continues with the missing ones"
 
 
-def _print_summary(summary: trajectory.BufferSummary) -> None:
+def _print_summary(summary: buffer_engine.BufferSummary) -> None:
     table = Table(title=f"Expert trajectories in {summary.folder}")
     table.add_column("expert", justify="right")
     table.add_column("final test acc", justify="right")
@@ -145,20 +146,20 @@ def _print_summary(summary: trajectory.BufferSummary) -> None:
 
 def _import(
     ctx: typer.Context, source: Path, out_dir: Path | None, quiet: bool
-) -> trajectory.BufferSummary:
+) -> buffer_engine.BufferSummary:
     """``--import``: refuse training options, take ZCA (and the dataset) from MTT's folder name
     unless given, convert (resumable)."""
     given = given_options(ctx)
-    trajectory.check_import_options(given)
+    buffer_engine.check_import_options(given)
     options = ctx.params
-    named_dataset, _ = trajectory.mtt_folder_settings(source)
+    named_dataset, _ = buffer_engine.mtt_folder_settings(source)
     dataset = given.get("dataset") or named_dataset or options["dataset"]
     dataset = data.info(dataset).name
-    use_zca = trajectory.resolve_import_zca(source, dataset, options["zca"])
-    folder = out_dir or trajectory.default_buffer_dir(dataset, options["arch"], use_zca)
+    use_zca = buffer_engine.resolve_import_zca(source, dataset, options["zca"])
+    folder = out_dir or buffer_engine.default_buffer_dir(dataset, options["arch"], use_zca)
     progress = make_progress(err, disable=quiet)
     with continuing(lambda failed: "the same command continues with the next expert"), progress:
-        return trajectory.import_mtt(
+        return buffer_engine.import_mtt(
             source, folder, dataset=dataset, arch=options["arch"],
             experts=given.get("experts"), use_zca=options["zca"],
             data_root=options["data_dir"], download=options["download"],

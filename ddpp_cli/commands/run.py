@@ -12,8 +12,9 @@ from ddpp_cli.commands import _comparing, _settings
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, line, out
 from ddpp_cli.commands._displays import RunDisplay
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import evaluate, faults, pipeline, trajectory
+from ddpp_cli.engine import evaluate, faults, pipeline
 from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.progress import make_progress, percent
@@ -102,7 +103,7 @@ BufferEpochsOpt = Annotated[
     typer.Option(
         "--buffer-epochs",
         help="Epochs per expert (quick: as needed, paper "
-        f"{_settings.field_default(trajectory.BufferConfig, 'epochs')}).",
+        f"{_settings.field_default(buffer_engine.BufferConfig, 'epochs')}).",
         rich_help_panel=opt.BUFFER,
     ),
 ]

@@ -109,10 +109,10 @@ def calibrate(setup: Any) -> tuple[Any, dict[str, str]]:
     config = setup.config
     derived: dict[str, str] = {}
     if config.lr_teacher is None:
-        buffer_config = setup.manifest.get("config") or {}
-        expert_lr = float(buffer_config.get("lr", 0.01))
-        batch = int(buffer_config.get("batch_size", 256))
-        size = int((setup.manifest.get("data") or {}).get("train_size") or 0)
+        manifest = setup.manifest  # None without a buffer: the defaults below
+        expert_lr = float(manifest.lr if manifest and manifest.lr is not None else 0.01)
+        batch = int(manifest.batch_size if manifest and manifest.batch_size is not None else 256)
+        size = int(manifest.data.train_size or 0) if manifest else 0
         size = size or len(setup.prepared.train.labels)
         epoch_steps = steps_per_epoch(size, batch)
         value = teacher_lr(expert_lr, config.expert_epochs, epoch_steps, config.syn_steps)

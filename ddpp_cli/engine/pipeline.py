@@ -18,23 +18,22 @@ architecture, epochs, seeds and test images), so the two accuracies can be compa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import baselines, data, distilled, evaluate, layout, presets, store, trajectory
+from ddpp_cli.engine import baselines, data, distilled, evaluate, layout, presets, store
+from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.events import Notice, OnEvent
+from ddpp_cli.engine.events import OnEvent
 
 PROFILES = ("quick", "paper")
 STAGES = ("buffer", "distill", "evaluate", "baseline", "visualize")
@@ -74,7 +73,7 @@ class RunPlan:
     """Every stage's settings for one ``ddpp run``."""
 
     profile: str
-    buffer: trajectory.BufferConfig
+    buffer: buffer_engine.BufferConfig
     distill: distill_engine.DistillConfig
     evaluation: evaluate.EvalConfig
     test_subset: int | None
@@ -172,11 +171,11 @@ def _quick_distill_profile(use_zca: bool) -> dict[str, Any]:
 def _plan_buffer(
     distill_config: distill_engine.DistillConfig, quick: bool, given: dict[str, Any],
     origin: dict[str, str],
-) -> trajectory.BufferConfig:  # fmt: skip
+) -> buffer_engine.BufferConfig:  # fmt: skip
     """The buffer settings: experts long enough for ``distill_config``, the profile's count and
     subsets, then the options (``origin`` is told where each came from)."""
     needed = distill_config.needed_epochs
-    paper = trajectory.BufferConfig(distill_config.dataset)  # the paper's buffer: the defaults
+    paper = buffer_engine.BufferConfig(distill_config.dataset)  # the paper's buffer: the defaults
     buffer_epochs = given.get("buffer_epochs", needed if quick else max(paper.epochs, needed))
     if buffer_epochs < needed:
         raise DdppError(
@@ -184,7 +183,7 @@ def _plan_buffer(
             f"{distill_config.max_start_epoch} with --expert-epochs "
             f"{distill_config.expert_epochs} needs experts of {needed} epochs."
         )
-    config = trajectory.BufferConfig(
+    config = buffer_engine.BufferConfig(
         dataset=distill_config.dataset,
         arch=distill_config.arch,
         experts=given.get("experts", QUICK["experts"] if quick else paper.experts),
@@ -205,164 +204,6 @@ def _profile_values(names: tuple[str, ...], quick: bool, given: dict[str, Any]) 
     rest to the config dataclass's defaults."""
     values = {name: QUICK[name] for name in names} if quick else {}
     return {**values, **{name: given[name] for name in names if name in given}}
-
-
-# ----------------------------------------------------------------------------------- buffers
-
-
-def buffer_folder(config: trajectory.BufferConfig, profile: str) -> Path:
-    """The folder a run trains its buffer into when none fits.
-
-    The paper profile shares ``ddpp buffer``'s default folder; the quick profile has its own
-    (``…-quick``); other settings get a folder named after a hash of them, so that different
-    settings never meet in one folder.
-    """
-    base = trajectory.default_buffer_dir(config.dataset, config.arch, config.zca)
-    standard = trajectory.BufferConfig(
-        dataset=config.dataset, arch=config.arch, epochs=config.epochs, zca=config.zca,
-        image_size=config.image_size, seed=config.seed,
-    )  # fmt: skip
-    quick = replace(
-        standard,
-        train_subset=QUICK["buffer_train_subset"],
-        test_subset=QUICK["buffer_test_subset"],
-    )
-    identity = config.identity()
-    if (
-        identity == standard.identity()
-        and config.epochs == trajectory.BufferConfig(config.dataset).epochs
-    ):
-        return base
-    if profile == "quick" and identity == quick.identity():
-        return base.with_name(f"{base.name}-quick")
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
-    return base.with_name(f"{base.name}-{digest}")
-
-
-# Settings of :meth:`BufferConfig.identity` that a reused buffer may differ in: more epochs than
-# the distillation needs are fine, and the test subset only changes the accuracies recorded.
-_REUSE_IGNORES = ("epochs", "test_subset")
-
-
-def buffer_difference(
-    manifest: dict[str, Any],
-    config: trajectory.BufferConfig,
-    needed_epochs: int,
-    source: Path | None = None,
-) -> str:
-    """Why a buffer (its manifest) cannot serve a run that ``config`` describes, in
-    :func:`store.describe_difference`'s words; "" when it can.
-
-    Every training setting must match (dataset, architecture, preprocessing, image size, lr,
-    momentum, weight decay, batch size, DSA, seed, train subset), and the experts must have at
-    least ``needed_epochs`` epochs. For datasets that are a user's folders (``imagefolder``,
-    ``covid19-cxr``) the buffer must also come from the same folder, ``source``. An imported MTT
-    buffer records none of the training settings, so it is only used when named with
-    ``--buffer``.
-    """
-    saved = dict(manifest.get("config") or {})
-    dataset = manifest.get("dataset")
-    try:
-        saved["dataset"] = data.info(dataset).name if isinstance(dataset, str) else dataset
-    except DdppError:
-        saved["dataset"] = dataset
-    saved["arch"] = manifest.get("arch")
-    kind = (manifest.get("preprocessing") or {}).get("kind")
-    saved["zca"] = kind == "zca" if kind is not None else saved.get("zca")
-    wanted = config.identity()
-    for name in _REUSE_IGNORES:
-        saved.pop(name, None)
-        wanted.pop(name, None)
-    saved.pop("imported_from", None)
-    differences = [store.describe_difference(saved, wanted)]
-    epochs = manifest.get("epochs")
-    if not isinstance(epochs, int) or epochs < needed_epochs:
-        differences.append(f"epochs: {epochs!r} there vs at least {needed_epochs} needed")
-    differences.append(_source_difference(manifest, config, source))
-    return "; ".join(text for text in differences if text)
-
-
-def _source_difference(
-    manifest: dict[str, Any], config: trajectory.BufferConfig, source: Path | None
-) -> str:
-    """ "data: … there vs … now" when a folder dataset's buffer was made from another folder."""
-    if source is None or data.info(config.dataset).num_classes is not None:
-        return ""  # a named dataset is the same data wherever its files are
-    there = (manifest.get("data") or {}).get("source")
-    here = str(Path(source).resolve())
-    return "" if there == here else f"data: {there!r} there vs {here!r} now"
-
-
-def fits(manifest: dict[str, Any], config: trajectory.BufferConfig, needed_epochs: int) -> bool:
-    """Whether a buffer (its manifest) can serve a distillation that ``config`` describes."""
-    return not buffer_difference(manifest, config, needed_epochs)
-
-
-@dataclass(frozen=True)
-class BufferSearch:
-    """The outcome of :func:`search_buffers`."""
-
-    found: Path | None  # the fitting buffer with the most experts
-    nearest: tuple[Path, str] | None  # when none fits: the closest buffer and what differs
-
-
-def search_buffers(
-    config: trajectory.BufferConfig,
-    needed_epochs: int,
-    root: Path | None = None,
-    source: Path | None = None,
-) -> BufferSearch:
-    """The complete buffers under ``root`` (default: the ddpp buffers folder) that fit
-    ``config`` with at least ``config.experts`` finished experts; the one with the most wins.
-    When none fits, the buffer of the same dataset differing in the fewest settings (with the
-    difference) says why."""
-    root = Path(root) if root is not None else platformdirs.user_data_path("ddpp") / "buffers"
-    if not root.is_dir():
-        return BufferSearch(None, None)
-    best: tuple[int, str, Path] | None = None
-    nearest: tuple[int, Path, str] | None = None
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        try:
-            manifest = trajectory.read_manifest(folder)
-        except DdppError:
-            continue
-        difference = buffer_difference(manifest, config, needed_epochs, source)
-        count = len(trajectory.expert_files(folder))
-        if not difference and count < config.experts:
-            difference = f"experts: {count} there vs {config.experts} needed"
-        if not difference:
-            if best is None or count > best[0]:
-                best = (count, folder.name, folder)
-        elif "dataset:" not in difference:  # a buffer of another dataset is no near miss
-            rank = difference.count(";")
-            if nearest is None or rank < nearest[0]:
-                nearest = (rank, folder, difference)
-    return BufferSearch(None if best is None else best[2], None if nearest is None else nearest[1:])
-
-
-def find_reusable_buffer(
-    config: trajectory.BufferConfig, needed_epochs: int, root: Path | None = None
-) -> Path | None:
-    """The buffer :func:`search_buffers` finds (None when none fits)."""
-    return search_buffers(config, needed_epochs, root).found
-
-
-def training_folder(
-    config: trajectory.BufferConfig, profile: str, source: Path | None = None
-) -> Path:
-    """Where a run trains a new buffer: :func:`buffer_folder`, unless that folder holds a buffer
-    of other settings (e.g. one ``ddpp buffer --lr …`` made in its default folder), which is
-    never overwritten or extended: then the folder named after a hash of the settings (and,
-    for a folder dataset, of the ``source`` folder it is made from)."""
-    folder = buffer_folder(config, profile)
-    if (folder / trajectory.MANIFEST_NAME).is_file():
-        manifest = trajectory.read_manifest(folder)
-        other_data = _source_difference(manifest, config, source)
-        if manifest.get("config") != config.identity() or other_data:
-            key = {**config.identity(), **({"source": str(source)} if other_data else {})}
-            digest = json.dumps(key, sort_keys=True).encode()
-            return folder.with_name(f"{folder.name}-{hashlib.sha256(digest).hexdigest()[:8]}")
-    return folder
 
 
 # ------------------------------------------------------------------------------------ events
@@ -525,33 +366,14 @@ def choose_buffer(
     plan: RunPlan, buffer: Path | None, emit: OnEvent, source: Path | None = None,
     world: World | None = None,
 ) -> tuple[Path, bool]:  # fmt: skip
-    """The buffer a run distills from, and whether it is reused (else it is to be trained).
-
-    ``--buffer`` holding a buffer is used as asked (with a Notice when its settings differ from
-    the plan's); otherwise a buffer under the ddpp buffers folder whose every training setting
-    matches is reused, else a new one is to be trained (a Notice names what the nearest one
-    lacked). ``source`` is the folder the data is read from (it must match for a folder
-    dataset). Under torchrun (``world``) rank 0's choice holds for every rank.
-    """
-    needed = plan.distill.needed_epochs
-    if buffer is not None and (Path(buffer) / trajectory.MANIFEST_NAME).is_file():
-        buffer_dir, reused = Path(buffer), True
-        manifest = trajectory.read_manifest(buffer_dir)
-        difference = buffer_difference(manifest, plan.buffer, needed, source)
-        if difference:
-            emit(Notice(f"{buffer_dir} differs from the run's settings ({difference}); using it "
-                        "as --buffer asks."))  # fmt: skip
-    elif buffer is not None:
-        buffer_dir, reused = Path(buffer), False
-    else:
-        search = search_buffers(plan.buffer, needed, source=source)
-        buffer_dir, reused = search.found, search.found is not None
-        if buffer_dir is None:
-            buffer_dir = training_folder(plan.buffer, plan.profile, source)
-            if search.nearest is not None and search.nearest[0] != buffer_dir:
-                emit(Notice(f"not reusing {search.nearest[0]} ({search.nearest[1]}); training a "
-                            f"new buffer in {buffer_dir}."))  # fmt: skip
-    return (world or World()).from_main((buffer_dir, reused))  # one choice for every rank
+    """The buffer a run distills from, and whether it is reused (else it is to be trained), as
+    :func:`~ddpp_cli.engine.buffer.reuse.choose_buffer` finds it for the plan and its profile."""
+    quick = plan.profile == "quick"
+    subsets = (QUICK["buffer_train_subset"], QUICK["buffer_test_subset"]) if quick else (None, None)
+    return buffer_engine.choose_buffer(
+        plan.buffer, plan.distill.needed_epochs, buffer, profile=plan.profile, subsets=subsets,
+        emit=emit, source=source, world=world,
+    )  # fmt: skip
 
 
 def _buffer_stage(
@@ -565,7 +387,7 @@ def _buffer_stage(
         stages.start("buffer", f"reusing {buffer_dir}")
     else:
         stages.start("buffer", f"training into {buffer_dir}")
-        trajectory.train_buffer(plan.buffer, buffer_dir, **sources, **run)
+        buffer_engine.train_buffer(plan.buffer, buffer_dir, **sources, **run)
     stages.finish(str(buffer_dir))
     return buffer_dir, reused
 

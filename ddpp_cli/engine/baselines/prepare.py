@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddpp_cli.engine import coresets, data, layout, store, trajectory, zca
+from ddpp_cli.engine import coresets, data, layout, store, zca
 from ddpp_cli.engine.baselines.config import BaselineConfig
 from ddpp_cli.engine.baselines.selection import Baseline
+from ddpp_cli.engine.buffer import expert_files, read_manifest
 from ddpp_cli.engine.coresets import check_ipc
 from ddpp_cli.engine.distilled import zca_reference
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import take_test_subset
-from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
+from ddpp_cli.engine.preprocess import PreparedData, prepare
 
 
 @dataclass(frozen=True)
@@ -32,20 +33,20 @@ class _BufferData:
 def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
     """Read ``config.buffer``'s manifest; DdppError when it contradicts the config."""
     folder = Path(config.buffer)
-    manifest = trajectory.read_manifest(folder)  # DdppError when not a buffer
+    manifest = read_manifest(folder)  # DdppError when not a buffer
     name = data.info(config.dataset).name
-    dataset = manifest.get("dataset")
+    dataset = manifest.dataset
     if not isinstance(dataset, str) or data.info(dataset).name != name:
         raise DdppError(
             f"the buffer at {folder} was made for dataset '{dataset}', not '{name}'; pass a "
             f"{name} buffer or drop --buffer."
         )
-    arch = str(manifest.get("arch"))
+    arch = manifest.arch
     if config.feature_arch is not None and config.feature_arch != arch:
         raise DdppError(
             f"the buffer at {folder} holds '{arch}' experts, not '{config.feature_arch}'."
         )
-    is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    is_zca = manifest.is_zca
     if zca_path is not None:
         raise DdppError("--zca-file PATH and --buffer both fix the whitening; drop --zca-file (the "
                         "buffer's own ZCA is used).")  # fmt: skip
@@ -54,8 +55,7 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
             f"the buffer at {folder} is {'ZCA-whitened' if is_zca else 'normalised'}; drop "
             f"{'--no-zca' if is_zca else '--zca'} or pass another buffer."
         )
-    buffer_config = manifest.get("config") or {}
-    image_size = buffer_config.get("image_size")
+    image_size = manifest.image_size
     if config.image_size is not None and config.image_size != image_size:
         raise DdppError(
             f"the buffer at {folder} was made at --image-size {image_size}, not "
@@ -65,16 +65,16 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
     if zca_file is not None and not zca_file.is_file():
         raise DdppError(f"the buffer at {folder} is ZCA-whitened but its {layout.ZCA_NAME} "
                         "is missing; remake the buffer.")  # fmt: skip
-    experts = trajectory.expert_files(folder)
+    experts = expert_files(folder)
     if coresets.get_coreset(config.method).expert_features and not experts:
         raise DdppError(f"the buffer at {folder} holds no expert yet; finish it with 'ddpp "
                         "buffer', or drop --buffer to train a feature network.")  # fmt: skip
     return _BufferData(
         arch=arch,
         zca_file=zca_file,
-        normalization=None if is_zca else recorded_normalization(manifest.get("preprocessing")),
+        normalization=None if is_zca else manifest.normalization,
         image_size=image_size,
-        seed=int(buffer_config.get("seed") or 0),
+        seed=manifest.seed,
         expert_file=experts[min(experts)] if experts else None,
     )
 

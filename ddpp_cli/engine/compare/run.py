@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import data, evaluate, layout, store, trajectory
+from ddpp_cli.engine import data, evaluate, layout, store
+from ddpp_cli.engine.buffer import train_buffer
 from ddpp_cli.engine.compare.events import CompareStarted, StepFinished, StepStarted
 from ddpp_cli.engine.compare.rows import ROWS, parse_rows, row_budgets
 from ddpp_cli.engine.compare.runners import RUNNERS, RowJob, RowRunner, row_settings
@@ -171,7 +172,7 @@ def _buffer_step(
         emit(StepStarted("buffer", 1, total, f"reusing {buffer_dir}"))
     else:
         emit(StepStarted("buffer", 1, total, f"training into {buffer_dir}"))
-        trajectory.train_buffer(
+        train_buffer(
             plan.buffer, buffer_dir, device=device, parallel=parallel, on_event=on_event,
             **sources,
         )  # fmt: skip

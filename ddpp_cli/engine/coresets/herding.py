@@ -17,6 +17,7 @@ from torch import nn
 
 from ddpp_cli.engine import data, models
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.buffer import load_trajectory
 from ddpp_cli.engine.coresets.pool import CoresetRequest, check_ipc
 from ddpp_cli.engine.coresets.registry import CoresetInfo
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
@@ -25,7 +26,6 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.functional import ParamLayout, load_flat
 from ddpp_cli.engine.training import train_epoch
-from ddpp_cli.engine.trajectory import load_trajectory
 
 FEATURE_BATCH = 512
 # Without a buffer, herding's feature network trains as long as an expert of ``ddpp buffer``

@@ -4,13 +4,12 @@ fits the run (dataset, architecture, preprocessing, epochs)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ddpp_cli.engine import data
+from ddpp_cli.engine.buffer import BufferManifest, default_buffer_dir
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.layout import MANIFEST_NAME
-from ddpp_cli.engine.trajectory import default_buffer_dir
 
 
 def buffer_command(config: DistillConfig, out: Path | None = None) -> str:
@@ -29,29 +28,29 @@ def buffer_command(config: DistillConfig, out: Path | None = None) -> str:
     return " ".join(parts)
 
 
-def check_buffer(config: DistillConfig, folder: Path, manifest: dict[str, Any]) -> None:
+def check_buffer(config: DistillConfig, folder: Path, manifest: BufferManifest) -> None:
     """DdppError when the buffer does not fit: dataset, architecture, preprocessing, epochs."""
-    dataset = manifest.get("dataset")
-    if not isinstance(dataset, str) or data.info(dataset).name != config.dataset:
+    dataset = manifest.dataset
+    if data.info(dataset).name != config.dataset:
         raise DdppError(
             f"the buffer at {folder} was made for dataset '{dataset}', not "
             f"'{config.dataset}'; pass a {config.dataset} buffer with --buffer or make one with "
             f"'{buffer_command(config)}'."
         )
-    if manifest.get("arch") != config.arch:
+    if manifest.arch != config.arch:
         raise DdppError(
-            f"the buffer at {folder} was made with architecture '{manifest.get('arch')}', "
-            f"not '{config.arch}'; pass --arch {manifest.get('arch')} or make a buffer with "
+            f"the buffer at {folder} was made with architecture '{manifest.arch}', "
+            f"not '{config.arch}'; pass --arch {manifest.arch} or make a buffer with "
             f"'{buffer_command(config)}'."
         )
-    whitened = (manifest.get("preprocessing") or {}).get("kind") == "zca"
+    whitened = manifest.is_zca
     if config.zca is not None and whitened != config.zca:
         raise DdppError(
             f"the buffer at {folder} is {'ZCA-whitened' if whitened else 'normalised'}"
             f" but {'--zca' if config.zca else '--no-zca'} was given; drop the option or pass "
             "a matching buffer."
         )
-    epochs = int(manifest.get("epochs", 0))
+    epochs = manifest.epochs or 0
     if config.needed_epochs > epochs:
         raise DdppError(
             f"--max-start-epoch {config.max_start_epoch} with --expert-epochs "

@@ -11,6 +11,7 @@ import torch
 
 from ddpp_cli import __version__
 from ddpp_cli.engine import allocator, autolr, store
+from ddpp_cli.engine.buffer import read_manifest
 from ddpp_cli.engine.distill.buffer import find_buffer
 from ddpp_cli.engine.distill.config import DistillConfig, not_applicable
 from ddpp_cli.engine.distill.events import (
@@ -35,7 +36,6 @@ from ddpp_cli.engine.evaluate import EvalResult
 from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.faults import StageFailed
 from ddpp_cli.engine.layout import CHECKPOINT_NAME, MANIFEST_NAME
-from ddpp_cli.engine.trajectory import read_manifest
 
 
 def distill(
@@ -115,7 +115,7 @@ def _resume_buffer(folder: Path, buffer: Path | None) -> Path | None:
         buffer is not None
         and meta.get("buffer_config") is not None
         and (Path(buffer) / MANIFEST_NAME).is_file()
-        and read_manifest(Path(buffer)).get("config") != meta["buffer_config"]
+        and read_manifest(Path(buffer)).config != meta["buffer_config"]
     ):
         raise DdppError(
             f"the buffer at {buffer} was made with other settings than the one this run "

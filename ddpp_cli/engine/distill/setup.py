@@ -12,6 +12,7 @@ import torch
 
 from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
+from ddpp_cli.engine.buffer import BufferManifest, expert_files, read_manifest
 from ddpp_cli.engine.device import make_generator, seeded
 from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer
 from ddpp_cli.engine.distill.config import DistillConfig
@@ -24,9 +25,8 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.layout import ZCA_NAME
-from ddpp_cli.engine.preprocess import PreparedData, prepare, recorded_normalization
+from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.student import Student
-from ddpp_cli.engine.trajectory import expert_files, read_manifest
 
 
 @dataclass
@@ -40,7 +40,7 @@ class RunSetup:
 
     config: DistillConfig  # resolved against the buffer (zca, train_subset, val_size)
     buffer: Path | None
-    manifest: dict[str, Any]
+    manifest: BufferManifest | None  # None without a buffer
     expert_paths: dict[int, Path]
     prepared: PreparedData
     preprocessing: dict[str, Any]
@@ -55,11 +55,11 @@ class RunSetup:
 
     @property
     def buffer_config(self) -> dict[str, Any]:
-        return self.manifest.get("config") or {}
+        return self.manifest.config if self.manifest is not None else {}
 
     @property
     def buffer_epochs(self) -> int:
-        return int(self.manifest["epochs"])
+        return int(self.manifest.epochs)
 
     def as_set(self, images: torch.Tensor, lr: float | None, iteration: int) -> DistilledSet:
         """The distilled-set file's content for ``images`` and ``lr`` at ``iteration`` (lr None
@@ -68,8 +68,8 @@ class RunSetup:
         settings = {**asdict(self.config), "iteration": iteration}
         if self.buffer is not None:
             settings.update(
-                image_size=self.buffer_config.get("image_size"),
-                data_seed=int(self.buffer_config.get("seed") or 0),
+                image_size=self.manifest.image_size,
+                data_seed=self.manifest.seed,
                 buffer=self.buffer_config,
                 buffer_path=str(self.buffer.resolve()),
             )
@@ -156,11 +156,9 @@ def set_up(
     world = world or World()
     manifest = read_manifest(buffer)
     check_buffer(config, buffer, manifest)
-    buffer_config = manifest.get("config") or {}
-    is_zca = (manifest.get("preprocessing") or {}).get("kind") == "zca"
-    if config.train_subset is None and buffer_config.get("train_subset") is not None:
-        config = replace(config, train_subset=int(buffer_config["train_subset"]))
-    config = replace(config, zca=is_zca)
+    if config.train_subset is None and manifest.train_subset is not None:
+        config = replace(config, train_subset=int(manifest.train_subset))
+    config = replace(config, zca=manifest.is_zca)
     expert_paths = expert_files(buffer)
     if not expert_paths:
         raise DdppError(
@@ -171,9 +169,7 @@ def set_up(
     num_classes = prepared.num_classes
     config, train_idx, val_idx, model = _split_and_network(config, prepared)
     layout = ParamLayout.of(model)
-    layout.check_compatible(
-        ParamLayout.from_json(manifest.get("layout")), f"the buffer at {buffer}"
-    )
+    layout.check_compatible(manifest.layout, f"the buffer at {buffer}")
     _check_shardable(config.arch, model, world)
     dsa = DSA(config.dsa_strategy)
     student = Student(
@@ -182,7 +178,7 @@ def set_up(
         world=world,
     )  # fmt: skip
     for path in expert_paths.values():
-        _check_expert(path, (int(manifest["epochs"]) + 1, layout.numel))
+        _check_expert(path, (int(manifest.epochs) + 1, layout.numel))
     labels = torch.arange(num_classes).repeat_interleave(config.ipc).to(device)
     return RunSetup(
         config=config, buffer=buffer, manifest=manifest, expert_paths=expert_paths,
@@ -222,7 +218,7 @@ def set_up_method(
     real_by_class = [pool_images[pool_labels == c].to(device) for c in range(num_classes)]
     labels = torch.arange(num_classes).repeat_interleave(config.ipc).to(device)
     return RunSetup(
-        config=config, buffer=None, manifest={}, expert_paths={}, prepared=prepared,
+        config=config, buffer=None, manifest=None, expert_paths={}, prepared=prepared,
         preprocessing=prepared.preprocessing.describe(), train_idx=train_idx, val_idx=val_idx,
         layout=ParamLayout.of(model), student=None, labels=labels, device=device, world=world,
         real_by_class=real_by_class,
@@ -252,12 +248,11 @@ def _split_and_network(
 def _prepare_data(
     config: DistillConfig,
     buffer: Path,
-    manifest: dict[str, Any],
+    manifest: BufferManifest,
     data_root: Path | None,
     download: bool,
 ) -> tuple[PreparedData, dict[str, Any]]:
     """The data prepared as the buffer's (same subset, size, seed, ZCA) and its description."""
-    buffer_config = manifest.get("config") or {}
     zca_path = buffer / ZCA_NAME
     whitening = None
     if config.zca:
@@ -269,23 +264,22 @@ def _prepare_data(
         whitening = zca.load(zca_path)
     prepared = prepare(
         config.dataset, data_root, use_zca=bool(config.zca), download=download,
-        train_subset=config.train_subset, image_size=buffer_config.get("image_size"),
-        seed=int(buffer_config.get("seed") or 0), whitening=whitening,
+        train_subset=config.train_subset, image_size=manifest.image_size,
+        seed=manifest.seed, whitening=whitening,
         # exactly what the experts saw (e.g. an MTT CIFAR-100 import: CIFAR-10's mean/std)
-        normalization=None if config.zca else recorded_normalization(
-            manifest.get("preprocessing")
-        ),
+        normalization=None if config.zca else manifest.normalization,
     )  # fmt: skip
-    described = manifest.get("data") or {}
-    found = {
-        "channels": prepared.channels,
-        "image_size": list(prepared.image_size),
-        "num_classes": prepared.num_classes,
+    described = manifest.data
+    recorded_size = None if described.image_size is None else list(described.image_size)
+    found = {  # what the buffer recorded, what the data found now has
+        "channels": (described.channels, prepared.channels),
+        "image_size": (recorded_size, list(prepared.image_size)),
+        "num_classes": (described.num_classes, prepared.num_classes),
     }
-    for key, value in found.items():
-        if key in described and described[key] != value:
+    for key, (recorded, value) in found.items():
+        if recorded is not None and recorded != value:
             raise DdppError(
-                f"the buffer at {buffer} was made on data with {key} {described[key]}, but the "
+                f"the buffer at {buffer} was made on data with {key} {recorded}, but the "
                 f"data found now has {value}; pass the --data-dir the buffer was made from."
             )
     preprocessing = zca_reference(zca_path) if config.zca else prepared.preprocessing.describe()

@@ -4,11 +4,12 @@ import pytest
 import torch
 from conftest import make_mnist_folder
 
-from ddpp_cli.engine import models, store, trajectory
+from ddpp_cli.engine import buffer as buffer_engine
+from ddpp_cli.engine import models, store
+from ddpp_cli.engine.buffer import BufferConfig, train_buffer
 from ddpp_cli.engine.device import seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters
-from ddpp_cli.engine.trajectory import BufferConfig, train_buffer
 
 
 def small_config(**overrides) -> BufferConfig:
@@ -47,7 +48,7 @@ def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_pa
     with seeded(0):
         layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
     for record in summary.experts:
-        loaded = trajectory.load_trajectory(record.path, layout)
+        loaded = buffer_engine.load_trajectory(record.path, layout)
         assert loaded.params.shape == (3, 317_706)
         assert loaded.metadata["format"] == store.TRAJECTORY_FORMAT
         assert loaded.metadata["arch"] == "convnet"
@@ -56,8 +57,8 @@ def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_pa
         assert loaded.metadata["test_accuracy"] == record.test_accuracy
         assert not torch.equal(loaded.params[0], loaded.params[-1])
     # different experts start from different initialisations
-    first = trajectory.load_trajectory(summary.experts[0].path).params
-    second = trajectory.load_trajectory(summary.experts[1].path).params
+    first = buffer_engine.load_trajectory(summary.experts[0].path).params
+    second = buffer_engine.load_trajectory(summary.experts[1].path).params
     assert not torch.equal(first[0], second[0])
     manifest = json.loads(summary.manifest.read_text())
     assert manifest["format"] == "ddpp.buffer/1"
@@ -75,7 +76,7 @@ def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_pa
 @pytest.mark.slow
 def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
     summary = train_buffer(small_config(experts=1), tmp_path, data_root=tiny_mnist, download=False)
-    params = trajectory.load_trajectory(summary.experts[0].path).params
+    params = buffer_engine.load_trajectory(summary.experts[0].path).params
     from ddpp_cli.engine.device import derive_seed
 
     with seeded(derive_seed(5, "expert", 0, "init")):
@@ -108,7 +109,8 @@ def test_resume_gives_identical_files_to_an_uninterrupted_run(tiny_mnist, tmp_pa
     assert resumed.experts[0].path.read_bytes() == first_bytes
     for a, b in zip(straight.experts, resumed.experts, strict=True):
         assert torch.equal(
-            trajectory.load_trajectory(a.path).params, trajectory.load_trajectory(b.path).params
+            buffer_engine.load_trajectory(a.path).params,
+            buffer_engine.load_trajectory(b.path).params,
         )
 
 
@@ -141,8 +143,8 @@ def test_zca_buffer_saves_and_reuses_the_whitening(tiny_mnist, tmp_path):
         small_config(experts=2, epochs=1, zca=True), tmp_path, data_root=tiny_mnist, download=False
     )
     assert summary.zca.read_bytes() == before
-    manifest = trajectory.read_manifest(tmp_path)
-    assert manifest["preprocessing"] == {
+    manifest = buffer_engine.read_manifest(tmp_path)
+    assert manifest.preprocessing == {
         "kind": "zca",
         "zca_file": "zca.safetensors",
         "regularization": 0.1,
@@ -194,7 +196,7 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
     ]
     for number, content in enumerate(buffers):
         torch.save(content, source / f"replay_buffer_{number}.pt")
-    summary = trajectory.import_mtt(
+    summary = buffer_engine.import_mtt(
         source,
         tmp_path / "out",
         dataset="mnist",
@@ -205,10 +207,10 @@ def test_import_mtt_gives_identical_tensors(tiny_mnist, tmp_path):
     experts = [expert for content in buffers for expert in content]
     assert len(summary.experts) == 3
     for record, expert in zip(summary.experts, experts, strict=True):
-        params = trajectory.load_trajectory(record.path, layout).params
+        params = buffer_engine.load_trajectory(record.path, layout).params
         assert params.shape == (4, layout.numel)
         for epoch, tensors in enumerate(expert):
             unflat = layout.unflatten(params[epoch])
             for (name, _), tensor in zip(MTT_CONVNET_D3_1CH_28PX, tensors, strict=True):
                 assert torch.equal(unflat[name], tensor), name
-    assert trajectory.read_manifest(tmp_path / "out")["epochs"] == 3
+    assert buffer_engine.read_manifest(tmp_path / "out").epochs == 3
