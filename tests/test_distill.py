@@ -1,5 +1,6 @@
-"""The distillation engine (SPEC §6): presets, the unroll's gradients, the run folder, resume,
-the divergence guard and the checks on its inputs. Runs on a tiny 8×8 MNIST-format buffer."""
+"""The distillation engine (docs/distill.md): presets, the unroll's gradients, the run folder,
+resume, the divergence guard and the checks on its inputs.
+Runs on a tiny 8×8 MNIST-format buffer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The evaluation protocol (SPEC §7): exact accuracy, schedule, seeds, refusals, every arch."""
+"""The evaluation protocol (docs/evaluation.md#the-protocol): exact accuracy, schedule, seeds,
+refusals, every arch."""
 
 from __future__ import annotations
 

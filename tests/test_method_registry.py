@@ -143,3 +143,21 @@ def test_the_run_plan_resolves_as_distill_does():
     ).config
     assert plan.distill == alone
     assert plan.origin["syn_steps"] == "user" and plan.origin["max_start_epoch"] == "profile"
+
+
+def test_default_run_folders_name_the_method_or_eps(monkeypatch, tmp_path):
+    from datetime import datetime
+
+    from ddpp_cli.engine import layout
+    from ddpp_cli.engine.distill import DistillConfig
+    from ddpp_cli.engine.distill.files import default_run_dir
+
+    monkeypatch.setattr(layout, "data_home", lambda: tmp_path)
+    now = datetime(2026, 12, 5, 9, 0, 0)
+    tm = DistillConfig.from_preset("fashionmnist", 1)
+    assert default_run_dir(tm, now).name == "fashionmnist-ipc1-eps0.1-20261205-090000"
+    for method in ("dc", "dsa", "dm", "cafe"):  # no ε: named by the method, never a TypeError
+        config = DistillConfig.from_preset("fashionmnist", 1, method=method)
+        assert default_run_dir(config, now) == tmp_path / "runs" / (
+            f"fashionmnist-ipc1-{method}-20261205-090000"
+        )

@@ -39,7 +39,7 @@ MNIST_SHAPES = mtt_convnet_shapes(1, 10, 4)  # 1×28×28 (first conv pads 3: 28 
 
 
 def test_the_written_out_shapes_are_mtts_convnet():
-    assert sum(torch.Size(s).numel() for s in MNIST_SHAPES) == 317_706  # SPEC §3
+    assert sum(torch.Size(s).numel() for s in MNIST_SHAPES) == 317_706  # docs/data.md#networks
     assert sum(torch.Size(s).numel() for s in mtt_convnet_shapes(3, 10, 4)) == 320_010
 
 

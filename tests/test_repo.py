@@ -83,7 +83,6 @@ _OUTSIDE = re.compile(
 )
 
 
-@pytest.mark.xfail(strict=False, reason="other branches not merged yet")
 def test_nothing_points_outside_the_repository():
     """The team's working notes are not in the repository: code and docs point to docs/."""
     found = [

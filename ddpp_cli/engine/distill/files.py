@@ -61,8 +61,10 @@ RUN_EXTRAS = (
 
 
 def default_run_dir(config: DistillConfig, now: datetime | None = None) -> Path:
-    """``<data home>/runs/<dataset>-ipc<K>-eps<E>-<timestamp>``."""
-    return layout.default_runs_folder(f"{config.dataset}-ipc{config.ipc}-eps{config.eps:g}", now)
+    """``<data home>/runs/<dataset>-ipc<K>-eps<E>-<timestamp>`` (a method without pruning:
+    ``…-ipc<K>-<method>-<timestamp>``)."""
+    variant = config.method if config.eps is None else f"eps{config.eps:g}"
+    return layout.default_runs_folder(f"{config.dataset}-ipc{config.ipc}-{variant}", now)
 
 
 def check_startable(folder: Path) -> None:
