@@ -9,12 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands._display import distilling, err, line, out
+from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import compare as compare_engine
-from ddpp_cli.engine import faults, pipeline
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
+from ddpp_cli.engine import faults, layout, pipeline
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.published import UNCONFIRMED_NOTE
 from ddpp_cli.progress import make_progress
@@ -111,7 +109,7 @@ def compare_and_report(
     row_names = compare_engine.parse_rows(rows)
     budget_values = compare_engine.parse_budgets(budgets)
     compare_engine.row_budgets(plan, row_names, budget_values)  # refuse before any work
-    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    world, torch_device = joined_world(engine_options["device"])
     if world.distributed:
         raise DdppError("--compare runs in one process; start it without torchrun.")
     folder = engine_options["out_dir"] or compare_engine.default_compare_folder(plan)
@@ -123,7 +121,7 @@ def compare_and_report(
     def continuation(failed: faults.StageFailed) -> str:
         return f"continue by running the same command again with --out {folder}"
 
-    with distilling(progress, hint, continuation):
+    with layout.writing(folder), distilling(progress, hint, continuation):
         summary = compare_engine.compare(
             plan, row_names, folder, budgets=budget_values, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],

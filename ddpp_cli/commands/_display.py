@@ -8,13 +8,16 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ddpp_cli.engine import evaluate, faults
+from ddpp_cli.engine.device import resolve_device
 from ddpp_cli.engine.distill import DivergedError
+from ddpp_cli.engine.distributed import World, join_world
 from ddpp_cli.progress import percent
 
 out = Console()
@@ -33,6 +36,12 @@ def note(console: Console, message: str) -> None:
 def error_line(message: str) -> None:
     """A failure's one line on stderr: ``error: ...`` (the message as written, never markup)."""
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def joined_world(device: str) -> tuple[World, torch.device]:
+    """This process's world (torchrun's ranks, else one process) and device for ``--device``;
+    a rank 0 that waits for the others says so once on stderr."""
+    return join_world(resolve_device(device), on_event=lambda event: note(err, event.message))
 
 
 @contextlib.contextmanager

@@ -146,7 +146,8 @@ def records_dir(
             raise DdppError("--records and --no-records contradict each other; pass one.")
         return None
     if records is not None:
-        return records
+        records.mkdir(parents=True, exist_ok=True)  # a path that cannot be one fails now,
+        return records  # before any network is trained for nothing
     default = evaluate.default_records_dir(set_path)
     if not _writable(default):
         if not quiet:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands._display import continuing, err, line, out
+from ddpp_cli.commands._display import continuing, err, joined_world, line, out
 from ddpp_cli.commands._displays import BufferDisplay
 from ddpp_cli.commands._options import (
     ARCHITECTURES,
@@ -29,8 +29,6 @@ from ddpp_cli.commands._options import (
 from ddpp_cli.commands._settings import field_default, given_options
 from ddpp_cli.engine import augment, data, faults, layout
 from ddpp_cli.engine import buffer as buffer_engine
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.progress import make_progress, percent
 
 # The expert recipe's defaults (shown by --help): BufferConfig's, the paper's.
@@ -93,7 +91,7 @@ def command(
     else:
         use_zca = data.info(dataset).default_zca if zca is None else zca
         folder = out_dir or buffer_engine.default_buffer_dir(dataset, arch, use_zca)
-        world, torch_device = join_world(resolve_device(device))
+        world, torch_device = joined_world(device)
         config = buffer_engine.BufferConfig(
             dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
             batch_size=batch_size, dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none",
@@ -101,7 +99,7 @@ def command(
             seed=seed,
         )  # fmt: skip
         progress = make_progress(err, disable=quiet or not world.is_main)
-        with continuing(_continuation), progress:
+        with layout.writing(folder, enabled=world.is_main), continuing(_continuation), progress:
             summary = buffer_engine.train_buffer(
                 config, folder, data_root=data_dir, download=download, device=torch_device,
                 on_event=BufferDisplay(progress, str(torch_device)), parallel=parallel,
@@ -158,7 +156,8 @@ def _import(
     use_zca = buffer_engine.resolve_import_zca(source, dataset, options["zca"])
     folder = out_dir or buffer_engine.default_buffer_dir(dataset, options["arch"], use_zca)
     progress = make_progress(err, disable=quiet)
-    with continuing(lambda failed: "the same command continues with the next expert"), progress:
+    continuation = continuing(lambda failed: "the same command continues with the next expert")
+    with layout.writing(folder), continuation, progress:
         return buffer_engine.import_mtt(
             source, folder, dataset=dataset, arch=options["arch"],
             experts=given.get("experts"), use_zca=options["zca"],

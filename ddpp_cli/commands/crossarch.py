@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import err, line, out, protocol_line, set_label
+from ddpp_cli.commands._display import err, joined_world, line, out, protocol_line, set_label
 from ddpp_cli.commands._evaluation import (
     BatchOpt,
     DsaOpt,
@@ -27,8 +27,6 @@ from ddpp_cli.commands._evaluation import (
 )
 from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
 from ddpp_cli.engine import augment, distilled, evaluate
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress, percent
 
@@ -76,7 +74,7 @@ def command(
         runs=runs, epochs=epochs, lr=lr, batch_size=batch_size,
         dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none", seed=seed,
     )  # fmt: skip
-    world, torch_device = join_world(resolve_device(device))
+    world, torch_device = joined_world(device)
     progress = make_progress(err, disable=quiet or not world.is_main)
     display = EvalDisplay(progress)
     with progress:

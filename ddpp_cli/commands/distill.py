@@ -12,12 +12,10 @@ import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands import _settings
-from ddpp_cli.commands._display import distilling, err, line, note, out
+from ddpp_cli.commands._display import distilling, err, joined_world, line, note, out
 from ddpp_cli.commands._distilling import DistillDisplay, summary_table
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import faults
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
+from ddpp_cli.engine import faults, layout
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
 from ddpp_cli.progress import make_progress
@@ -192,7 +190,7 @@ def distill_and_report(
 
     Under torchrun the ranks share the work (docs/parallel.md); rank 0 prints.
     """
-    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    world, torch_device = joined_world(engine_options["device"])
     folder = world.from_main(folder)  # a default folder's timestamp is rank 0's
     main = world.is_main
     progress = make_progress(err, disable=quiet or not main)
@@ -210,7 +208,10 @@ def distill_and_report(
         lighter = distill_engine.lighter_unroll(resolved.config) if failed.out_of_memory else ""
         return f"continue with '{resume}{lighter}'"
 
-    with distilling(progress, resume_hint, continuation, speak=main):
+    with (
+        layout.writing(folder, enabled=main),
+        distilling(progress, resume_hint, continuation, speak=main),
+    ):
         summary = distill_engine.distill(
             resolved.config, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import err, line, out, print_result, set_label
+from ddpp_cli.commands._display import err, joined_world, line, out, print_result, set_label
 from ddpp_cli.commands._evaluate_sources import (
     CHOICE_OPTIONS,
     ArchOpt,
@@ -58,8 +58,6 @@ from ddpp_cli.engine import (
     models,
     store,
 )
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress
 
@@ -110,7 +108,7 @@ def command(
     options = dict(locals())
     choice = _choice(target, baseline, import_path, {n: options[n] for n in CHOICE_OPTIONS})
     training = {name: options[name] for name in TRAINING}
-    world, torch_device = join_world(resolve_device(device))
+    world, torch_device = joined_world(device)
     progress = make_progress(err, disable=quiet or not world.is_main)
     data_options = {"data_root": data_dir, "download": download, "zca_path": zca_file}
     data_options["test_subset"] = test_subset

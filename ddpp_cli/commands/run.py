@@ -10,13 +10,11 @@ from rich.table import Table
 
 from ddpp_cli.commands import _comparing, _settings
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import distilling, err, line, out
+from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
-from ddpp_cli.engine import evaluate, faults, pipeline
-from ddpp_cli.engine.device import resolve_device
-from ddpp_cli.engine.distributed import join_world
+from ddpp_cli.engine import evaluate, faults, layout, pipeline
 from ddpp_cli.progress import make_progress, percent
 
 # Settings of plan_run: its keyword arguments and its overrides.
@@ -203,7 +201,7 @@ def run_and_report(
     ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given. Under torchrun the ranks
     share every stage (docs/parallel.md); rank 0 prints.
     """
-    world, torch_device = join_world(resolve_device(engine_options["device"]))
+    world, torch_device = joined_world(engine_options["device"])
     folder = world.from_main(engine_options["out_dir"] or pipeline.default_run_folder(plan))
     silent = quiet or json_out or not world.is_main
     progress = make_progress(err, disable=silent)
@@ -217,7 +215,10 @@ def run_and_report(
         more = distill_engine.lighter_unroll(plan.distill) if distilling else ""
         return f"continue by running the same command again with --out {folder}{more}"
 
-    with distilling(progress, resume_hint, continuation, speak=world.is_main):
+    with (
+        layout.writing(folder, enabled=world.is_main),
+        distilling(progress, resume_hint, continuation, speak=world.is_main),
+    ):
         summary = pipeline.run_pipeline(
             plan, folder, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],
