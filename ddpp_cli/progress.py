@@ -97,6 +97,17 @@ class LogLineProgress(Progress):
         super().advance(task_id, advance)
         self._maybe_print(task_id, finished_before, completed_before)
 
+    def print_now(self, task_id: TaskID) -> None:
+        """The task's line now (e.g. at a checkpoint), whatever the interval."""
+        task = self._tasks[task_id]
+        if self.disable or not task.visible:
+            return
+        started, start_count, _ = self._marks[task_id]
+        now = self.get_time()
+        self._marks[task_id] = (started, start_count, now)
+        line = log_line(task, now - started, task.completed - start_count)
+        self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
     def _mark(self, task_id: TaskID) -> None:
         now = self.get_time()
         self._marks[task_id] = (now, self._tasks[task_id].completed, now)
@@ -105,14 +116,12 @@ class LogLineProgress(Progress):
         task = self._tasks[task_id]
         if self.disable or not task.visible:
             return
-        started, start_count, last_line = self._marks[task_id]
+        last_line = self._marks[task_id][2]
         now = self.get_time()
         unit_done = bool(task.fields.get(EACH_UNIT)) and task.completed > completed_before
         finished = task.finished and not finished_before
         if finished or unit_done or now - last_line >= self.interval:
-            self._marks[task_id] = (started, start_count, now)
-            line = log_line(task, now - started, task.completed - start_count)
-            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self.print_now(task_id)
 
 
 def log_line(task: Task, elapsed: float, done: float, now: float | None = None) -> str:
@@ -136,6 +145,13 @@ def log_line(task: Task, elapsed: float, done: float, now: float | None = None) 
     if info:
         parts.append(info)
     return " ".join(parts)
+
+
+def milestone(progress: Progress, task_id: TaskID | None) -> None:
+    """In a log, the task's line now (a checkpoint saved, a unit worth a line); nothing on a
+    terminal, whose bars already show it."""
+    if isinstance(progress, LogLineProgress) and task_id is not None:
+        progress.print_now(task_id)
 
 
 def log_interval() -> float:

@@ -130,6 +130,26 @@ def test_a_buffer_run_logs_plain_progress_lines_when_stderr_is_not_a_terminal(
     lines = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in done.stderr.splitlines()]
     finished_experts = [line for line in lines if re.match(r"expert [01] 2/2 \(100\.0 %\)", line)]
     assert len(finished_experts) == 2, done.stderr  # one line per finished unit
+    first_epochs = [line for line in lines if re.match(r"expert [01] 1/2 \(50\.0 %\)", line)]
+    assert len(first_epochs) == 2, done.stderr  # and one per finished epoch, however short
     assert all("ETA 0:00:00" in line and "loss" in line for line in finished_experts)
     assert any(line.startswith("experts 2/2 (100.0 %)") for line in lines), done.stderr
     assert "━" not in done.stderr  # no bar drawing in a log
+
+
+def test_a_milestone_prints_a_line_in_a_log_and_nothing_on_a_terminal():
+    from ddpp_cli.progress import milestone
+
+    progress, buffer, fake = _log_progress(interval=30)
+    with progress:
+        task = progress.add_task("iterations", total=10, info="")
+        fake.now += 4
+        progress.update(task, advance=2)
+        milestone(progress, task)  # a checkpoint at iteration 2, 4 s after the start
+    assert _lines(buffer) == ["iterations 2/10 (20.0 %) 2.0 s/it ETA 0:00:16"]
+    terminal = io.StringIO()
+    bars = make_progress(Console(file=terminal, force_terminal=True, width=100))
+    task = bars.add_task("iterations", total=10, info="")
+    milestone(bars, task)
+    milestone(bars, None)
+    assert terminal.getvalue() == ""

@@ -38,7 +38,10 @@ class BufferDisplay:
                 self._started(event)
             case buffer_engine.ExpertStarted():
                 if not self.group:
-                    p.reset(self.epochs_task, total=event.epochs, visible=True, info="")
+                    # in a log, a line per finished epoch (log_each), however short
+                    p.reset(
+                        self.epochs_task, total=event.epochs, visible=True, info="", log_each=True
+                    )
                 self.group.append(event.index)
                 label = "expert" + ("s" if len(self.group) > 1 else "")
                 many = len(self.group) > 1

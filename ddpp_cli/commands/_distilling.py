@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate
-from ddpp_cli.progress import percent
+from ddpp_cli.progress import milestone, percent
 
 
 class DistillDisplay:
@@ -44,6 +44,8 @@ class DistillDisplay:
             case distill_engine.IterationFinished():
                 self.status = iteration_status(event)
                 p.update(self.iterations_task, advance=1, info=self._info())
+            case distill_engine.CheckpointSaved():
+                milestone(p, self.iterations_task)  # in a log: a line at every checkpoint
             case distill_engine.ValidationStarted():
                 self.phase = f"validation @ {event.iteration}"
             case distill_engine.TestStarted():

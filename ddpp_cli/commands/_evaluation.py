@@ -75,7 +75,12 @@ class EvalDisplay:
         if arch != self.arch:
             self.arch = arch
             self.group = []
-            self.runs_task = self.progress.add_task(f"{arch} runs", total=runs, info="")
+            self.runs_task = self.progress.add_task(
+                f"{arch} runs",
+                total=runs,
+                info="",
+                log_each=True,  # a line per network in a log
+            )
 
     def _run_started(self, event: evaluate.NetworkStarted) -> None:
         p = self.progress
