@@ -70,9 +70,12 @@ def test_a_second_writer_is_refused_naming_the_holder_until_it_dies(tmp_path):
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # the kernel releases the lock of a killed process
         holder.wait()
-    with layout.writing(folder):
+    with layout.writing(folder):  # a killed holder's lock file is taken over
         assert (folder / layout.LOCK_NAME).read_text().strip() == str(os.getpid())
+        (folder / "set.safetensors").write_text("written")
+    assert sorted(p.name for p in folder.iterdir()) == ["set.safetensors"]  # the lock went
     with layout.writing(folder), layout.writing(folder / "other"):
         pass  # released on leaving; another folder is another lock
+    assert not (folder / "other").exists()  # made for nothing: removed again
     with layout.writing(tmp_path / "rank1", enabled=False):
         assert not (tmp_path / "rank1").exists()

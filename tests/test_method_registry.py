@@ -80,6 +80,9 @@ PAPER_DEFAULTS = {
         ("dsa", "cifar10", 2, PAPER_DEFAULTS["dsa"]),
         ("dm", "cifar10", 50, PAPER_DEFAULTS["dm"]),
         ("dm", "cifar10", 100, {**PAPER_DEFAULTS["dm"], "lr_img": 10.0}),
+        ("dm", "cifar100", 100, PAPER_DEFAULTS["dm"]),  # DM's readme: 1 for CIFAR-100 up to 125
+        ("dm", "cifar100", 125, PAPER_DEFAULTS["dm"]),
+        ("dm", "fashionmnist", 100, PAPER_DEFAULTS["dm"]),  # the readme names no other dataset
         ("cafe", "cifar100", 1, PAPER_DEFAULTS["cafe"]),
     ],
 )  # fmt: skip

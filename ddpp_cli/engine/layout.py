@@ -101,8 +101,9 @@ def check_output_folder(
 @contextlib.contextmanager
 def writing(folder: Path, *, enabled: bool = True) -> Iterator[None]:
     """Hold ``folder`` for this process while the block writes into it: an exclusive
-    ``fcntl.flock`` on ``folder/.ddpp.lock`` (made with the folder), released by the kernel when
-    the process ends however it ends. A second writer gets a DdppError naming the holder's pid.
+    ``fcntl.flock`` on ``folder/.ddpp.lock``, released by the kernel when the process ends
+    however it ends. A second writer gets a DdppError naming the holder's pid. On leaving, the
+    lock file goes, and so does the folder if this call made it and nothing was written.
     ``enabled`` False (a torchrun rank other than 0, whose rank 0 holds it) does nothing; so
     does a system without ``fcntl``."""
     try:
@@ -113,19 +114,43 @@ def writing(folder: Path, *, enabled: bool = True) -> Iterator[None]:
         yield
         return
     folder = Path(folder)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = folder / LOCK_NAME
+    descriptor = _locked(lock, fcntl)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
-            raise DdppError(
-                f"{folder} is being written by another ddpp process (pid {holder}); wait for it "
-                "to finish or stop it, or give another --out."
-            ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
         yield
     finally:
-        os.close(descriptor)  # closing releases the lock
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held: a waiting writer's next look finds no stale file
+        os.close(descriptor)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: a refusal before any work leaves nothing
+
+
+def _locked(lock: Path, fcntl) -> int:
+    """A descriptor of ``lock`` holding its exclusive flock. A lock file unlinked by the holder
+    as it left, between our open and our flock, is opened again (the lock must be the file's
+    that is at the path now)."""
+    while True:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(descriptor)
+            raise DdppError(
+                f"{lock.parent} is being written by another ddpp process (pid {holder}); wait "
+                "for it to finish or stop it, or give another --out."
+            ) from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(descriptor)
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return descriptor
+        os.close(descriptor)  # the file we locked is gone: lock the one there now

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import baselines, data, distilled, evaluate, layout, presets, store
+from ddpp_cli.engine import allocator, baselines, data, distilled, evaluate, layout, presets, store
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
@@ -317,6 +317,7 @@ def run_pipeline(
     evaluation runs; rank 0 picks the folders and alone writes the pictures and ``run.json``."""
     emit = on_event or (lambda event: None)
     world = world or World()
+    allocator.keep_for_process()  # a process that distils keeps freed memory throughout
     folder = world.from_main(Path(folder) if folder is not None else default_run_folder(plan))
     if not (folder / layout.CHECKPOINT_NAME).is_file():
         distill_engine.files.check_startable(folder)  # before hours of buffer training

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import data, evaluate, layout, store
+from ddpp_cli.engine import allocator, data, evaluate, layout, store
 from ddpp_cli.engine.buffer import train_buffer
 from ddpp_cli.engine.compare.events import CompareStarted, StepFinished, StepStarted
 from ddpp_cli.engine.compare.rows import ROWS, parse_rows, row_budgets
@@ -138,6 +138,7 @@ def compare(
     row_budget = row_budgets(plan, rows, budgets)
     folder = Path(folder) if folder is not None else default_compare_folder(plan)
     check_compare_folder(folder)
+    allocator.keep_for_process()  # a process that distils keeps freed memory throughout
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(CompareStarted(plan, rows, folder, data_folder))
     wants_buffer = any(ROWS[row].needs_buffer for row in rows)
