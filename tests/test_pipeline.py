@@ -375,3 +375,50 @@ def test_a_new_folder_dataset_buffer_never_goes_into_another_folders_buffer(tmp_
     assert extended == folder
     other = reuse.training_folder(config, "quick", tmp_path / "b", QUICK_SUBSETS)
     assert other != folder and other.name.startswith(folder.name + "-")
+
+
+@pytest.mark.slow
+def test_run_over_a_killed_buffer_refuses_before_any_work(tiny_mnist, tmp_path):
+    from conftest import kill_ddpp_when
+
+    buffer = tmp_path / "killed"
+    args = [
+        "buffer", "--dataset", "mnist", "--data-dir", tiny_mnist, "--no-download", "--out",
+        buffer, "--device", "cpu", "--batch-size", 64, "--experts", 3, "--epochs", 1,
+        "--image-size", 8, "--train-subset", 80, "--quiet",
+    ]  # fmt: skip
+    kill_ddpp_when(  # after the first of three experts, by construction
+        args, display="buffer.BufferDisplay", message="expert 0 done",
+        when="isinstance(event, buffer_engine.ExpertFinished) and event.record.index == 0",
+    )  # fmt: skip
+    assert sorted(buffer_engine.expert_files(buffer)) == [0]
+    out = tmp_path / "run"
+    result = invoke("run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist,
+                    "--buffer", buffer, "--out", out, *TINY)  # fmt: skip
+    assert_one_line_error(result, str(buffer), "unfinished: 1 of 3 experts", "ddpp buffer")
+    assert not out.exists()  # nothing distilled from part of a buffer
+    assert sorted(buffer_engine.expert_files(buffer)) == [0]
+
+
+@pytest.mark.parametrize(
+    ("options", "fragments"),
+    [
+        (("--ipc", 9), ("--ipc 9 is more than class", "(8 training images)", "--ipc 8 or less")),
+        (("--ipc", 1, "--train-subset", 5), ("--train-subset 5 cannot cover the 10 classes",)),
+        (("--ipc", 1, "--train-subset", 1000), ("--train-subset 1000 is more than the 100",)),
+        (("--ipc", 8, "--val-size", 20, "--eval-every", 1), ("--ipc 8 is more than class",
+                                                              "after holding out 20")),
+    ],
+)  # fmt: skip
+def test_run_refuses_inputs_that_cannot_work_before_any_buffer_trains(
+    tiny_mnist, tmp_path, options, fragments
+):
+    out = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--train-subset", 80)]  # TINY's subset: given here
+    if "--train-subset" not in options:
+        args += ["--train-subset", 80]
+    result = invoke("run", "--dataset", "mnist", "--data-dir", tiny_mnist, "--out", out,
+                    *options, *args)  # fmt: skip
+    assert_one_line_error(result, *fragments)
+    assert not buffer_engine.default_buffer_dir("mnist", "convnet", False).parent.exists()
+    assert not out.exists()

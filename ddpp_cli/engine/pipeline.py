@@ -31,6 +31,8 @@ from ddpp_cli.engine import allocator, baselines, data, distilled, evaluate, lay
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
+from ddpp_cli.engine.buffer.reuse import check_finished
+from ddpp_cli.engine.distill.validation import validation_size
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import OnEvent
@@ -321,6 +323,7 @@ def run_pipeline(
     folder = world.from_main(Path(folder) if folder is not None else default_run_folder(plan))
     if not (folder / layout.CHECKPOINT_NAME).is_file():
         distill_engine.files.check_startable(folder)  # before hours of buffer training
+        check_inputs(plan, buffer, data_root=data_root, download=download)
     stages = _StageClock(emit)
     data_folder = data.source_folder(plan.distill.dataset, data_root)
     emit(RunStarted(plan, folder, data_folder))
@@ -361,6 +364,55 @@ def run_pipeline(
     if world.is_main:
         store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
     return summary
+
+
+def check_inputs(
+    plan: RunPlan, buffer: Path | None = None, *, data_root: Path | None = None,
+    download: bool = True,
+) -> None:  # fmt: skip
+    """DdppError, before the first expensive stage, for inputs that cannot work together: a
+    ``--buffer`` whose training was stopped, a subset larger than the data or smaller than its
+    classes, a validation split that leaves no training images, or an IPC above what the
+    smallest class keeps once the subset and the validation split are taken (as the
+    distillation will find it, hours later)."""
+    train_subset = plan.distill.train_subset or plan.buffer.train_subset
+    if buffer is not None and (Path(buffer) / layout.MANIFEST_NAME).is_file():
+        manifest = buffer_engine.read_manifest(buffer)
+        check_finished(manifest, Path(buffer))
+        train_subset = plan.distill.train_subset or manifest.train_subset
+    train = data.load(
+        plan.distill.dataset, data_root, "train", download=download,
+        image_size=plan.buffer.image_size, seed=plan.buffer.seed,
+    )  # fmt: skip
+    counts = data.class_counts(train).tolist()
+    if train_subset is not None:
+        if train_subset > len(train):
+            raise DdppError(
+                f"--train-subset {train_subset} is more than the {len(train)} training images "
+                f"of {plan.distill.dataset}; give at most {len(train)}, or drop it."
+            )
+        if train_subset < len(counts):
+            raise DdppError(
+                f"--train-subset {train_subset} cannot cover the {len(counts)} classes of "
+                f"{plan.distill.dataset}: give --train-subset {len(counts)} or more."
+            )
+        counts = data.proportional_quota(counts, train_subset)
+    held = validation_size(plan.distill, sum(counts), len(counts))
+    if held >= sum(counts):
+        raise DdppError(
+            f"--val-size {held} leaves no training images of the {sum(counts)}; give a smaller "
+            "--val-size."
+        )
+    held_out = data.proportional_quota(counts, held) if held else [0] * len(counts)
+    kept = [count - out for count, out in zip(counts, held_out, strict=True)]
+    smallest = min(kept)
+    if plan.distill.ipc > smallest:
+        name = train.class_names[kept.index(smallest)]
+        where = f" after holding out {held} for validation" if held else ""
+        raise DdppError(
+            f"--ipc {plan.distill.ipc} is more than class '{name}' has ({smallest} training "
+            f"images{where}); use --ipc {smallest} or less."
+        )
 
 
 def choose_buffer(

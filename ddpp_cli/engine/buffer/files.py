@@ -90,6 +90,7 @@ class BufferManifest:
     data: DataDescription
     experts: tuple[ExpertEntry, ...]
     param_layout: ParamLayout | None
+    planned_experts: int | None  # how many it is being made to have (None: not recorded)
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @property
@@ -274,8 +275,17 @@ def parse_manifest(path: Path, content: Any) -> BufferManifest:
         ),
         experts=_expert_entries(path, content.get("experts")),
         param_layout=_param_layout(path, content.get("layout")),
+        planned_experts=_planned(path, content.get("planned_experts")),
         raw=content,
     )
+
+
+def _planned(path: Path, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _malformed(path, "planned_experts", f"must be a whole number ≥ 1 (got {value!r})")
+    return value
 
 
 def read_manifest(folder: Path) -> BufferManifest:
@@ -304,9 +314,11 @@ def data_description(prepared: PreparedData) -> dict[str, Any]:
     }
 
 
-def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(folder: Path, manifest: dict[str, Any], *, planned: int | None = None) -> Path:
     """Write ``manifest`` (the JSON being built) as ``folder``'s ``buffer.json``, listing the
-    expert files present (atomically); returns its path."""
+    expert files present and, when given, how many experts the buffer is being made to have
+    (``planned_experts``: fewer files than that is a buffer whose training stopped); atomic;
+    returns its path."""
     records = []
     for index, path in expert_files(folder).items():
         metadata = store.read_metadata(path)
@@ -319,6 +331,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
             }
         )
     manifest = {**manifest, "experts": records, "ddpp_version": __version__}
+    if planned is not None:
+        manifest["planned_experts"] = planned
     path = Path(folder) / MANIFEST_NAME
     store.atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
     return path

@@ -179,6 +179,21 @@ def training_folder(
     return folder
 
 
+def check_finished(manifest: BufferManifest, folder: Path) -> None:
+    """DdppError when the buffer at ``folder`` has fewer finished experts than it was made to
+    have (its training was stopped): a run never distils from part of a buffer silently."""
+    planned = manifest.planned_experts
+    if planned is None:
+        return  # an import, or a buffer made before ddpp recorded it
+    finished = sum(1 for index in expert_files(folder) if index < planned)
+    if finished < planned:
+        raise DdppError(
+            f"the buffer at {folder} is unfinished: {finished} of {planned} experts (its "
+            "training was stopped); finish it by running the 'ddpp buffer' command that made it "
+            f"again (its settings are in {MANIFEST_NAME}), or drop --buffer."
+        )
+
+
 def choose_buffer(
     config: BufferConfig, needed_epochs: int, buffer: Path | None, *, profile: str,
     subsets: Subsets = NO_SUBSETS, emit: OnEvent, source: Path | None = None,
@@ -196,6 +211,7 @@ def choose_buffer(
     if buffer is not None and (Path(buffer) / MANIFEST_NAME).is_file():
         buffer_dir, reused = Path(buffer), True
         manifest = read_manifest(buffer_dir)
+        check_finished(manifest, buffer_dir)
         difference = buffer_difference(manifest, config, needed_epochs, source)
         if difference:
             emit(Notice(f"{buffer_dir} differs from the run's settings ({difference}); using it "

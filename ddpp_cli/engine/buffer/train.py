@@ -305,7 +305,7 @@ def train_buffer(
     for path in existing.values():
         files.check_expert_file(path, config.epochs, layout.numel)
     if world.is_main:
-        files.write_manifest(folder, manifest)
+        files.write_manifest(folder, manifest, planned=config.experts)
     world.barrier()  # no expert file before the manifest (and ZCA) that describe it
 
     emit(
@@ -332,7 +332,7 @@ def train_buffer(
         kept = sum(1 for i in files.expert_files(folder) if i < config.experts)
         text = f"{kept} of {config.experts} experts are finished and kept in {folder}"
         raise StageFailed("buffer", text, folder) from exc
-    trained = _gather_records(trained, world, folder, manifest, emit)
+    trained = _gather_records(trained, world, folder, manifest, emit, config.experts)
     records = sorted(resumed + trained, key=lambda record: record.index)
     return BufferSummary(
         folder=folder, manifest=folder / MANIFEST_NAME, zca=zca_path, experts=records
@@ -435,7 +435,7 @@ def _train_missing(
             for index, result in zip(group, results, strict=True)
         ]
         if world.is_main:
-            files.write_manifest(folder, manifest)
+            files.write_manifest(folder, manifest, planned=config.experts)
         for record in records:
             emit(ExpertFinished(record))
         trained += records
@@ -480,6 +480,7 @@ def _gather_records(
     folder: Path,
     manifest: dict[str, Any],
     emit: OnEvent,
+    planned: int,
 ) -> list[ExpertRecord]:
     """Under torchrun, every rank's records (announcing the other ranks' experts); the
     manifest is rewritten once all are in. Alone, ``trained`` as it is."""
@@ -491,6 +492,6 @@ def _gather_records(
         if record.index not in mine:
             emit(ExpertFinished(record))  # trained by another rank
     if world.is_main:
-        files.write_manifest(folder, manifest)
+        files.write_manifest(folder, manifest, planned=planned)
     world.barrier()  # the manifest lists every expert before any rank returns
     return everyone
