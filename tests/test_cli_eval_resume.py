@@ -121,3 +121,44 @@ def test_an_unwritable_default_folder_means_no_records_and_a_note(
     assert "cannot keep records in" in shown.output and "--records DIR" in shown.output
     assert "records:" not in shown.stdout
     assert not mnist_set.with_name("set.eval").exists()
+
+
+def test_records_name_their_versions_and_device_and_the_table_says_when_they_differ(
+    mnist_set,  # noqa: F811
+    tiny_mnist,
+    tmp_path,
+):
+    import torch
+
+    from ddpp_cli import __version__
+
+    folder = tmp_path / "kept"
+    first = eval_json(*eval_args(mnist_set, tiny_mnist, "--records", folder))
+    assert first["provenance"] == {"reused_runs": [], "made_elsewhere": []}
+    runs = recorded_runs(folder)
+    for entry in runs.values():
+        assert entry["ddpp_version"] == __version__
+        assert entry["torch_version"] == torch.__version__
+        assert entry["device"] == "cpu"
+    same = eval_json(*eval_args(mnist_set, tiny_mnist, "--records", folder))
+    assert same["provenance"] == {"reused_runs": [0, 1, 2], "made_elsewhere": []}
+    shown = invoke("evaluate", *eval_args(mnist_set, tiny_mnist, "--records", folder))
+    assert "reused from records made with" not in shown.stdout
+
+    path = next(folder.glob("*.json"))  # run 2 as another installation made it
+    content = json.loads(path.read_text())
+    content["runs"]["1"].update(torch_version="2.6.0", device="cuda:0")
+    del content["runs"]["2"]["ddpp_version"]  # a record from before ddpp kept versions
+    path.write_text(json.dumps(content))
+    other = eval_json(*eval_args(mnist_set, tiny_mnist, "--records", folder))
+    assert other["accuracies"] == first["accuracies"]
+    assert other["provenance"]["made_elsewhere"] == [
+        {"run": 1, "ddpp": __version__, "torch": "2.6.0", "device": "cuda:0"},
+        {"run": 2, "ddpp": "unknown", "torch": torch.__version__, "device": "cpu"},
+    ]
+    shown = invoke("evaluate", *eval_args(mnist_set, tiny_mnist, "--records", folder))
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.stdout.split())
+    assert "run(s) 2, 3 reused from records made with" in text
+    assert f"ddpp {__version__}, torch 2.6.0, cuda:0" in text
+    assert f"ddpp unknown, torch {torch.__version__}, cpu" in text

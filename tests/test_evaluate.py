@@ -245,7 +245,7 @@ def test_result_json_has_the_protocol_and_every_run(monkeypatch):
     assert set(payload) >= {"protocol", "accuracies", "mean", "std", "seconds", "lr"}
     assert len(payload["accuracies"]) == 3 and payload["lr"] == 0.01
     assert payload["selection"] == evaluate.SELECTION_RULE == "validation split, tested once"
-    assert evaluate.EvalResult(**payload) == result  # distill reloads a test result this way
+    assert evaluate.EvalResult.from_json(payload) == result  # distill reloads a test result so
     protocol = payload["protocol"]
     assert protocol["epochs"] == 2 and protocol["momentum"] == 0.9
     assert protocol["weight_decay"] == 5e-4 and protocol["lr_source"] == "default"

@@ -422,3 +422,20 @@ def test_run_refuses_inputs_that_cannot_work_before_any_buffer_trains(
     assert_one_line_error(result, *fragments)
     assert not buffer_engine.default_buffer_dir("mnist", "convnet", False).parent.exists()
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_rerun_takes_every_evaluation_network_from_the_runs_records(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist, "--out", out,
+            *TINY, "--json"]  # fmt: skip
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    assert sorted(p.name for p in (out / "evaluations").iterdir())  # records kept by default
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    before, after = json.loads(first.stdout), json.loads(again.stdout)
+    for stage in ("distilled", "random_baseline"):
+        assert before[stage]["provenance"]["reused_runs"] == []
+        assert after[stage]["provenance"]["reused_runs"] == [0, 1]  # TINY: --runs 2
+        assert after[stage]["accuracies"] == before[stage]["accuracies"]

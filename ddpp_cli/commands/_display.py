@@ -124,7 +124,21 @@ def print_result(title: str, result: evaluate.EvalResult) -> None:
     table.add_row("mean ± std", f"[bold]{result.mean_std_text()} %[/]")
     out.print(table)
     line(out, protocol_line(result))
+    provenance = provenance_line(result)
+    if provenance:
+        note(out, provenance)
     out.print(f"time: {result.seconds:.0f} s", highlight=False)
+
+
+def provenance_line(result: evaluate.EvalResult) -> str:
+    """Which runs were read from records made by another ddpp/torch version or on another
+    device ("" when none): their numbers stand, but not as this installation's."""
+    elsewhere = result.made_elsewhere
+    if not elsewhere:
+        return ""
+    made = sorted({f"ddpp {e['ddpp']}, torch {e['torch']}, {e['device']}" for e in elsewhere})
+    runs = ", ".join(str(e["run"] + 1) for e in elsewhere)
+    return f"run(s) {runs} reused from records made with {'; '.join(made)}"
 
 
 def set_label(path: Path, distilled_set) -> str:

@@ -347,12 +347,14 @@ def run_pipeline(
     set_path = evaluate.find_set(folder)
     distilled_set = distilled.load(set_path)
     stages.start("evaluate", str(set_path))
+    records = folder / layout.RECORDS_DIRNAME  # every finished network kept: a rerun resumes
     evaluation = evaluate.evaluate_set(
-        distilled_set, plan.evaluation, test_subset=plan.test_subset, **sources, **run
-    )
+        distilled_set, plan.evaluation, test_subset=plan.test_subset, records=records,
+        **sources, **run,
+    )  # fmt: skip
     stages.finish(f"{evaluation.mean_std_text()} %")
 
-    baseline = _baseline_stage(plan, buffer_dir, stages, sources, run)
+    baseline = _baseline_stage(plan, buffer_dir, stages, sources, {**run, "records": records})
     grid, curves = _pictures_stage(distilled_set, folder, stages, draw=world.is_main)
 
     summary = RunSummary(

@@ -101,7 +101,7 @@ def _reused_row(job: RowJob, saved: dict[str, Any]) -> RowResult:
     set_path = recorded.get("set")
     return RowResult(
         row=job.row,
-        result=evaluate.EvalResult(**recorded["evaluation"]),
+        result=evaluate.EvalResult.from_json(recorded["evaluation"]),
         seconds=float(recorded["seconds"]),
         reused=True,
         set_path=None if set_path is None else Path(set_path),

@@ -116,7 +116,7 @@ def final_test(
     old = (previous or {}).get("test")
     protocol = old.get("protocol", {}) if isinstance(old, dict) else {}
     if protocol.get("runs") == config.test_runs and protocol.get("epochs") == config.eval_epochs:
-        return EvalResult(**old)
+        return EvalResult.from_json(old)
     chosen = load_set(tested)
     emit(TestStarted(tested, config.test_runs, config.eval_epochs))
     result = evaluate_images(

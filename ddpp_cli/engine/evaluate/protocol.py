@@ -76,9 +76,15 @@ class EvalResult:
     lr: float
     protocol: dict[str, Any] = field(default_factory=dict)
     selection: str = SELECTION_RULE
+    # Provenance, not protocol: the runs read from evaluation records instead of trained now,
+    # and those of them made by another ddpp or torch version or on another device
+    # ({run, ddpp, torch, device} each).
+    reused_runs: list[int] = field(default_factory=list)
+    made_elsewhere: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr, protocol and selection."""
+        """A JSON-ready dict: arch, accuracies, mean, std, seconds, lr, protocol, selection and
+        the runs' provenance (reused from records, and made elsewhere)."""
         return {
             "arch": self.arch,
             "accuracies": list(self.accuracies),
@@ -88,7 +94,22 @@ class EvalResult:
             "lr": self.lr,
             "protocol": dict(self.protocol),
             "selection": self.selection,
+            "provenance": {
+                "reused_runs": list(self.reused_runs),
+                "made_elsewhere": [dict(made) for made in self.made_elsewhere],
+            },
         }
+
+    @classmethod
+    def from_json(cls, saved: dict[str, Any]) -> EvalResult:
+        """The result :meth:`to_json` wrote (also one written before it kept its records)."""
+        fields_ = {key: value for key, value in saved.items() if key != "provenance"}
+        provenance = saved.get("provenance") or {}
+        return cls(
+            **fields_,
+            reused_runs=list(provenance.get("reused_runs", [])),
+            made_elsewhere=list(provenance.get("made_elsewhere", [])),
+        )
 
     def mean_std_text(self) -> str:
         """``"72.93 ± 0.95"``: mean ± std in percent, two decimals (add the unit yourself)."""

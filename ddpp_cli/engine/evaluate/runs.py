@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from ddpp_cli import __version__
 from ddpp_cli.engine import batched
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.evaluate.events import NetworkFinished, NetworkStarted
@@ -66,6 +68,7 @@ def evaluate_per_run(
         )  # fmt: skip
         book = EvalRecords.open(records, identity)
         done = _recorded_runs(book, config, emit)
+    reused = {run: book.runs[run] for run in done} if book is not None else {}
 
     def keep(runs: Sequence[int]) -> None:
         if book is not None and world.is_main:
@@ -92,10 +95,30 @@ def evaluate_per_run(
             emit(NetworkFinished(config.arch, run, config.runs, accuracy, seconds, diverged))
     if world.distributed:
         keep(_gather_runs(world, done, config, emit))
-    return _per_run_result(
+    result = _per_run_result(
         config, done, effective_lr, lr_source, test_images, num_classes, device,
         time.perf_counter() - started,
     )  # fmt: skip
+    return replace(
+        result, reused_runs=sorted(reused), made_elsewhere=made_elsewhere(reused, device)
+    )
+
+
+def made_elsewhere(reused: dict[int, dict], device: torch.device) -> list[dict[str, object]]:
+    """The reused runs whose record was made by another ddpp or torch version or on another
+    device than this evaluation's (a record from before ddpp kept these: "unknown")."""
+    now = {"ddpp": __version__, "torch": torch.__version__, "device": str(device)}
+    elsewhere = []
+    for run in sorted(reused):
+        entry = reused[run]
+        made = {
+            "ddpp": entry.get("ddpp_version", "unknown"),
+            "torch": entry.get("torch_version", "unknown"),
+            "device": entry.get("device", "unknown"),
+        }
+        if made != now:
+            elsewhere.append({"run": run, **made})
+    return elsewhere
 
 
 def _recorded_runs(book: EvalRecords, config: EvalConfig, emit: OnEvent) -> FinishedRuns:
@@ -122,7 +145,8 @@ def _record(
         acc, bad, size, seconds = done[run]
         book.runs[run] = {
             "accuracy": acc, "diverged": bad, "train_size": size, "seconds": seconds,
-            "device": str(device), "parallel": parallel,
+            "device": str(device), "parallel": parallel, "ddpp_version": __version__,
+            "torch_version": torch.__version__,
         }  # fmt: skip
     book.save()
 
