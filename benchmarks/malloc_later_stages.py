@@ -8,12 +8,16 @@ neither the loop's setting nor malloc's pristine defaults. This script measures 
 in a fresh process per state of malloc:
 
 - ``pristine``: malloc never touched (what ``ddpp evaluate`` alone runs under);
+- ``restored``: what ddpp did before: the loop's setting, then malloc's default parameters set
+  back (``M_MMAP_MAX`` 65536, ``M_TRIM_THRESHOLD`` 128 KiB) and the heap trimmed — with glibc's
+  dynamic thresholds left off, since no call turns them on again;
 - ``after-loop``: after a block of ``freed_memory_kept`` that allocated and freed a
-  distillation-sized graph (``--graph-gb``), as in ``ddpp run`` after its distillation;
+  distillation-sized graph (``--graph-gb``), as in ``ddpp run`` after its distillation now;
 - ``kept``: freed memory kept for the whole process (no mmap, no trimming).
 
-Each row: wall, user and system seconds, minor page faults and peak RSS of the stage alone
-(medians over ``--repeats`` fresh processes). Run it on an idle machine:
+Each row: wall, user and system seconds and minor page faults of the stage alone, and the
+process's resident memory when it ends (medians over
+``--repeats`` fresh processes). Run it on an idle machine:
 
     python benchmarks/malloc_later_stages.py --repeats 3
 
@@ -29,7 +33,7 @@ import subprocess
 import sys
 import time
 
-STATES = ("pristine", "after-loop", "kept")
+STATES = ("pristine", "restored", "after-loop", "kept")
 
 CHILD = r"""
 import json, resource, sys, time
@@ -39,12 +43,22 @@ from ddpp_cli.engine import allocator, models
 state, graph_gb = sys.argv[1], float(sys.argv[2])
 images, epochs = int(sys.argv[3]), int(sys.argv[4])
 torch.manual_seed(0)
-if state == "after-loop":
+def graph():
+    blocks = [torch.empty(13 * 2**20) for _ in range(int(graph_gb * 2**30 / (52 * 2**20)))]
+    for block in blocks:
+        block.fill_(1.0)
+
+if state == "restored":
+    libc = allocator.glibc()
+    libc.mallopt(-4, 0)  # M_MMAP_MAX
+    libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD
+    graph()
+    libc.mallopt(-4, 65536)
+    libc.mallopt(-1, 128 * 1024)
+    libc.malloc_trim(0)
+elif state == "after-loop":
     with allocator.freed_memory_kept({}):
-        blocks = [torch.empty(13 * 2**20) for _ in range(int(graph_gb * 2**30 / (52 * 2**20)))]
-        for block in blocks:
-            block.fill_(1.0)
-        del blocks
+        graph()
 elif state == "kept":
     allocator.keep_freed_memory()
 x = torch.randn(images, 1, 28, 28)
@@ -68,7 +82,8 @@ wall = time.perf_counter() - start
 after = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
     "wall": wall, "user": after.ru_utime - usage.ru_utime, "sys": after.ru_stime - usage.ru_stime,
-    "faults": after.ru_minflt - usage.ru_minflt, "maxrss_gb": after.ru_maxrss / 2**20,
+    "faults": after.ru_minflt - usage.ru_minflt,
+    "rss_gb": int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**30,
 }))
 """
 
@@ -104,13 +119,13 @@ def main() -> None:
         for state in STATES:  # interleaved, so drifting load hits every state alike
             results[state].append(measure(state, args))
     print(f"# {started}; 2 networks × {args.epochs} epochs × {args.images} images + 10,000 tests")
-    print("| malloc state | wall s | user s | system s | minor faults | peak RSS GB |")
+    print("| malloc state | wall s | user s | system s | minor faults | RSS after, GB |")
     print("|---|---|---|---|---|---|")
     for state, rows in results.items():
         cell = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         print(
             f"| {state} | {cell['wall']:.2f} | {cell['user']:.2f} | {cell['sys']:.2f} | "
-            f"{cell['faults']:,.0f} | {cell['maxrss_gb']:.2f} |"
+            f"{cell['faults']:,.0f} | {cell['rss_gb']:.2f} |"
         )
 
 
