@@ -293,6 +293,25 @@ def test_curves_leave_missing_quantities_empty(tmp_path):
         assert colour_count(image, box, vis.PANELS[k].color, tolerance=10) == 0
 
 
+def test_a_run_that_never_validated_shows_its_final_test_accuracy(tmp_path):
+    from ddpp_cli.engine.visualize import curves
+
+    metrics = [
+        {"iteration": i, "loss": 1.0 / (i + 1), "pruned_fraction": 0.01, "lr": 0.01}
+        for i in range(60)
+    ]  # the quick profile: no validation
+    with_test = curves.curves_image(metrics, size=(800, 600), final_test=0.727)
+    in_progress = curves.curves_image(metrics, size=(800, 600))
+    box = (400, 300, 800, 600)  # the fourth panel
+    assert colour_count(with_test, box, curves.TEST.color, tolerance=10) > 10  # the marker
+    assert colour_count(in_progress, box, curves.TEST.color, tolerance=10) == 0  # note only
+    assert array(with_test.crop(box)).tolist() != array(in_progress.crop(box)).tolist()
+    validated = [{**m, "val_accuracy": 0.5} if m["iteration"] % 20 == 0 else m for m in metrics]
+    drawn = curves.curves_image(validated, size=(800, 600), final_test=0.727)
+    plain = curves.curves_image(validated, size=(800, 600))
+    assert array(drawn).tolist() == array(plain).tolist()  # validation, when there, is shown
+
+
 def test_ticks_are_round():
     assert nice_ticks(0, 500, 6, integer=True) == [0, 100, 200, 300, 400, 500]
     assert nice_ticks(0, 3, 6, integer=True) == [0, 1, 2, 3]

@@ -355,7 +355,9 @@ def run_pipeline(
     stages.finish(f"{evaluation.mean_std_text()} %")
 
     baseline = _baseline_stage(plan, buffer_dir, stages, sources, {**run, "records": records})
-    grid, curves = _pictures_stage(distilled_set, folder, stages, draw=world.is_main)
+    grid, curves = _pictures_stage(
+        distilled_set, folder, stages, draw=world.is_main, final_test=evaluation.mean
+    )
 
     summary = RunSummary(
         folder=folder, plan=plan, data_folder=data_folder, buffer=buffer_dir,
@@ -468,9 +470,11 @@ def _baseline_stage(
 
 
 def _pictures_stage(
-    distilled_set: distilled.DistilledSet, folder: Path, stages: _StageClock, *, draw: bool
-) -> tuple[Path, Path]:
-    """Stage 5: the class grid and the curves, in the run folder (drawn by one rank: ``draw``)."""
+    distilled_set: distilled.DistilledSet, folder: Path, stages: _StageClock, *, draw: bool,
+    final_test: float,
+) -> tuple[Path, Path]:  # fmt: skip
+    """Stage 5: the class grid and the curves, in the run folder (drawn by one rank: ``draw``;
+    a run that never validated shows the set's test accuracy, ``final_test``, instead)."""
     stages.start("visualize", str(folder))
     grid, curves = folder / layout.GRID_NAME, folder / layout.CURVES_NAME
     if draw:
@@ -480,6 +484,7 @@ def _pictures_stage(
         )
         metrics = visualize_engine.read_metrics(folder)
         title = f"ddpp run {folder.name}"
-        visualize_engine.save_image(visualize_engine.curves_image(metrics, title=title), curves)
+        image = visualize_engine.curves_image(metrics, title=title, final_test=final_test)
+        visualize_engine.save_image(image, curves)
     stages.finish(str(grid))
     return grid, curves

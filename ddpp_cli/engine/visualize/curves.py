@@ -131,6 +131,7 @@ class Panel:
     smooth: bool = False  # draw a moving average over the raw values
     markers: bool = False  # mark every point (sparse series such as validation accuracy)
     unit: str = ""  # appended to the values quoted in the panel
+    summary: str = "best"  # how a marked series' highest point is named
 
 
 BLUE, ORANGE, GREEN, RED = (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40)
@@ -142,6 +143,12 @@ PANELS = (
     Panel("lr", "Learned step size (lr)", "learned lr", GREEN),
     Panel("val_accuracy", "Validation accuracy", "accuracy (%)", RED, 100, markers=True, unit=" %"),
 )
+VALIDATION = PANELS[3]
+# In a finished run without validation: the final test accuracy of the set, one point.
+TEST = Panel(
+    "test_accuracy", "Final test accuracy", "accuracy (%)", RED, 100, markers=True, unit=" %",
+    summary="the set's test accuracy",
+)  # fmt: skip
 # Runs of the other methods (dc, dsa, dm, cafe: no pruning, no learned lr): their loss (per
 # class, as their references log it), validation and CAFE's loop lengths when recorded.
 METHOD_PANELS = (
@@ -318,7 +325,10 @@ def _draw_curve(
         x, y = xy[best]
         r = max(4, unit // 2)
         draw.ellipse([x - r, y - r, x + r, y + r], outline=INK, width=2)
-        note = f"best {values[best]:.2f}{panel.unit} at iteration {points[best][0]:g}"
+        where = "after" if panel.key == TEST.key else "at"
+        note = (
+            f"{panel.summary} {values[best]:.2f}{panel.unit} {where} iteration {points[best][0]:g}"
+        )
         draw.text((plot.right - 4, plot.bottom - 4), note, fill=INK, font=tick_face, anchor="rb")
     else:
         last = values[-1]
@@ -332,14 +342,17 @@ def curves_image(
     *,
     size: tuple[int, int] = (1200, 800),
     title: str | None = None,
+    final_test: float | None = None,
 ) -> Image.Image:
     """Loss, pruned fraction, learned lr and validation accuracy against iteration, 2×2 panels
     (another method's run: loss and validation accuracy, and CAFE's loop lengths; see
     :func:`panels_for`).
 
-    Missing keys leave their panel empty with a note; lines without a key are skipped for that
-    curve. Per-iteration curves (loss, pruned fraction) show the raw values faintly and a moving
-    average on top.
+    Missing keys leave their panel empty with a note (a run in progress); lines without a key are
+    skipped for that curve. A finished run that never validated and whose final test accuracy
+    is known (``final_test``, a fraction) shows that accuracy in the validation panel's place.
+    Per-iteration curves (loss, pruned fraction) show the raw values faintly and a moving average
+    on top.
     """
     width, height = int(size[0]), int(size[1])
     if width < 300 or height < 200:
@@ -357,6 +370,10 @@ def curves_image(
     if x_high <= x_low:
         x_high = x_low + 1.0
     panels = panels_for(metrics)
+    points = {panel.key: series(metrics, panel.key) for panel in panels}
+    if final_test is not None and not points.get(VALIDATION.key, True):
+        panels = tuple(TEST if panel.key == VALIDATION.key else panel for panel in panels)
+        points[TEST.key] = [(x_high, final_test)]
     rows = (len(panels) + 1) // 2
     half_w, half_h = width // 2, (height - header) // rows
     for k, panel in enumerate(panels):
@@ -367,5 +384,5 @@ def curves_image(
             (col + 1) * half_w,
             header + (row + 1) * half_h,
         )
-        _draw_panel(canvas, box, panel, series(metrics, panel.key), (x_low, x_high), unit)
+        _draw_panel(canvas, box, panel, points[panel.key], (x_low, x_high), unit)
     return canvas
