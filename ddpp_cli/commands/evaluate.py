@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import err, joined_world, line, out, print_result, set_label
+from ddpp_cli.commands._display import err, joined_world, line, note, out, print_result, set_label
 from ddpp_cli.commands._evaluate_sources import (
     CHOICE_OPTIONS,
     ArchOpt,
@@ -140,6 +140,9 @@ def command(
         )
         title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
+        lr_note = foreign.default_lr_note(distilled_set, result.lr, result.protocol["lr_source"])
+        if lr_note is not None:
+            payload["lr_note"] = lr_note
     else:
         baseline_config = baseline_config_of(options)
         config = eval_config(arch or "convnet", **training)
@@ -272,6 +275,8 @@ def _report(
             line(out, str(saved))
         return
     print_result(title, result)
+    if "lr_note" in payload:
+        note(out, payload["lr_note"])
     if saved is not None:
         line(out, f"set: {saved}")
         if zca_written is not None:
