@@ -174,6 +174,13 @@ ForceSaveOpt = Annotated[
 
 IMPORT = "Import (another tool's set)"
 
+
+def _kind_choices() -> str:
+    """``--import-kind``'s choices in words, from the foreign-tool registry: "a, b or c"."""
+    names = foreign_tools.list_tools()
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 ImportOpt = Annotated[
     Path | None,
     typer.Option(
@@ -190,7 +197,7 @@ ImportKindOpt = Annotated[
     str | None,
     typer.Option(
         "--import-kind",
-        help=f"{' or '.join(foreign_tools.list_tools())}, where the file name does not say "
+        help=f"{_kind_choices()}, where the file name does not say "
         "(images_*.pt is MTT's, res_*.pt DC's; CAFE names its files as DC does: pass cafe for "
         "them, so that its CIFAR-100 normalisation is used).",
         rich_help_panel=IMPORT,
@@ -201,7 +208,7 @@ ExperimentOpt = Annotated[
     int | None,
     typer.Option(
         "--experiment",
-        help="Which experiment of a DC/DSA/DM res_*.pt to import. (default: 0)",
+        help="Which experiment of a DC/DSA/DM or CAFE res_*.pt to import. (default: 0)",
         rich_help_panel=IMPORT,
     ),
 ]
