@@ -324,6 +324,9 @@ def test_an_mtt_set_without_lr_best_says_which_lr_it_trains_at(tiny_mnist, tmp_p
     assert payload["lr"] == 0.01 and payload["protocol"]["lr_source"] == "default"
     given = eval_json(*args, "--lr", "0.02")
     assert "lr_note" not in given and given["protocol"]["lr_source"] == "--lr"
+    # The saved set, evaluated later, says it too.
+    eval_json(*args, "--save", tmp_path / "mtt.safetensors")
+    assert eval_json(tmp_path / "mtt.safetensors", *args[4:])["lr_note"] == told
     torch.save({"data": [[images, labels]]}, tmp_path / "res.pt")  # DC learns no lr: no note
     dc = eval_json("--import", tmp_path / "res.pt", *args[2:])
     assert "lr_note" not in dc and dc["lr"] == 0.01

@@ -140,9 +140,6 @@ def command(
         )
         title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
-        lr_note = foreign.default_lr_note(distilled_set, result.lr, result.protocol["lr_source"])
-        if lr_note is not None:
-            payload["lr_note"] = lr_note
     else:
         baseline_config = baseline_config_of(options)
         config = eval_config(arch or "convnet", **training)
@@ -154,6 +151,10 @@ def command(
             f"({result.protocol['dataset']}, IPC {ipc})"
         )
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
+    if choice != "--baseline":  # another tool's set, imported now or saved by an import
+        lr_note = foreign.default_lr_note(distilled_set, result.lr, result.protocol["lr_source"])
+        if lr_note is not None:
+            payload["lr_note"] = lr_note
     if world.is_main:
         _report(title, result, payload, saved, zca_written, json_out=json_out, quiet=quiet)
         if not (json_out or quiet) and records_at is not None:

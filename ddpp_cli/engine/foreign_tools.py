@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ddpp_cli.engine import data
 from ddpp_cli.engine.errors import DdppError
@@ -34,6 +35,9 @@ class ForeignTool:
     whitens: bool
     normalized_as: Mapping[str, str] = field(default_factory=dict)
     missing_lr: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalized_as", MappingProxyType(dict(self.normalized_as)))
 
     @property
     def learns_lr(self) -> bool:
