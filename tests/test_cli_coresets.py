@@ -15,7 +15,8 @@ import torch
 from conftest import assert_one_line_error
 from test_baselines import cheap_zca
 from test_cli_evaluate import eval_json, invoke
-from test_foreign import Payload
+from test_foreign import Payload, save_as_res
+from test_mtt_import import tiny_cifar  # noqa: F401 (fixture)
 
 from ddpp_cli.commands import evaluate as evaluate_command
 from ddpp_cli.commands._evaluate_sources import CHOICE_OPTIONS, BaselineOpt
@@ -305,6 +306,47 @@ def test_a_malicious_pickle_is_refused_with_one_line_and_never_runs(name, tiny_m
     # The file is live: an unsafe load would have created the marker.
     torch.load(evil, weights_only=False)
     assert marker.exists()
+
+
+def test_an_mtt_set_without_lr_best_says_which_lr_it_trains_at(tiny_mnist, tmp_path):
+    images, labels = mnist_images(tiny_mnist)
+    torch.save(images.clone().requires_grad_(True), tmp_path / "images_best.pt")  # as MTT does
+    torch.save(labels, tmp_path / "labels_best.pt")  # and no lr_best.pt: distill.py saves none
+    args = ("--import", tmp_path, "--dataset", "mnist", "--data-dir", tiny_mnist,
+            "--no-download", *FAST, "--no-records")  # fmt: skip
+    told = ("lr 0.01, the default: MTT's distill.py saves no learned lr; pass --lr with the "
+            "Synthetic_LR of its log.")  # fmt: skip
+    shown = invoke("evaluate", *args)
+    assert shown.exit_code == 0, shown.output
+    assert f"note: {told}" in " ".join(shown.stdout.split())
+    payload = eval_json(*args)
+    assert payload["lr_note"] == told
+    assert payload["lr"] == 0.01 and payload["protocol"]["lr_source"] == "default"
+    given = eval_json(*args, "--lr", "0.02")
+    assert "lr_note" not in given and given["protocol"]["lr_source"] == "--lr"
+    # The saved set, evaluated later, says it too.
+    eval_json(*args, "--save", tmp_path / "mtt.safetensors")
+    assert eval_json(tmp_path / "mtt.safetensors", *args[4:])["lr_note"] == told
+    torch.save({"data": [[images, labels]]}, tmp_path / "res.pt")  # DC learns no lr: no note
+    dc = eval_json("--import", tmp_path / "res.pt", *args[2:])
+    assert "lr_note" not in dc and dc["lr"] == 0.01
+
+
+def test_a_cafe_cifar100_set_is_saved_with_cifar10s_normalization(tiny_cifar, tmp_path):  # noqa: F811
+    res = save_as_res(tmp_path / "res_DC_CIFAR100_ConvNet_1ipc.pt", 100, label_dtype=torch.int)
+    out = tmp_path / "cafe.safetensors"
+    args = ("--import", res, "--dataset", "cifar100", "--no-download", "--no-zca", *FAST,
+            "--no-records", "--save", out)  # fmt: skip
+    payload = eval_json(*args, "--import-kind", "cafe")
+    assert payload["protocol"]["source"] == "import-cafe" and "lr_note" not in payload
+    cifar10 = data.info("cifar10")
+    saved = distilled.load(out)
+    assert (saved.preprocessing["mean"], saved.preprocessing["std"]) == (
+        list(cifar10.mean), list(cifar10.std)
+    )  # fmt: skip
+    # Read as DC's (the name alone cannot tell), the same file keeps CIFAR-100's own.
+    eval_json(*args, "--force")
+    assert distilled.load(out).preprocessing["mean"] == list(data.info("cifar100").mean)
 
 
 def test_json_of_an_import_is_one_object(tiny_mnist, tmp_path):

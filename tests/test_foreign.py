@@ -1,13 +1,19 @@
-"""Import of other tools' distilled sets: MTT's images/labels/lr_best.pt and DC's res_*.pt."""
+"""Import of other tools' distilled sets: MTT's images/labels/lr_best.pt, DC's and CAFE's
+res_*.pt, and the mean/std each tool normalised with."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from test_mtt_import import tiny_cifar  # noqa: F401 (fixture)
 
-from ddpp_cli.engine import distilled, foreign
+from ddpp_cli.engine import data, distilled, foreign, foreign_tools
+from ddpp_cli.engine.buffer import mtt_import
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate import load_test_split
 from ddpp_cli.engine.foreign import ImportTarget
+from ddpp_cli.engine.preprocess import Normalization
 
 TARGET = ImportTarget(
     dataset="fashionmnist",
@@ -189,3 +195,95 @@ def test_import_set_takes_the_lr_file_else_the_given_lr_and_experiments_only_for
     assert foreign.import_set(tmp_path, TARGET, lr=0.03).lr == pytest.approx(0.02)
     with pytest.raises(DdppError, match="--experiment"):
         foreign.import_set(tmp_path, TARGET, experiment=1)
+
+
+# --------------------------------------------- the mean/std each tool normalised its images with
+
+
+def test_each_tools_normalization_comes_from_its_own_get_dataset():
+    cifar10 = data.info("cifar10")
+    for tool in ("mtt", "cafe"):  # their utils.get_dataset: CIFAR-100 with CIFAR-10's mean/std
+        assert foreign_tools.normalization_source(tool, "CIFAR100") == "cifar10"
+        assert foreign_tools.tool_normalization(tool, "cifar100") == Normalization(
+            cifar10.mean, cifar10.std
+        )
+        assert foreign_tools.tool_normalization(tool, "cifar10") is None
+    # DC's utils.get_dataset uses CIFAR-100's own mean/std, which are ddpp's table values.
+    assert foreign_tools.normalization_source("dc", "cifar100") == "cifar100"
+    assert foreign_tools.tool_normalization("dc", "cifar100") is None
+    # One table: what 'ddpp buffer --import' records for MTT's experts is the same.
+    assert mtt_import.mtt_normalization("cifar100") == Normalization(cifar10.mean, cifar10.std)
+    assert foreign_tools.list_tools() == ["mtt", "dc", "cafe"]
+    with pytest.raises(DdppError, match="unknown import kind 'kip'; choose one of: mtt, dc, cafe"):
+        foreign_tools.get_tool("kip")
+
+
+def save_as_mtt(folder, classes, ipc=1, shape=(3, 8, 8)):
+    """What MTT's distill.py saves: ``image_syn.cpu()`` (a leaf that requires grad) and its
+    int64 ``label_syn``, as images_best.pt and labels_best.pt; no lr_best.pt."""
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(classes)
+    image_syn = torch.randn(classes * ipc, *shape, generator=generator).requires_grad_(True)
+    label_syn = torch.tensor(
+        np.array([np.ones(ipc) * i for i in range(classes)]), dtype=torch.long, requires_grad=False
+    ).view(-1)
+    torch.save(image_syn.cpu(), folder / "images_best.pt")
+    torch.save(label_syn.cpu(), folder / "labels_best.pt")
+    return folder
+
+
+def save_as_res(path, classes, ipc=1, shape=(3, 8, 8), label_dtype=torch.long):
+    """What DC's main.py (int64 labels) and CAFE's distill.py (``dtype=torch.int`` labels) save:
+    ``{'data': [[images, labels]], 'accs_all_exps': {...}}``, numpy accuracies included."""
+    images = torch.randn(classes * ipc, *shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor(
+        np.array([np.ones(ipc) * i for i in range(classes)]), dtype=label_dtype
+    ).view(-1)
+    accs = {"ConvNet": [np.float64(0.25)]}
+    torch.save({"data": [[images, labels]], "accs_all_exps": accs}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("layout", "kind", "normalized_as"),
+    [("mtt", None, "cifar10"), ("dc", None, "cifar100"), ("cafe", "cafe", "cifar10")],
+)
+def test_a_cifar100_import_normalizes_train_and_test_as_its_tool_did(
+    tiny_cifar,  # noqa: F811 (the fixture imported above)
+    tmp_path,
+    layout,
+    kind,
+    normalized_as,
+):
+    if layout == "mtt":
+        path = save_as_mtt(tmp_path / "logged_files", 100)
+    else:
+        dtype = torch.int if layout == "cafe" else torch.long
+        path = save_as_res(tmp_path / "res_DC_CIFAR100_ConvNet_1ipc.pt", 100, label_dtype=dtype)
+    found = foreign.import_for_dataset(path, "cifar100", kind=kind, zca=False, download=False)
+    expected = data.info(normalized_as)
+    assert found.preprocessing == {
+        "kind": "normalize", "mean": list(expected.mean), "std": list(expected.std)
+    }  # fmt: skip
+    assert found.settings["imported"]["normalized_as"] == normalized_as
+    assert found.source == f"import-{kind or layout}"
+    # The test split is normalised as the set records, also after a save and a load.
+    saved = distilled.load(distilled.save(tmp_path / "set.safetensors", found))
+    test_images, _, _ = load_test_split(saved, download=False)
+    raw = tiny_cifar("cifar100", None, "test")
+    mean = torch.tensor(expected.mean).view(1, 3, 1, 1)
+    std = torch.tensor(expected.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(test_images, (raw.images - mean) / std)
+
+
+def test_default_lr_note_only_for_a_tool_that_learns_an_lr(tmp_path):
+    mtt_files(tmp_path)
+    found = foreign.import_set(tmp_path, TARGET)
+    assert foreign.default_lr_note(found, 0.01, "default") == (
+        "lr 0.01, the default: MTT's distill.py saves no learned lr; pass --lr with the "
+        "Synthetic_LR of its log."
+    )
+    assert foreign.default_lr_note(found, 0.02, "--lr") is None
+    torch.save({"data": [[torch.zeros(3, 1, 28, 28), torch.arange(3)]]}, tmp_path / "res.pt")
+    assert foreign.default_lr_note(foreign.import_set(tmp_path / "res.pt", TARGET), 0.01,
+                                   "default") is None  # fmt: skip

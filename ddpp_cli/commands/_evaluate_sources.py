@@ -11,7 +11,7 @@ import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._settings import settings
-from ddpp_cli.engine import baselines, coresets, data
+from ddpp_cli.engine import baselines, coresets, data, foreign_tools
 from ddpp_cli.engine.errors import DdppError
 
 # Options named after the BaselineConfig field they set (``_settings.settings`` maps them).
@@ -174,14 +174,21 @@ ForceSaveOpt = Annotated[
 
 IMPORT = "Import (another tool's set)"
 
+
+def _kind_choices() -> str:
+    """``--import-kind``'s choices in words, from the foreign-tool registry: "a, b or c"."""
+    names = foreign_tools.list_tools()
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
 ImportOpt = Annotated[
     Path | None,
     typer.Option(
         "--import",
-        help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt and "
-        "lr_best.pt beside it), a DC/DSA/DM res_*.pt, or a folder holding one. Loaded as "
-        "tensors only (never arbitrary pickles). Needs --dataset; MTT's ZCA: the dataset's "
-        "default, --no-zca, or --zca-file PATH.",
+        help="Evaluate a set made by another tool: MTT's images_best.pt (labels_best.pt beside "
+        "it, and lr_best.pt where saved, else pass --lr), a DC/DSA/DM or CAFE res_*.pt, or a "
+        "folder holding one. Loaded as tensors only (never arbitrary pickles). Needs --dataset; "
+        "MTT's ZCA: the dataset's default, --no-zca, or --zca-file PATH.",
         rich_help_panel=IMPORT,
     ),
 ]
@@ -190,7 +197,9 @@ ImportKindOpt = Annotated[
     str | None,
     typer.Option(
         "--import-kind",
-        help="mtt or dc, where the file name does not say (images_*.pt is MTT's).",
+        help=f"{_kind_choices()}, where the file name does not say "
+        "(images_*.pt is MTT's, res_*.pt DC's; CAFE names its files as DC does: pass cafe for "
+        "them, so that its CIFAR-100 normalisation is used).",
         rich_help_panel=IMPORT,
     ),
 ]
@@ -199,7 +208,7 @@ ExperimentOpt = Annotated[
     int | None,
     typer.Option(
         "--experiment",
-        help="Which experiment of a DC/DSA/DM res_*.pt to import. (default: 0)",
+        help="Which experiment of a DC/DSA/DM or CAFE res_*.pt to import. (default: 0)",
         rich_help_panel=IMPORT,
     ),
 ]

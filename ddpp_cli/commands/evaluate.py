@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import err, joined_world, line, out, print_result, set_label
+from ddpp_cli.commands._display import err, joined_world, line, note, out, print_result, set_label
 from ddpp_cli.commands._evaluate_sources import (
     CHOICE_OPTIONS,
     ArchOpt,
@@ -151,6 +151,10 @@ def command(
             f"({result.protocol['dataset']}, IPC {ipc})"
         )
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
+    if choice != "--baseline":  # another tool's set, imported now or saved by an import
+        lr_note = foreign.default_lr_note(distilled_set, result.lr, result.protocol["lr_source"])
+        if lr_note is not None:
+            payload["lr_note"] = lr_note
     if world.is_main:
         _report(title, result, payload, saved, zca_written, json_out=json_out, quiet=quiet)
         if not (json_out or quiet) and records_at is not None:
@@ -272,6 +276,8 @@ def _report(
             line(out, str(saved))
         return
     print_result(title, result)
+    if "lr_note" in payload:
+        note(out, payload["lr_note"])
     if saved is not None:
         line(out, f"set: {saved}")
         if zca_written is not None:

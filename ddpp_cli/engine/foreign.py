@@ -1,16 +1,20 @@
 """Distilled sets made by other tools, loaded safely into a :class:`DistilledSet`.
 
-Two layouts are read, both written by ``torch.save`` (a pickle):
+Two layouts are read, both written by ``torch.save`` (a pickle); which tool used which mean/std
+is in the registry of :mod:`ddpp_cli.engine.foreign_tools`:
 
 - MTT (Cazenavette et al., ``distill.py``): ``images_best.pt`` (a ``(N, C, H, W)`` tensor in
   model-input space, ZCA-whitened when MTT ran with ``--zca``), ``labels_best.pt`` (``(N,)`` hard
-  labels) and, where the tool saved one, ``lr_best.pt`` (the learned step size, a one-element
-  tensor or a float). MTT's files do not say whether ZCA was on: the caller says so through the
-  ``preprocessing`` of the :class:`ImportTarget`.
-- DC/DSA/DM (VICO-UoE/DatasetCondensation ``main.py``/``main_DM.py``): ``res_*.pt``, a dict
-  ``{'data': [[images, labels], ...], 'accs_all_exps': {...}}`` with one ``[images, labels]``
-  pair per experiment; ``experiment`` picks one (default 0). Their images are normalised with
-  the same mean/std as ddpp's table values for MNIST, Fashion-MNIST, CIFAR-10 and SVHN.
+  labels) and, where a tool saved one (MTT's ``distill.py`` does not), ``lr_best.pt`` (the
+  learned step size, a one-element tensor or a float). MTT's files do not say whether ZCA was
+  on: the caller says so through the ``preprocessing`` of the :class:`ImportTarget`. Without
+  ZCA, MTT normalised CIFAR-100 with CIFAR-10's mean/std.
+- DC/DSA/DM (VICO-UoE/DatasetCondensation ``main.py``/``main_DM.py``) and CAFE (its
+  ``distill.py``): ``res_*.pt``, a dict ``{'data': [[images, labels], ...], 'accs_all_exps':
+  {...}}`` with one ``[images, labels]`` pair per experiment; ``experiment`` picks one (default
+  0). DC's images are normalised with ddpp's table values; CAFE's are too, except CIFAR-100,
+  which CAFE normalised with CIFAR-10's mean/std. The two tools name their files alike
+  (``res_<DC|DSA>_<dataset>_<model>_<ipc>ipc.pt``): a CAFE file is imported as kind "cafe".
 
 Files are opened with ``torch.load(weights_only=True)`` only: tensors, lists, dicts and numbers
 load, anything else (an arbitrary pickle) is refused with a DdppError before any of its code
@@ -25,11 +29,9 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, data
+from ddpp_cli.engine import baselines, data, foreign_tools
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256
 from ddpp_cli.engine.errors import DdppError
-
-KINDS = ("mtt", "dc")
 
 
 @dataclass(frozen=True)
@@ -224,10 +226,12 @@ def dc_experiments(content: Any, where: str) -> list[Any]:
 
 
 def import_dc(
-    path: Path, target: ImportTarget, *, experiment: int = 0, method: str = "dc"
-) -> DistilledSet:
-    """Experiment ``experiment`` of a DC/DSA/DM ``res_*.pt`` (``method`` names which, for the
-    record). Those tools learn no lr: the set's lr is None (evaluation uses its default)."""
+    path: Path, target: ImportTarget, *, experiment: int = 0, method: str = "dc",
+    kind: str = "dc",
+) -> DistilledSet:  # fmt: skip
+    """Experiment ``experiment`` of a ``res_*.pt`` of ``kind`` "dc" (DC/DSA/DM; ``method`` names
+    which, for the record) or "cafe". Those tools learn no lr: the set's lr is None (evaluation
+    uses its default)."""
     entries = dc_experiments(load_weights_only(path), str(path))
     if isinstance(experiment, bool) or not isinstance(experiment, int):
         raise DdppError(f"the experiment index must be an integer, got {experiment!r}.")
@@ -247,7 +251,7 @@ def import_dc(
         "experiment": experiment,
         "experiments_in_file": len(entries),
     }
-    return _pack(images, labels, target, kind="dc", lr=None, settings=settings)
+    return _pack(images, labels, target, kind=kind, lr=None, settings=settings)
 
 
 # ------------------------------------------------------------------ one entry point for the CLI
@@ -255,7 +259,8 @@ def import_dc(
 
 @dataclass(frozen=True)
 class ForeignFiles:
-    """The files of one foreign set: ``kind`` "mtt" (images, labels, maybe lr) or "dc" (file)."""
+    """The files of one foreign set: ``kind`` a tool of :mod:`~ddpp_cli.engine.foreign_tools`;
+    its layout "mtt" (images, labels, maybe lr) or "res" (``images`` is the res_*.pt file)."""
 
     kind: str
     images: Path  # MTT's images_<tag>.pt, or the DC/DSA/DM res_*.pt
@@ -266,13 +271,13 @@ class ForeignFiles:
 def find_files(path: Path, kind: str | None = None) -> ForeignFiles:
     """What ``path`` holds: a folder with MTT's ``images_best.pt`` (or with one ``res_*.pt``),
     MTT's ``images_<tag>.pt`` (``labels_<tag>.pt`` and ``lr_<tag>.pt`` beside it), or any other
-    ``.pt`` file (a DC/DSA/DM result). ``kind`` ("mtt" or "dc") decides where the name cannot."""
+    ``.pt`` file (a DC/DSA/DM result). ``kind`` (a tool's name: "mtt", "dc", "cafe") decides
+    where the name cannot (a CAFE file is named as DC's)."""
     path = Path(path)
-    if kind is not None and kind not in KINDS:
-        raise DdppError(f"unknown import kind '{kind}'; choose one of: {', '.join(KINDS)}.")
+    layout = None if kind is None else foreign_tools.get_tool(kind).layout
     if path.is_dir():
-        found = [p for p in (path / "images_best.pt",) if p.is_file() and kind in (None, "mtt")]
-        if not found and kind in (None, "dc"):
+        found = [p for p in (path / "images_best.pt",) if p.is_file() and layout in (None, "mtt")]
+        if not found and layout in (None, "res"):
             found = sorted(path.glob("res_*.pt"))
         if len(found) != 1:
             raise DdppError(
@@ -284,12 +289,13 @@ def find_files(path: Path, kind: str | None = None) -> ForeignFiles:
         raise DdppError(f"{path} does not exist; pass a .pt file or the folder holding it.")
     if kind is None:
         kind = "mtt" if path.name.startswith("images_") else "dc"
-    if kind == "dc":
-        return ForeignFiles("dc", path)
+    if foreign_tools.get_tool(kind).layout == "res":
+        return ForeignFiles(kind, path)
     if not path.name.startswith("images_"):
         raise DdppError(
             f"{path.name} is not named like MTT's images file (images_<tag>.pt, with "
-            "labels_<tag>.pt beside it); pass --import-kind dc for a DC/DSA/DM result file."
+            "labels_<tag>.pt beside it); pass --import-kind dc for a DC/DSA/DM result file "
+            "(cafe for CAFE's)."
         )
     tag = path.name[len("images_") :]
     labels = path.with_name(f"labels_{tag}")
@@ -310,12 +316,15 @@ def import_set(
     """The foreign set at ``path`` (see :func:`find_files`) checked against ``target``.
 
     MTT: the learned lr comes from ``lr_<tag>.pt`` when it is there, else from ``lr`` (the set
-    then has none when ``lr`` is None). DC/DSA/DM: ``experiment`` picks the experiment (default
-    0); those tools learn no lr, so ``lr`` is not stored with the set.
+    then has none when ``lr`` is None). DC/DSA/DM and CAFE: ``experiment`` picks the experiment
+    (default 0); those tools learn no lr, so ``lr`` is not stored with the set.
     """
     files = find_files(path, kind)
-    if files.kind == "dc":
-        return import_dc(files.images, target, experiment=0 if experiment is None else experiment)
+    if foreign_tools.get_tool(files.kind).layout == "res":
+        return import_dc(
+            files.images, target, experiment=0 if experiment is None else experiment,
+            method=files.kind, kind=files.kind,
+        )  # fmt: skip
     if experiment is not None:
         raise DdppError("--experiment picks one set of a DC/DSA/DM res_*.pt; MTT's files hold one.")
     if files.lr is not None:
@@ -343,19 +352,23 @@ def import_for_dataset(
     ZCA (the images were whitened, MTT's ``--zca``): ``zca_path`` (e.g. the ``zca.safetensors``
     of a ddpp buffer), else ``zca`` True fits one on the train split as MTT does and saves it to
     ``zca_out``; ``zca=None`` means the dataset's default for MTT sets (on for CIFAR, as MTT's
-    scripts run) and off for DC/DSA/DM sets (those tools never whiten). Otherwise the images are
-    taken as normalised with the dataset's mean/std. ``image_size`` and ``seed`` (the split of
-    single-folder datasets) are recorded so that a saved set is re-evaluated on the same data.
+    scripts run) and off for DC/DSA/DM and CAFE sets (those tools never whiten). Otherwise the
+    images are taken as normalised with the mean/std the tool used (its registry record: MTT and
+    CAFE normalised CIFAR-100 with CIFAR-10's), and the set records them, so that its test split
+    is normalised alike. ``image_size`` and ``seed`` (the split of single-folder datasets) are
+    recorded so that a saved set is re-evaluated on the same data.
     """
     files = find_files(path, kind)
+    tool = foreign_tools.get_tool(files.kind)
     info = data.info(dataset)
     if zca_path is not None and zca is False:
         raise DdppError("--zca-file PATH and --no-zca contradict each other; drop one.")
     if zca is None:
-        zca = zca_path is not None or (files.kind == "mtt" and info.default_zca)
+        zca = zca_path is not None or (tool.whitens and info.default_zca)
+    normalization = None if zca else foreign_tools.tool_normalization(tool.name, info.name)
     prepared, described, _ = baselines.prepare_pool(
         info.name, use_zca=bool(zca), zca_path=zca_path, zca_out=zca_out, data_root=data_root,
-        download=download, image_size=image_size, seed=seed,
+        download=download, image_size=image_size, seed=seed, normalization=normalization,
     )  # fmt: skip
     target = ImportTarget(
         dataset=info.name,
@@ -364,5 +377,24 @@ def import_for_dataset(
         preprocessing=described,
     )
     imported = import_set(files.images, target, kind=files.kind, experiment=experiment, lr=lr)
-    settings = {**imported.settings, "image_size": image_size, "data_seed": seed}
+    record = dict(imported.settings["imported"])
+    if not zca:
+        record["normalized_as"] = foreign_tools.normalization_source(tool.name, info.name)
+    settings = {
+        **imported.settings,
+        "imported": record,
+        "image_size": image_size,
+        "data_seed": seed,
+    }
     return replace(imported, settings=settings)
+
+
+def default_lr_note(imported: DistilledSet, lr: float, lr_source: str) -> str | None:
+    """Which lr an imported set was evaluated at, where its tool learns one but the set came
+    without it (``lr_source`` "default", see ``evaluate.resolve_lr``); None otherwise."""
+    record = imported.settings.get("imported") or {}
+    kind = record.get("kind")
+    if lr_source != "default" or kind not in foreign_tools.list_tools():
+        return None
+    tool = foreign_tools.get_tool(kind)
+    return f"lr {lr:g}, the default: {tool.missing_lr}." if tool.learns_lr else None

@@ -97,7 +97,8 @@ def prepare_pool(
 
     With ``use_zca`` the data are whitened with ``zca_path`` (DdppError when it was fitted on
     another dataset), else with a ZCA fitted on the train split and saved to ``zca_out``;
-    without, normalised (``normalization``, e.g. a buffer's recorded one, else the dataset's).
+    without, normalised (``normalization``: a buffer's recorded one, or the mean/std another
+    tool normalised an imported set with, see ``foreign_tools``; else the dataset's).
     """
     name = data.info(dataset).name
     whitening = None

@@ -28,6 +28,7 @@ from ddpp_cli.engine.device import resolve_device, seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.faults import StageFailed
+from ddpp_cli.engine.foreign_tools import normalization_source
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.layout import MANIFEST_NAME, ZCA_NAME
 from ddpp_cli.engine.preprocess import Normalization, prepare
@@ -49,8 +50,6 @@ IMPORT_REFUSED_OPTIONS = {
 _MTT_DATASETS = {"cifar10": "cifar10", "cifar100": "cifar100", "tiny": "tinyimagenet"}
 _MTT_ZCA_SUFFIX_DATASETS = ("cifar10", "cifar100")
 _MTT_MODEL_FOLDER = re.compile(r"^(convnet|alexnet|vgg|resnet|lenet|mlp)", re.IGNORECASE)
-# MTT's utils.get_dataset normalises CIFAR-100 (without ZCA) with CIFAR-10's mean and std.
-_MTT_NORMALIZATION_OF = {"cifar100": "cifar10"}
 
 
 def check_import_options(given: Mapping[str, object]) -> None:
@@ -116,9 +115,10 @@ def resolve_import_zca(source: Path, dataset: str, use_zca: bool | None) -> bool
 def mtt_normalization(dataset: str) -> Normalization:
     """The per-channel mean/std MTT normalised ``dataset`` with when ZCA is off.
 
-    ddpp's table values, except CIFAR-100, which MTT normalised with CIFAR-10's.
+    ddpp's table values, except where MTT's ``utils.get_dataset`` used another dataset's
+    (CIFAR-100: CIFAR-10's; the table is :mod:`ddpp_cli.engine.foreign_tools`).
     """
-    entry = data.info(_MTT_NORMALIZATION_OF.get(data.info(dataset).name, dataset))
+    entry = data.info(normalization_source("mtt", dataset))
     if entry.mean is None or entry.std is None:
         raise DdppError(
             f"MTT has no normalisation for {dataset}; import its experts with --zca or --no-zca "

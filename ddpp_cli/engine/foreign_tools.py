@@ -1,0 +1,96 @@
+"""The other tools whose files ddpp reads: one record per tool (its file layout, the mean/std it
+normalised each dataset with, whether its scripts whiten, whether it learns an lr).
+
+The normalisation follows each tool's own ``utils.get_dataset``: DC/DSA/DM
+(VICO-UoE/DatasetCondensation) use each dataset's own mean/std, as ddpp's table does; MTT
+(GeorgeCazenavette/mtt-distillation) and CAFE (kaiwang960112/CAFE) normalise CIFAR-100 with
+CIFAR-10's mean/std. ``ddpp buffer --import`` (MTT's experts) and ``ddpp evaluate --import``
+(MTT's, DC's or CAFE's sets) both read this one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from ddpp_cli.engine import data
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.preprocess import Normalization
+
+LAYOUTS = ("mtt", "res")  # images_<tag>.pt + labels_<tag>.pt (+ lr_<tag>.pt), or a res_*.pt dict
+
+
+@dataclass(frozen=True)
+class ForeignTool:
+    """One tool: ``layout`` of its saved set (see :data:`LAYOUTS`), ``normalized_as`` (dataset →
+    the dataset whose mean/std its non-ZCA images were normalised with, where not its own),
+    ``whitens`` (its scripts run CIFAR with ZCA), and ``missing_lr`` (for a tool that learns
+    an lr: why a set of it may come without one, and what to do), empty for one that learns
+    none."""
+
+    name: str
+    title: str
+    layout: str
+    whitens: bool
+    normalized_as: Mapping[str, str] = field(default_factory=dict)
+    missing_lr: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "normalized_as", MappingProxyType(dict(self.normalized_as)))
+
+    @property
+    def learns_lr(self) -> bool:
+        return bool(self.missing_lr)
+
+
+_TOOLS: dict[str, ForeignTool] = {}
+
+
+def register(tool: ForeignTool) -> ForeignTool:
+    """Add ``tool`` to the registry (once per name)."""
+    if tool.name in _TOOLS:
+        raise ValueError(f"foreign tool {tool.name!r} is already registered")
+    if tool.layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {tool.layout!r}")
+    _TOOLS[tool.name] = tool
+    return tool
+
+
+def list_tools() -> list[str]:
+    """The tools' names, in registration order (``--import-kind``'s choices)."""
+    return list(_TOOLS)
+
+
+def get_tool(name: str) -> ForeignTool:
+    """The record of ``name``; DdppError listing the choices when unknown."""
+    if name not in _TOOLS:
+        raise DdppError(f"unknown import kind '{name}'; choose one of: {', '.join(_TOOLS)}.")
+    return _TOOLS[name]
+
+
+def normalization_source(tool: str, dataset: str) -> str:
+    """The dataset whose mean/std ``tool`` normalised ``dataset`` with (without ZCA)."""
+    name = data.info(dataset).name
+    return get_tool(tool).normalized_as.get(name, name)
+
+
+def tool_normalization(tool: str, dataset: str) -> Normalization | None:
+    """``tool``'s mean/std for ``dataset`` where they are not the dataset's own; None where the
+    tool used the dataset's own (ddpp's table values, or computed from the train split)."""
+    source = normalization_source(tool, dataset)
+    if source == data.info(dataset).name:
+        return None
+    entry = data.info(source)
+    return Normalization(tuple(entry.mean), tuple(entry.std))
+
+
+register(
+    ForeignTool(
+        "mtt", "MTT", "mtt", whitens=True, normalized_as={"cifar100": "cifar10"},
+        missing_lr="MTT's distill.py saves no learned lr; pass --lr with the Synthetic_LR of "
+        "its log",
+    )
+)  # fmt: skip
+register(ForeignTool("dc", "DC/DSA/DM", "res", whitens=False))
+register(ForeignTool("cafe", "CAFE", "res", whitens=False, normalized_as={"cifar100": "cifar10"}))
