@@ -20,6 +20,7 @@ from ddpp_cli.engine.distill.state import StateDict
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate.records import check_result_json
 from ddpp_cli.engine.layout import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -158,6 +159,13 @@ def saved_settings(path: Path) -> dict[str, Any]:
 def checkpoint_metadata(path: Path) -> dict[str, Any]:
     """The checked metadata of the checkpoint at ``path`` (:func:`check_checkpoint_metadata`)."""
     return check_checkpoint_metadata(Path(path), store.read_metadata(path))
+
+
+# The keys of an earlier summary.json that a finishing run reads (whether it tested the same end).
+_SUMMARY_KEYS: dict[str, store.Check] = {
+    "iterations": store.COUNT,
+    "best_iteration": store.optional(store.COUNT),
+}
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
@@ -353,7 +361,15 @@ class RunFolder:
             previous = json.loads(self.summary.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return None
-        return previous if isinstance(previous, dict) else None
+        if not isinstance(previous, dict):
+            return None
+        remedy = "delete it to test the set again"
+        store.check_keys(self.summary, previous, _SUMMARY_KEYS, what="run summary", remedy=remedy)
+        if previous.get("test") is not None:
+            check_result_json(
+                self.summary, "test", previous["test"], what="run summary", remedy=remedy
+            )
+        return previous
 
     @_writing
     def write_summary(self, summary: dict[str, Any]) -> None:
