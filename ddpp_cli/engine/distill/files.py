@@ -272,7 +272,10 @@ class RunFolder:
         line = next(
             (r for r in self.metrics_records() if r.get("iteration") == saved.iteration), {}
         )
-        self.save_best(saved, saved.meta["best_val_accuracy"], line.get("val_std"))
+        std = line.get("val_std")
+        self.save_best(
+            saved, saved.meta["best_val_accuracy"], std if store.is_number(std) else None
+        )
 
     @_writing
     def save_diverged(self, saved: StateDict, iteration: int) -> Path:
@@ -301,7 +304,8 @@ class RunFolder:
             handle.write(json.dumps(record) + "\n")
 
     def metrics_records(self) -> list[dict[str, Any]]:
-        """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped)."""
+        """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped; a value
+        of the wrong type is ignored by each reader)."""
         if not self.metrics.is_file():
             return []
         records = []
@@ -317,7 +321,9 @@ class RunFolder:
     def pruned_stats(self) -> dict[str, float]:
         """Min, max and mean of the pruned fraction over ``metrics.jsonl`` (empty if none)."""
         values = [
-            float(r["pruned_fraction"]) for r in self.metrics_records() if "pruned_fraction" in r
+            float(r["pruned_fraction"])
+            for r in self.metrics_records()
+            if store.is_number(r.get("pruned_fraction"))
         ]
         if not values:
             return {}
