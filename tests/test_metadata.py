@@ -114,6 +114,9 @@ SET_CASES = [
     ("arch", 1, "arch"),
     ("seed", "7", "seed"),
     ("ipc", 2.5, "ipc"),
+    ("iteration", "12", "iteration"),
+    ("val_accuracy", [0.5], "val_accuracy"),
+    ("diverged_at", -1, "diverged_at"),
 ]  # fmt: skip
 
 

@@ -97,6 +97,11 @@ _SET_KEYS: dict[str, store.Check] = {
     "settings": store.optional(store.OBJECT),
     "seed": store.optional(store.INT),
     "ipc": store.optional(store.INT),
+    # what a run folder's sets add (RunFolder.save_set): their iteration and validation
+    "iteration": store.optional(store.COUNT),
+    "val_accuracy": store.optional(store.NUMBER),
+    "val_std": store.optional(store.NUMBER),
+    "diverged_at": store.optional(store.COUNT),
 }
 # What ``preprocessing`` holds for each kind (as :meth:`Preprocessing.describe` writes it).
 _PREPROCESSING_KEYS: dict[str, dict[str, store.Check]] = {

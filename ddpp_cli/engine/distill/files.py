@@ -365,7 +365,7 @@ class RunFolder:
             return None
         try:
             previous = json.loads(self.summary.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         if not isinstance(previous, dict):
             return None
