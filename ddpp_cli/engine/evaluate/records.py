@@ -99,8 +99,9 @@ def _checked_runs(path: Path, content: Any) -> dict[int, dict[str, Any]]:
         return store.unusable(path, "evaluation records", key, problem, _RECORDS_REMEDY)
 
     if not isinstance(content, dict):
-        raise DdppError(f"{path} is not readable evaluation records (not a JSON object); "
-                        f"{_RECORDS_REMEDY}.")  # fmt: skip
+        raise DdppError(
+            f"{path} is not readable evaluation records (not a JSON object); {_RECORDS_REMEDY}."
+        )
     store.check_keys(
         path, content, {"format": store.TEXT, "identity": store.OBJECT, "runs": store.OBJECT},
         what="evaluation records", remedy=_RECORDS_REMEDY, required=("runs",),
@@ -144,8 +145,8 @@ def check_result_json(path: Path, key: str, value: Any, *, what: str, remedy: st
     """DdppError (:func:`store.unusable`, naming ``path`` and ``key``.field) unless ``value``
     is an evaluation result as :meth:`EvalResult.to_json` writes it."""
     if not isinstance(value, dict):
-        raise store.unusable(path, what, key, f"must be an object (got {store.shown(value)})",
-                             remedy)  # fmt: skip
+        problem = f"must be an object (got {store.shown(value)})"
+        raise store.unusable(path, what, key, problem, remedy)
     unknown = sorted(set(value) - set(_RESULT_KEYS))
     if unknown:
         raise store.unusable(path, what, f"{key}.{unknown[0]}", "is not part of a result", remedy)
