@@ -228,14 +228,15 @@ def test_a_checkpoint_with_a_wrongly_typed_key_is_one_line(tmp_path, key, value,
 
 
 @pytest.mark.parametrize(
-    ("config", "named"),
-    [({**asdict(run_config()), "surprise": 1}, "config.surprise"),
-     ({k: v for k, v in asdict(run_config()).items() if k != "ipc"}, "config.ipc"),
-     ({**asdict(run_config()), "iterations": 10.5}, "config.iterations")],
+    ("changes", "named"),
+    [({"config": {**asdict(run_config()), "surprise": 1}}, "config.surprise"),
+     ({"config": {k: v for k, v in asdict(run_config()).items() if k != "ipc"}}, "config.ipc"),
+     ({"config": {**asdict(run_config()), "iterations": 10.5}}, "config.iterations"),
+     ({"iteration": "4"}, "iteration"), ({"buffer": ["b"]}, "buffer")],
 )  # fmt: skip
-def test_a_saved_config_that_is_not_this_ddpps_is_one_line(tmp_path, config, named):
+def test_a_saved_config_that_is_not_this_ddpps_is_one_line(tmp_path, changes, named):
     files = checkpoint_folder(tmp_path / "run")
-    edit_metadata(files.checkpoint, config=config)
+    edit_metadata(files.checkpoint, **changes)
     for read in (distill.saved_config, distill.resume_config):
         with pytest.raises(DdppError) as caught:
             read(files.folder)
