@@ -87,32 +87,85 @@ def save(path: Path, distilled: DistilledSet, extra: dict[str, Any] | None = Non
     return store.write(path, tensors, store.DISTILLED_FORMAT, metadata)
 
 
+_REMEDY = "remake it, or pass another set"
+_SET_KEYS: dict[str, store.Check] = {
+    "dataset": store.TEXT,
+    "class_names": (lambda v: store.is_name_list(v) and bool(v), "must be a list of names"),
+    "preprocessing": store.OBJECT,
+    "source": store.TEXT,
+    "arch": store.optional(store.TEXT),
+    "settings": store.optional(store.OBJECT),
+    "seed": store.optional(store.INT),
+    "ipc": store.optional(store.INT),
+    # what a run folder's sets add (RunFolder.save_set): their iteration and validation
+    "iteration": store.optional(store.COUNT),
+    "val_accuracy": store.optional(store.NUMBER),
+    "val_std": store.optional(store.NUMBER),
+    "diverged_at": store.optional(store.COUNT),
+}
+# What ``preprocessing`` holds for each kind (as :meth:`Preprocessing.describe` writes it).
+_PREPROCESSING_KEYS: dict[str, dict[str, store.Check]] = {
+    "normalize": {"mean": store.NUMBERS, "std": store.NUMBERS},
+    "zca": {
+        "zca_file": store.optional(store.TEXT),
+        "zca_sha256": store.optional(store.TEXT),
+        "regularization": store.optional(store.NUMBER),
+    },
+}
+
+
+def _unusable(path: Path, key: str, problem: str) -> DdppError:
+    return store.unusable(path, "distilled set", key, problem, _REMEDY)
+
+
+def check_metadata(path: Path, meta: dict[str, Any], channels: int) -> None:
+    """DdppError naming ``path`` and the first key of a set's metadata that is missing or
+    wrongly typed (``preprocessing`` checked for its kind, a normalisation per channel)."""
+    store.check_keys(
+        path, meta, _SET_KEYS, what="distilled set", remedy=_REMEDY,
+        required=("dataset", "class_names", "preprocessing"),
+    )  # fmt: skip
+    info = meta["preprocessing"]
+    kind = info.get("kind")
+    if kind not in _PREPROCESSING_KEYS:
+        raise _unusable(
+            path, "preprocessing.kind", f"must be zca or normalize (got {store.shown(kind)})"
+        )
+    table = _PREPROCESSING_KEYS[kind]
+    store.check_keys(
+        path, info, table, what="distilled set", remedy=_REMEDY,
+        required=("mean", "std") if kind == "normalize" else (), prefix="preprocessing.",
+    )  # fmt: skip
+    for key in ("mean", "std") if kind == "normalize" else ():
+        if len(info[key]) != channels:
+            raise _unusable(
+                path, f"preprocessing.{key}", f"must have one value per channel ({channels})"
+            )
+
+
 def load(path: Path) -> DistilledSet:
-    """Read a ``ddpp.distilled/1`` file, checking shapes; DdppError on anything inconsistent."""
+    """Read a ``ddpp.distilled/1`` file, checking shapes and metadata; DdppError (one line
+    naming the file and the key) on anything inconsistent."""
     stored = store.read(path, store.DISTILLED_FORMAT)
     images = store.require_tensor(stored, "images", ndim=4)
     labels = store.require_tensor(stored, "labels", ndim=1)
     lr_tensor = store.require_tensor(stored, "lr", ndim=1)
     meta = stored.metadata
-    class_names = meta.get("class_names")
     if labels.shape[0] != images.shape[0]:
         raise DdppError(f"{path}: {images.shape[0]} images but {labels.shape[0]} labels.")
-    if not isinstance(class_names, list) or not class_names:
-        raise DdppError(f"{path}: metadata 'class_names' is missing.")
+    check_metadata(Path(path), meta, int(images.shape[1]))
+    class_names = meta["class_names"]
     if labels.numel() and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DdppError(f"{path}: labels outside 0…{len(class_names) - 1}.")
-    preprocessing = meta.get("preprocessing")
-    if not isinstance(preprocessing, dict) or preprocessing.get("kind") not in ("zca", "normalize"):
-        raise DdppError(f"{path}: metadata 'preprocessing' is missing or unknown.")
     lr = float(lr_tensor[0]) if lr_tensor.numel() else float("nan")
     return DistilledSet(
         images=images.float(),
         labels=labels.long(),
         lr=None if lr != lr else lr,
-        dataset=str(meta.get("dataset")),
+        dataset=meta["dataset"],
         class_names=tuple(class_names),
-        preprocessing=preprocessing,
-        source=str(meta.get("source", "distill")),
+        preprocessing=meta["preprocessing"],
+        source=meta.get("source", "distill"),
         arch=meta.get("arch"),
         settings=meta.get("settings") or {},
         seed=meta.get("seed"),

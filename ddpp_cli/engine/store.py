@@ -11,7 +11,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -238,6 +238,81 @@ def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "; ".join(
         f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
     )
+
+
+# ---------------------------------------------------------------------------- checked metadata
+
+# What a metadata key must hold: (test of the decoded value, "must be …" for the error).
+Check = tuple[Callable[[Any], bool], str]
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_name_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def is_number_list(value: Any) -> bool:
+    return isinstance(value, list) and all(is_number(v) for v in value)
+
+
+def optional(check: Check) -> Check:
+    """``check`` that also accepts null."""
+    test, must = check
+    return (lambda value: value is None or test(value)), f"{must} or null"
+
+
+INT: Check = (is_int, "must be an integer")
+COUNT: Check = (lambda v: is_int(v) and v >= 0, "must be a whole number")
+NUMBER: Check = (is_number, "must be a number")
+TEXT: Check = (lambda v: isinstance(v, str), "must be a text")
+FLAG: Check = (lambda v: isinstance(v, bool), "must be true or false")
+OBJECT: Check = (lambda v: isinstance(v, dict), "must be an object")
+NAMES: Check = (is_name_list, "must be a list of names")
+NUMBERS: Check = (is_number_list, "must be a list of numbers")
+INTS: Check = (
+    lambda v: isinstance(v, list) and all(is_int(i) for i in v),
+    "must be a list of integers",
+)
+
+
+def unusable(path: Path, what: str, key: str, problem: str, remedy: str) -> DdppError:
+    """``"PATH is not a usable WHAT: 'key' PROBLEM; REMEDY."``: the one line for a file whose
+    metadata key is missing or wrongly typed."""
+    return DdppError(f"{path} is not a usable {what}: '{key}' {problem}; {remedy}.")
+
+
+def shown(value: Any) -> str:
+    """``value``'s repr, cut to a short single line for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def check_keys(
+    path: Path,
+    metadata: Mapping[str, Any],
+    table: Mapping[str, Check],
+    *,
+    what: str,
+    remedy: str,
+    required: tuple[str, ...] = (),
+    prefix: str = "",
+) -> None:
+    """DdppError (:func:`unusable`) for the first key of ``table`` that ``metadata`` holds with
+    a value its check refuses, or the first of ``required`` it lacks."""
+    for key, (test, must) in table.items():
+        if key not in metadata:
+            if key in required:
+                raise unusable(path, what, prefix + key, "is missing", remedy)
+            continue
+        if not test(metadata[key]):
+            raise unusable(path, what, prefix + key, f"{must} (got {shown(metadata[key])})", remedy)
 
 
 def require_tensor(stored: Stored, name: str, ndim: int | None = None) -> torch.Tensor:

@@ -129,16 +129,24 @@ def save(zca: ZCA, path: Path, metadata: Mapping[str, Any] | None = None) -> Pat
     return store.write(Path(path), tensors, store.ZCA_FORMAT, meta)
 
 
+_REMEDY = "remake it with the buffer (ddpp buffer), or pass another --zca-file"
+_ZCA_KEYS: dict[str, store.Check] = {
+    "shape": (
+        lambda v: isinstance(v, list) and len(v) == 3 and all(store.is_int(i) and i > 0 for i in v),
+        "must be [C, H, W]",
+    ),
+    "regularization": store.NUMBER,
+    "dataset": store.optional(store.TEXT),
+}
+
+
 def load(path: Path) -> ZCA:
     """Read a ``ddpp.zca/1`` file, checking its shapes; DdppError if foreign or inconsistent."""
     stored = store.read(Path(path), store.ZCA_FORMAT)
-    shape = stored.metadata.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(v, int) and v > 0 for v in shape)
-    ):
-        raise DdppError(f"{path}: ZCA metadata 'shape' must be [C, H, W], got {shape!r}.")
+    store.check_keys(
+        Path(path), stored.metadata, _ZCA_KEYS, what="ZCA file", remedy=_REMEDY, required=("shape",)
+    )
+    shape = stored.metadata["shape"]
     shape_t = (shape[0], shape[1], shape[2])
     dim = shape_t[0] * shape_t[1] * shape_t[2]
     mean = store.require_tensor(stored, "mean", ndim=1)
@@ -150,8 +158,6 @@ def load(path: Path) -> ZCA:
             f"{tuple(mean.shape)}, whiten {tuple(whiten.shape)}, unwhiten {tuple(unwhiten.shape)}."
         )
     regularization = stored.metadata.get("regularization", DEFAULT_REGULARIZATION)
-    if not isinstance(regularization, (int, float)):
-        raise DdppError(f"{path}: ZCA metadata 'regularization' is not a number.")
     return ZCA(
         mean=mean.float(),
         whiten=whiten.float(),

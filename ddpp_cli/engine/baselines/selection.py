@@ -125,14 +125,10 @@ class Baseline:
             return self._select(device, emit)
         identity = json.loads(json.dumps(self.selection_identity()))  # hashes the pool once
         path = self.selection_file(kept_in, identity)
-        if path.is_file():
-            try:
-                kept = store.read(path, store.SELECTION_FORMAT)
-                if kept.metadata.get("identity") == identity:
-                    emit(SelectionReused(path))
-                    return kept.tensors["indices"], kept.metadata["selection"]
-            except (DdppError, KeyError):
-                pass
+        kept = read_selection(path, identity, len(self.train.labels))
+        if kept is not None:
+            emit(SelectionReused(path))
+            return kept
         found, record = self._select(device, emit)
         if not keep:
             return found, record
@@ -165,6 +161,32 @@ class Baseline:
             preprocessing=self.preprocessing_info, source=self.config.method,
             seed=self.config.seed, settings=settings,
         )  # fmt: skip
+
+
+def read_selection(
+    path: Path, identity: dict[str, Any], pool_size: int
+) -> tuple[torch.Tensor, dict[str, Any]] | None:
+    """The indices and record of the selection kept at ``path`` when it is one of ``identity``
+    and well formed (indices a 1-D integer tensor into a pool of ``pool_size``, the record an
+    object); None when absent, unreadable, wrongly typed or another selection's."""
+    if not path.is_file():
+        return None
+    try:
+        kept = store.read(path, store.SELECTION_FORMAT)
+    except DdppError:
+        return None
+    indices, record = kept.tensors.get("indices"), kept.metadata.get("selection")
+    if (
+        kept.metadata.get("identity") != identity
+        or not isinstance(record, dict)
+        or indices is None
+        or indices.ndim != 1
+        or indices.is_floating_point()
+        or indices.dtype == torch.bool
+        or (indices.numel() and not (0 <= int(indices.min()) <= int(indices.max()) < pool_size))
+    ):
+        return None
+    return indices, record
 
 
 def coreset_set(

@@ -321,8 +321,7 @@ def write_manifest(folder: Path, manifest: dict[str, Any], *, planned: int | Non
     returns its path."""
     records = []
     for index, path in expert_files(folder).items():
-        metadata = store.read_metadata(path)
-        accuracies = metadata.get("test_accuracy") or []
+        accuracies = expert_metadata(path).get("test_accuracy") or []
         records.append(
             {
                 "index": index,
@@ -339,6 +338,42 @@ def write_manifest(folder: Path, manifest: dict[str, Any], *, planned: int | Non
 
 
 # ---------------------------------------------------------------------------------- experts
+
+
+_EXPERT_REMEDY = "remove it and rerun"
+# What an expert file's metadata holds (buffer training and the MTT import write it).
+_EXPERT_KEYS: dict[str, store.Check] = {
+    "dataset": store.optional(store.TEXT),
+    "arch": store.optional(store.TEXT),
+    "expert": store.optional(store.INT),
+    "seed": store.optional(store.INT),
+    "config": store.optional(store.OBJECT),
+    "preprocessing": store.optional(store.OBJECT),
+    "data": store.optional(store.OBJECT),
+    "test_accuracy": store.optional(store.NUMBERS),
+    "train_loss": store.optional(store.NUMBERS),
+    "source": store.optional(store.OBJECT),
+}
+
+
+def check_expert_metadata(path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """``metadata`` (of the expert file ``path``) when each key it holds has its type and its
+    ``layout`` (when recorded) is readable; else a one-line DdppError naming file and key."""
+    store.check_keys(path, metadata, _EXPERT_KEYS, what="expert file", remedy=_EXPERT_REMEDY)
+    if metadata.get("layout") is not None:
+        try:
+            ParamLayout.from_json(metadata["layout"])
+        except DdppError:
+            raise store.unusable(
+                path, "expert file", "layout", "must be a list of [name, [dim, ...]] pairs",
+                _EXPERT_REMEDY,
+            ) from None  # fmt: skip
+    return metadata
+
+
+def expert_metadata(path: Path) -> dict[str, Any]:
+    """The checked metadata of the expert file ``path`` (:func:`check_expert_metadata`)."""
+    return check_expert_metadata(path, store.read_metadata(path))
 
 
 @dataclass(frozen=True)
@@ -362,12 +397,14 @@ def load_trajectory(path: Path, layout: ParamLayout | None = None) -> Trajectory
             f"{path} holds {params.shape[1]} parameters per snapshot, but the architecture "
             f"needs {layout.numel}; it belongs to another architecture or dataset."
         )
-    return Trajectory(params=params, metadata=stored.metadata)
+    return Trajectory(params=params, metadata=check_expert_metadata(path, stored.metadata))
 
 
 def check_expert_file(path: Path, epochs: int, numel: int) -> None:
-    """Cheap validity check of an existing expert file (header, format and tensor shape)."""
+    """Cheap validity check of an existing expert file (header, format, metadata and tensor
+    shape)."""
     shape = store.read_shapes(path, store.TRAJECTORY_FORMAT).get("params", ())
+    check_expert_metadata(path, store.read_metadata(path))
     if shape != (epochs + 1, numel):
         raise DdppError(
             f"{path} holds a trajectory of shape {shape}, expected {(epochs + 1, numel)}; "

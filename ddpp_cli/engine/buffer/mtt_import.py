@@ -19,6 +19,7 @@ from ddpp_cli.engine.buffer.files import (
     check_expert_file,
     data_description,
     expert_files,
+    expert_metadata,
     expert_path,
     read_manifest,
     write_manifest,
@@ -204,7 +205,7 @@ def _source_positions(existing: dict[int, Path]) -> dict[str, int]:
     counts: dict[str, int] = {}
     seen: dict[str, set[int]] = {}
     for path in existing.values():
-        origin = store.read_metadata(path).get("source") or {}
+        origin = expert_metadata(path).get("source") or {}
         name, position, count = origin.get("file"), origin.get("position"), origin.get("of")
         if isinstance(name, str) and isinstance(position, int) and isinstance(count, int):
             counts[name] = count

@@ -391,7 +391,7 @@ def _resumed_records(
     resumed = []
     for index in range(config.experts):
         if index in existing:
-            accuracies = store.read_metadata(existing[index]).get("test_accuracy") or []
+            accuracies = files.expert_metadata(existing[index]).get("test_accuracy") or []
             resumed.append(ExpertRecord(index, existing[index], list(accuracies), resumed=True))
             emit(ExpertFinished(resumed[-1]))
     return resumed

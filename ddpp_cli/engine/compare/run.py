@@ -27,6 +27,7 @@ from ddpp_cli.engine.compare.table import (
     RowResult,
     markdown,
 )
+from ddpp_cli.engine.evaluate.records import check_result_json
 from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.layout import ROW_NAME, ROWS_DIRNAME
 from ddpp_cli.engine.pipeline import RunPlan, choose_buffer
@@ -46,14 +47,50 @@ def check_compare_folder(folder: Path) -> None:
 
 
 def read_row(folder: Path) -> dict[str, Any] | None:
-    """A row folder's ``row.json`` (None when absent or not readable as one)."""
+    """A row folder's ``row.json`` (None when absent or not readable as one; DdppError when a
+    key of it is missing or wrongly typed)."""
     try:
         content = json.loads((folder / ROW_NAME).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(content, dict) or content.get("format") != ROW_FORMAT:
         return None
+    check_row(folder / ROW_NAME, content)
     return content
+
+
+_ROW_REMEDY = "delete its folder to run the row again"
+_ROW_KEYS: dict[str, store.Check] = {
+    "status": (lambda v: v in ("started", "finished"), "must be started or finished"),
+    "settings": store.OBJECT,
+    "result": store.OBJECT,
+}
+_ROW_RESULT_KEYS: dict[str, store.Check] = {
+    "seconds": store.NUMBER,
+    "set": store.optional(store.TEXT),
+}
+
+
+def check_row(path: Path, content: dict[str, Any]) -> None:
+    """DdppError naming ``path`` (a ``row.json``) and the first key that is missing or wrongly
+    typed; a finished row's result is checked whole (what reusing it reads)."""
+    store.check_keys(
+        path, content, _ROW_KEYS, what="comparison row", remedy=_ROW_REMEDY,
+        required=("status", "settings"),
+    )  # fmt: skip
+    if content["status"] != "finished":
+        return
+    if "result" not in content:
+        raise store.unusable(path, "comparison row", "result", "is missing", _ROW_REMEDY)
+    result = content["result"]
+    store.check_keys(
+        path, result, _ROW_RESULT_KEYS, what="comparison row", remedy=_ROW_REMEDY,
+        required=("seconds",), prefix="result.",
+    )  # fmt: skip
+    check_result_json(
+        path, "result.evaluation", result.get("evaluation"), what="comparison row",
+        remedy=_ROW_REMEDY,
+    )  # fmt: skip
 
 
 def row_folder(

@@ -3,6 +3,7 @@ the checkpoint, ``metrics.jsonl``, the best set, the image snapshots and the sum
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from ddpp_cli.engine.distill.state import StateDict
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate.records import check_result_json
 from ddpp_cli.engine.layout import (
     BEST_NAME,
     CHECKPOINT_NAME,
@@ -81,15 +83,102 @@ def check_startable(folder: Path) -> None:
     layout.check_output_folder(folder, {SNAPSHOTS_DIRNAME, SUMMARY_NAME, *RUN_EXTRAS}, "ddpp run")
 
 
+_CHECKPOINT_REMEDY = "it was not written by this ddpp; start a new run with another --out"
+# The checkpoint's metadata: the state's (StateDict.meta) and the run's (RunFolder.run_meta).
+_CHECKPOINT_KEYS: dict[str, store.Check] = {
+    "iteration": store.COUNT,
+    "expert_position": store.COUNT,
+    "experts": store.optional(store.INTS),
+    "best_iteration": store.optional(store.COUNT),
+    "best_val_accuracy": store.optional(store.NUMBER),
+    "elapsed_seconds": store.optional(store.NUMBER),
+    "config": store.OBJECT,
+    "method": store.TEXT,
+    "buffer": store.optional(store.TEXT),
+    "buffer_config": store.optional(store.OBJECT),
+    "dataset": store.TEXT,
+    "arch": store.TEXT,
+    "seed": store.optional(store.INT),
+}
+
+
+# The check of each DistillConfig field's value in the checkpoint's ``config``, by its type.
+_FIELD_CHECKS: dict[str, store.Check] = {
+    "str": store.TEXT,
+    "int": store.INT,
+    "bool": store.FLAG,
+    "float": store.NUMBER,
+}
+_CONFIG_KEYS: dict[str, store.Check] = {
+    f.name: (
+        store.optional(_FIELD_CHECKS[str(f.type).removesuffix(" | None")])
+        if str(f.type).endswith(" | None")
+        else _FIELD_CHECKS[str(f.type)]
+    )
+    for f in dataclasses.fields(DistillConfig)
+}
+_CONFIG_NEEDED = tuple(
+    f.name for f in dataclasses.fields(DistillConfig) if f.default is dataclasses.MISSING
+)
+
+
+def check_checkpoint_metadata(
+    path: Path, meta: dict[str, Any], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``meta`` (the metadata of the checkpoint at ``path``) when each key it holds has its
+    type (each setting of its ``config`` too) and it holds the ``required`` keys; else a
+    one-line DdppError naming the file and the key."""
+    store.check_keys(
+        path, meta, _CHECKPOINT_KEYS, what="checkpoint", remedy=_CHECKPOINT_REMEDY,
+        required=required,
+    )  # fmt: skip
+    store.check_keys(
+        path, meta.get("config") or {}, _CONFIG_KEYS, what="checkpoint",
+        remedy=_CHECKPOINT_REMEDY, prefix="config.",
+    )  # fmt: skip
+    return meta
+
+
+def saved_settings(path: Path) -> dict[str, Any]:
+    """The ``config`` of the checkpoint at ``path``, checked to be a whole config of this ddpp
+    (every setting it holds known and typed, the needed ones present)."""
+    config = checkpoint_metadata(path).get("config")
+    if config is None:
+        raise DdppError(f"{path} holds no readable config; it was not written by this ddpp.")
+    for key in [*sorted(set(config) - set(_CONFIG_KEYS)), *_CONFIG_NEEDED]:
+        if key not in _CONFIG_KEYS:
+            problem = "is not a setting of this ddpp"
+        elif key not in config:
+            problem = "is missing"
+        else:
+            continue
+        raise store.unusable(path, "checkpoint", f"config.{key}", problem, _CHECKPOINT_REMEDY)
+    return config
+
+
+def checkpoint_metadata(path: Path) -> dict[str, Any]:
+    """The checked metadata of the checkpoint at ``path`` (:func:`check_checkpoint_metadata`)."""
+    return check_checkpoint_metadata(Path(path), store.read_metadata(path))
+
+
+# The keys of an earlier summary.json that a finishing run reads (whether it tested the same end).
+_SUMMARY_KEYS: dict[str, store.Check] = {
+    "iterations": store.COUNT,
+    "best_iteration": store.optional(store.COUNT),
+}
+
+
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     """The saved state of the checkpoint at ``path`` and its whole metadata (DdppError when
-    a tensor is missing or has the wrong number of dimensions)."""
+    a tensor is missing or has the wrong number of dimensions, or a metadata key is missing
+    or wrongly typed)."""
     stored = store.read(path, store.CHECKPOINT_FORMAT)
-    tensors = {"images": store.require_tensor(stored, "images", ndim=4)}
-    config = stored.metadata.get("config")
-    info = get_method(
-        config.get("method", DEFAULT_METHOD) if isinstance(config, dict) else DEFAULT_METHOD
+    meta = check_checkpoint_metadata(
+        Path(path), stored.metadata, required=("iteration", "expert_position")
     )
+    tensors = {"images": store.require_tensor(stored, "images", ndim=4)}
+    config = meta.get("config") or {}
+    info = get_method(config.get("method", DEFAULT_METHOD))
     learned = ("lr",) if info.learns_step_size else ()
     experts = ("expert_order",) if info.needs_buffer else ()
     for name in (*learned, *experts, *(f"rng_{g}" for g in info.generators)):
@@ -97,15 +186,10 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     for name in ("momentum_images", "momentum_lr"):
         if name in stored.tensors:
             tensors[name] = stored.tensors[name]
-    meta = stored.metadata
-    if not isinstance(meta.get("iteration"), int) or not isinstance(
-        meta.get("expert_position"), int
-    ):
-        raise DdppError(f"{path} holds no iteration; it was not written by this ddpp.")
     state_meta = {
         "iteration": meta["iteration"],
         "expert_position": meta["expert_position"],
-        "experts": [int(e) for e in meta.get("experts") or []],
+        "experts": list(meta.get("experts") or []),
         "best_iteration": meta.get("best_iteration"),
         "best_val_accuracy": meta.get("best_val_accuracy"),
         "elapsed_seconds": meta.get("elapsed_seconds"),
@@ -188,7 +272,10 @@ class RunFolder:
         line = next(
             (r for r in self.metrics_records() if r.get("iteration") == saved.iteration), {}
         )
-        self.save_best(saved, saved.meta["best_val_accuracy"], line.get("val_std"))
+        std = line.get("val_std")
+        self.save_best(
+            saved, saved.meta["best_val_accuracy"], std if store.is_number(std) else None
+        )
 
     @_writing
     def save_diverged(self, saved: StateDict, iteration: int) -> Path:
@@ -217,7 +304,8 @@ class RunFolder:
             handle.write(json.dumps(record) + "\n")
 
     def metrics_records(self) -> list[dict[str, Any]]:
-        """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped)."""
+        """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped; a value
+        of the wrong type is ignored by each reader)."""
         if not self.metrics.is_file():
             return []
         records = []
@@ -233,7 +321,9 @@ class RunFolder:
     def pruned_stats(self) -> dict[str, float]:
         """Min, max and mean of the pruned fraction over ``metrics.jsonl`` (empty if none)."""
         values = [
-            float(r["pruned_fraction"]) for r in self.metrics_records() if "pruned_fraction" in r
+            float(r["pruned_fraction"])
+            for r in self.metrics_records()
+            if store.is_number(r.get("pruned_fraction"))
         ]
         if not values:
             return {}
@@ -275,9 +365,17 @@ class RunFolder:
             return None
         try:
             previous = json.loads(self.summary.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return None
-        return previous if isinstance(previous, dict) else None
+        if not isinstance(previous, dict):
+            return None
+        remedy = "delete it to test the set again"
+        store.check_keys(self.summary, previous, _SUMMARY_KEYS, what="run summary", remedy=remedy)
+        if previous.get("test") is not None:
+            check_result_json(
+                self.summary, "test", previous["test"], what="run summary", remedy=remedy
+            )
+        return previous
 
     @_writing
     def write_summary(self, summary: dict[str, Any]) -> None:

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ddpp_cli.engine import presets, store
 from ddpp_cli.engine.distill.config import METHOD_SETTINGS, DistillConfig, not_applicable
+from ddpp_cli.engine.distill.files import checkpoint_metadata, saved_settings
 from ddpp_cli.engine.distill.methods import DEFAULT_METHOD, get_method
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.layout import CHECKPOINT_NAME
@@ -37,11 +38,7 @@ def saved_config(folder: Path) -> DistillConfig:
     path = Path(folder) / CHECKPOINT_NAME
     if not path.is_file():
         raise DdppError(f"{folder} holds no {CHECKPOINT_NAME}; it is not a run to resume.")
-    stored = store.read_metadata(path).get("config")
-    known = {f.name for f in fields(DistillConfig)}
-    if not isinstance(stored, dict) or not set(stored) <= known:
-        raise DdppError(f"{path} holds no readable config; it was not written by this ddpp.")
-    return DistillConfig(**stored)
+    return DistillConfig(**saved_settings(path))
 
 
 def resume_config(
@@ -75,8 +72,8 @@ def resume_config(
             f"({store.describe_difference(previous.identity(), config.identity())}); resume "
             "without changing them, or start a new run with another --out."
         )
-    done = store.read_metadata(Path(folder) / CHECKPOINT_NAME).get("iteration", 0)
-    if config.iterations < int(done):
+    done = checkpoint_metadata(Path(folder) / CHECKPOINT_NAME).get("iteration", 0)
+    if config.iterations < done:
         raise DdppError(
             f"the run in {folder} has already done {done} iterations; "
             f"--iterations {config.iterations} is fewer."

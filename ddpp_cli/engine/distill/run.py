@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import allocator, autolr, store
+from ddpp_cli.engine import allocator, autolr
 from ddpp_cli.engine.buffer import read_manifest
 from ddpp_cli.engine.distill.buffer import find_buffer
 from ddpp_cli.engine.distill.config import DistillConfig, not_applicable
@@ -22,7 +22,12 @@ from ddpp_cli.engine.distill.events import (
     IterationFinished,
     ValidationFinished,
 )
-from ddpp_cli.engine.distill.files import RunFolder, check_startable, read_checkpoint
+from ddpp_cli.engine.distill.files import (
+    RunFolder,
+    check_startable,
+    checkpoint_metadata,
+    read_checkpoint,
+)
 from ddpp_cli.engine.distill.methods import get_method
 from ddpp_cli.engine.distill.methods.registry import Step
 from ddpp_cli.engine.distill.resolution import resume_config
@@ -108,7 +113,7 @@ def distill(
 def _resume_buffer(folder: Path, buffer: Path | None) -> Path | None:
     """The buffer to resume with: ``buffer``, else the checkpoint's; DdppError when it was made
     with other settings than the run's."""
-    meta = store.read_metadata(folder / CHECKPOINT_NAME)
+    meta = checkpoint_metadata(folder / CHECKPOINT_NAME)
     if buffer is None and meta.get("buffer"):
         buffer = Path(meta["buffer"])
     if (

@@ -77,6 +77,89 @@ def evaluation_identity(
     }
 
 
+_RECORDS_REMEDY = "delete it to evaluate anew"
+# What each recorded run holds (as runs.py writes it); the first three are needed.
+_RUN_KEYS: dict[str, store.Check] = {
+    "accuracy": (lambda v: isinstance(v, float), "must be a fraction"),
+    "diverged": store.FLAG,
+    "train_size": store.INT,
+    "seconds": store.NUMBER,
+    "device": store.TEXT,
+    "parallel": store.INT,
+    "ddpp_version": store.TEXT,
+    "torch_version": store.TEXT,
+}
+
+
+def _checked_runs(path: Path, content: Any) -> dict[int, dict[str, Any]]:
+    """The runs of records file ``path`` (its JSON ``content``) by number; DdppError naming
+    the file and the first key that is missing or wrongly typed."""
+
+    def unusable(key: str, problem: str) -> DdppError:
+        return store.unusable(path, "evaluation records", key, problem, _RECORDS_REMEDY)
+
+    if not isinstance(content, dict):
+        raise DdppError(
+            f"{path} is not readable evaluation records (not a JSON object); {_RECORDS_REMEDY}."
+        )
+    store.check_keys(
+        path, content, {"format": store.TEXT, "identity": store.OBJECT, "runs": store.OBJECT},
+        what="evaluation records", remedy=_RECORDS_REMEDY, required=("runs",),
+    )  # fmt: skip
+    runs = {}
+    for run, entry in content["runs"].items():
+        if not run.isdigit():
+            raise unusable(f"runs.{run}", "must be numbered by run")
+        if not isinstance(entry, dict):
+            raise unusable(f"runs.{run}", f"must be an object (got {store.shown(entry)})")
+        store.check_keys(
+            path, entry, _RUN_KEYS, what="evaluation records", remedy=_RECORDS_REMEDY,
+            required=("accuracy", "diverged", "train_size"), prefix=f"runs.{run}.",
+        )  # fmt: skip
+        runs[int(run)] = dict(entry)
+    return runs
+
+
+# What an evaluation result's JSON (EvalResult.to_json) holds: in summary.json, row.json.
+_RESULT_KEYS: dict[str, store.Check] = {
+    "arch": store.TEXT,
+    "accuracies": store.NUMBERS,
+    "mean": store.NUMBER,
+    "std": store.NUMBER,
+    "seconds": store.NUMBER,
+    "lr": store.NUMBER,
+    "protocol": store.OBJECT,
+    "selection": store.TEXT,
+    "provenance": store.OBJECT,
+}
+_PROVENANCE_KEYS: dict[str, store.Check] = {
+    "reused_runs": store.INTS,
+    "made_elsewhere": (
+        lambda v: isinstance(v, list) and all(isinstance(m, dict) for m in v),
+        "must be a list of objects",
+    ),
+}
+
+
+def check_result_json(path: Path, key: str, value: Any, *, what: str, remedy: str) -> None:
+    """DdppError (:func:`store.unusable`, naming ``path`` and ``key``.field) unless ``value``
+    is an evaluation result as :meth:`EvalResult.to_json` writes it."""
+    if not isinstance(value, dict):
+        problem = f"must be an object (got {store.shown(value)})"
+        raise store.unusable(path, what, key, problem, remedy)
+    unknown = sorted(set(value) - set(_RESULT_KEYS))
+    if unknown:
+        raise store.unusable(path, what, f"{key}.{unknown[0]}", "is not part of a result", remedy)
+    store.check_keys(
+        path, value, _RESULT_KEYS, what=what, remedy=remedy, prefix=f"{key}.",
+        required=("arch", "accuracies", "mean", "std", "seconds", "lr"),
+    )  # fmt: skip
+    store.check_keys(
+        path, value.get("provenance") or {}, _PROVENANCE_KEYS, what=what, remedy=remedy,
+        prefix=f"{key}.provenance.",
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class EvalRecords:
     """The finished runs of one evaluation, kept in ``<folder>/<arch>-<hash>.json``.
@@ -102,20 +185,12 @@ class EvalRecords:
             return cls(path, identity, {})
         try:
             content = json.loads(path.read_text())
-            ok = content.get("format") == RECORDS_FORMAT and content.get("identity") == identity
-            runs = {int(run): dict(entry) for run, entry in content["runs"].items()}
-            for entry in runs.values():
-                if not (
-                    isinstance(entry["accuracy"], float)
-                    and isinstance(entry["diverged"], bool)
-                    and isinstance(entry["train_size"], int)
-                ):
-                    raise ValueError("a run lacks its accuracy, diverged flag or train size")
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (OSError, ValueError) as exc:
             raise DdppError(
                 f"{path} is not readable evaluation records ({exc}); delete it to evaluate anew."
             ) from None
-        if not ok:
+        runs = _checked_runs(path, content)
+        if content.get("format") != RECORDS_FORMAT or content.get("identity") != identity:
             raise DdppError(
                 f"{path} records another set or protocol than its name says; delete it to "
                 "evaluate anew."

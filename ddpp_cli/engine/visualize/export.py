@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy
 
+from ddpp_cli.engine import store
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.visualize.files import write_bytes
@@ -68,6 +69,10 @@ def _previous_export(out_dir: Path, force: bool) -> dict[str, Any] | None:
             f"{out_dir} already holds an export; pass --force to replace it, or choose a new "
             "or empty folder."
         )
+    store.check_keys(
+        manifest, previous, {"files": store.NAMES, "folders": store.NAMES},
+        what="export manifest", remedy="choose a new or empty folder",
+    )  # fmt: skip
     return previous
 
 
