@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -82,10 +82,10 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
     annotations = folder / "val_annotations.txt"
     if _is_tiny_imagenet_val(folder):
         files, labels = [], []
-        for line in annotations.read_text().splitlines():
+        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
-                files.append(folder / "images" / parts[0])
+                files.append(_annotated_file(annotations, number, parts[0]))
                 labels.append(index[parts[1]])
         if not files:
             raise DdppError(f"{annotations} names none of the {len(classes)} train classes.")
@@ -98,6 +98,22 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
             "classes must be a subset of the train classes."
         )
     return files, [index[test_classes[i]] for i in local]
+
+
+def _annotated_file(annotations: Path, number: int, name: str) -> Path:
+    """The image a line of ``val_annotations.txt`` names, inside ``images/`` next to it.
+
+    A name that is absolute or climbs out (``../x.JPEG``) is refused before any file is read.
+    """
+    images = annotations.parent / "images"
+    relative = PurePosixPath(name)
+    inside = os.path.normpath(relative.as_posix())
+    if not name or relative.is_absolute() or inside == ".." or inside.startswith("../"):
+        raise DdppError(
+            f"{annotations} line {number} names {name!r}, which is outside {images}; each "
+            "line must name a file in images/ (fix or replace the file)."
+        )
+    return images / inside
 
 
 def _is_tiny_imagenet_val(folder: Path) -> bool:
@@ -258,6 +274,15 @@ def _decode_cached(
     return images
 
 
+def _check_two_classes(folder: Path, classes: tuple[str, ...]) -> None:
+    """Refuse a one-class dataset: every accuracy on it would be a meaningless 100 %."""
+    if len(classes) < 2:
+        raise DdppError(
+            f"a dataset needs at least two classes; {folder} has one: {classes[0]} (add a "
+            "folder per class)."
+        )
+
+
 def _holdout_indices(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
     """Boolean test mask: round(20 %) of each class (at least 1 when it has 2+ images), seeded."""
     generator = make_generator(seed, "holdout")
@@ -280,14 +305,14 @@ def load_folder_dataset(
     train_dir = folder / "train"
     if train_dir.is_dir():
         classes, files, labels = _class_folder_listing(train_dir)
+        _check_two_classes(train_dir, classes)
         if split == "test":
             files, labels = _test_listing(_labelled_test_dir(folder, classes), classes)
         images = _decode_cached(folder, files, labels, mode, size)
         return images, torch.tensor(labels, dtype=torch.int64), _class_names(folder, classes)
 
     classes, files, labels = _class_folder_listing(folder)
-    if len(classes) < 2:
-        raise DdppError(f"{folder} has only one class folder ({classes[0]}); need at least two.")
+    _check_two_classes(folder, classes)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     images = _decode_cached(folder, files, labels, mode, size)
     keep = _holdout_indices(label_tensor, len(classes), seed)
