@@ -19,7 +19,7 @@ One module per concern: ``registry`` (what ddpp knows about each dataset), ``loa
 """
 
 from ddpp_cli.engine.data.idx import read_idx
-from ddpp_cli.engine.data.loading import clear_cache, load, source_folder
+from ddpp_cli.engine.data.loading import check_channels, clear_cache, load, source_folder
 from ddpp_cli.engine.data.registry import (
     CHANNEL_COUNTS,
     SYSTEM_FOLDERS,
@@ -45,6 +45,7 @@ __all__ = [
     "ImageSplit",
     "available",
     "channel_choices",
+    "check_channels",
     "class_counts",
     "clear_cache",
     "default_root",

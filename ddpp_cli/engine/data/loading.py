@@ -47,15 +47,21 @@ def load(
         raise DdppError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}.")
     if image_size is not None and image_size < 1:
         raise DdppError(f"--image-size must be a positive number of pixels, got {image_size}.")
-    if channels is not None and channels not in channel_choices(key):
-        raise DdppError(
-            f"--channels {channels} does not apply to {key}: its images have "
-            f"{' or '.join(map(str, channel_choices(key)))} channels; drop --channels."
-        )
+    check_channels(key, channels)
     if channels == REGISTRY[key].channels:
         channels = None  # the dataset's own count: one in-process cache entry
     base = _base_folder(key, root, split)
     return _load_cached(key, base, split, bool(download), image_size, int(seed), channels)
+
+
+def check_channels(name: str, channels: int | None) -> None:
+    """DdppError unless ``channels`` (``--channels``) is None or one ``name`` can load as."""
+    choices = channel_choices(name)
+    if channels is not None and channels not in choices:
+        raise DdppError(
+            f"--channels {channels} does not apply to {canonical(name)}: its images have "
+            f"{' or '.join(map(str, choices))} channels; drop --channels."
+        )
 
 
 def _base_folder(name: str, root: Path | None, split: str = "train") -> Path:
