@@ -208,6 +208,7 @@ def set_up_method(
     prepared = prepare(
         config.dataset, data_root, use_zca=False, download=download,
         train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
+        channels=config.channels,
     )  # fmt: skip
     num_classes = prepared.num_classes
     config, train_idx, val_idx, model = _split_and_network(replace(config, zca=False), prepared)
