@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
+from ddpp_cli.engine import baselines, data, layout, pipeline
 from ddpp_cli.engine import buffer as buffer_engine
-from ddpp_cli.engine import data, layout, pipeline
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
@@ -65,6 +65,10 @@ def test_channels_reaches_the_buffer_distill_and_run_configs(monkeypatch, tmp_pa
     assert seen[-1].channels == 1
     assert invoke("run", *common, "--ipc", "1", "--out", tmp_path / "r").exit_code == 2
     assert seen[-1].buffer.channels == 1
+    monkeypatch.setattr(baselines, "prepare_baseline", record)
+    evaluated = invoke("evaluate", "--baseline", "random", "--ipc", "1", *common)
+    assert evaluated.exit_code == 2, evaluated.output
+    assert seen[-1].channels == 1
 
 
 def test_channels_that_do_not_apply_are_refused_in_one_line(tmp_path):
@@ -74,6 +78,8 @@ def test_channels_that_do_not_apply_are_refused_in_one_line(tmp_path):
     tm = invoke("distill", "--dataset", "imagefolder", "--ipc", "1", "--channels", "3",
                 "--buffer", tmp_path / "b", "--out", tmp_path / "d")  # fmt: skip
     assert tm.exit_code == 2 and "--channels does not apply to --method tm" in tm.output, tm.output
+    on_a_set = invoke("evaluate", tmp_path / "set.safetensors", "--channels", "1")
+    assert on_a_set.exit_code == 2 and "--channels" in on_a_set.output
 
 
 @pytest.mark.slow
