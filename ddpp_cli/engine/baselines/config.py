@@ -78,4 +78,6 @@ class BaselineConfig:
         for name in coresets.coreset_options():
             if name not in own:
                 settings.pop(name, None)
+        if self.channels is None:
+            settings.pop("channels")  # as recorded before --channels existed
         return settings

@@ -251,6 +251,8 @@ class DistillConfig:
         settings = asdict(self)
         for name in CHANGEABLE_ON_RESUME:
             del settings[name]
+        if self.channels is None:
+            del settings["channels"]  # as recorded before --channels existed
         return settings
 
 
