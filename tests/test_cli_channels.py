@@ -16,6 +16,7 @@ from ddpp_cli.cli import app
 from ddpp_cli.engine import baselines, data, layout, pipeline
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
+from ddpp_cli.engine.compare import rows as compare_rows
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate.sets import load_test_split
@@ -111,3 +112,21 @@ def test_a_set_of_a_gray_folder_is_tested_on_images_of_its_channels(tmp_path, ch
     )  # fmt: skip
     images, labels, _ = load_test_split(distilled, data_root=folder, download=False)
     assert images.shape == (4, channels, 16, 16) and labels.tolist() == [0, 0, 1, 1]
+
+
+def test_an_unset_channels_leaves_recorded_identities_as_before():
+    assert "channels" not in buffer_engine.BufferConfig("imagefolder").identity()
+    assert buffer_engine.BufferConfig("imagefolder", channels=1).identity()["channels"] == 1
+    config = distill_engine.DistillConfig.from_preset("imagefolder", 1, method="dm")
+    assert "channels" not in config.identity()
+    baseline = baselines.BaselineConfig(method="random", dataset="imagefolder", ipc=1)
+    assert "channels" not in baseline.describe()
+
+
+def test_the_compare_rows_of_a_run_load_the_data_as_its_buffer():
+    plan = pipeline.plan_run("imagefolder", 1, profile="quick", channels=1)
+    assert plan.buffer.channels == 1
+    assert compare_rows.matching_config(plan, "dm", 5).channels == 1
+    assert (
+        compare_rows.matching_config(pipeline.plan_run("imagefolder", 1), "dm", 5).channels is None
+    )
