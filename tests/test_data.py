@@ -59,9 +59,12 @@ def _fake_mnist(folder: Path, n_train: int = 20, n_test: int = 10, gz: bool = Tr
 
 
 def _png(path: Path, value: int, size: tuple[int, int] = (8, 8), mode: str = "RGB") -> None:
+    """A constant image of ``value``; in RGB a colour one (blue is ``255 - value``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
-    Image.fromarray(np.full(shape, value, dtype=np.uint8), mode=mode).save(path)
+    pixels = np.full((size[1], size[0]), value, dtype=np.uint8)
+    if mode == "RGB":
+        pixels = np.stack([pixels, pixels, 255 - pixels], axis=-1)
+    Image.fromarray(pixels, mode=mode).save(path)
 
 
 # ------------------------------------------------------------------------------------- IDX

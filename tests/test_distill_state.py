@@ -5,6 +5,7 @@ truncation on resume, and the one resume rule (``resume_config``)."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -151,6 +152,27 @@ def test_run_folder_writes_checkpoint_sets_and_snapshots(tmp_path):
     path = files.save_image_snapshot(saved.images, 0.25, 12)
     assert path == tmp_path / "run" / "snapshots" / "iter_000012.safetensors"
     assert load_set(path).lr == 0.25
+
+
+def test_metrics_lines_are_fsynced_before_the_checkpoint_that_covers_them(tmp_path, monkeypatch):
+    files = run_folder(tmp_path / "run")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    saved = worked_state().state_dict()
+    files.log({"iteration": 5, "loss": 1.0})
+    files.log({"iteration": 6, "loss": 0.5})
+    files.save_checkpoint(saved)
+    assert synced[0] == "metrics.jsonl" and synced.count("metrics.jsonl") == 1
+    assert any(name.startswith(".checkpoint.safetensors.") for name in synced[1:])
+    synced.clear()
+    files.save_checkpoint(saved)  # nothing appended since: no second sync
+    assert "metrics.jsonl" not in synced
 
 
 def test_truncate_drops_what_came_after_the_checkpoint(tmp_path):

@@ -17,7 +17,7 @@ from ddpp_cli.engine.errors import DdppError
 # Options named after the BaselineConfig field they set (``_settings.settings`` maps them).
 BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forgetting_epochs",
                      "forgetting_unlearned", "feature_epochs", "l2_normalize",
-                     "image_size")  # fmt: skip
+                     "image_size", "channels")  # fmt: skip
 # What to evaluate comes from a set (the argument), --baseline or --import; these options apply
 # to the last two only (parameter name -> the ways it applies to).
 CHOICE_OPTIONS = {
@@ -25,6 +25,7 @@ CHOICE_OPTIONS = {
     "ipc": ("--baseline",),
     "train_subset": ("--baseline",),
     "image_size": ("--baseline", "--import"),
+    "channels": ("--baseline",),
     "buffer": ("--baseline",),
     "forgetting_epochs": ("--baseline",),
     "forgetting_unlearned": ("--baseline",),
@@ -49,6 +50,16 @@ ChoiceImageSizeOpt = Annotated[
         "--image-size",
         help="Baseline or import: the dataset's images at this size (for an image folder, or a "
         "set made at another size than the dataset's own; a baseline's --buffer tells its own).",
+        rich_help_panel=opt.BASELINE,
+    ),
+]
+
+ChoiceChannelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--channels",
+        help="Baseline: load an image folder as 1 channel (gray; colour converted with PIL's L) "
+        "or 3 (default: 1 when every image is gray, else 3; a --buffer tells its own).",
         rich_help_panel=opt.BASELINE,
     ),
 ]

@@ -73,6 +73,9 @@ ImageSizeOpt = _option(
     "--image-size",
     help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its buffer's).",
 )
+ChannelsOpt = _option(int | None, DATA, "--channels", help="Load an image folder as 1 channel "
+    "(gray; colour images converted with PIL's L) or 3 (default: 1 when every image is gray, "
+    "else 3; distill: dc/dsa/dm/cafe only).")  # fmt: skip
 
 # ----------------------------------------------------------------------------------- buffer
 ExpertsOpt = _option(int | None, BUFFER, "--experts", help="Number of expert trajectories.")

@@ -13,6 +13,7 @@ from ddpp_cli.commands._displays import BufferDisplay
 from ddpp_cli.commands._options import (
     ARCHITECTURES,
     BUFFER,
+    ChannelsOpt,
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
@@ -61,6 +62,7 @@ def command(
     train_subset: TrainSubsetOpt = None,
     test_subset: TestSubsetOpt = None,
     image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
     import_dir: Annotated[
         Path | None,
         typer.Option(
@@ -96,7 +98,7 @@ def command(
             dataset=dataset, arch=arch, experts=experts, epochs=epochs, lr=lr,
             batch_size=batch_size, dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none",
             zca=use_zca, train_subset=train_subset, test_subset=test_subset, image_size=image_size,
-            seed=seed,
+            seed=seed, channels=channels,
         )  # fmt: skip
         progress = make_progress(err, disable=quiet or not world.is_main)
         with layout.writing(folder, enabled=world.is_main), continuing(_continuation), progress:

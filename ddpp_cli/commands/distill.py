@@ -119,6 +119,7 @@ def command(
     max_inner_epochs: opt.MaxInnerEpochsOpt = None,
     zca: opt.ZcaOpt = None,
     image_size: opt.ImageSizeOpt = None,
+    channels: opt.ChannelsOpt = None,
     eval_every: opt.EvalEveryOpt = None,
     eval_runs: opt.EvalRunsOpt = None,
     eval_epochs: opt.EvalEpochsOpt = None,

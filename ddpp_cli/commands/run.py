@@ -141,6 +141,7 @@ def command(
     train_subset: opt.TrainSubsetOpt = None,
     zca: opt.ZcaOpt = None,
     image_size: opt.ImageSizeOpt = None,
+    channels: opt.ChannelsOpt = None,
     iterations: opt.IterationsOpt = None,
     syn_steps: opt.SynStepsOpt = None,
     expert_epochs: opt.ExpertEpochsOpt = None,

@@ -66,7 +66,7 @@ DISTILL_KEYS = (
 )  # fmt: skip
 OVERRIDE_KEYS = (
     *DISTILL_KEYS, "experts", "buffer_epochs", "train_subset", "zca", "image_size", "runs",
-    "epochs", "test_subset",
+    "epochs", "test_subset", "channels",
 )  # fmt: skip
 
 
@@ -106,8 +106,8 @@ def plan_run(
     """The settings of every stage: ``profile``'s, then ``overrides`` (None = not given).
 
     Override names are those of :data:`OVERRIDE_KEYS`: the distillation settings by their
-    DistillConfig names, ``experts``/``buffer_epochs``/``train_subset``/``zca``/``image_size``
-    for the buffer (and so for the whole run),
+    DistillConfig names, ``experts``/``buffer_epochs``/``train_subset``/``zca``/``image_size``/
+    ``channels`` for the buffer (and so for the whole run),
     ``runs``/``epochs``/``test_subset`` for the evaluation (and the baseline). ``auto_lr``
     derives lr_teacher and lr_lr on a paper row too (see :mod:`ddpp_cli.engine.autolr`).
     """
@@ -195,6 +195,7 @@ def _plan_buffer(
         test_subset=QUICK["buffer_test_subset"] if quick else None,
         image_size=given.get("image_size"),
         seed=distill_config.seed,
+        channels=given.get("channels"),
     )
     for name in ("experts", "buffer_epochs", "train_subset"):
         origin[name] = "user" if name in given else ("profile" if quick else "default")
@@ -386,7 +387,7 @@ def check_inputs(
         train_subset = plan.distill.train_subset or manifest.train_subset
     train = data.load(
         plan.distill.dataset, data_root, "train", download=download,
-        image_size=plan.buffer.image_size, seed=plan.buffer.seed,
+        image_size=plan.buffer.image_size, seed=plan.buffer.seed, channels=plan.buffer.channels,
     )  # fmt: skip
     counts = data.class_counts(train).tolist()
     if train_subset is not None:
@@ -460,6 +461,7 @@ def _baseline_stage(
         baselines.BaselineConfig(
             method="random", dataset=plan.distill.dataset, ipc=plan.distill.ipc,
             zca=plan.buffer.zca, image_size=plan.buffer.image_size, seed=plan.evaluation.seed,
+            channels=plan.buffer.channels,
         ),
         zca_path=zca_file, test_subset=plan.test_subset, eval_seed=plan.evaluation.seed,
         **sources,

@@ -143,6 +143,7 @@ def prepare(
     test_subset: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    channels: int | None = None,
     whitening: zca.ZCA | None = None,
     normalization: Normalization | None = None,
 ) -> PreparedData:
@@ -154,8 +155,13 @@ def prepare(
     wins over the dataset's table values or the statistics computed from its train split.
     """
     info = data.info(dataset)
-    train = data.load(dataset, root, "train", download=download, image_size=image_size, seed=seed)
-    test = data.load(dataset, root, "test", download=download, image_size=image_size, seed=seed)
+    train, test = (
+        data.load(
+            dataset, root, split, download=download, image_size=image_size, seed=seed,
+            channels=channels,
+        )
+        for split in ("train", "test")
+    )  # fmt: skip
     if train.images.shape[1:] != test.images.shape[1:]:
         raise DdppError(
             f"train images are {tuple(train.images.shape[1:])} but test images are "

@@ -38,6 +38,7 @@ class BaselineConfig:
     forgetting_unlearned: str = "toneva"  # forgetting.UNLEARNED
     feature_epochs: int = HERDING_FEATURE_EPOCHS
     l2_normalize: bool = False
+    channels: int | None = None  # None: the dataset's (an image folder's: from its images)
 
     def __post_init__(self) -> None:
         choices = coresets.list_coresets(settings=False)
@@ -46,6 +47,7 @@ class BaselineConfig:
                 f"unknown baseline '{self.method}'; choose one of: {', '.join(choices)}."
             )
         data.info(self.dataset)  # unknown dataset -> DdppError
+        data.check_channels(self.dataset, self.channels)
         if self.ipc < 1:
             raise DdppError(f"--ipc must be at least 1 (got {self.ipc}).")
         if self.train_subset is not None and self.train_subset < 1:
@@ -76,4 +78,6 @@ class BaselineConfig:
         for name in coresets.coreset_options():
             if name not in own:
                 settings.pop(name, None)
+        if self.channels is None:
+            settings.pop("channels")  # as recorded before --channels existed
         return settings

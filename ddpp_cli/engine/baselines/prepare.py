@@ -28,6 +28,7 @@ class _BufferData:
     image_size: int | None
     seed: int
     expert_file: Path | None
+    channels: int | None = None  # as the experts saw the data (None: not recorded)
 
 
 def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
@@ -61,6 +62,12 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
             f"the buffer at {folder} was made at --image-size {image_size}, not "
             f"{config.image_size}; drop --image-size."
         )
+    channels = manifest.data.channels
+    if config.channels is not None and channels is not None and config.channels != channels:
+        raise DdppError(
+            f"the buffer at {folder} was made from {channels}-channel images, not "
+            f"{config.channels}; drop --channels."
+        )
     zca_file = folder / layout.ZCA_NAME if is_zca else None
     if zca_file is not None and not zca_file.is_file():
         raise DdppError(f"the buffer at {folder} is ZCA-whitened but its {layout.ZCA_NAME} "
@@ -76,6 +83,7 @@ def _buffer_data(config: BaselineConfig, zca_path: Path | None) -> _BufferData:
         image_size=image_size,
         seed=manifest.seed,
         expert_file=experts[min(experts)] if experts else None,
+        channels=channels,
     )
 
 
@@ -91,6 +99,7 @@ def prepare_pool(
     image_size: int | None = None,
     seed: int = 0,
     normalization: Any = None,
+    channels: int | None = None,
 ) -> tuple[PreparedData, dict[str, Any], Path | None]:
     """``dataset`` prepared for a set of real (or imported) images: (the data, the
     ``preprocessing`` record a set of it carries, the ZCA file or None).
@@ -113,6 +122,7 @@ def prepare_pool(
     prepared = prepare(
         name, data_root, use_zca=use_zca, download=download, train_subset=train_subset,
         image_size=image_size, seed=seed, whitening=whitening, normalization=normalization,
+        channels=channels,
     )  # fmt: skip
     if not use_zca:
         return prepared, prepared.preprocessing.describe(), None
@@ -156,6 +166,7 @@ def prepare_baseline(
         info.name, use_zca=use_zca, zca_path=zca_path, zca_out=zca_out, data_root=data_root,
         download=download, train_subset=config.train_subset, image_size=image_size,
         seed=data_seed, normalization=None if buffer is None else buffer.normalization,
+        channels=config.channels if buffer is None else buffer.channels,
     )  # fmt: skip
     prepared, described, zca_path = pool
     check_ipc(prepared.train, config.ipc)

@@ -177,6 +177,7 @@ def _int_list(value: Any) -> bool:
 _OPTIONAL_INT = (_optional(_is_int), "must be an integer or null")
 _CONFIG_KEYS = {
     "image_size": _OPTIONAL_INT,
+    "channels": _OPTIONAL_INT,
     "seed": _OPTIONAL_INT,
     "train_subset": _OPTIONAL_INT,
     "batch_size": _OPTIONAL_INT,

@@ -45,6 +45,7 @@ IMPORT_REFUSED_OPTIONS = {
     "test_subset": "--test-subset",
     "parallel": "--parallel",
     "seed": "--seed",
+    "channels": "--channels",
 }
 # MTT's buffer.py saves to <buffer_path>/<dataset>[_NO_ZCA]/<model>/replay_buffer_<n>.pt, with
 # the _NO_ZCA suffix only for CIFAR10/CIFAR100 trained without --zca.

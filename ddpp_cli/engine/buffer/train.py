@@ -52,9 +52,11 @@ class BufferConfig:
     test_subset: int | None = None
     image_size: int | None = None
     seed: int = 0
+    channels: int | None = None  # None: the dataset's (an image folder's: from its images)
 
     def __post_init__(self) -> None:
         data.info(self.dataset)  # unknown dataset -> DdppError
+        data.check_channels(self.dataset, self.channels)
         models.check_known(self.arch)
         if self.experts < 1:
             raise DdppError(f"--experts must be at least 1 (got {self.experts}).")
@@ -77,6 +79,8 @@ class BufferConfig:
         """The settings two runs must share to write into the same buffer folder."""
         settings = asdict(self)
         del settings["experts"]
+        if self.channels is None:
+            del settings["channels"]  # as recorded before --channels existed
         return settings
 
 
@@ -354,7 +358,8 @@ def _prepare_folder(
     prepared = prepare(
         config.dataset, data_root, use_zca=config.zca, download=download,
         train_subset=config.train_subset, test_subset=config.test_subset,
-        image_size=config.image_size, seed=config.seed, whitening=saved_zca,
+        image_size=config.image_size, seed=config.seed, channels=config.channels,
+        whitening=saved_zca,
     )  # fmt: skip
     if zca_path is not None and saved_zca is None and world.is_main:
         zca.save(prepared.preprocessing.whitening, zca_path, {"dataset": config.dataset})

@@ -251,6 +251,7 @@ def matching_config(plan: RunPlan, row: str, iterations: int) -> distill_engine.
     }
     given = {name: getattr(plan.distill, name) for name in sorted(kept)}
     given |= {"method": method, "iterations": iterations, "test_runs": 0}
+    given["channels"] = plan.buffer.channels  # the data the buffer's rows see (None: not given)
     profile = info.quick_cuts if plan.profile == "quick" else None
     return distill_engine.resolve(given, None, profile=profile).config
 

@@ -76,7 +76,8 @@ def coreset_config(job: RowJob) -> baselines.BaselineConfig:
     return baselines.BaselineConfig(
         method=method, dataset=plan.distill.dataset, ipc=plan.distill.ipc, zca=plan.buffer.zca,
         train_subset=plan.buffer.train_subset, image_size=plan.buffer.image_size,
-        seed=plan.evaluation.seed, buffer=job.buffer, **budget, **variant,
+        seed=plan.evaluation.seed, buffer=job.buffer, channels=plan.buffer.channels, **budget,
+        **variant,
     )  # fmt: skip
 
 

@@ -9,7 +9,8 @@
   no explicit root, the system folders of :data:`SYSTEM_FOLDERS` are tried before downloading
   (:func:`source_folder` says which folder a load reads);
 - image folders (tinyimagenet, covid19-cxr, imagefolder), decoded once with PIL and cached on disk
-  under ``<dataset folder>/.ddpp-cache/`` so that later loads are fast.
+  under ``<dataset folder>/.ddpp-cache/`` so that later loads are fast; ``imagefolder`` loads as
+  1 channel when every image is gray (``channels`` overrides).
 
 Loaded splits are cached in-process; treat their tensors as read-only.
 
@@ -18,11 +19,13 @@ One module per concern: ``registry`` (what ddpp knows about each dataset), ``loa
 """
 
 from ddpp_cli.engine.data.idx import read_idx
-from ddpp_cli.engine.data.loading import clear_cache, load, source_folder
+from ddpp_cli.engine.data.loading import check_channels, clear_cache, load, source_folder
 from ddpp_cli.engine.data.registry import (
+    CHANNEL_COUNTS,
     SYSTEM_FOLDERS,
     DatasetInfo,
     available,
+    channel_choices,
     default_root,
     info,
 )
@@ -36,10 +39,13 @@ from ddpp_cli.engine.data.splits import (
 )
 
 __all__ = [
+    "CHANNEL_COUNTS",
     "SYSTEM_FOLDERS",
     "DatasetInfo",
     "ImageSplit",
     "available",
+    "channel_choices",
+    "check_channels",
     "class_counts",
     "clear_cache",
     "default_root",

@@ -2,7 +2,9 @@
 
 Images are decoded once with PIL and cached under ``<dataset folder>/.ddpp-cache/``
 (``layout.CACHE_DIRNAME``), so that later loads are fast; a single folder of class folders is
-split 80/20 per class, seeded.
+split 80/20 per class, seeded. A dataset whose registry entry leaves the channels to the data
+(``imagefolder``) loads as 1 channel when every image is gray (PIL mode L, I;16 or 1, or RGB
+with three equal channels), else as 3; that decision is cached too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -26,6 +28,10 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.layout import CACHE_DIRNAME
 
 CACHE_FORMAT = "ddpp.cache/1"
+CHANNELS_FORMAT = "ddpp.channels/1"
+# PIL modes that hold one gray value per pixel (LA: gray with transparency, dropped on load).
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+MODES = {1: "L", 3: "RGB"}  # the PIL mode each channel count is decoded in
 TEST_FRACTION = 0.2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 FOLDER_CANDIDATES = {
@@ -37,7 +43,6 @@ FOLDER_CANDIDATES = {
     ),
     "imagefolder": (),
 }
-_GRAYSCALE_FOLDERS = {"covid19-cxr"}
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
@@ -82,10 +87,10 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
     annotations = folder / "val_annotations.txt"
     if _is_tiny_imagenet_val(folder):
         files, labels = [], []
-        for line in annotations.read_text().splitlines():
+        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
             parts = line.split("\t")
             if len(parts) >= 2 and parts[1] in index:
-                files.append(folder / "images" / parts[0])
+                files.append(_annotated_file(annotations, number, parts[0]))
                 labels.append(index[parts[1]])
         if not files:
             raise DdppError(f"{annotations} names none of the {len(classes)} train classes.")
@@ -98,6 +103,22 @@ def _test_listing(folder: Path, classes: tuple[str, ...]) -> tuple[list[Path], l
             "classes must be a subset of the train classes."
         )
     return files, [index[test_classes[i]] for i in local]
+
+
+def _annotated_file(annotations: Path, number: int, name: str) -> Path:
+    """The image a line of ``val_annotations.txt`` names, inside ``images/`` next to it.
+
+    A name that is absolute or climbs out (``../x.JPEG``) is refused before any file is read.
+    """
+    images = annotations.parent / "images"
+    relative = PurePosixPath(name)
+    inside = os.path.normpath(relative.as_posix())
+    if not name or relative.is_absolute() or inside == ".." or inside.startswith("../"):
+        raise DdppError(
+            f"{annotations} line {number} names {name!r}, which is outside {images}; each "
+            "line must name a file in images/ (fix or replace the file)."
+        )
+    return images / inside
 
 
 def _is_tiny_imagenet_val(folder: Path) -> bool:
@@ -195,6 +216,10 @@ def find_dataset_dir(name: str, root: Path) -> Path:
     )
 
 
+def _unreadable(path: Path, exc: Exception) -> DdppError:
+    return DdppError(f"cannot read image {path}: {exc}; remove or replace the file.")
+
+
 def _decode(path: Path, mode: str, size: int | None) -> torch.Tensor:
     from PIL import Image
     from torchvision.transforms import functional as TF
@@ -203,7 +228,7 @@ def _decode(path: Path, mode: str, size: int | None) -> torch.Tensor:
         with Image.open(path) as image:
             image = image.convert(mode)
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise DdppError(f"cannot read image {path}: {exc}; remove or replace the file.") from None
+        raise _unreadable(path, exc) from None
     if size is not None and image.size != (size, size):
         image = TF.resize(image, [size, size])
     return TF.pil_to_tensor(image)
@@ -224,13 +249,59 @@ def _decode_all(files: Sequence[Path], mode: str, size: int | None) -> torch.Ten
     return torch.stack(tensors)
 
 
+def is_gray(path: Path) -> bool:
+    """True when the image holds gray only: a gray PIL mode, or colour with equal channels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode in GRAY_MODES:
+                return True
+            red, green, blue = image.convert("RGB").split()
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
+        raise _unreadable(path, exc) from None
+    return red.tobytes() == green.tobytes() == blue.tobytes()
+
+
+def _listing_entries(folder: Path, files: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime) of each file: what a cache key depends on."""
+    try:
+        return [
+            (str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns)
+            for path, stat in ((path, path.stat()) for path in files)
+        ]
+    except OSError as exc:
+        raise DdppError(f"cannot read the image files under {folder}: {exc}") from None
+
+
+def decided_channels(folder: Path, files: Sequence[Path]) -> int:
+    """1 when every image of ``files`` is gray (:func:`is_gray`), else 3; cached on disk.
+
+    The scan stops at the first colour image; the answer is kept under ``.ddpp-cache/`` keyed
+    on the listing (paths, sizes, mtimes), so a folder is scanned again only when it changes.
+    """
+    listing = json.dumps({"format": CHANNELS_FORMAT, "files": _listing_entries(folder, files)})
+    key = hashlib.sha256(listing.encode()).hexdigest()[:32]
+    cache = folder / CACHE_DIRNAME / f"channels-{key}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        recorded = json.loads(cache.read_text(encoding="utf-8"))["channels"]
+        if recorded in MODES:
+            return recorded
+    channels = 1 if all(is_gray(path) for path in files) else 3
+    with contextlib.suppress(OSError):  # a read-only data folder just goes without the cache
+        store.atomic_write_text(cache, json.dumps({"channels": channels}) + "\n")
+    return channels
+
+
 def _cache_key(
     folder: Path, files: Sequence[Path], labels: Sequence[int], mode: str, size: int | None
 ) -> str:
-    entries = []
-    for path, label in zip(files, labels, strict=True):
-        stat = path.stat()
-        entries.append((str(path.relative_to(folder)), label, stat.st_size, stat.st_mtime_ns))
+    entries = [
+        (name, label, size_bytes, mtime)
+        for (name, size_bytes, mtime), label in zip(
+            _listing_entries(folder, files), labels, strict=True
+        )
+    ]
     text = json.dumps({"format": CACHE_FORMAT, "mode": mode, "size": size, "files": entries})
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -239,12 +310,7 @@ def _decode_cached(
     folder: Path, files: list[Path], labels: list[int], mode: str, size: int | None
 ) -> torch.Tensor:
     """``_decode_all`` with an on-disk cache keyed on the listing, mtimes, mode and size."""
-    try:
-        cache = (
-            folder / CACHE_DIRNAME / f"{_cache_key(folder, files, labels, mode, size)}.safetensors"
-        )
-    except OSError as exc:
-        raise DdppError(f"cannot read the image files under {folder}: {exc}") from None
+    cache = folder / CACHE_DIRNAME / f"{_cache_key(folder, files, labels, mode, size)}.safetensors"
     if cache.is_file():
         try:
             images = store.read(cache, CACHE_FORMAT).tensors["images"]
@@ -258,6 +324,15 @@ def _decode_cached(
     return images
 
 
+def _check_two_classes(folder: Path, classes: tuple[str, ...]) -> None:
+    """Refuse a one-class dataset: every accuracy on it would be a meaningless 100 %."""
+    if len(classes) < 2:
+        raise DdppError(
+            f"a dataset needs at least two classes; {folder} has one: {classes[0]} (add a "
+            "folder per class)."
+        )
+
+
 def _holdout_indices(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
     """Boolean test mask: round(20 %) of each class (at least 1 when it has 2+ images), seeded."""
     generator = make_generator(seed, "holdout")
@@ -269,26 +344,41 @@ def _holdout_indices(labels: torch.Tensor, num_classes: int, seed: int) -> torch
     return test
 
 
+def _mode(folder: Path, files: Sequence[Path], channels: int | None) -> str:
+    """The PIL mode to decode in: ``channels``'s, or the one the images decide."""
+    return MODES[channels if channels is not None else decided_channels(folder, files)]
+
+
 def load_folder_dataset(
-    name: str, root: Path, split: str, image_size: int | None, seed: int
+    name: str, root: Path, split: str, image_size: int | None, seed: int, channels: int | None
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """One split's uint8 images, labels and class names; ``channels`` None: the registry's
+    count, else (``imagefolder``) the one :func:`decided_channels` reads from both splits."""
     folder = find_dataset_dir(name, root)
-    mode = "L" if name in _GRAYSCALE_FOLDERS else "RGB"
-    default_size = REGISTRY[name].image_size
+    entry = REGISTRY[name]
+    channels = channels if channels is not None else entry.channels
+    default_size = entry.image_size
     size = image_size if image_size is not None else (default_size[0] if default_size else None)
 
     train_dir = folder / "train"
     if train_dir.is_dir():
         classes, files, labels = _class_folder_listing(train_dir)
+        _check_two_classes(train_dir, classes)
+        every_file = list(files)
         if split == "test":
             files, labels = _test_listing(_labelled_test_dir(folder, classes), classes)
+            every_file += files
+        elif channels is None:
+            with contextlib.suppress(DdppError):  # without a test split, train alone decides
+                every_file += _test_listing(_labelled_test_dir(folder, classes), classes)[0]
+        mode = _mode(folder, every_file, channels)
         images = _decode_cached(folder, files, labels, mode, size)
         return images, torch.tensor(labels, dtype=torch.int64), _class_names(folder, classes)
 
     classes, files, labels = _class_folder_listing(folder)
-    if len(classes) < 2:
-        raise DdppError(f"{folder} has only one class folder ({classes[0]}); need at least two.")
+    _check_two_classes(folder, classes)
     label_tensor = torch.tensor(labels, dtype=torch.int64)
+    mode = _mode(folder, files, channels)
     images = _decode_cached(folder, files, labels, mode, size)
     keep = _holdout_indices(label_tensor, len(classes), seed)
     if split == "train":

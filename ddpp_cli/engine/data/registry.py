@@ -52,13 +52,14 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 class DatasetInfo:
     """What ddpp knows about a dataset before loading it.
 
-    ``image_size``/``num_classes``/``class_names`` are None where the data decides (image
-    folders); ``mean``/``std`` are None where they are computed from the train split.
+    ``channels``/``image_size``/``num_classes``/``class_names`` are None where the data decides
+    (image folders); ``mean``/``std`` are None where they are computed from the train split, and
+    only there may ``--channels`` differ from ``channels`` (:func:`channel_choices`).
     CIFAR-100 uses its own statistics; MTT's code reused the CIFAR-10 values for it.
     """
 
     name: str
-    channels: int
+    channels: int | None
     image_size: tuple[int, int] | None
     num_classes: int | None
     mean: tuple[float, ...] | None
@@ -82,7 +83,7 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo(
             "fashionmnist", 1, (28, 28), 10, (0.2861,), (0.3530,), False, _FASHION_CLASSES
         ),
-        DatasetInfo("imagefolder", 3, None, None, None, None, False, None),
+        DatasetInfo("imagefolder", None, None, None, None, None, False, None),
         DatasetInfo("mnist", 1, (28, 28), 10, (0.1307,), (0.3081,), False, _MNIST_CLASSES),
         DatasetInfo(
             "svhn", 3, (32, 32), 10, (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
@@ -130,3 +131,15 @@ def info(name: str) -> DatasetInfo:
 def default_root() -> Path:
     """Default data folder: ddpp's data home (``layout.data_home()``), sub-folder ``datasets``."""
     return layout.data_home() / layout.DATASETS_DIRNAME
+
+
+CHANNEL_COUNTS = (1, 3)  # gray, colour
+
+
+def channel_choices(name: str) -> tuple[int, ...]:
+    """The ``--channels`` a dataset accepts: any for data normalised by its own statistics,
+    else only its own count (its table's mean and std have one value per channel)."""
+    entry = info(name)
+    if entry.mean is None and entry.std is None:
+        return CHANNEL_COUNTS
+    return (entry.channels,) if entry.channels is not None else CHANNEL_COUNTS

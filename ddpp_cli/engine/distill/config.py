@@ -108,6 +108,7 @@ class DistillConfig:
     method: str = DEFAULT_METHOD
     # The other methods' settings (METHOD_SETTINGS; None where the method has none).
     image_size: int | None = None  # None: the dataset's own
+    channels: int | None = None  # None: the dataset's (an image folder's: from its images)
     batch_real: int | None = None
     lr_net: float | None = None
     outer_loop: int | None = None
@@ -184,6 +185,7 @@ class DistillConfig:
             _at_least("inner_loop", self.inner_loop, 0)
         if self.image_size is not None:
             _at_least("image_size", self.image_size, 1)
+        data.check_channels(self.dataset, self.channels)
 
     @property
     def matching_dsa(self) -> str:
@@ -249,6 +251,8 @@ class DistillConfig:
         settings = asdict(self)
         for name in CHANGEABLE_ON_RESUME:
             del settings[name]
+        if self.channels is None:
+            del settings["channels"]  # as recorded before --channels existed
         return settings
 
 

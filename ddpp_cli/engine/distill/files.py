@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -229,6 +230,7 @@ class RunFolder:
         self.writes = writes
         self.saved_iteration: int | None = None
         self.write_failed = False
+        self.metrics_unsynced = False
 
     @_writing
     def create(self) -> None:
@@ -247,6 +249,7 @@ class RunFolder:
     @_writing
     def save_checkpoint(self, saved: StateDict) -> None:
         """``distilled.safetensors`` and ``checkpoint.safetensors`` of the state ``saved``."""
+        self.sync_metrics()
         self.save_set(self.distilled, saved)
         tensors = {**saved.tensors, **self.run_tensors}
         store.write(self.checkpoint, tensors, store.CHECKPOINT_FORMAT, self.checkpoint_meta(saved))
@@ -300,8 +303,21 @@ class RunFolder:
 
     @_writing
     def log(self, record: dict[str, Any]) -> None:
+        """Append one line (made durable by :meth:`sync_metrics` before the next checkpoint)."""
         with open(self.metrics, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.metrics_unsynced = True
+
+    @_writing
+    def sync_metrics(self) -> None:
+        """fsync the lines appended since the last sync, so that a checkpoint written after this
+        is never ahead of ``metrics.jsonl`` on disk, whatever stops the machine."""
+        if not self.metrics_unsynced:
+            return
+        with open(self.metrics, "a", encoding="utf-8") as handle:
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.metrics_unsynced = False
 
     def metrics_records(self) -> list[dict[str, Any]]:
         """The readable lines of ``metrics.jsonl`` (a torn or foreign line is skipped; a value

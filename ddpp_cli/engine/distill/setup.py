@@ -208,6 +208,7 @@ def set_up_method(
     prepared = prepare(
         config.dataset, data_root, use_zca=False, download=download,
         train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
+        channels=config.channels,
     )  # fmt: skip
     num_classes = prepared.num_classes
     config, train_idx, val_idx, model = _split_and_network(replace(config, zca=False), prepared)
@@ -265,7 +266,7 @@ def _prepare_data(
     prepared = prepare(
         config.dataset, data_root, use_zca=bool(config.zca), download=download,
         train_subset=config.train_subset, image_size=manifest.image_size,
-        seed=manifest.seed, whitening=whitening,
+        seed=manifest.seed, channels=manifest.data.channels, whitening=whitening,
         # exactly what the experts saw (e.g. an MTT CIFAR-100 import: CIFAR-10's mean/std)
         normalization=None if config.zca else manifest.normalization,
     )  # fmt: skip

@@ -99,9 +99,11 @@ def load_test_split(
     channels, height, width = (int(s) for s in distilled.images.shape[1:])
     if image_size is None and info.image_size is None and height == width:
         image_size = height  # image folders have no native size; use the set's
+    loads_as_set = channels in data.channel_choices(info.name)  # an image folder: as the set
     test = data.load(
-        info.name, data_root, "test", download=download, image_size=image_size, seed=data_seed
-    )
+        info.name, data_root, "test", download=download, image_size=image_size, seed=data_seed,
+        channels=channels if loads_as_set else None,
+    )  # fmt: skip
     if tuple(test.images.shape[1:]) != (channels, height, width):
         raise DdppError(
             f"the set's images are {channels}×{height}×{width} but {info.name} test images are "

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ddpp_cli.engine.distill.state import DistillState
 
 ITERATIONS = 1000  # DatasetCondensation main.py
-SETTINGS = ("image_size", "batch_real", "lr_net", "outer_loop", "inner_loop")
+SETTINGS = ("image_size", "channels", "batch_real", "lr_net", "outer_loop", "inner_loop")
 
 
 class GradientMatchingStep(MethodStep):
