@@ -140,3 +140,14 @@ def test_docs_links_and_anchors_resolve():
             if anchor not in anchors.get(name, set()):
                 broken.append(f"{path.relative_to(ROOT)}: docs/{name}#{anchor}")
     assert not broken, broken
+
+
+def test_torch_floor_is_one_whose_weights_only_load_is_safe():
+    """torch.load(weights_only=True), which every import of another tool's file relies on, can
+    run code in torch before 2.6 (CVE-2025-32434): the declared floor must be 2.6 or newer."""
+    text = (ROOT / "pyproject.toml").read_text()
+    floors = {
+        name: tuple(int(part) for part in version.split("."))
+        for name, version in re.findall(r'"(torch|torchvision)>=([\d.]+)"', text)
+    }
+    assert floors["torch"] >= (2, 6) and floors["torchvision"] >= (0, 21), floors
