@@ -151,3 +151,18 @@ def test_torch_floor_is_one_whose_weights_only_load_is_safe():
         for name, version in re.findall(r'"(torch|torchvision)>=([\d.]+)"', text)
     }
     assert floors["torch"] >= (2, 6) and floors["torchvision"] >= (0, 21), floors
+
+
+def test_modules_stay_small_and_say_their_concern():
+    """No module in ddpp_cli/ above 500 lines, none in commands/ above 300, and each opens with
+    a docstring whose first line names its concern."""
+    import ast
+
+    for path in sorted((ROOT / "ddpp_cli").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.count("\n")
+        limit = 300 if path.parent.name == "commands" else 500
+        assert lines <= limit, f"{path.relative_to(ROOT)}: {lines} lines (limit {limit})"
+        if path.name != "__main__.py":
+            docstring = ast.get_docstring(ast.parse(text))
+            assert docstring and docstring.strip(), f"{path.relative_to(ROOT)} has no docstring"

@@ -1,7 +1,16 @@
 """Buffers of expert trajectories (``ddpp buffer``): their files and manifest (:mod:`.files`),
-training (:mod:`.train`), MTT import (:mod:`.mtt_import`) and ``ddpp run``'s reuse (:mod:`.reuse`).
+training (:mod:`.train`) and its events (:mod:`.events`), MTT import (:mod:`.mtt_import`) and
+``ddpp run``'s reuse (:mod:`.reuse`).
 """
 
+from ddpp_cli.engine.buffer.events import (
+    BufferStarted,
+    BufferSummary,
+    EpochFinished,
+    ExpertFinished,
+    ExpertRecord,
+    ExpertStarted,
+)
 from ddpp_cli.engine.buffer.files import (
     MANIFEST_FORMAT,
     BufferManifest,
@@ -20,16 +29,7 @@ from ddpp_cli.engine.buffer.mtt_import import (
     resolve_import_zca,
 )
 from ddpp_cli.engine.buffer.reuse import choose_buffer, search_buffers
-from ddpp_cli.engine.buffer.train import (
-    BufferConfig,
-    BufferStarted,
-    BufferSummary,
-    EpochFinished,
-    ExpertFinished,
-    ExpertRecord,
-    ExpertStarted,
-    train_buffer,
-)
+from ddpp_cli.engine.buffer.train import BufferConfig, train_buffer
 
 __all__ = [
     "MANIFEST_FORMAT", "BufferConfig", "BufferManifest", "BufferStarted", "BufferSummary",

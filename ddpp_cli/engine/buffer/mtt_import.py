@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ddpp_cli.engine import data, models, store, zca
+from ddpp_cli.engine.buffer.events import BufferStarted, BufferSummary, ExpertFinished, ExpertRecord
 from ddpp_cli.engine.buffer.files import (
     MANIFEST_FORMAT,
     BufferManifest,
@@ -24,7 +25,6 @@ from ddpp_cli.engine.buffer.files import (
     read_manifest,
     write_manifest,
 )
-from ddpp_cli.engine.buffer.train import BufferStarted, BufferSummary, ExpertFinished, ExpertRecord
 from ddpp_cli.engine.device import resolve_device, seeded
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import OnEvent

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,14 @@ import torch
 
 from ddpp_cli.engine import augment, batched, data, models, store, zca
 from ddpp_cli.engine.buffer import files
+from ddpp_cli.engine.buffer.events import (
+    BufferStarted,
+    BufferSummary,
+    EpochFinished,
+    ExpertFinished,
+    ExpertRecord,
+    ExpertStarted,
+)
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
@@ -82,56 +90,6 @@ class BufferConfig:
         if self.channels is None:
             del settings["channels"]  # as recorded before --channels existed
         return settings
-
-
-@dataclass(frozen=True)
-class BufferStarted:
-    folder: Path
-    total: int | None  # None: an import without --experts learns the count at its last file
-    existing: int
-    train_size: int
-    test_size: int
-    num_params: int
-    preprocessing: str
-
-
-@dataclass(frozen=True)
-class ExpertStarted:
-    index: int
-    epochs: int
-
-
-@dataclass(frozen=True)
-class EpochFinished:
-    index: int
-    epoch: int
-    epochs: int
-    train_loss: float
-    test_accuracy: float
-
-
-@dataclass(frozen=True)
-class ExpertRecord:
-    """One expert of a buffer: where it is and how well it did after each epoch."""
-
-    index: int
-    path: Path
-    test_accuracy: list[float]
-    seconds: float | None = None
-    resumed: bool = False
-
-
-@dataclass(frozen=True)
-class ExpertFinished:
-    record: ExpertRecord
-
-
-@dataclass(frozen=True)
-class BufferSummary:
-    folder: Path
-    manifest: Path
-    zca: Path | None
-    experts: list[ExpertRecord] = field(default_factory=list)
 
 
 def _check_folder(folder: Path, config: BufferConfig) -> None:
