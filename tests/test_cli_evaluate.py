@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
-from ddpp_cli.engine import data, distilled, zca
+from ddpp_cli.engine import data, distilled, models, zca
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.preprocess import Normalization
 
@@ -292,3 +292,22 @@ def test_crossarch_and_baselines_take_parallel(mnist_set, tiny_mnist):
         "--ipc", "1", "--runs", "2", "--epochs", "1", "--parallel", "2", *FAST[4:],
     )  # fmt: skip
     assert len(payload["accuracies"]) == 2
+
+
+def test_crossarch_trains_convnets_of_any_width_and_shows_their_size(mnist_set, tiny_mnist):
+    args = ("crossarch", mnist_set, "--archs", "convnet,convnet-w32", "--data-dir", tiny_mnist,
+            "--no-download", *FAST)  # fmt: skip
+    payload = json.loads(invoke(*args, "--json").stdout)
+    assert payload["archs"] == ["convnet", "convnet-w32"]
+    image = tuple(payload["results"]["convnet"]["protocol"]["image_shape"])  # (C, H, W)
+    for arch in ("convnet", "convnet-w32"):
+        expected = models.parameter_count(arch, image[0], 10, image[1:])
+        assert payload["results"][arch]["protocol"]["parameters"] == expected
+    assert (
+        payload["results"]["convnet-w32"]["protocol"]["parameters"]
+        < (payload["results"]["convnet"]["protocol"]["parameters"])
+    )
+    shown = " ".join(invoke(*args).stdout.split())
+    small = payload["results"]["convnet-w32"]["protocol"]["parameters"]
+    assert f"convnet-w32 ({small:,} parameters): " in shown
+    assert "protocol: each architecture, 1 epochs" in shown

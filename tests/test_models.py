@@ -263,3 +263,42 @@ def test_check_known_accepts_every_available_name_and_names_the_choices_otherwis
         models.check_known(name)
     with pytest.raises(DdppError, match=r"unknown architecture 'convnet9'; choose one of: alexnet"):
         models.check_known("convnet9")
+
+
+def convnet_count_by_hand(channels: int, width: int, depth: int, classes: int, side: int) -> int:
+    """DC's ConvNet: depth × (conv 3×3 + bias, GroupNorm affine) then Linear from the final map."""
+    convs = sum((c_in * 9 + 1) * width for c_in in [channels] + [width] * (depth - 1))
+    norms = 2 * width * depth
+    final = side // 2**depth
+    return convs + norms + (width * final * final + 1) * classes
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "depth"),
+    [("convnet-w1024", 1024, 3), ("convnet-w128", 128, 3), ("convnet-d4-w64", 64, 4)],
+)
+def test_convnets_of_any_width_count_as_by_hand(name: str, width: int, depth: int) -> None:
+    expected = convnet_count_by_hand(3, width, depth, 10, 32)
+    assert models.parameter_count(name, 3, 10, 32) == expected
+    model = models.create(name, 3, 10, 32)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model.features[0].out_channels == width and model.depth == depth
+    assert models.parameter_count("convnet-w1024", 3, 10, 32) == 19_075_082  # Table II's KIP width
+
+
+def test_width_combines_with_batchnorm_and_depth_and_128_is_the_default() -> None:
+    bn = models.create("convnet-bn-d4-w256", 3, 10, 64)
+    assert models.uses_batchnorm(bn) and bn.depth == 4 and bn.features[0].out_channels == 256
+    torch.manual_seed(0)
+    plain = models.create("convnet", 3, 10, 32)
+    torch.manual_seed(0)
+    w128 = models.create("convnet-w128", 3, 10, 32)
+    for a, b in zip(plain.parameters(), w128.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["convnet-w0", "convnet-w", "convnet-w1024-bn", "convnet-x2",
+                                  "convnet-w99999", "resnet18-w64"])  # fmt: skip
+def test_other_names_are_refused_naming_the_family(name: str) -> None:
+    with pytest.raises(DdppError, match=r"unknown architecture.*convnet\[-bn\]\[-dN\]\[-wN\]"):
+        models.check_known(name)

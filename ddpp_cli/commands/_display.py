@@ -98,18 +98,27 @@ def distilling(
         raise typer.Exit(130) from None
 
 
-def protocol_line(result: evaluate.EvalResult) -> str:
-    """How an evaluation was done, in one line under its table."""
+def protocol_line(result: evaluate.EvalResult, network: str | None = None) -> str:
+    """How an evaluation was done, in one line under its table; ``network`` replaces the
+    architecture and its size (e.g. "each architecture")."""
     p = result.protocol
     dsa = "off" if p["dsa_strategy"] == "none" else "on"
     runs = f"{p['runs']} run" + ("s" if p["runs"] != 1 else "")
     return (
-        f"protocol: {p['arch']}, {p['epochs']} epochs, lr {result.lr:g} ({p['lr_source']}), "
+        f"protocol: {network or network_label(result)}, {p['epochs']} epochs, lr "
+        f"{result.lr:g} ({p['lr_source']}), "
         f"{p['lr_schedule']}, batch {p['batch_size']}, SGD momentum {p['momentum']:g}, "
         f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
         f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
         "± is the population std"
     )
+
+
+def network_label(result: evaluate.EvalResult) -> str:
+    """``convnet (320,010 parameters)``: the architecture evaluated and its size when recorded."""
+    count = result.protocol.get("parameters")
+    size = f" ({count:,} parameters)" if isinstance(count, int) else ""
+    return f"{result.protocol['arch']}{size}"
 
 
 def print_result(title: str, result: evaluate.EvalResult) -> None:

@@ -18,7 +18,9 @@ from ddpp_cli.engine.device import DEVICE_CHOICES
 from ddpp_cli.engine.distill import MAX_VAL_SIZE
 from ddpp_cli.engine.distill import methods as distill_methods
 
-ARCHITECTURES = ", ".join(models.available())
+ARCHITECTURES = (
+    f"{', '.join(models.available())}, or any {models.CONVNET_FAMILY} (e.g. convnet-w1024)"
+)
 
 # Help panels: long option lists grouped by stage (as timm's train.py groups its arguments).
 DATA = "Data"

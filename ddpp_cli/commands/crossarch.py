@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from ddpp_cli.commands import _options as opt
-from ddpp_cli.commands._display import err, joined_world, line, out, protocol_line, set_label
+from ddpp_cli.commands._display import (
+    err,
+    joined_world,
+    line,
+    network_label,
+    out,
+    protocol_line,
+    set_label,
+)
 from ddpp_cli.commands._evaluation import (
     BatchOpt,
     DsaOpt,
@@ -122,7 +130,8 @@ def _print_table(results: dict[str, evaluate.EvalResult], path: Path, distilled_
     table.add_row(_label(distilled_set), *(r.mean_std_text() for r in results.values()))
     out.print(table)
     first = next(iter(results.values()))
-    line(out, protocol_line(first).replace(f"{first.arch}, ", "each architecture, ", 1))
-    for name, result in results.items():
+    line(out, protocol_line(first, network="each architecture"))
+    for result in results.values():
         runs_text = ", ".join(percent(a) for a in result.accuracies)
-        out.print(f"{name}: {runs_text}  ({result.seconds:.0f} s)", highlight=False)
+        label = network_label(result)
+        out.print(f"{label}: {runs_text}  ({result.seconds:.0f} s)", highlight=False)

@@ -21,6 +21,7 @@ the parameters, which is what MTT's buffers rely on, is the same.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -329,15 +330,56 @@ _BUILDERS: dict[str, Callable[[int, int, tuple[int, int]], nn.Module]] = {
 }
 
 
+# Any ConvNet of the family: ``convnet`` with optional ``-bn`` (BatchNorm), ``-dN`` (depth N
+# instead of the image size's) and ``-wN`` (N channels per block instead of 128), e.g.
+# ``convnet-w1024`` (KIP's and Table II's wide ConvNet) or ``convnet-bn-d4-w256``.
+CONVNET_FAMILY = "convnet[-bn][-dN][-wN]"
+_CONVNET_NAME = re.compile(
+    r"convnet(?P<bn>-bn)?(?:-d(?P<depth>[1-9]\d*))?(?:-w(?P<width>[1-9]\d*))?"
+)
+MAX_CONVNET_WIDTH = 16384
+
+
 def available() -> list[str]:
-    """Architecture names accepted by ``create``, sorted."""
+    """Architecture names accepted by ``create``, sorted (any ConvNet of :data:`CONVNET_FAMILY`
+    is accepted too)."""
     return sorted(_BUILDERS)
 
 
+def _builder(name: str) -> Callable[[int, int, tuple[int, int]], nn.Module] | None:
+    """The builder of ``name``: a registered architecture, or a ConvNet of the family."""
+    if name in _BUILDERS:
+        return _BUILDERS[name]
+    match = _CONVNET_NAME.fullmatch(name) if isinstance(name, str) else None
+    if match is None or int(match["width"] or CONVNET_WIDTH) > MAX_CONVNET_WIDTH:
+        return None
+    depth = None if match["depth"] is None else int(match["depth"])
+    norm = "batchnorm" if match["bn"] else "instancenorm"
+    width = int(match["width"] or CONVNET_WIDTH)
+
+    def build(channels: int, num_classes: int, size: tuple[int, int]) -> nn.Module:
+        d = convnet_depth(size) if depth is None else depth
+        return ConvNet(channels, num_classes, size, depth=d, norm=norm, width=width, arch=name)
+
+    return build
+
+
 def check_known(name: str) -> None:
-    """Raise a DdppError naming the choices unless ``name`` is one of ``available()``."""
-    if name not in _BUILDERS:
-        raise DdppError(f"unknown architecture '{name}'; choose one of: {', '.join(available())}.")
+    """Raise a DdppError naming the choices unless ``name`` is one of ``available()`` or a
+    ConvNet of :data:`CONVNET_FAMILY`."""
+    if _builder(name) is None:
+        raise DdppError(
+            f"unknown architecture '{name}'; choose one of: {', '.join(available())}, or any "
+            f"{CONVNET_FAMILY} (e.g. convnet-w1024; width at most {MAX_CONVNET_WIDTH})."
+        )
+
+
+def parameter_count(name: str, channels: int, num_classes: int, image_size: ImageSize) -> int:
+    """How many parameters architecture ``name`` has for such images (e.g. 317,706 for
+    ConvNet-3 on 28×28 gray images and 10 classes)."""
+    with torch.device("meta"):
+        model = create(name, channels, num_classes, image_size)
+    return sum(p.numel() for p in model.parameters())
 
 
 def create(name: str, channels: int, num_classes: int, image_size: ImageSize) -> nn.Module:
@@ -348,7 +390,7 @@ def create(name: str, channels: int, num_classes: int, image_size: ImageSize) ->
     """
     name = name.lower() if isinstance(name, str) else name
     check_known(name)
-    builder = _BUILDERS[name]
+    builder = _builder(name)
     channels = _positive_int(channels, "the number of image channels", 1)
     num_classes = _positive_int(num_classes, "the number of classes", 2)
     return builder(channels, num_classes, _image_size(image_size))

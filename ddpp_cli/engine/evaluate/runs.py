@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ddpp_cli import __version__
-from ddpp_cli.engine import batched
+from ddpp_cli.engine import batched, models
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.evaluate.events import NetworkFinished, NetworkStarted
 from ddpp_cli.engine.evaluate.parallel import _gather_runs, _train_group
@@ -168,6 +168,9 @@ def _per_run_result(
         num_classes=num_classes,
         diverged_runs=diverged,
         device=str(device),
+        parameters=models.parameter_count(
+            config.arch, int(test_images.shape[1]), num_classes, tuple(test_images.shape[2:])
+        ),
     )
     return EvalResult(
         arch=config.arch, accuracies=accuracies, mean=mean, std=std, seconds=seconds, lr=lr,
