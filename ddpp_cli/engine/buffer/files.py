@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,50 +151,29 @@ class BufferManifest:
 
 
 def _malformed(path: Path, key: str, problem: str) -> DdppError:
-    return DdppError(
-        f"{path} is not a usable buffer manifest: '{key}' {problem}; remake the buffer."
-    )
+    return store.unusable(path, "buffer manifest", key, problem, "remake the buffer")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
-
-
-def _int_list(value: Any) -> bool:
-    return isinstance(value, list) and all(_is_int(v) for v in value)
-
-
-# What each checked key (and key of "config", "data") must hold: (test, "must be …").
-_OPTIONAL_INT = (_optional(_is_int), "must be an integer or null")
+_PATH = store.optional((lambda v: isinstance(v, str), "must be a path"))
+# What each checked key of "config" and "data" must hold.
 _CONFIG_KEYS = {
-    "image_size": _OPTIONAL_INT,
-    "channels": _OPTIONAL_INT,
-    "seed": _OPTIONAL_INT,
-    "train_subset": _OPTIONAL_INT,
-    "batch_size": _OPTIONAL_INT,
-    "lr": (_optional(_is_number), "must be a number or null"),
-    "zca": (_optional(lambda v: isinstance(v, bool)), "must be true, false or null"),
-    "imported_from": (_optional(lambda v: isinstance(v, str)), "must be a path or null"),
+    "image_size": store.optional(store.INT),
+    "channels": store.optional(store.INT),
+    "seed": store.optional(store.INT),
+    "train_subset": store.optional(store.INT),
+    "batch_size": store.optional(store.INT),
+    "lr": store.optional(store.NUMBER),
+    "zca": store.optional((lambda v: isinstance(v, bool), "must be true, false")),
+    "imported_from": _PATH,
 }
 _DATA_KEYS = {
-    "channels": _OPTIONAL_INT,
-    "image_size": (_optional(_int_list), "must be a list of integers or null"),
-    "num_classes": _OPTIONAL_INT,
-    "class_names": (
-        _optional(lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
-        "must be a list of names or null",
-    ),
-    "train_size": _OPTIONAL_INT,
-    "test_size": _OPTIONAL_INT,
-    "source": (_optional(lambda v: isinstance(v, str)), "must be a path or null"),
+    "channels": store.optional(store.INT),
+    "image_size": store.optional(store.INTS),
+    "num_classes": store.optional(store.INT),
+    "class_names": store.optional(store.NAMES),
+    "train_size": store.optional(store.INT),
+    "test_size": store.optional(store.INT),
+    "source": _PATH,
 }
 
 
@@ -205,9 +183,9 @@ def _checked(path: Path, name: str, table: dict[str, Any], value: Any) -> dict[s
         return {}
     if not isinstance(value, dict):
         raise _malformed(path, name, "must be an object")
-    for key, (test, must) in table.items():
-        if key in value and not test(value[key]):
-            raise _malformed(path, f"{name}.{key}", f"{must} (got {value[key]!r})")
+    store.check_keys(
+        path, value, table, what="buffer manifest", remedy="remake the buffer", prefix=f"{name}."
+    )
     return value
 
 
@@ -220,9 +198,12 @@ def _expert_entries(path: Path, value: Any) -> tuple[ExpertEntry, ...]:
     for entry in value:
         if not (
             isinstance(entry, dict)
-            and _is_int(entry.get("index"))
+            and store.is_int(entry.get("index"))
             and isinstance(entry.get("file"), str)
-            and _optional(_is_number)(entry.get("final_test_accuracy"))
+            and (
+                entry.get("final_test_accuracy") is None
+                or store.is_number(entry.get("final_test_accuracy"))
+            )
         ):
             raise _malformed(
                 path, "experts", f"must list {{index, file, final_test_accuracy}} (got {entry!r})"
@@ -249,7 +230,7 @@ def parse_manifest(path: Path, content: Any) -> BufferManifest:
         if not isinstance(content.get(key), str):
             raise _malformed(path, key, f"must be a name (got {content.get(key)!r})")
     epochs = content.get("epochs")
-    if epochs is not None and not (_is_int(epochs) and epochs >= 0):
+    if epochs is not None and not (store.is_int(epochs) and epochs >= 0):
         raise _malformed(path, "epochs", f"must be a whole number of epochs (got {epochs!r})")
     config = _checked(path, "config", _CONFIG_KEYS, content.get("config"))
     preprocessing = _checked(path, "preprocessing", {}, content.get("preprocessing"))
