@@ -32,7 +32,7 @@ from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import visualize as visualize_engine
 from ddpp_cli.engine.buffer.reuse import check_finished
-from ddpp_cli.engine.distill.validation import validation_size
+from ddpp_cli.engine.distill.validation import check_ipc, validation_size
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import OnEvent
@@ -410,14 +410,7 @@ def check_inputs(
         )
     held_out = data.proportional_quota(counts, held) if held else [0] * len(counts)
     kept = [count - out for count, out in zip(counts, held_out, strict=True)]
-    smallest = min(kept)
-    if plan.distill.ipc > smallest:
-        name = train.class_names[kept.index(smallest)]
-        where = f" after holding out {held} for validation" if held else ""
-        raise DdppError(
-            f"--ipc {plan.distill.ipc} is more than class '{name}' has ({smallest} training "
-            f"images{where}); use --ipc {smallest} or less."
-        )
+    check_ipc(plan.distill.ipc, kept, train.class_names, held)  # as the distillation will
 
 
 def choose_buffer(

@@ -18,7 +18,7 @@ from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.methods import get_method, list_methods
 from ddpp_cli.engine.distill.state import DistillState, StateDict
-from ddpp_cli.engine.distill.validation import split_validation, validation_size
+from ddpp_cli.engine.distill.validation import check_ipc, split_validation, validation_size
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
@@ -240,7 +240,8 @@ def _split_and_network(
         prepared.train.labels, num_classes, config.val_size,
         make_generator(config.seed, "val_split"),
     )  # fmt: skip
-    _check_ipc(config, prepared.train.labels[train_idx], prepared.train.class_names)
+    counts = torch.bincount(prepared.train.labels[train_idx], minlength=num_classes).tolist()
+    check_ipc(config.ipc, counts, prepared.train.class_names, config.val_size)
     with seeded(0):
         model = models.create(config.arch, prepared.channels, num_classes, prepared.image_size)
     return config, train_idx, val_idx, model
@@ -296,18 +297,6 @@ def _check_shardable(arch: str, model: torch.nn.Module, world: World) -> None:
         raise DdppError(
             f"--arch {arch} uses BatchNorm, whose statistics change when the ranks split a "
             "minibatch; distill it in one process, or with an architecture without BatchNorm."
-        )
-
-
-def _check_ipc(config: DistillConfig, labels: torch.Tensor, class_names: tuple[str, ...]) -> None:
-    counts = torch.bincount(labels, minlength=len(class_names))
-    smallest = int(counts.min())
-    if config.ipc > smallest:
-        label = int(counts.argmin())
-        held = f" after holding out {config.val_size} for validation" if config.val_size else ""
-        raise DdppError(
-            f"--ipc {config.ipc} is more than class '{class_names[label]}' has ({smallest} "
-            f"training images{held}); use --ipc {smallest} or less."
         )
 
 

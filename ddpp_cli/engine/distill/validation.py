@@ -4,6 +4,7 @@ split."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ddpp_cli.engine.distill.events import (
 )
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
+from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
 from ddpp_cli.engine.events import OnEvent
 
@@ -32,6 +34,19 @@ def validation_size(config: DistillConfig, train_size: int, num_classes: int) ->
         return config.val_size
     wanted = 0 if config.eval_every == 0 else min(MAX_VAL_SIZE, round(0.1 * train_size))
     return max(wanted, num_classes if wanted else 0)
+
+
+def check_ipc(ipc: int, counts: list[int], class_names: Sequence[str], held: int) -> None:
+    """DdppError when ``ipc`` is more than the smallest class keeps (``counts``: its training
+    images per class once ``held`` images are held out for validation)."""
+    smallest = min(counts)
+    if ipc > smallest:
+        name = class_names[counts.index(smallest)]
+        where = f" after holding out {held} for validation" if held else ""
+        raise DdppError(
+            f"--ipc {ipc} is more than class '{name}' has ({smallest} training images{where}); "
+            f"use --ipc {smallest} or less."
+        )
 
 
 def split_validation(
