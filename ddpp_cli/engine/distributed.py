@@ -31,6 +31,7 @@ import torch.distributed as dist
 
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice, OnEvent
+from ddpp_cli.engine.faults import first_line
 
 T = TypeVar("T")
 TIMEOUT = timedelta(hours=24)  # ranks wait for each other at the end of long stages
@@ -217,7 +218,7 @@ def _rendezvous(world: World, backend: str, on_event: OnEvent | None) -> None:
     except (RuntimeError, ValueError) as exc:  # torch's DistStoreError is a RuntimeError
         raise DdppError(
             f"rank {world.rank} waited {int(limit.total_seconds())} s for {waiting} and not all "
-            f"came ({_first_line(exc)}); start every rank (torchrun --nproc-per-node "
+            f"came ({first_line(exc)}); start every rank (torchrun --nproc-per-node "
             f"{world.size} …), or unset WORLD_SIZE to run one process."
         ) from None
     finally:
@@ -225,11 +226,6 @@ def _rendezvous(world: World, backend: str, on_event: OnEvent | None) -> None:
     set_timeout = getattr(dist.distributed_c10d, "_set_pg_timeout", None)
     if set_timeout is not None:  # collectives then wait as long as a long stage may take
         set_timeout(TIMEOUT)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:160]
 
 
 def _leave() -> None:

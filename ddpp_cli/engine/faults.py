@@ -87,7 +87,7 @@ def describe(exc: BaseException, *, memory_levers: str = "") -> Fault | None:
     """
     if is_out_of_memory(exc):
         levers = f"; reduce memory with {memory_levers}" if memory_levers else ""
-        where = _first_line(exc)
+        where = first_line(exc)
         return Fault(EXIT_OUT_OF_MEMORY, f"out of memory ({where}){levers}.")
     if isinstance(exc, OSError) and exc.errno is not None:
         target = exc.filename or "the output folder"
@@ -138,7 +138,8 @@ def _shortened(path: str | os.PathLike, limit: int = 120) -> str:
     return f"{text[: limit // 2]}…{text[-(limit // 2) :]}"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type when empty), at most 160 characters."""
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return first if len(first) <= 160 else first[:157] + "…"
