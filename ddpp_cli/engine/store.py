@@ -26,6 +26,8 @@ from ddpp_cli.engine.errors import DdppError
 
 TRAJECTORY_FORMAT = "ddpp.trajectory/1"
 DISTILLED_FORMAT = "ddpp.distilled/1"
+# A set with label vectors (soft labels or learned regression targets); version 1 still loads.
+DISTILLED_FORMAT_V2 = "ddpp.distilled/2"
 CHECKPOINT_FORMAT = "ddpp.checkpoint/1"
 ZCA_FORMAT = "ddpp.zca/1"
 SELECTION_FORMAT = "ddpp.selection/1"
@@ -191,11 +193,13 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return decode_metadata(raw)
 
 
-def _read_checked_metadata(path: Path, expected_format: str) -> dict[str, Any]:
-    """The metadata of a ddpp file whose ``format`` is exactly ``expected_format``."""
+def _read_checked_metadata(path: Path, expected_format: str | tuple[str, ...]) -> dict[str, Any]:
+    """The metadata of a ddpp file whose ``format`` is ``expected_format`` (or one of them)."""
     metadata = read_metadata(path)
     found = metadata.get("format")
-    if found != expected_format:
+    accepted = (expected_format,) if isinstance(expected_format, str) else expected_format
+    expected_format = accepted[-1]
+    if found not in accepted:
         family = expected_format.split("/")[0]
         if isinstance(found, str) and found.split("/")[0] == family:
             raise DdppError(
@@ -207,15 +211,16 @@ def _read_checked_metadata(path: Path, expected_format: str) -> dict[str, Any]:
     return metadata
 
 
-def read(path: Path, expected_format: str) -> Stored:
-    """Read a ddpp file, checking that its ``format`` is exactly ``expected_format``."""
+def read(path: Path, expected_format: str | tuple[str, ...]) -> Stored:
+    """Read a ddpp file, checking that its ``format`` is exactly ``expected_format`` (or one of
+    the formats of a tuple: the versions a reader accepts, newest last)."""
     path = Path(path)
     metadata = _read_checked_metadata(path, expected_format)
     try:
         tensors = load_file(str(path))
     except Exception as exc:
         raise DdppError(f"{path} is truncated or corrupted: {exc}") from None
-    return Stored(path=path, format=expected_format, tensors=tensors, metadata=metadata)
+    return Stored(path=path, format=metadata["format"], tensors=tensors, metadata=metadata)
 
 
 def read_shapes(path: Path, expected_format: str) -> dict[str, tuple[int, ...]]:
