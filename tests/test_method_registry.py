@@ -164,3 +164,15 @@ def test_default_run_folders_name_the_method_or_eps(monkeypatch, tmp_path):
         assert default_run_dir(config, now) == tmp_path / "runs" / (
             f"fashionmnist-ipc1-{method}-20261205-090000"
         )
+
+
+def test_an_identity_holds_no_other_methods_unset_settings():
+    """A method added later (new DistillConfig fields, None for every other method) leaves the
+    identity of every other run, and so its resume and its compare row's reuse, as it was."""
+    tm = distill.resolve({"dataset": "fashionmnist", "ipc": 1}, None).config
+    dc = distill.resolve({"dataset": "fashionmnist", "ipc": 1, "method": "dc"}, None).config
+    for name, methods in distill.METHOD_SETTINGS.items():
+        if "tm" not in methods:
+            assert name not in tm.identity(), name
+    assert dc.identity()["batch_real"] == dc.batch_real is not None
+    assert "syn_steps" in tm.identity() and "batch_real" not in tm.identity()

@@ -253,6 +253,9 @@ class DistillConfig:
             del settings[name]
         if self.channels is None:
             del settings["channels"]  # as recorded before --channels existed
+        for name, methods in METHOD_SETTINGS.items():  # another method's unset settings: so that
+            if settings.get(name, 0) is None and self.method not in methods:  # a method added
+                del settings[name]  # later leaves the identity of every other run as it was
         return settings
 
 
