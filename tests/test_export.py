@@ -1,0 +1,325 @@
+"""``ddpp export``: each format read back by a reader written here from the other tool's layout
+(MTT's distill.py, DC's main.py, DD-Ranking's demos and get_dataset, torchvision's
+ImageFolder), and MTT/DC exports imported back through ddpp's importer bit for bit."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+from typer.testing import CliRunner
+
+from ddpp_cli.cli import app
+from ddpp_cli.engine import distilled, export, foreign, zca
+from ddpp_cli.engine.distilled import DistilledSet
+from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.export import ddranking
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
+SHAPE = (3, 4, 4)
+IPC = 2
+
+
+def normalized(mean, std) -> dict:
+    return {"kind": "normalize", "mean": list(mean), "std": list(std)}
+
+
+def make_set(
+    dataset: str = "cifar10", preprocessing: dict | None = None, *, classes: int = 10,
+    lr: float | None = 0.0123, seed: int = 0, **labels,
+) -> DistilledSet:  # fmt: skip
+    """A class-major set of ``IPC`` images per class; its lr a float32 value, as a loaded set's."""
+    generator = torch.Generator().manual_seed(seed)
+    count = classes * IPC
+    return DistilledSet(
+        images=torch.randn(count, *SHAPE, generator=generator),
+        labels=torch.arange(classes).repeat_interleave(IPC),
+        lr=None if lr is None else float(torch.tensor(lr, dtype=torch.float32)),
+        dataset=dataset,
+        class_names=tuple(f"c{k}" for k in range(classes)),
+        preprocessing=preprocessing or normalized(CIFAR10_MEAN, CIFAR10_STD),
+        source="distill",
+        arch="convnet",
+        **labels,
+    )
+
+
+def soft(classes: int = 10, loss: str = "soft-ce", seed: int = 1) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "targets": torch.randn(classes * IPC, classes, generator=generator),
+        "label_mode": "teacher" if loss == "soft-ce" else "learned",
+        "target_loss": loss,
+        "temperature": 2.0 if loss == "soft-ce" else None,
+    }
+
+
+def target_of(chosen: DistilledSet, preprocessing: dict | None = None) -> foreign.ImportTarget:
+    return foreign.ImportTarget(
+        dataset=chosen.dataset,
+        class_names=chosen.class_names,
+        image_shape=SHAPE,
+        preprocessing=preprocessing or chosen.preprocessing,
+    )
+
+
+def load(path: Path):
+    """How the other tools read these files, and the only way allowed here: weights only."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def renormalize(images, from_stats, to_stats) -> torch.Tensor:
+    """Pixels x·std + mean under one normalisation, then (p − mean′)/std′, in float64."""
+    (mean, std), (mean2, std2) = from_stats, to_stats
+
+    def column(values):
+        return torch.tensor(values, dtype=torch.float64).view(1, -1, 1, 1)
+
+    pixels = images.double() * column(std) + column(mean)
+    return (pixels - column(mean2)) / column(std2)
+
+
+@pytest.fixture()
+def zca_file(tmp_path) -> Path:
+    pixels = torch.rand(64, *SHAPE, generator=torch.Generator().manual_seed(5))
+    return zca.save(zca.fit(pixels), tmp_path / "zca.safetensors", {"dataset": "cifar10"})
+
+
+# -------------------------------------------------------------------------------------- mtt
+
+
+def test_mtt_files_are_as_mtt_names_them_and_import_back_bit_for_bit(tmp_path):
+    chosen = make_set()
+    result = export.export_set(chosen, "mtt", tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "images_best.pt", "labels_best.pt", "lr_best.pt",
+    ]  # fmt: skip
+    assert [p.name for p in result.files] == ["images_best.pt", "labels_best.pt", "lr_best.pt"]
+    images, labels, lr = (load(out / n) for n in ("images_best.pt", "labels_best.pt", "lr_best.pt"))
+    assert images.dtype == torch.float32 and torch.equal(images, chosen.images)
+    # MTT's label_syn: int64, [0, 0, 1, 1, ..., 9, 9]
+    assert labels.dtype == torch.int64 and labels.tolist() == [k for k in range(10) for _ in "ab"]
+    assert lr.dtype == torch.float32 and lr.ndim == 0 and float(lr) == chosen.lr
+    back = foreign.import_set(out, target_of(chosen))
+    assert torch.equal(back.images, chosen.images) and torch.equal(back.labels, chosen.labels)
+    assert back.lr == chosen.lr
+
+
+def test_mtt_keeps_a_zca_set_whitened_and_imports_back_with_its_zca(tmp_path, zca_file):
+    reference = distilled.zca_reference(zca_file)
+    chosen = make_set(preprocessing=reference)
+    result = export.export_set(chosen, "mtt", tmp_path / "out")
+    assert torch.equal(load(tmp_path / "out" / "images_best.pt"), chosen.images)
+    assert any("--zca-file" in note for note in result.notes)
+    back = foreign.import_set(tmp_path / "out" / "images_best.pt", target_of(chosen, reference))
+    assert torch.equal(back.images, chosen.images) and back.lr == chosen.lr
+
+
+def test_mtt_normalises_cifar100_with_cifar10_stats_as_mtt_did(tmp_path):
+    chosen = make_set("cifar100", normalized(CIFAR100_MEAN, CIFAR100_STD), classes=100)
+    export.export_set(chosen, "mtt", tmp_path / "out")
+    images = load(tmp_path / "out" / "images_best.pt")
+    expected = renormalize(
+        chosen.images, (CIFAR100_MEAN, CIFAR100_STD), (CIFAR10_MEAN, CIFAR10_STD)
+    )
+    assert torch.allclose(images.double(), expected, atol=1e-5, rtol=0)
+    # ddpp's importer reads MTT's CIFAR-100 files as normalised with CIFAR-10's mean/std
+    target = target_of(chosen, normalized(CIFAR10_MEAN, CIFAR10_STD))
+    assert torch.equal(foreign.import_set(tmp_path / "out", target).images, images)
+
+
+def test_mtt_writes_soft_labels_as_datm_logits_and_refuses_mse_targets(tmp_path):
+    chosen = make_set(**soft())
+    export.export_set(chosen, "mtt", tmp_path / "out")
+    labels = load(tmp_path / "out" / "labels_best.pt")
+    assert labels.dtype == torch.float32 and torch.equal(labels, chosen.targets)
+    with pytest.raises(DdppError, match="ddranking"):
+        export.export_set(make_set(**soft(loss="mse")), "mtt", tmp_path / "mse")
+    assert not (tmp_path / "mse").exists()
+
+
+def test_a_set_without_lr_writes_no_lr_file(tmp_path):
+    result = export.export_set(make_set(lr=None), "mtt", tmp_path / "out")
+    assert not (tmp_path / "out" / "lr_best.pt").exists()
+    assert any("no learned lr" in note for note in result.notes)
+    assert foreign.import_set(tmp_path / "out", target_of(make_set())).lr is None
+
+
+# --------------------------------------------------------------------------------------- dc
+
+
+def test_dc_res_file_is_main_py_layout_and_imports_back_bit_for_bit(tmp_path):
+    chosen = make_set()
+    export.export_set(chosen, "dc", tmp_path / "out")
+    path = tmp_path / "out" / "res_DDPP_CIFAR10_ConvNet_2ipc.pt"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [path.name]
+    content = load(path)
+    # main.py: torch.save({'data': data_save, 'accs_all_exps': accs_all_exps}, ...)
+    assert set(content) == {"data", "accs_all_exps"}
+    assert content["accs_all_exps"] == {"ConvNet": []}
+    [[images, labels]] = content["data"]
+    assert torch.equal(images, chosen.images)
+    assert labels.dtype == torch.int64 and torch.equal(labels, chosen.labels)
+    back = foreign.import_set(path, target_of(chosen))
+    assert torch.equal(back.images, chosen.images) and torch.equal(back.labels, chosen.labels)
+    assert back.lr is None  # DC learns no lr
+
+
+def test_dc_gets_hard_labels_and_normalised_pixels_of_a_zca_set(tmp_path, zca_file):
+    chosen = make_set(preprocessing=distilled.zca_reference(zca_file), **soft())
+    result = export.export_set(chosen, "dc", tmp_path / "out")
+    [[images, labels]] = load(tmp_path / "out" / "res_DDPP_CIFAR10_ConvNet_2ipc.pt")["data"]
+    assert torch.equal(labels, chosen.labels)
+    whitening = zca.load(zca_file)
+    # ZCA undone as y W⁻¹ + μ, then DC's (the dataset's own) mean/std
+    pixels = chosen.images.reshape(len(images), -1).double() @ whitening.unwhiten.double()
+    pixels = (pixels + whitening.mean.double()).reshape(chosen.images.shape)
+    column = lambda v: torch.tensor(v, dtype=torch.float64).view(1, -1, 1, 1)  # noqa: E731
+    expected = (pixels - column(CIFAR10_MEAN)) / column(CIFAR10_STD)
+    assert torch.allclose(images.double(), expected, atol=1e-4, rtol=0)
+    assert any("no learned lr: 0.0123 was left out" in n for n in result.notes)
+    assert any("teacher soft labels (soft CE, T 2) were left out" in n for n in result.notes)
+
+
+# -------------------------------------------------------------------------------- ddranking
+
+
+def test_ddranking_files_as_its_demos_load_them(tmp_path):
+    chosen = make_set()
+    export.export_set(chosen, "ddranking", tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "images.pt",
+        "labels.pt",
+        "lr.pt",
+    ]
+    # get_dataset normalises CIFAR10 with these very values: the tensor is the set's own
+    assert torch.equal(load(out / "images.pt"), chosen.images)
+    assert torch.equal(load(out / "labels.pt"), chosen.labels)
+    assert load(out / "lr.pt").item() == chosen.lr  # compute_metrics: syn_lr.item()
+    config = json.loads((out / "config.json").read_text())  # Config.from_file's json.load
+    assert config["dataset"] == "CIFAR10" and config["ipc"] == IPC and config["im_size"] == [4, 4]
+    assert config["use_zca"] is False and config["model_name"] == "ConvNet-3"
+    assert "soft_label_mode" not in config  # a hard-label config (LabelRobustScoreHard)
+    # DD-Ranking's default hard labels: ipc ones per class, class-major
+    default = [i for i in range(10) for _ in range(config["ipc"])]
+    assert load(out / "labels.pt").tolist() == default
+
+
+def test_ddranking_cifar100_uses_cifar10_stats_and_soft_labels_go_to_labels_pt(tmp_path):
+    chosen = make_set("cifar100", normalized(CIFAR100_MEAN, CIFAR100_STD), classes=100, **soft(100))
+    export.export_set(chosen, "ddranking", tmp_path / "out")
+    images = load(tmp_path / "out" / "images.pt")
+    expected = renormalize(
+        chosen.images, (CIFAR100_MEAN, CIFAR100_STD), (CIFAR10_MEAN, CIFAR10_STD)
+    )
+    assert torch.allclose(images.double(), expected, atol=1e-5, rtol=0)
+    labels = load(tmp_path / "out" / "labels.pt")
+    assert labels.shape == (200, 100) and torch.equal(labels, chosen.targets)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["dataset"] == "CIFAR100" and config["soft_label_mode"] == "S"
+    assert config["soft_label_criterion"] == "sce"
+    assert config["loss_fn_kwargs"] == {"temperature": 2.0, "scale_loss": False}
+
+
+def kornia_zca(pixels: torch.Tensor, eps: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """kornia's zca_mean as documented: unbiased covariance of the flattened batch, its SVD
+    U S Uᵀ, T = U diag(1/√(S + ε)) Uᵀ; whitening (x − μ) T (here in float64)."""
+    flat = pixels.reshape(len(pixels), -1).double()
+    mean = flat.mean(dim=0)
+    centred = flat - mean
+    cov = centred.T @ centred / (len(flat) - 1)
+    u, s, _ = torch.linalg.svd(cov)
+    return mean, u @ torch.diag(1 / torch.sqrt(s + eps)) @ u.T
+
+
+def test_ddranking_rewhitens_a_zca_set_with_its_own_zca_through_pixels(zca_file):
+    chosen = make_set(preprocessing=distilled.zca_reference(zca_file))
+    other_pixels = torch.rand(80, *SHAPE, generator=torch.Generator().manual_seed(9))
+    images, use_zca, notes = ddranking.ddranking_images(
+        chosen, None, lambda: zca.fit(other_pixels, ddranking.ZCA_EPSILON)
+    )
+    assert use_zca and notes
+    own = zca.load(zca_file)
+    flat = chosen.images.reshape(len(chosen.images), -1).double()
+    pixels = flat @ own.unwhiten.double() + own.mean.double()
+    mean, transform = kornia_zca(other_pixels)
+    expected = ((pixels - mean) @ transform).reshape(chosen.images.shape)
+    assert torch.allclose(images.double(), expected, atol=1e-3, rtol=0)
+    # where DD-Ranking's ZCA is the set's own fit, the tensor is kept bit for bit
+    same, _, kept = ddranking.ddranking_images(chosen, None, lambda: zca.load(zca_file))
+    assert same is chosen.images and not kept
+
+
+def test_ddpp_zca_fit_is_kornias_zca_numerically():
+    pixels = torch.rand(200, *SHAPE, generator=torch.Generator().manual_seed(3))
+    fitted = zca.fit(pixels, 0.1)
+    mean, transform = kornia_zca(pixels)
+    assert torch.allclose(fitted.mean.double(), mean, atol=1e-6, rtol=0)
+    assert torch.allclose(fitted.whiten.double(), transform, atol=1e-5, rtol=0)
+
+
+def test_ddranking_refuses_a_dataset_it_has_no_loader_for(tmp_path):
+    chosen = make_set("fashionmnist", normalized((0.2861,) * 3, (0.353,) * 3))
+    with pytest.raises(DdppError, match="DD-Ranking has no loader for fashionmnist"):
+        export.export_set(chosen, "ddranking", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ imagefolder
+
+
+def test_imagefolder_reads_back_and_set_json_keeps_the_label_vectors(tmp_path):
+    chosen = make_set(preprocessing=normalized((0.5,) * 3, (0.25,) * 3), **soft())
+    export.export_set(chosen, "imagefolder", tmp_path / "out")
+    folder = ImageFolder(str(tmp_path / "out"), transform=transforms.ToTensor())
+    assert [label for _, label in folder.samples] == chosen.labels.tolist()
+    first, _ = folder[0]
+    pixels = (chosen.images[0] * 0.25 + 0.5).clamp(0, 1)
+    assert torch.equal(first, torch.round(pixels * 255).to(torch.uint8).float() / 255)
+    manifest = json.loads((tmp_path / "out" / "set.json").read_text())
+    assert torch.equal(torch.tensor(manifest["targets"], dtype=torch.float32), chosen.targets)
+    assert manifest["label_mode"] == "teacher" and manifest["temperature"] == 2.0
+    assert math.isclose(manifest["lr"], chosen.lr, rel_tol=1e-7)
+
+
+# --------------------------------------------------------------------------------- command
+
+
+def write_set(tmp_path: Path, chosen: DistilledSet) -> Path:
+    return distilled.save(tmp_path / "set.safetensors", chosen)
+
+
+def test_cli_exports_each_format_into_a_new_folder(tmp_path):
+    path = write_set(tmp_path, make_set())
+    runner = CliRunner()
+    for name in export.list_formats():
+        out = tmp_path / name
+        result = runner.invoke(app, ["export", str(path), "--format", name, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert f"export: {out}" in result.output
+        assert not list(out.rglob("*.tmp"))  # every file went through an atomic write
+    back = foreign.import_set(tmp_path / "mtt", target_of(make_set()))
+    assert torch.equal(back.images, make_set().images)
+
+
+def test_cli_refuses_a_busy_folder_and_an_unknown_format_in_one_line(tmp_path):
+    path = write_set(tmp_path, make_set())
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", str(path), "--format", "mtt", "--out", str(busy)])
+    assert_one_line_error(result, str(busy), "notes.txt", "new or empty")
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    result = runner.invoke(app, ["export", str(path), "-f", "npz", "--out", str(tmp_path / "x")])
+    assert_one_line_error(result, "unknown export format 'npz'", "mtt, dc, ddranking, imagefolder")
