@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from ddpp_cli.cli import app
 from ddpp_cli.engine import distilled, export, foreign, zca
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.export import ddranking
+from ddpp_cli.engine.export import dc, ddranking
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -171,6 +172,20 @@ def test_dc_res_file_is_main_py_layout_and_imports_back_bit_for_bit(tmp_path):
     back = foreign.import_set(path, target_of(chosen))
     assert torch.equal(back.images, chosen.images) and torch.equal(back.labels, chosen.labels)
     assert back.lr is None  # DC learns no lr
+
+
+@pytest.mark.parametrize(
+    ("settings", "source", "arch", "name"),
+    [
+        ({"method": "dsa"}, "distill", "convnet-d4", "res_DSA_CIFAR10_ConvNetD4_2ipc.pt"),
+        ({"method": "tm"}, "distill", "convnet-bn", "res_DDPP_CIFAR10_ConvNetBN_2ipc.pt"),
+        ({"imported": {"method": "dm"}}, "import-dc", None, "res_DM_CIFAR10_ConvNet_2ipc.pt"),
+        ({}, "random", "resnet18", "res_DDPP_CIFAR10_resnet18_2ipc.pt"),
+    ],
+)
+def test_dc_file_is_named_with_dcs_method_dataset_and_model(settings, source, arch, name):
+    chosen = replace(make_set(), settings=settings, source=source, arch=arch)
+    assert dc.file_name(chosen) == name
 
 
 def test_dc_gets_hard_labels_and_normalised_pixels_of_a_zca_set(tmp_path, zca_file):

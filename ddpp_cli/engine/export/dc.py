@@ -10,6 +10,7 @@ hard labels are written, with a note saying what was left out.
 
 from __future__ import annotations
 
+from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.export.registry import Exported, ExportFormat, ExportRequest
 from ddpp_cli.engine.export.spaces import in_tool_space, write_torch
 
@@ -30,11 +31,15 @@ DC_MODELS = {
 DC_METHODS = {"dc": "DC", "dsa": "DSA", "dm": "DM"}
 
 
-def file_name(dataset: str, arch: str | None, source: str, ipc: int) -> str:
-    """``res_<method>_<dataset>_<model>_<ipc>ipc.pt`` as DC's ``main.py`` names it (ddpp's own
-    names where DC has none; the method "DDPP" for sets DC did not make)."""
-    method = DC_METHODS.get(source, "DDPP")
-    return f"res_{method}_{DC_DATASETS.get(dataset, dataset)}_{dc_model(arch)}_{ipc}ipc.pt"
+def file_name(distilled: DistilledSet) -> str:
+    """``res_<method>_<dataset>_<model>_<ipc>ipc.pt`` as DC's ``main.py`` names it: DC, DSA or DM
+    for a set those methods made (ddpp's ``--method`` or an import's record), else "DDPP"; the
+    dataset and model as DC spells them (ddpp's names where DC has none)."""
+    settings = distilled.settings or {}
+    made_by = settings.get("method") or (settings.get("imported") or {}).get("method")
+    method = DC_METHODS.get(str(made_by or distilled.source), "DDPP")
+    dataset = DC_DATASETS.get(distilled.dataset, distilled.dataset)
+    return f"res_{method}_{dataset}_{dc_model(distilled.arch)}_{distilled.ipc}ipc.pt"
 
 
 def dc_model(arch: str | None) -> str:
@@ -53,7 +58,7 @@ def write(request: ExportRequest) -> Exported:
         )
     if distilled.lr is not None:
         notes.append(f"DC's res_*.pt has no learned lr: {distilled.lr:g} was left out.")
-    name = file_name(distilled.dataset, distilled.arch, distilled.source, distilled.ipc)
+    name = file_name(distilled)
     content = {
         "data": [[images.detach().float().cpu(), distilled.labels.long().cpu()]],
         "accs_all_exps": {dc_model(distilled.arch): []},
