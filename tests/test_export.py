@@ -4,14 +4,16 @@ ImageFolder), and MTT/DC exports imported back through ddpp's importer bit for b
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import struct
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import FASHION_MNIST_DIR, assert_one_line_error
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from typer.testing import CliRunner
@@ -338,3 +340,74 @@ def test_cli_refuses_a_busy_folder_and_an_unknown_format_in_one_line(tmp_path):
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     result = runner.invoke(app, ["export", str(path), "-f", "npz", "--out", str(tmp_path / "x")])
     assert_one_line_error(result, "unknown export format 'npz'", "mtt, dc, ddranking, imagefolder")
+
+
+def test_ddranking_orders_a_set_class_major_and_notes_unequal_counts(tmp_path):
+    chosen = make_set()
+    order = torch.tensor([2, 0, 4, 1, 3, 5, *range(6, 20)])  # classes 1, 0, 2, 0, 1, 2, …
+    keep = torch.ones(20, dtype=torch.bool)
+    keep[19] = False  # class 9 keeps one image
+    shuffled = replace(
+        chosen, images=chosen.images[order][keep[order]], labels=chosen.labels[order][keep[order]]
+    )
+    result = export.export_set(shuffled, "ddranking", tmp_path / "out")
+    labels = load(tmp_path / "out" / "labels.pt")
+    assert labels.tolist() == [k for k in range(10) for _ in range(2 if k < 9 else 1)]
+    # stable: each class's images keep their order in the set
+    assert torch.equal(load(tmp_path / "out" / "images.pt"), chosen.images[:19])
+    assert any("classes hold 1 to 2 images" in n for n in result.notes)
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["ipc"] == 2
+
+
+def read_idx_images(path: Path) -> torch.Tensor:
+    """An IDX image file (MNIST's container: magic, 3 big-endian sizes, uint8 pixels) in [0, 1]."""
+    raw = gzip.decompress(path.read_bytes())
+    count, rows, cols = struct.unpack(">III", raw[4:16])
+    pixels = torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8)
+    return pixels.reshape(count, 1, rows, cols).double() / 255
+
+
+def test_ddranking_zca_is_fitted_on_the_whole_train_split_in_unit_range(tiny_mnist):
+    fitted = ddranking.fit_ddranking_zca("mnist", tiny_mnist, download=False)
+    mean, transform = kornia_zca(read_idx_images(tiny_mnist / "train-images-idx3-ubyte.gz"))
+    assert fitted.regularization == 0.1 and fitted.shape == (1, 28, 28)
+    assert torch.allclose(fitted.mean.double(), mean, atol=1e-6, rtol=0)
+    assert torch.allclose(fitted.whiten.double(), transform, atol=1e-4, rtol=0)
+
+
+def test_a_set_with_label_vectors_is_told_where_they_went(tmp_path):
+    result = export.export_set(make_set(**soft()), "ddranking", tmp_path / "out")
+    assert result.notes[-1] == (
+        "the set's teacher soft labels (soft CE, T 2) are in labels.pt as the (N, K) soft labels "
+        "its soft-label evaluation loads."
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason="needs the Fashion-MNIST IDX files")
+def test_real_fashion_mnist_set_exports_and_imports_back_bit_for_bit(tmp_path):
+    """Two real train images per class, normalised as ddpp does, through the CLI and back through
+    ``import_for_dataset`` on the real data."""
+    images = read_idx_images(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")[:200].float()
+    raw = gzip.decompress((FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").read_bytes())
+    classes = torch.frombuffer(bytearray(raw[8:208]), dtype=torch.uint8).long()
+    chosen_index = torch.cat([torch.nonzero(classes == k)[:2, 0] for k in range(10)])
+    chosen = DistilledSet(
+        images=(images[chosen_index] - 0.2861) / 0.353,
+        labels=classes[chosen_index],
+        lr=float(torch.tensor(0.01, dtype=torch.float32)),
+        dataset="fashionmnist",
+        class_names=tuple(f"c{k}" for k in range(10)),
+        preprocessing=normalized((0.2861,), (0.353,)),
+    )
+    path = write_set(tmp_path, chosen)
+    for name in ("mtt", "dc"):
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["export", str(path), "-f", name, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        back = foreign.import_for_dataset(
+            out, "fashionmnist", data_root=FASHION_MNIST_DIR, download=False
+        )
+        assert torch.equal(back.images, chosen.images) and torch.equal(back.labels, chosen.labels)
+        assert back.preprocessing == chosen.preprocessing
+        assert back.lr == (chosen.lr if name == "mtt" else None)

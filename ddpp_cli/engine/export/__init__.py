@@ -35,7 +35,11 @@ def export_set(
     entry = get_format(format_name)
     check_out_folder(out_dir)
     request = ExportRequest(distilled, Path(out_dir), zca_path, data_root, download)
-    return entry.writer(request)
+    written = entry.writer(request)
+    if distilled.targets is None or not entry.soft_labels:
+        return written
+    where = f"the set's {distilled.label_text} are in {entry.soft_labels}."
+    return Exported(written.files, (*written.notes, where))
 
 
 __all__ = [
