@@ -337,6 +337,15 @@ def test_cli_refuses_a_busy_folder_and_an_unknown_format_in_one_line(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["export", str(path), "--format", "mtt", "--out", str(busy)])
     assert_one_line_error(result, str(busy), "notes.txt", "new or empty")
+    done = tmp_path / "done"
+    assert runner.invoke(app, ["export", str(path), "-f", "dc", "-o", str(done)]).exit_code == 0
+    result = runner.invoke(app, ["export", str(path), "-f", "dc", "-o", str(done)])
+    assert_one_line_error(
+        result, f"{done} is not empty (it holds res_DDPP_CIFAR10_ConvNet_2ipc.pt)"
+    )
+    assert_one_line_error(
+        runner.invoke(app, ["export", str(path), "-f", "dc", "-o", str(path)]), "is a file"
+    )
     assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
     result = runner.invoke(app, ["export", str(path), "-f", "npz", "--out", str(tmp_path / "x")])
     assert_one_line_error(result, "unknown export format 'npz'", "mtt, dc, ddranking, imagefolder")

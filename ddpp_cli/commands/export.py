@@ -73,7 +73,8 @@ def command(
     if quiet:
         _plain(str(out_dir))
         return
-    _plain(f"export: {out_dir}  ({entry.title}: {len(exported.files)} files from {set_path})")
+    count = len(exported.files)
+    _plain(f"export: {out_dir}  ({entry.title}: {count} file{'s' * (count != 1)} from {set_path})")
     for path in exported.files[:_LISTED]:
         _plain(f"  {path.relative_to(out_dir)}")
     if len(exported.files) > _LISTED:

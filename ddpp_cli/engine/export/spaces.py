@@ -9,15 +9,24 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import data, foreign_tools, layout, store
+from ddpp_cli.engine import data, foreign_tools, store
 from ddpp_cli.engine.distilled import DistilledSet, resolve_preprocessing
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.preprocess import Normalization, Preprocessing
 
 
 def check_out_folder(out_dir: Path) -> None:
-    """DdppError unless ``out_dir`` is new or empty (an export never mixes with other files)."""
-    layout.check_output_folder(Path(out_dir), (), "ddpp export")
+    """DdppError unless ``out_dir`` is new or empty: an export never mixes with other files,
+    nor replaces an earlier export."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DdppError(f"{out_dir} is a file; give a new or empty folder as --out.")
+    entries = sorted(entry.name for entry in out_dir.iterdir()) if out_dir.is_dir() else []
+    if entries:
+        listed = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise DdppError(
+            f"{out_dir} is not empty (it holds {listed}); give a new or empty folder as --out."
+        )
 
 
 def write_torch(path: Path, value: Any) -> Path:
