@@ -277,6 +277,31 @@ def test_ddranking_rewhitens_a_zca_set_with_its_own_zca_through_pixels(zca_file)
     assert same is chosen.images and not kept
 
 
+def native_zca_set(tmp_path: Path, fitted_on: str, regularization: float = 0.1) -> DistilledSet:
+    """A CIFAR-10 set of 3 × 32 × 32 images whitened by a stand-in ZCA file (identity matrices)
+    whose metadata says where it was fitted."""
+    identity = torch.eye(3 * 32 * 32)
+    whitening = zca.ZCA(torch.zeros(3072), identity, identity.clone(), (3, 32, 32), regularization)
+    path = zca.save(
+        whitening, tmp_path / f"{fitted_on}-{regularization}.zca", {"dataset": fitted_on}
+    )
+    images = torch.randn(20, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    return replace(make_set(), images=images, preprocessing=distilled.zca_reference(path))
+
+
+def test_a_ddpp_zca_of_the_dataset_at_its_size_is_ddrankings_without_the_data(tmp_path):
+    def no_data():
+        raise AssertionError("the train split must not be needed")
+
+    chosen = native_zca_set(tmp_path, "cifar10")
+    images, use_zca, notes = ddranking.ddranking_images(chosen, None, no_data)
+    assert images is chosen.images and use_zca and not notes
+    for other in (native_zca_set(tmp_path, "svhn"), native_zca_set(tmp_path, "cifar10", 0.2)):
+        refit = zca.ZCA(torch.zeros(3072), 2 * torch.eye(3072), 0.5 * torch.eye(3072), (3, 32, 32))
+        images, _, notes = ddranking.ddranking_images(other, None, lambda: refit)  # noqa: B023
+        assert torch.equal(images, other.images * 2) and notes
+
+
 def test_ddpp_zca_fit_is_kornias_zca_numerically():
     pixels = torch.rand(200, *SHAPE, generator=torch.Generator().manual_seed(3))
     fitted = zca.fit(pixels, 0.1)

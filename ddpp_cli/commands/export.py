@@ -62,7 +62,7 @@ def command(
 ) -> None:
     """Write a distilled set as another tool's files: mtt, dc, ddranking or imagefolder.
 
-    Images go to the tool's input space; --data-dir only fits DD-Ranking's ZCA for a ZCA set.
+    Images go to the tool's space; --data-dir only refits DD-Ranking's ZCA for a foreign ZCA.
     """
     entry = export_engine.get_format(format_name)
     set_path = evaluate.find_set(target)

@@ -79,8 +79,9 @@ def ddranking_images(
     distilled: DistilledSet, zca_path: Path | None, fit_zca: Callable[[], zca.ZCA]
 ) -> tuple[torch.Tensor, bool, list[str]]:
     """(images in DD-Ranking's space, its ``use_zca``, notes). A normalised set goes to
-    DD-Ranking's mean/std; a ZCA set to DD-Ranking's ZCA (``fit_zca()``) through pixels, kept
-    bit for bit where that ZCA is the set's own."""
+    DD-Ranking's mean/std. A ZCA set keeps its tensor where its ZCA is DD-Ranking's fit
+    (:func:`is_ddranking_fit`, or equal to ``fit_zca()``), else goes through pixels to
+    ``fit_zca()``'s whitening."""
     _, normalization = ddranking_dataset(distilled.dataset)
     if distilled.preprocessing.get("kind") != "zca":
         images = moved(distilled, Preprocessing(normalization=normalization), zca_path)
@@ -90,11 +91,38 @@ def ddranking_images(
         ]  # fmt: skip
         return images, False, notes
     own = resolve_preprocessing(distilled, zca_path).whitening
+    if is_ddranking_fit(distilled.dataset, own, zca_fitted_on(distilled, zca_path)):
+        return distilled.images, True, []
     fitted = fit_zca()
     if same_zca(own, fitted):
         return distilled.images, True, []
     images = moved(distilled, Preprocessing(whitening=fitted), zca_path)
     return images, True, ["images re-whitened with DD-Ranking's ZCA (fitted on the train split)."]
+
+
+def zca_fitted_on(distilled: DistilledSet, zca_path: Path | None) -> str | None:
+    """The dataset the set's ZCA file says it was fitted on (None where it does not say)."""
+    path = zca_path or distilled.preprocessing.get("zca_file")
+    fitted_on = store.read_metadata(Path(path)).get("dataset") if path else None
+    return fitted_on if isinstance(fitted_on, str) else None
+
+
+def is_ddranking_fit(dataset: str, whitening: zca.ZCA, fitted_on: str | None) -> bool:
+    """Whether ``whitening`` is DD-Ranking's ZCA for ``dataset`` by how it was made: ddpp fits
+    on the whole train split in [0, 1] (``preprocess.prepare``) with kornia's maths, so a fit on
+    this dataset at its own image size with ε 0.1 is DD-Ranking's, to float32 rounding
+    (docs/formats.md#exports-ddpp-export-set---format-f---out-dir)."""
+    info = data.info(dataset)
+    native = (info.channels, *info.image_size) if info.image_size else None
+    try:
+        same_dataset = fitted_on is not None and data.info(fitted_on).name == info.name
+    except DdppError:  # a name ddpp does not know: not this dataset
+        same_dataset = False
+    return (
+        same_dataset
+        and tuple(whitening.shape) == native
+        and whitening.regularization == ZCA_EPSILON
+    )
 
 
 def class_order(labels: torch.Tensor) -> torch.Tensor | None:
