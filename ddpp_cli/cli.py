@@ -15,7 +15,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from ddpp_cli import __version__
-from ddpp_cli.commands import buffer, crossarch, distill, evaluate, run, visualize
+from ddpp_cli.commands import buffer, crossarch, distill, evaluate, export, run, visualize
 from ddpp_cli.commands._display import err, error_line, out
 from ddpp_cli.engine import allocator, distributed, faults
 from ddpp_cli.engine.errors import DdppError
@@ -105,6 +105,7 @@ for _name, _module, _memory_levers in (
     ("evaluate", evaluate, "a smaller --parallel or --batch-size"),
     ("crossarch", crossarch, "a smaller --parallel or --batch-size"),
     ("visualize", visualize, ""),
+    ("export", export, ""),
     ("run", run, "--unroll memory, a smaller --unroll-budget, --batch-syn or --parallel"),
 ):
     app.command(_name)(user_errors(_module.command, _memory_levers))

@@ -49,7 +49,7 @@ ExportOpt = Annotated[
     typer.Option(
         "--export",
         help="Write every image as DIR/NN_<class>/NNNN.png (a torchvision ImageFolder) plus "
-        "DIR/set.json with the labels and learned lr.",
+        "DIR/set.json with the labels and learned lr (as 'ddpp export --format imagefolder').",
     ),
 ]
 

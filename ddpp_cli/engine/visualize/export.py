@@ -99,7 +99,8 @@ def export_folder(
 
     Pixels are the set's images with normalisation or ZCA undone, clamped to [0, 1] and rounded
     to 8 bits. ``set.json`` lists the files in set order with their labels, the learned lr, the
-    class names and folders, the dataset and where the set came from. Re-exporting into the same
+    class names and folders, the dataset and where the set came from (and a set's label vectors,
+    ``targets``, with their mode, loss and temperature). Re-exporting into the same
     folder replaces the earlier export only with ``force``; any other non-empty folder is
     refused (see :func:`check_export_folder`).
     """
@@ -141,5 +142,12 @@ def export_folder(
         "pixels": "preprocessing undone, clamped to [0, 1], 8-bit PNG (value = round(255 x))",
         "seed": distilled.seed,
     }
+    if distilled.targets is not None:  # label vectors: exact float32 values, one list per image
+        manifest |= {
+            "targets": distilled.targets.float().tolist(),
+            "label_mode": distilled.label_mode,
+            "target_loss": distilled.target_loss,
+            "temperature": distilled.temperature,
+        }
     write_bytes(out_dir / EXPORT_MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
     return manifest
