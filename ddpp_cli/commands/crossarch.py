@@ -119,10 +119,14 @@ def _label(distilled_set) -> str:
 
 
 def _print_markdown(results: dict[str, evaluate.EvalResult], distilled_set) -> None:
+    """The table's row names the set, and the labels that trained when it carries vectors."""
     typer.echo("| set | " + " | ".join(results) + " |")
     typer.echo("|---|" + "---:|" * len(results))
     cells = " | ".join(r.mean_std_text() for r in results.values())
-    typer.echo(f"| {_label(distilled_set)} | {cells} |")
+    name = _label(distilled_set)
+    if distilled_set.targets is not None:
+        name += f" · {next(iter(results.values())).protocol['label_text']}"
+    typer.echo(f"| {name} | {cells} |")
 
 
 def _print_table(results: dict[str, evaluate.EvalResult], path: Path, distilled_set) -> None:
