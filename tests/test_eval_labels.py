@@ -367,3 +367,20 @@ def test_an_unknown_labels_choice_is_one_line(learned_set, tiny_mnist):
 
 def test_eval_config_records_the_choice():
     assert asdict(EvalConfig())["labels"] == "set"
+
+
+def test_a_compare_row_saved_before_labels_existed_still_matches(tmp_path):
+    """ddpp run --compare reuses a finished row when its settings match: the default choice
+    adds nothing to them, so rows saved before --labels are reused; another choice differs."""
+    from test_compare import tiny_plan
+
+    from ddpp_cli.engine import compare as compare_engine
+
+    plan = tiny_plan()
+    budget = compare_engine.row_budgets(plan, ("random",))["random"]
+    job = compare_engine.RowJob("random", plan, budget, tmp_path, None)
+    evaluation = compare_engine.row_settings(job)["evaluation"]
+    before = {key: value for key, value in asdict(plan.evaluation).items() if key != "labels"}
+    assert evaluation == json.loads(json.dumps(before))
+    hard = replace(job, plan=replace(plan, evaluation=replace(plan.evaluation, labels="hard")))
+    assert compare_engine.row_settings(hard)["evaluation"]["labels"] == "hard"
