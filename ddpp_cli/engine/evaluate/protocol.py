@@ -3,8 +3,8 @@ test of one network.
 
 A run trains a freshly initialised network on the set (cross-entropy on its hard labels, or its
 label vectors' own loss, :data:`LABEL_CHOICES`; SGD momentum 0.9, weight decay 5e-4, batch 256,
-DSA on) for ``epochs`` epochs, the learning rate multiplied by
-0.1 after epoch ``epochs // 2``, then makes one pass over the test split. Run ``r`` of
+DSA on) for ``epochs`` epochs, the learning rate multiplied by 0.1 after epoch ``epochs // 2``,
+then makes one pass over the test split. Run ``r`` of
 architecture ``a`` draws its initialisation from ``derive_seed(seed, "eval", a, r)`` and its
 batches and augmentations from ``make_generator(seed, "eval", a, r, "train")``, so every run is
 reproducible on its own, alone or batched.
