@@ -122,7 +122,6 @@ LabelsOpt = Annotated[
         "(soft cross-entropy at its temperature for soft labels, the squared error for "
         "learned ones), else its hard labels; 'hard', the images' classes with cross-entropy. "
         "On a hard-label set both are the same.",
-        case_sensitive=False,
     ),
 ]
 ZcaFileOpt = Annotated[
