@@ -110,7 +110,7 @@ def protocol_line(result: evaluate.EvalResult, network: str | None = None) -> st
         f"{p['lr_schedule']}, batch {p['batch_size']}, SGD momentum {p['momentum']:g}, "
         f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
         f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
-        "± is the population std"
+        f"± is the population std · {p.get('label_text', evaluate.HARD_LABELS_TEXT)}"
     )
 
 

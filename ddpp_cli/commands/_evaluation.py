@@ -114,6 +114,16 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size
 DsaOpt = Annotated[
     bool, typer.Option("--dsa/--no-dsa", help="Differentiable augmentation while training.")
 ]
+LabelsOpt = Annotated[
+    str,
+    typer.Option(
+        "--labels",
+        help="Labels the networks train on: 'set', the set's label vectors when it has them "
+        "(soft cross-entropy at its temperature for soft labels, the squared error for "
+        "learned ones), else its hard labels; 'hard', the images' classes with cross-entropy. "
+        "On a hard-label set both are the same.",
+    ),
+]
 ZcaFileOpt = Annotated[
     Path | None,
     typer.Option(
@@ -183,9 +193,11 @@ def records_line(records: Path | None, display: EvalDisplay) -> str | None:
 
 
 def eval_config(
-    arch: str, *, runs: int, epochs: int, lr: float | None, batch_size: int, dsa: bool, seed: int
-) -> evaluate.EvalConfig:
+    arch: str, *, runs: int, epochs: int, lr: float | None, batch_size: int, dsa: bool, seed: int,
+    labels: str = "set",
+) -> evaluate.EvalConfig:  # fmt: skip
     return evaluate.EvalConfig(
         arch=arch, runs=runs, epochs=epochs, lr=lr, batch_size=batch_size,
         dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none", seed=seed,
+        labels=labels.lower(),
     )  # fmt: skip

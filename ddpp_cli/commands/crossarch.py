@@ -24,6 +24,7 @@ from ddpp_cli.commands._evaluation import (
     DsaOpt,
     EpochsOpt,
     EvalDisplay,
+    LabelsOpt,
     LrOpt,
     NoRecordsOpt,
     RecordsOpt,
@@ -50,6 +51,7 @@ def command(
     lr: LrOpt = None,
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
+    labels: LabelsOpt = "set",
     zca_file: ZcaFileOpt = None,
     zca_renamed: ZcaFileRenamedOpt = None,
     records: RecordsOpt = None,
@@ -81,6 +83,7 @@ def command(
     config = evaluate.EvalConfig(
         runs=runs, epochs=epochs, lr=lr, batch_size=batch_size,
         dsa_strategy=augment.DEFAULT_STRATEGY if dsa else "none", seed=seed,
+        labels=labels.lower(),
     )  # fmt: skip
     world, torch_device = joined_world(device)
     progress = make_progress(err, disable=quiet or not world.is_main)
@@ -116,10 +119,14 @@ def _label(distilled_set) -> str:
 
 
 def _print_markdown(results: dict[str, evaluate.EvalResult], distilled_set) -> None:
+    """The table's row names the set, and the labels that trained when it carries vectors."""
     typer.echo("| set | " + " | ".join(results) + " |")
     typer.echo("|---|" + "---:|" * len(results))
     cells = " | ".join(r.mean_std_text() for r in results.values())
-    typer.echo(f"| {_label(distilled_set)} | {cells} |")
+    name = _label(distilled_set)
+    if distilled_set.targets is not None:
+        name += f" · {next(iter(results.values())).protocol['label_text']}"
+    typer.echo(f"| {name} | {cells} |")
 
 
 def _print_table(results: dict[str, evaluate.EvalResult], path: Path, distilled_set) -> None:

@@ -38,6 +38,7 @@ from ddpp_cli.commands._evaluation import (
     DsaOpt,
     EpochsOpt,
     EvalDisplay,
+    LabelsOpt,
     LrOpt,
     NoRecordsOpt,
     RecordsOpt,
@@ -62,7 +63,7 @@ from ddpp_cli.engine import (
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress
 
-TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed")
+TRAINING = ("runs", "epochs", "lr", "batch_size", "dsa", "seed", "labels")
 
 
 def command(
@@ -73,6 +74,7 @@ def command(
     lr: LrOpt = None,
     batch_size: BatchOpt = 256,
     dsa: DsaOpt = True,
+    labels: LabelsOpt = "set",
     zca_file: ZcaFileOpt = None,
     zca_renamed: ZcaFileRenamedOpt = None,
     baseline: BaselineOpt = None,

@@ -25,7 +25,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.training import min_batch_size, minibatches
+from ddpp_cli.engine.training import LabelVectors, min_batch_size, minibatches
 
 PREDICT_BATCH = 1024  # images per forward pass, shared by all members
 
@@ -119,11 +119,14 @@ def train_epoch(
     batch_size: int,
     dsa: DSA,
     generators: Sequence[torch.Generator],
+    vectors: LabelVectors | None = None,
 ) -> list[float]:
     """One epoch for every member; member k trains on ``sets[k]`` with ``generators[k]``.
 
     Member k draws its batch order and DSA parameters from ``generators[k]`` in the same order as
-    :func:`training.train_epoch`; returns the mean training loss of each member.
+    :func:`training.train_epoch`; returns the mean training loss of each member. ``vectors``
+    (label vectors of rows like every member's set) replace cross-entropy on the labels by
+    their loss, each member's targets taken with its own batch's indices.
     """
     if not len(sets) == len(generators) == stacked.size:
         raise ValueError("one (images, labels) set and one generator per member are needed")
@@ -136,7 +139,7 @@ def train_epoch(
     total = torch.zeros(stacked.size, device=sets[0][0].device)
     count = 0
     for step in range(len(orders[0])):
-        xs, ys = [], []
+        xs, ys, indices = [], [], []
         for (images, labels), order, generator in zip(sets, orders, generators, strict=True):
             index = order[step].to(images.device)
             batch = images[index]
@@ -144,9 +147,14 @@ def train_epoch(
                 batch = dsa(batch, generator)
             xs.append(batch)
             ys.append(labels[index])
+            indices.append(index)
         x, y = torch.stack(xs), torch.stack(ys)
         logits = stacked(x)
-        losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+        if vectors is None:
+            losses = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(dim=1)
+        else:
+            targets = vectors.vectors[torch.stack(indices).to(vectors.vectors.device)]
+            losses = vectors.loss_of(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()

@@ -1,8 +1,14 @@
-"""Plain supervised training and testing of one network, shared by buffer and evaluate."""
+"""Plain supervised training and testing of one network, shared by buffer and evaluate.
+
+A network trains on hard labels with cross-entropy, or on a set's label vectors
+(:class:`LabelVectors`) with their own loss: soft cross-entropy at a temperature (DATM's
+evaluation) or the halved mean squared error (KIP's finite-network transfer); docs/evaluation.md.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +16,54 @@ from torch import nn
 
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.models import uses_batchnorm
+
+
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """−Σ_k softmax(targets / T)_k · log_softmax(logits)_k, averaged over the batch.
+
+    Over the last two dimensions: ``(B, K)`` gives a scalar, ``(M, B, K)`` one loss per member.
+    """
+    weights = F.softmax(targets / temperature, dim=-1)
+    return -(weights * F.log_softmax(logits, dim=-1)).sum(dim=-1).mean(dim=-1)
+
+
+def halved_mse(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """½ · mean over the batch and the classes of (logits − targets)² (KIP's ``mse_loss``).
+
+    Over the last two dimensions, as :func:`soft_cross_entropy`.
+    """
+    return 0.5 * (logits - targets).square().mean(dim=-1).mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class LabelVectors:
+    """A set's label vectors ``(N, K)`` and the loss they train with ("soft-ce" at
+    ``temperature``, or "mse"); ``text`` names them in tables ("learned labels (MSE)")."""
+
+    vectors: torch.Tensor
+    loss: str
+    temperature: float | None = None
+    text: str = "label vectors"
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("soft-ce", "mse"):
+            raise ValueError(f"label vectors train with soft-ce or mse (got {self.loss!r})")
+        if self.loss == "soft-ce" and not (self.temperature and self.temperature > 0):
+            raise ValueError("soft-ce needs a positive temperature")
+        if self.vectors.ndim != 2:
+            raise ValueError(f"label vectors must be (N, K), got {tuple(self.vectors.shape)}")
+
+    def to(self, device: torch.device | str) -> LabelVectors:
+        """The same vectors on ``device``."""
+        return LabelVectors(self.vectors.to(device), self.loss, self.temperature, self.text)
+
+    def loss_of(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of ``logits`` against the rows ``targets`` of :attr:`vectors` (same shape)."""
+        if self.loss == "mse":
+            return halved_mse(logits, targets)
+        return soft_cross_entropy(logits, targets, float(self.temperature or 1.0))
 
 
 def minibatches(
@@ -40,8 +94,12 @@ def train_epoch(
     batch_size: int,
     dsa: DSA,
     generator: torch.Generator,
+    vectors: LabelVectors | None = None,
 ) -> float:
-    """One epoch of cross-entropy training with DSA; returns the mean training loss."""
+    """One epoch of training with DSA; returns the mean training loss.
+
+    Cross-entropy on ``labels``, or with ``vectors`` their loss on the rows of the batch's images.
+    """
     model.train()
     total, count = 0.0, 0
     for index in minibatches(len(images), batch_size, generator, min_batch_size(model)):
@@ -49,7 +107,10 @@ def train_epoch(
         batch = images[index]
         if dsa.enabled:
             batch = dsa(batch, generator)
-        loss = F.cross_entropy(model(batch), labels[index])
+        if vectors is None:
+            loss = F.cross_entropy(model(batch), labels[index])
+        else:
+            loss = vectors.loss_of(model(batch), vectors.vectors[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -139,6 +139,8 @@ def row_settings(job: RowJob) -> dict[str, Any]:
         "evaluation": asdict(plan.evaluation),
         "test_subset": plan.test_subset,
     }
+    if settings["evaluation"]["labels"] == "set":  # the default: rows saved before it match
+        del settings["evaluation"]["labels"]
     if info.method is not None:  # the whole config, so the profile's cuts are compared too
         config = row_config(plan, job.row, int(job.budget.value or 0))
         settings |= {"distill": config.identity()}

@@ -22,6 +22,7 @@ from ddpp_cli.engine.evaluate.protocol import (
 )
 from ddpp_cli.engine.evaluate.records import FinishedRuns
 from ddpp_cli.engine.events import Notice, OnEvent
+from ddpp_cli.engine.training import LabelVectors
 
 
 def _train_and_test_group(
@@ -36,6 +37,7 @@ def _train_and_test_group(
     runs: Sequence[int],
     device: torch.device,
     on_epoch: Callable[[int, int, int], None] | None,
+    vectors: LabelVectors | None = None,
 ) -> list[tuple[float, bool]]:
     """:func:`_train_and_test` for runs ``runs`` (run ``runs[k]`` on ``sets[k]``) at once.
 
@@ -49,11 +51,12 @@ def _train_and_test_group(
     dsa = augment.DSA(config.dsa_strategy)
     optimizer = _run_optimizer(config, stacked.parameters(), lr)
     on_device = [(x.to(device), y.to(device)) for x, y in sets]
+    vectors_on_device = None if vectors is None else vectors.to(device)
     stopped: dict[int, dict[str, torch.Tensor]] = {}  # member -> state when it diverged
     for epoch in range(1, config.epochs + 1):
         losses = batched.train_epoch(
             stacked, on_device, optimizer, batch_size=config.batch_size, dsa=dsa,
-            generators=generators,
+            generators=generators, vectors=vectors_on_device,
         )  # fmt: skip
         for k, run in enumerate(runs):
             if k in stopped:
@@ -76,10 +79,11 @@ def _train_and_test_group(
 def _train_group(
     group: Sequence[int], sets: Sequence[tuple[torch.Tensor, torch.Tensor]],
     test_x: torch.Tensor, test_y: torch.Tensor, *, num_classes: int, lr: float,
-    config: EvalConfig, device: torch.device, emit: OnEvent,
+    config: EvalConfig, device: torch.device, emit: OnEvent, vectors: LabelVectors | None = None,
 ) -> list[tuple[float, bool]]:  # fmt: skip
     """(accuracy, diverged) of each run of ``group``: as one batched model, or one at a time
-    when there is one run or the runs' sets differ in size."""
+    when there is one run or the runs' sets differ in size; ``vectors``: the label vectors
+    every run trains with (None: cross-entropy on the hard labels)."""
 
     def on_epoch(run: int, epoch: int, epochs: int) -> None:
         emit(NetworkEpochFinished(config.arch, run, epoch, epochs))
@@ -90,12 +94,13 @@ def _train_group(
     if len(group) > 1 and len(set(sizes)) == 1:
         return _train_and_test_group(
             sets, test_x, test_y, arch=config.arch, num_classes=num_classes, lr=lr,
-            config=config, runs=group, device=device, on_epoch=on_epoch,
+            config=config, runs=group, device=device, on_epoch=on_epoch, vectors=vectors,
         )  # fmt: skip
     return [
         _train_and_test(
             images, labels, test_x, test_y, arch=config.arch, num_classes=num_classes, lr=lr,
             config=config, run=run, device=device, on_epoch=functools.partial(on_epoch, run),
+            vectors=vectors,
         )
         for run, (images, labels) in zip(group, sets, strict=True)
     ]  # fmt: skip

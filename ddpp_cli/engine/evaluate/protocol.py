@@ -1,9 +1,10 @@
 """The evaluation protocol (docs/evaluation.md): its settings, its result, and the training and
 test of one network.
 
-A run trains a freshly initialised network on the set (hard labels, cross-entropy, SGD momentum
-0.9, weight decay 5e-4, batch 256, DSA on) for ``epochs`` epochs, the learning rate multiplied by
-0.1 after epoch ``epochs // 2``, then makes one pass over the test split. Run ``r`` of
+A run trains a freshly initialised network on the set (cross-entropy on its hard labels, or its
+label vectors' own loss, :data:`LABEL_CHOICES`; SGD momentum 0.9, weight decay 5e-4, batch 256,
+DSA on) for ``epochs`` epochs, the learning rate multiplied by 0.1 after epoch ``epochs // 2``,
+then makes one pass over the test split. Run ``r`` of
 architecture ``a`` draws its initialisation from ``derive_seed(seed, "eval", a, r)`` and its
 batches and augmentations from ``make_generator(seed, "eval", a, r, "train")``, so every run is
 reproducible on its own, alone or batched.
@@ -11,6 +12,7 @@ reproducible on its own, alone or batched.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Callable, Sequence
@@ -22,7 +24,7 @@ import torch
 from ddpp_cli.engine import augment, models
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.training import predict, train_epoch
+from ddpp_cli.engine.training import LabelVectors, predict, train_epoch
 
 DEFAULT_LR = 0.01
 LR_DECAY = 0.1
@@ -33,6 +35,10 @@ STD_KIND = "population (np.std, ddof=0)"
 SELECTION_RULE = "validation split, tested once"
 
 SetForRun = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+# --labels: "set" trains on the set's label vectors when it has them (else its hard labels),
+# "hard" always on the hard labels with cross-entropy.
+LABEL_CHOICES = ("set", "hard")
+HARD_LABELS_TEXT = "hard labels"
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,14 @@ class EvalConfig:
     batch_size: int = 256
     dsa_strategy: str = augment.DEFAULT_STRATEGY  # "none" = --no-dsa
     seed: int = 0
+    labels: str = "set"  # LABEL_CHOICES
 
     def __post_init__(self) -> None:
         models.check_known(self.arch)
+        if self.labels not in LABEL_CHOICES:
+            raise DdppError(
+                f"--labels must be one of {', '.join(LABEL_CHOICES)} (got {self.labels!r})."
+            )
         if self.runs < 1:
             raise DdppError(f"--runs must be at least 1 (got {self.runs}).")
         if self.epochs < 1:
@@ -133,6 +144,25 @@ def resolve_lr(config: EvalConfig, set_lr: float | None) -> tuple[float, str]:
     return float(set_lr), "set"
 
 
+def chosen_vectors(config: EvalConfig, vectors: LabelVectors | None) -> LabelVectors | None:
+    """The label vectors a run trains with: the set's under ``--labels set``, none (hard labels,
+    cross-entropy) under ``--labels hard`` or for a set without them."""
+    return vectors if config.labels == "set" else None
+
+
+def labels_text(vectors: LabelVectors | None) -> str:
+    """How the output names the labels that trained the networks ("hard labels", …)."""
+    return HARD_LABELS_TEXT if vectors is None else vectors.text
+
+
+def _check_vectors(vectors: LabelVectors | None, count: int, num_classes: int) -> None:
+    if vectors is not None and tuple(vectors.vectors.shape) != (count, num_classes):
+        raise DdppError(
+            f"the set's label vectors are {tuple(vectors.vectors.shape)} but it holds {count} "
+            f"images of {num_classes} classes; pass --labels hard to train on its classes."
+        )
+
+
 def _check_images(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -202,6 +232,7 @@ def _train_and_test(
     run: int,
     device: torch.device | str,
     on_epoch: Callable[[int, int], None] | None,
+    vectors: LabelVectors | None = None,
 ) -> tuple[float, bool]:
     """:func:`train_and_test`, also saying whether training diverged (and stopped early)."""
     device = torch.device(device)
@@ -210,9 +241,12 @@ def _train_and_test(
     dsa = augment.DSA(config.dsa_strategy)
     optimizer = _run_optimizer(config, model.parameters(), lr)
     x, y = images.to(device), labels.to(device)
+    train = train_epoch  # hard labels: cross-entropy, the call it always was
+    if vectors is not None:
+        train = functools.partial(train_epoch, vectors=vectors.to(device))
     diverged = False
     for epoch in range(1, config.epochs + 1):
-        loss = train_epoch(
+        loss = train(
             model, x, y, optimizer, batch_size=config.batch_size, dsa=dsa, generator=generator
         )
         if on_epoch is not None:
@@ -243,29 +277,46 @@ def train_and_test(
     run: int,
     device: torch.device | str,
     on_epoch: Callable[[int, int], None] | None = None,
+    vectors: LabelVectors | None = None,
 ) -> float:
     """Train one fresh ``arch`` network on ``images`` (run ``run``), return its test accuracy.
 
     SGD with ``config.momentum``/``config.weight_decay`` at ``lr``, ×0.1 after epoch
     ``config.epochs // 2``; DSA from ``config.dsa_strategy``; evaluation mode for the test pass.
+    Cross-entropy on ``labels``, or the loss of ``vectors`` (the images' label vectors) as
+    :func:`chosen_vectors` picks them by ``config.labels``.
     A run whose loss becomes non-finite stops training and is tested as it is.
     """
+    vectors = chosen_vectors(config, vectors)
+    _check_vectors(vectors, int(images.shape[0]), num_classes)
     acc, _ = _train_and_test(
         images, labels, test_images, test_labels, arch=arch, num_classes=num_classes, lr=lr,
-        config=config, run=run, device=device, on_epoch=on_epoch,
+        config=config, run=run, device=device, on_epoch=on_epoch, vectors=vectors,
     )  # fmt: skip
     return acc
 
 
-def protocol_record(config: EvalConfig, lr: float, lr_source: str) -> dict[str, Any]:
-    """The protocol as recorded in every result (and printed by ``--json``)."""
+def _loss_text(vectors: LabelVectors | None) -> str:
+    if vectors is None:
+        return "cross-entropy (hard labels)"
+    if vectors.loss == "mse":
+        return "0.5 * mean squared error to the label vectors"
+    return f"soft cross-entropy to softmax(label vectors / {vectors.temperature:g})"
+
+
+def protocol_record(
+    config: EvalConfig, lr: float, lr_source: str, vectors: LabelVectors | None = None
+) -> dict[str, Any]:
+    """The protocol as recorded in every result (and printed by ``--json``); ``vectors``: the
+    label vectors the networks trained with (None: hard labels)."""
     return {
         **asdict(config),
         "lr": lr,
         "lr_source": lr_source,
         "lr_schedule": f"x{LR_DECAY} after epoch {config.epochs // 2}",
         "optimizer": "SGD",
-        "loss": "cross-entropy (hard labels)",
+        "label_text": labels_text(vectors),
+        "loss": _loss_text(vectors),
         "std": STD_KIND,
         "accuracy": "fraction of the test split classified correctly, after the last epoch",
     }

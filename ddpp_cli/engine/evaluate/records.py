@@ -15,6 +15,7 @@ from ddpp_cli import __version__
 from ddpp_cli.engine import layout, store
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate.protocol import EvalConfig
+from ddpp_cli.engine.training import LabelVectors
 
 RECORDS_FORMAT = "ddpp.evaluation/1"
 RUN_SET_NAMES = (layout.BEST_NAME, layout.DISTILLED_NAME)  # a run folder's sets, best first
@@ -60,20 +61,32 @@ def evaluation_identity(
     num_classes: int,
     config: EvalConfig,
     lr: float,
+    vectors: LabelVectors | None = None,
 ) -> dict[str, Any]:
     """What a recorded run must share with a new one to be reused in its place.
 
     The set (content hash of run 0's images and labels), the test split as transformed (hash),
     the class count, the protocol (every :class:`EvalConfig` field but ``runs``, since run r does
     not depend on how many follow) and the learning rate actually used.
+
+    The labels that train: ``config.labels`` is left out (on a hard-label set both choices train
+    alike), and ``vectors``, the label vectors training uses (None: hard labels), add their
+    values to the set's hash and their loss as ``protocol.labels``. So a hard-label evaluation
+    keeps the identity it had before ``--labels`` existed, and never shares records with one
+    trained on label vectors.
     """
     settings = asdict(config)
-    del settings["runs"]
+    del settings["runs"], settings["labels"]
+    protocol: dict[str, Any] = {**settings, "lr": lr}
+    tensors = list(first_set)
+    if vectors is not None:
+        tensors.append(vectors.vectors)
+        protocol["labels"] = {"loss": vectors.loss, "temperature": vectors.temperature}
     return {
-        "set_sha256": tensor_digest(*first_set),
+        "set_sha256": tensor_digest(*tensors),
         "test_sha256": tensor_digest(test_images, test_labels),
         "num_classes": num_classes,
-        "protocol": {**settings, "lr": lr},
+        "protocol": protocol,
     }
 
 

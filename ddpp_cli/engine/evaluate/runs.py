@@ -20,12 +20,15 @@ from ddpp_cli.engine.evaluate.protocol import (
     EvalResult,
     SetForRun,
     _check_images,
+    _check_vectors,
+    chosen_vectors,
     protocol_record,
     resolve_lr,
     summarize,
 )
 from ddpp_cli.engine.evaluate.records import EvalRecords, FinishedRuns, evaluation_identity
 from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.training import LabelVectors
 
 
 def evaluate_per_run(
@@ -41,9 +44,13 @@ def evaluate_per_run(
     parallel: int = 1,
     world: World | None = None,
     records: Path | None = None,
+    vectors: LabelVectors | None = None,
 ) -> EvalResult:
     """:func:`evaluate_images` where run ``r`` trains on ``set_for_run(r)`` (e.g. a new random
     subset per run, so that the std covers the choice of subset as in the DC benchmark).
+
+    ``vectors``: label vectors of every run's set (one row per image), used as ``config.labels``
+    says (:func:`chosen_vectors`); the result's protocol names the labels used.
 
     ``parallel`` runs train at once as one batched model; under torchrun (``world``) each rank
     trains its share of the runs and every rank returns the whole result.
@@ -58,13 +65,14 @@ def evaluate_per_run(
     world = world or World()
     device = torch.device(device)
     effective_lr, lr_source = resolve_lr(config, lr)
+    vectors = chosen_vectors(config, vectors)
     test_x, test_y = test_images.to(device), test_labels.to(device)
     started = time.perf_counter()
     book, done = None, {}
     if records is not None:
         identity = evaluation_identity(
             set_for_run(0), test_images, test_labels, num_classes=num_classes, config=config,
-            lr=effective_lr,
+            lr=effective_lr, vectors=vectors,
         )  # fmt: skip
         book = EvalRecords.open(records, identity)
         done = _recorded_runs(book, config, emit)
@@ -79,12 +87,13 @@ def evaluate_per_run(
         sets = [set_for_run(run) for run in group]
         for images, labels in sets:
             _check_images(images, labels, test_images, test_labels, num_classes)
+            _check_vectors(vectors, int(images.shape[0]), num_classes)
         for run in group:
             emit(NetworkStarted(config.arch, run, config.runs, config.epochs))
         group_started = time.perf_counter()
         outcomes = _train_group(
             group, sets, test_x, test_y, num_classes=num_classes, lr=effective_lr,
-            config=config, device=device, emit=emit,
+            config=config, device=device, emit=emit, vectors=vectors,
         )  # fmt: skip
         seconds = (time.perf_counter() - group_started) / len(group)
         for run, (images, _), (acc, bad) in zip(group, sets, outcomes, strict=True):
@@ -97,7 +106,7 @@ def evaluate_per_run(
         keep(_gather_runs(world, done, config, emit))
     result = _per_run_result(
         config, done, effective_lr, lr_source, test_images, num_classes, device,
-        time.perf_counter() - started,
+        time.perf_counter() - started, vectors,
     )  # fmt: skip
     return replace(
         result, reused_runs=sorted(reused), made_elsewhere=made_elsewhere(reused, device)
@@ -153,14 +162,14 @@ def _record(
 
 def _per_run_result(
     config: EvalConfig, done: FinishedRuns, lr: float, lr_source: str, test_images: torch.Tensor,
-    num_classes: int, device: torch.device, seconds: float,
+    num_classes: int, device: torch.device, seconds: float, vectors: LabelVectors | None,
 ) -> EvalResult:  # fmt: skip
     """Every run's accuracy with mean ± std and the protocol followed."""
     accuracies = [done[run][0] for run in range(config.runs)]
     diverged = [run for run in range(config.runs) if done[run][1]]
     sizes = [done[run][2] for run in range(config.runs)]
     mean, std = summarize(accuracies)
-    record = protocol_record(config, lr, lr_source)
+    record = protocol_record(config, lr, lr_source, vectors)
     record.update(
         train_size=sizes[0] if len(set(sizes)) == 1 else sizes,
         test_size=int(test_images.shape[0]),
@@ -192,15 +201,17 @@ def evaluate_images(
     parallel: int = 1,
     world: World | None = None,
     records: Path | None = None,
+    vectors: LabelVectors | None = None,
 ) -> EvalResult:
     """Run the protocol ``config.runs`` times on one set of (model-input space) images.
 
     ``test_images`` must already be transformed like ``images``. The learning rate is
     ``config.lr`` when given, else ``lr`` (the set's learned one), else 0.01. ``parallel``,
-    ``world`` and ``records`` as in :func:`evaluate_per_run`.
+    ``world``, ``records`` and ``vectors`` (the images' label vectors) as in
+    :func:`evaluate_per_run`.
     """
     return evaluate_per_run(
         lambda run: (images, labels), test_images, test_labels, num_classes=num_classes,
         config=config, lr=lr, device=device, on_event=on_event, parallel=parallel, world=world,
-        records=records,
+        records=records, vectors=vectors,
     )  # fmt: skip

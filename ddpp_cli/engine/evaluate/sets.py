@@ -20,6 +20,17 @@ from ddpp_cli.engine.evaluate.records import RUN_SET_NAMES
 from ddpp_cli.engine.evaluate.runs import evaluate_images
 from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.preprocess import Preprocessing
+from ddpp_cli.engine.training import LabelVectors
+
+
+def set_vectors(distilled: DistilledSet) -> LabelVectors | None:
+    """The set's label vectors with the loss it was made for (None for a hard-label set)."""
+    if distilled.targets is None or distilled.target_loss is None:
+        return None
+    return LabelVectors(
+        distilled.targets.float(), distilled.target_loss, distilled.temperature,
+        distilled.label_text,
+    )  # fmt: skip
 
 
 def find_set(path: Path) -> Path:
@@ -156,6 +167,7 @@ def evaluate_set(
         distilled.images, distilled.labels, test_images, test_labels,
         num_classes=distilled.num_classes, config=config, lr=distilled.lr, device=device,
         on_event=on_event, parallel=parallel, world=world, records=records,
+        vectors=set_vectors(distilled),
     )  # fmt: skip
     return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
 
@@ -191,6 +203,7 @@ def crossarch(
             distilled.images, distilled.labels, test_images, test_labels,
             num_classes=distilled.num_classes, config=arch_config, lr=distilled.lr,
             device=device, on_event=on_event, parallel=parallel, world=world, records=records,
+            vectors=set_vectors(distilled),
         )  # fmt: skip
         results[arch_config.arch] = replace(
             result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}
