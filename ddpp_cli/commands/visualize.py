@@ -109,7 +109,7 @@ def command(
     force: ForceOpt = False,
     quiet: quiet_option("the paths written") = False,
 ) -> None:
-    """Pictures of a distilled set or run: class grid, ImageFolder export, curves, animation.
+    """Pictures of a set, a run or a comparison: grid, ImageFolder export, curves, animation, chart.
 
     An existing file (or a folder holding an earlier export) is replaced only with --force.
     A 'ddpp run --compare' folder gives the chart of its table (--out .png or .svg).
