@@ -222,6 +222,7 @@ def _chart(
     store.refuse_existing(chart_out, force=force)
     visualize_engine.save_scene(scene, chart_out)
     scores = ", scores panel" if table.has_scores else ""
-    note = f"({len(table.rows)} rows of {comparison}{scores}, {scene.width}×{scene.height} px)"
+    rows = f"{len(table.rows)} row{'s' if len(table.rows) > 1 else ''}"
+    note = f"({rows} of {comparison}{scores}, {scene.width}×{scene.height} px)"
     out.print(str(chart_out) if quiet else f"{'chart:':<7} {chart_out}  {note}",
               highlight=False, markup=False, soft_wrap=True)  # fmt: skip

@@ -107,7 +107,7 @@ def _chart_row(path: Path, index: int, row: dict[str, Any]) -> ChartRow:
         )  # fmt: skip
     scores = row.get("scores") or {}
     evaluation = row.get("evaluation") or {}
-    protocol = evaluation.get("protocol") or {}
+    protocol = evaluation.get("protocol") if isinstance(evaluation.get("protocol"), dict) else {}
     return ChartRow(
         row=row.get("row") or row["method"], label=row["method"], mean=float(row["mean"]),
         std=float(row["std"]), published=published,
