@@ -93,6 +93,7 @@ def print_compare(summary: compare_engine.CompareSummary) -> None:
         line(out, f"{'buffer:':<12}{summary.buffer}")
     line(out, f"{'table:':<12}{summary.markdown_path}")
     line(out, f"{'json:':<12}{summary.json_path}")
+    line(out, f"{'chart:':<12}{summary.folder / layout.COMPARE_CHART_NAME}")
 
 
 def compare_and_report(

@@ -13,6 +13,7 @@ from ddpp_cli.commands._options import quiet_option
 from ddpp_cli.commands._renamed import ZcaFileRenamedOpt
 from ddpp_cli.engine import distilled, evaluate, layout, store
 from ddpp_cli.engine import visualize as visualize_engine
+from ddpp_cli.engine.errors import DdppError
 
 GridOutOpt = Annotated[
     Path | None,
@@ -20,7 +21,8 @@ GridOutOpt = Annotated[
         "--out",
         "-o",
         help="Write the image grid here (.png, .jpg, .webp). Default when no other output "
-        "is asked for: <set>-grid.png next to the set.",
+        "is asked for: <set>-grid.png next to the set. For a 'ddpp run --compare' folder: "
+        "its chart (.png or .svg), default RUN/compare.png.",
     ),
 ]
 
@@ -89,7 +91,8 @@ def command(
         Path,
         typer.Argument(
             help="A distilled-set file, or a 'ddpp distill' run folder (best.safetensors, else "
-            "distilled.safetensors; metrics.jsonl for --curves).",
+            "distilled.safetensors; metrics.jsonl for --curves), or a 'ddpp run --compare' "
+            "folder (its chart).",
             show_default=False,
         ),
     ],
@@ -106,10 +109,15 @@ def command(
     force: ForceOpt = False,
     quiet: quiet_option("the paths written") = False,
 ) -> None:
-    """Pictures of a distilled set or run: class grid, ImageFolder export, curves, animation.
+    """Pictures of a set, a run or a comparison: grid, ImageFolder export, curves, animation, chart.
 
     An existing file (or a folder holding an earlier export) is replaced only with --force.
+    A 'ddpp run --compare' folder gives the chart of its table (--out .png or .svg).
     """
+    comparison = visualize_engine.comparison_file(target)
+    if comparison is not None:
+        _chart(target, comparison, grid_out, (export, curves, animate), force, quiet)
+        return
     draw_grid = grid_out is not None or (export is None and curves is None and animate is None)
     inputs = _read_inputs(target, grid_out, curves, animate, classes, draw_grid, export)
     store.refuse_existing(
@@ -195,3 +203,26 @@ def _grid(inputs: _Inputs, max_per_row: int, upsample: int, clip: bool, zca_file
         f"({len(arrangement.classes)} classes × up to {max(arrangement.counts)} images of "
         f"{inputs.set_path}, {image.width}×{image.height} px{', clipped' if clip else ''})",
     )  # fmt: skip
+
+
+def _chart(
+    target: Path, comparison: Path, chart_out: Path | None, others: tuple, force: bool,
+    quiet: bool,
+) -> None:  # fmt: skip
+    """The chart of a comparison: read and checked, then written (default RUN/compare.png)."""
+    if any(path is not None for path in others):
+        raise DdppError(
+            f"{target} is a 'ddpp run --compare' folder, which gives only its chart; drop "
+            "--export, --curves and --animate (or give a set or a 'ddpp distill' run folder)."
+        )
+    chart_out = chart_out or comparison.with_name(layout.COMPARE_CHART_NAME)
+    visualize_engine.check_scene_path(chart_out)
+    table = visualize_engine.read_comparison(comparison)
+    scene = visualize_engine.chart_scene(table)
+    store.refuse_existing(chart_out, force=force)
+    visualize_engine.save_scene(scene, chart_out)
+    scores = ", scores panel" if table.has_scores else ""
+    rows = f"{len(table.rows)} row{'s' if len(table.rows) > 1 else ''}"
+    note = f"({rows} of {comparison}{scores}, {scene.width}×{scene.height} px)"
+    out.print(str(chart_out) if quiet else f"{'chart:':<7} {chart_out}  {note}",
+              highlight=False, markup=False, soft_wrap=True)  # fmt: skip

@@ -47,6 +47,8 @@ CURVES_NAME = "curves.png"
 # A comparison folder (ddpp run --compare).
 COMPARE_MARKDOWN_NAME = "compare.md"
 COMPARE_JSON_NAME = "compare.json"
+COMPARE_CHART_NAME = "compare.png"  # the table as a chart
+COMPARE_CHART_SVG_NAME = "compare.svg"  # the same, when 'ddpp visualize' writes it there
 ROWS_DIRNAME = "compare"  # one sub-folder per row
 ROW_NAME = "row.json"
 ROW_SET_NAME = "set.safetensors"  # a coreset row's set (run 0's coreset)

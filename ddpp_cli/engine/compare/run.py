@@ -32,6 +32,7 @@ from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.layout import ROW_NAME, ROWS_DIRNAME
 from ddpp_cli.engine.pipeline import RunPlan, choose_buffer
 from ddpp_cli.engine.published import reference
+from ddpp_cli.engine.visualize.compare_chart import CHART_NAMES, write_chart
 
 ROW_FORMAT = "ddpp.compare-row/1"
 
@@ -43,7 +44,9 @@ def default_compare_folder(plan: RunPlan, now: datetime | None = None) -> Path:
 
 def check_compare_folder(folder: Path) -> None:
     """DdppError when ``folder`` holds anything but an earlier comparison's files."""
-    layout.check_output_folder(folder, {MARKDOWN_NAME, JSON_NAME, ROWS_DIRNAME}, "ddpp comparison")
+    layout.check_output_folder(
+        folder, {MARKDOWN_NAME, JSON_NAME, *CHART_NAMES, ROWS_DIRNAME}, "ddpp comparison"
+    )
 
 
 def read_row(folder: Path) -> dict[str, Any] | None:
@@ -196,6 +199,7 @@ def compare(
     summary = CompareSummary(folder, plan, data_folder, buffer_dir, tuple(results))
     store.atomic_write_text(summary.json_path, json.dumps(summary.to_json(), indent=2) + "\n")
     store.atomic_write_text(summary.markdown_path, markdown(summary))
+    write_chart(summary.json_path, folder / CHART_NAMES[0])
     return summary
 
 
