@@ -110,8 +110,13 @@ def protocol_line(result: evaluate.EvalResult, network: str | None = None) -> st
         f"{p['lr_schedule']}, batch {p['batch_size']}, SGD momentum {p['momentum']:g}, "
         f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
         f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
-        "± is the population std"
+        "± is the population std" + _selection_note(result)
     )
+
+
+def _selection_note(result: evaluate.EvalResult) -> str:
+    """ "; the set is test-selected (MTT's convention)" for such a set, else nothing."""
+    return "" if result.selection == evaluate.SELECTION_RULE else f"; the set is {result.selection}"
 
 
 def network_label(result: evaluate.EvalResult) -> str:

@@ -17,6 +17,7 @@ from ddpp_cli.engine import data, layout, models
 from ddpp_cli.engine.device import DEVICE_CHOICES
 from ddpp_cli.engine.distill import MAX_VAL_SIZE
 from ddpp_cli.engine.distill import methods as distill_methods
+from ddpp_cli.engine.model_selection import SELECTIONS
 
 ARCHITECTURES = (
     f"{', '.join(models.available())}, or any {models.CONVNET_FAMILY} (e.g. convnet-w1024)"
@@ -238,6 +239,17 @@ ValSizeOpt = _option(
     "--val-size",
     help="Validation images held out of the training split (default: 10 %, at most "
     f"{MAX_VAL_SIZE}).",
+)
+SelectionOpt = _option(
+    str | None,
+    VALIDATION,
+    "--selection",
+    help=distill_default(
+        "How the set is chosen: "
+        + " or ".join(f"{rule.name} ({rule.description})" for rule in SELECTIONS.values())
+        + "; docs/distill.md#selection.",
+        "selection",
+    ),
 )
 
 # -------------------------------------------------------------------------------- run folder

@@ -19,6 +19,7 @@ from ddpp_cli.engine.evaluate.protocol import EvalConfig, EvalResult
 from ddpp_cli.engine.evaluate.records import RUN_SET_NAMES
 from ddpp_cli.engine.evaluate.runs import evaluate_images
 from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.model_selection import label_of_settings
 from ddpp_cli.engine.preprocess import Preprocessing
 
 
@@ -157,7 +158,11 @@ def evaluate_set(
         num_classes=distilled.num_classes, config=config, lr=distilled.lr, device=device,
         on_event=on_event, parallel=parallel, world=world, records=records,
     )  # fmt: skip
-    return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
+    return replace(
+        result,
+        protocol={**result.protocol, **_describe_set(distilled, preprocessing)},
+        selection=label_of_settings(distilled.settings),  # a test-selected set says so
+    )
 
 
 def crossarch(
@@ -193,6 +198,8 @@ def crossarch(
             device=device, on_event=on_event, parallel=parallel, world=world, records=records,
         )  # fmt: skip
         results[arch_config.arch] = replace(
-            result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}
+            result,
+            protocol={**result.protocol, **_describe_set(distilled, preprocessing)},
+            selection=label_of_settings(distilled.settings),
         )
     return results
