@@ -56,6 +56,12 @@ BEST_TEST = SelectionRule(
 )
 SELECTIONS: dict[str, SelectionRule] = {rule.name: rule for rule in (VALIDATION, BEST_TEST)}
 DEFAULT_SELECTION = VALIDATION.name
+# ``--selection``'s help text (ddpp distill, ddpp run), read from the records.
+SELECTION_HELP = (
+    "How the set is chosen: "
+    + " or ".join(f"{rule.name} ({rule.description})" for rule in SELECTIONS.values())
+    + f"; docs/distill.md#selection. (default: {DEFAULT_SELECTION})"
+)
 
 
 def get_selection(name: str) -> SelectionRule:
