@@ -28,7 +28,7 @@ from ddpp_cli.engine.model_selection import (
     label_of_settings,
 )
 from ddpp_cli.engine.preprocess import Normalization
-from ddpp_cli.engine.visualize import curves_image
+from ddpp_cli.engine.visualize import class_grid, curves_image
 from ddpp_cli.engine.visualize.curves import labelled_title
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -312,6 +312,25 @@ def test_curves_say_test_selected():
     assert curves_image(tested, title="r").size == (1200, 800)
 
 
+def test_the_grid_of_a_test_selected_set_says_so_below_its_cells():
+    def grid(settings: dict):
+        chosen = distilled.DistilledSet(
+            images=torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)),
+            labels=torch.arange(10), lr=0.01, dataset="mnist",
+            class_names=tuple(str(k) for k in range(10)), source="distill",
+            preprocessing={"kind": "normalize", "mean": [0.5], "std": [0.5]}, settings=settings,
+        )  # fmt: skip
+        return class_grid(chosen)
+
+    plain, tested = grid({"selection": "validation"}), grid({"selection": "best-test"})
+    assert grid({}).tobytes() == plain.tobytes()  # an older set: no caption either
+    assert tested.height > plain.height and tested.width >= plain.width
+    # The cells keep their places; the band below holds ink (the caption).
+    assert tested.crop((0, 0, plain.width, plain.height)).tobytes() == plain.tobytes()
+    band = tested.crop((0, plain.height, tested.width, tested.height))
+    assert band.getextrema()[0] < 128
+
+
 def test_ddpp_distill_prints_the_convention(tiny_buffer, tiny_mnist, tmp_path):
     result = invoke(
         "distill", "--dataset", "mnist", "--ipc", 1, "--buffer", tiny_buffer,
@@ -325,3 +344,23 @@ def test_ddpp_distill_prints_the_convention(tiny_buffer, tiny_mnist, tmp_path):
     assert ["selection", "best-test", "user"] in rows  # the settings table
     assert ["selection", *MTT_LABEL.split()] in rows  # the summary table
     assert "100 train / 0 validation /" in result.output
+
+
+@pytest.mark.slow
+def test_ddpp_run_labels_its_table_and_run_json(tiny_mnist, tmp_path):
+    result = invoke(
+        "run", "--dataset", "mnist", "--ipc", 1, "--data-dir", tiny_mnist, "--out", tmp_path / "r",
+        "--profile", "quick", "--no-download", "--device", "cpu", "--image-size", 8,
+        "--train-subset", 80, "--iterations", 2, "--syn-steps", 2, "--expert-epochs", 1,
+        "--max-start-epoch", 2, "--lr-img", 100, "--lr-lr", 1e-7, "--runs", 1, "--epochs", 2,
+        "--test-subset", 20, "--eval-every", 2, "--eval-runs", 1, "--eval-epochs", 1,
+        "--selection", "best-test",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first_cells = [x.split("│")[1].strip() for x in result.output.splitlines() if x[:1] == "│"]
+    assert f"distilled (DDPP, ε 0.1, {MTT_LABEL})" in " ".join(first_cells)  # (a wrapped cell)
+    summary = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert summary["selection"] == summary["distilled"]["selection"] == MTT_LABEL
+    assert summary["random_baseline"]["selection"] == VALIDATION_LABEL  # a coreset: not chosen
+    assert summary["distill"]["selection"] == MTT_LABEL
+    assert summary["plan"]["distill"]["selection"] == "best-test"
