@@ -208,13 +208,14 @@ class _Loop:
         the best so far (then the state's best is this iteration), else None."""
         state, iteration, rule = self.state, self.state.iteration, self.rule
         lr = state.learned_lr  # None: the evaluation's default, as for a coreset
-        result = self.validation.result(state.images.detach(), self.labels, lr, iteration)
-        accuracy, std = result.mean, result.std
+        self.validation.last = None
+        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
         improved = state.best.improved_by(accuracy)
         if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy
         record.update({rule.accuracy_key: accuracy, rule.std_key: std})
-        if rule.chosen_on == "test":  # the whole result, the summary reports the best one;
+        result = self.validation.last
+        if rule.chosen_on == "test" and result is not None:  # the summary reports the best one
             logged = replace(result, selection=rule.label).to_json()  # its time is the line's
             record[TEST_RESULT_KEY] = {k: v for k, v in logged.items() if k != "seconds"}
         best = state.best

@@ -89,6 +89,7 @@ class Validation:
     ) -> None:
         self.config = config
         self.purpose = purpose
+        self.last: EvalResult | None = None  # the last evaluation's whole result
         self.world = world or World()  # under torchrun the ranks split the networks
         self.images = images
         self.labels = labels
@@ -105,21 +106,16 @@ class Validation:
         self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
     ) -> tuple[float, float]:
         """Mean and std accuracy of networks trained on ``images`` with step size ``lr`` (None:
-        the evaluation's default, as for a set without a learned lr)."""
-        result = self.result(images, labels, lr, iteration)
-        return result.mean, result.std
-
-    def result(
-        self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
-    ) -> EvalResult:
-        """The whole evaluation of :meth:`__call__` (every network's accuracy, the protocol)."""
+        the evaluation's default, as for a set without a learned lr); the whole result is kept
+        as :attr:`last`."""
         c = self.config
         self.emit(ValidationStarted(iteration, c.eval_runs, c.eval_epochs))
-        return evaluate_images(
+        self.last = evaluate_images(
             images, labels, self.images, self.labels, num_classes=self.num_classes,
             config=eval_config(c, c.eval_runs, self.purpose), lr=lr, device=self.device,
             on_event=self.emit, world=self.world,
         )  # fmt: skip
+        return self.last.mean, self.last.std
 
 
 def final_test(
