@@ -17,8 +17,8 @@ BEST_TEST_LABEL = "test-selected (MTT's convention)"
 class SelectionRule:
     """One convention: its ``--selection`` name, the label outputs print, whether a validation
     split is held out of the training data, the split the set is chosen on (``"val"`` or
-    ``"test"``: also the prefix of the metrics keys, ``val_accuracy``/``test_accuracy``), and
-    the seed purpose of its evaluation networks."""
+    ``"test"``: also the prefix of the metrics keys, ``val_accuracy``/``test_accuracy``), the
+    seed purpose of its evaluation networks, and what it does in a few words (its help)."""
 
     name: str
     label: str
@@ -66,7 +66,7 @@ SELECTION_HELP = (
 
 def get_selection(name: str) -> SelectionRule:
     """The rule named ``name``; DdppError listing the choices."""
-    if name not in SELECTIONS:
+    if not isinstance(name, str) or name not in SELECTIONS:
         raise DdppError(f"--selection must be one of: {', '.join(SELECTIONS)} (got '{name}').")
     return SELECTIONS[name]
 
@@ -75,8 +75,5 @@ def label_of_settings(settings: Mapping[str, Any]) -> str:
     """The selection label of a set whose ``settings`` (its metadata) may name its rule: a
     set without one (a coreset, an import, an older file) keeps the validation label."""
     name = settings.get("selection")
-    return (
-        SELECTIONS[name].label
-        if isinstance(name, str) and name in SELECTIONS
-        else (VALIDATION_LABEL)
-    )
+    known = isinstance(name, str) and name in SELECTIONS
+    return SELECTIONS[name].label if known else VALIDATION_LABEL
