@@ -13,6 +13,7 @@ from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import faults, layout, pipeline
+from ddpp_cli.engine.compare.table import TEST_SELECTED_MARK, TEST_SELECTED_NOTE, test_selected
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.published import UNCONFIRMED_NOTE
 from ddpp_cli.progress import make_progress
@@ -69,7 +70,7 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
     table.add_column("published")
     for row in summary.rows:
         table.add_row(
-            row.label,
+            row.label + (TEST_SELECTED_MARK if test_selected(row) else ""),
             f"[bold]{row.result.mean_std_text()} %[/]",
             str(len(row.result.accuracies)),
             compare_engine.time_text(row),
@@ -81,6 +82,8 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
 
 def print_compare(summary: compare_engine.CompareSummary) -> None:
     out.print(compare_table(summary))
+    if any(test_selected(row) for row in summary.rows):
+        line(out, f"{TEST_SELECTED_MARK.strip()} {TEST_SELECTED_NOTE}")
     line(out, f"protocol: {compare_engine.protocol_text(summary)}")
     sources = compare_engine.published_sources(summary)
     if sources:

@@ -111,7 +111,13 @@ def protocol_line(result: evaluate.EvalResult, network: str | None = None) -> st
         f"weight decay {p['weight_decay']:g}, DSA {dsa}, {runs} from seed "
         f"{p['seed']}; tested on {p['test_size']} images ({p.get('preprocessing', '?')}); "
         f"± is the population std · {p.get('label_text', evaluate.HARD_LABELS_TEXT)}"
+        + _selection_note(result)
     )
+
+
+def _selection_note(result: evaluate.EvalResult) -> str:
+    """ "; the set is test-selected (MTT's convention)" for such a set, else nothing."""
+    return "" if result.selection == evaluate.SELECTION_RULE else f"; the set is {result.selection}"
 
 
 def network_label(result: evaluate.EvalResult) -> str:

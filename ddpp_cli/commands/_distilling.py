@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate
+from ddpp_cli.engine.model_selection import DEFAULT_SELECTION, get_selection
 from ddpp_cli.progress import milestone, percent
 
 
@@ -24,14 +25,16 @@ class DistillDisplay:
         self.phase = "validation"
         self.last_val = "–"
         self.status = ""
+        self.split = "val"  # "test" with --selection best-test: the split it is chosen on
 
     def _info(self) -> str:
-        return f"{self.status}  val {self.last_val}"
+        return f"{self.status}  {self.split} {self.last_val}"
 
     def __call__(self, event: object) -> None:
         p = self.progress
         match event:
             case distill_engine.DistillStarted():
+                self.split = get_selection(event.config.selection).chosen_on
                 if not self.quiet:
                     p.console.print(settings_table(event, self.origin))
                 self.iterations_task = p.add_task(
@@ -47,7 +50,8 @@ class DistillDisplay:
             case distill_engine.CheckpointSaved():
                 milestone(p, self.iterations_task)  # in a log: a line at every checkpoint
             case distill_engine.ValidationStarted():
-                self.phase = f"validation @ {event.iteration}"
+                what = "validation" if self.split == "val" else "test (selection)"
+                self.phase = f"{what} @ {event.iteration}"
             case distill_engine.TestStarted():
                 self.phase = "test"
             case evaluate.NetworkStarted():
@@ -134,11 +138,15 @@ def summary_table(summary: distill_engine.DistillSummary) -> Table:
             f"run{'s' if len(test.accuracies) != 1 else ''} × "
             f"{test.protocol.get('epochs')} epochs, lr {test.lr:.4g}) on {summary.tested.name}",
         )
-    if summary.best_iteration is not None:
+    if summary.best_val_accuracy is not None:
         table.add_row(
             "best validation",
             f"{percent(summary.best_val_accuracy)} at iteration {summary.best_iteration}",
         )
+    rule = get_selection(summary.selection)
+    if summary.best_iteration is not None and rule.name != DEFAULT_SELECTION:
+        table.add_row("best test", f"at iteration {summary.best_iteration}")
+    table.add_row("selection", rule.label)
     table.add_row("method", summary.method)
     table.add_row("iterations", str(summary.iterations))
     if summary.final_lr is not None:

@@ -15,7 +15,7 @@ import typer
 from ddpp_cli.commands._settings import distill_default, init_default, preset_default
 from ddpp_cli.engine import data, layout, models
 from ddpp_cli.engine.device import DEVICE_CHOICES
-from ddpp_cli.engine.distill import MAX_VAL_SIZE
+from ddpp_cli.engine.distill import MAX_VAL_SIZE, SELECTION_HELP
 from ddpp_cli.engine.distill import methods as distill_methods
 
 ARCHITECTURES = (
@@ -239,6 +239,7 @@ ValSizeOpt = _option(
     help="Validation images held out of the training split (default: 10 %, at most "
     f"{MAX_VAL_SIZE}).",
 )
+SelectionOpt = _option(str | None, VALIDATION, "--selection", help=SELECTION_HELP)
 
 # -------------------------------------------------------------------------------- run folder
 CheckpointEveryOpt = _option(

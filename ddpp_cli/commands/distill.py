@@ -127,6 +127,7 @@ def command(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     snapshot_every: SnapshotEveryOpt = None,
     val_size: opt.ValSizeOpt = None,
+    selection: opt.SelectionOpt = None,
     train_subset: opt.TrainSubsetOpt = None,
     resume_dir: ResumeOpt = None,
     out_dir: opt.RunFolderOpt = None,

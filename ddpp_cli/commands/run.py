@@ -35,6 +35,8 @@ def summary_table(summary: pipeline.RunSummary) -> Table:
     table.add_column("runs")
     result, baseline = summary.evaluation, summary.baseline
     source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
+    if result.selection != evaluate.SELECTION_RULE:
+        source += f", {result.selection}"
     for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
         table.add_row(
             label,
@@ -157,6 +159,7 @@ def command(
     eval_epochs: opt.EvalEpochsOpt = None,
     checkpoint_every: opt.CheckpointEveryOpt = None,
     val_size: opt.ValSizeOpt = None,
+    selection: opt.SelectionOpt = None,
     runs: RunsOpt = None,
     epochs: EpochsOpt = None,
     test_subset: opt.TestSubsetOpt = None,

@@ -174,6 +174,9 @@ _SET_KEYS: dict[str, store.Check] = {
     "iteration": store.optional(store.COUNT),
     "val_accuracy": store.optional(store.NUMBER),
     "val_std": store.optional(store.NUMBER),
+    "test_accuracy": store.optional(store.NUMBER),  # --selection best-test (and its label)
+    "test_std": store.optional(store.NUMBER),
+    "selection": store.optional(store.TEXT),
     "diverged_at": store.optional(store.COUNT),
     # version 2: the label vectors' mode, loss and temperature
     "label_mode": (lambda v: v in LABEL_MODES, f"must be one of {', '.join(LABEL_MODES)}"),

@@ -62,7 +62,7 @@ QUICK = {
 DISTILL_KEYS = (
     "iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
     "lr_lr", "lr_teacher", "init", "eval_every", "eval_runs", "eval_epochs", "checkpoint_every",
-    "val_size", "unroll", "unroll_budget",
+    "val_size", "unroll", "unroll_budget", "selection",
 )  # fmt: skip
 OVERRIDE_KEYS = (
     *DISTILL_KEYS, "experts", "buffer_epochs", "train_subset", "zca", "image_size", "runs",

@@ -12,6 +12,7 @@ from ddpp_cli.engine import evaluate
 from ddpp_cli.engine.compare.rows import ROWS, Budget
 from ddpp_cli.engine.layout import COMPARE_JSON_NAME as JSON_NAME
 from ddpp_cli.engine.layout import COMPARE_MARKDOWN_NAME as MARKDOWN_NAME
+from ddpp_cli.engine.model_selection import BEST_TEST_LABEL, VALIDATION_LABEL
 from ddpp_cli.engine.pipeline import RunPlan
 from ddpp_cli.engine.published import UNCONFIRMED_NOTE, Reference
 
@@ -104,6 +105,18 @@ def time_text(row: RowResult) -> str:
     return f"reused ({row.seconds:.0f} s)" if row.reused else f"{row.seconds:.0f} s"
 
 
+TEST_SELECTED_MARK = " †"
+TEST_SELECTED_NOTE = (
+    f"{BEST_TEST_LABEL}: the set with the best mean test accuracy over its evaluation points "
+    f"(--selection best-test); the other rows: {VALIDATION_LABEL}"
+)
+
+
+def test_selected(row: RowResult) -> bool:
+    """Whether the row's set was chosen on the test split (``--selection best-test``)."""
+    return row.result.selection == BEST_TEST_LABEL
+
+
 def markdown(summary: CompareSummary) -> str:
     """``compare.md``: the table (mean ± std in %, runs, time, set, budget, published), then the
     protocol."""
@@ -117,10 +130,13 @@ def markdown(summary: CompareSummary) -> str:
     for row in summary.rows:
         cell = "–" if row.reference is None else row.reference.text()
         where = "–" if row.set_path is None else f"`{row.set_path}`"
+        label = row.label + (TEST_SELECTED_MARK if test_selected(row) else "")
         lines.append(
-            f"| {row.label} | {row.result.mean_std_text()} | {len(row.result.accuracies)} | "
+            f"| {label} | {row.result.mean_std_text()} | {len(row.result.accuracies)} | "
             f"{time_text(row)} | {where} | {row.budget.text()} | {cell} |"
         )
+    if any(test_selected(row) for row in summary.rows):
+        lines += ["", f"{TEST_SELECTED_MARK.strip()} {TEST_SELECTED_NOTE}."]
     lines += ["", f"Protocol: {protocol_text(summary)}."]
     if summary.buffer is not None:
         lines.append(f"Buffer: `{summary.buffer}`.")

@@ -81,6 +81,7 @@ from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import GENERATORS, Best, DistillState, StateDict
 from ddpp_cli.engine.distill.step import MatchingStep, divergence, read_snapshots
 from ddpp_cli.engine.distill.validation import MAX_VAL_SIZE, Validation, split_validation
+from ddpp_cli.engine.model_selection import SELECTION_HELP, SELECTIONS, get_selection
 from ddpp_cli.engine.student import UnrollStep, plan_unroll
 from ddpp_cli.engine.unroll import unroll
 
@@ -99,6 +100,8 @@ __all__ = [
     "METHOD_SETTINGS",
     "METRICS_NAME",
     "RESOLVED_AT_START",
+    "SELECTIONS",
+    "SELECTION_HELP",
     "SNAPSHOTS_DIRNAME",
     "SUMMARY_NAME",
     "Best",
@@ -130,6 +133,7 @@ __all__ = [
     "divergence",
     "find_buffer",
     "get_method",
+    "get_selection",
     "lighter_unroll",
     "list_methods",
     "method_preset",

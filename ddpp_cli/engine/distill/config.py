@@ -17,6 +17,7 @@ from ddpp_cli.engine.distill.methods import (
     method_settings,
 )
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.model_selection import DEFAULT_SELECTION, get_selection
 from ddpp_cli.engine.student import AMP_MODES
 from ddpp_cli.engine.unroll import UNROLL_MODES
 
@@ -106,6 +107,7 @@ class DistillConfig:
     compile: bool = False
     channels_last: bool = False
     method: str = DEFAULT_METHOD
+    selection: str = DEFAULT_SELECTION  # engine/model_selection.py: validation or best-test
     # The other methods' settings (METHOD_SETTINGS; None where the method has none).
     image_size: int | None = None  # None: the dataset's own
     channels: int | None = None  # None: the dataset's (an image folder's: from its images)
@@ -135,9 +137,10 @@ class DistillConfig:
         for name in ("batch_syn", "train_subset"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 1)
+        self._check_selection()
         if self.val_size is not None:
             _at_least("val_size", self.val_size, 0)
-            if self.val_size == 0 and self.eval_every > 0:
+            if self.val_size == 0 and self.eval_every > 0 and self.selection == DEFAULT_SELECTION:
                 raise DdppError("--val-size 0 leaves nothing to validate on; use --eval-every 0.")
         for name in ("lr_img", "lr_teacher", "lr_net"):
             value = getattr(self, name)
@@ -158,6 +161,23 @@ class DistillConfig:
             )
         if self.amp not in AMP_MODES:
             raise DdppError(f"--amp must be one of: {', '.join(AMP_MODES)} (got '{self.amp}').")
+
+    def _check_selection(self) -> None:
+        """The selection rule: best-test tests every ``eval_every`` iterations on the test split
+        and holds out no validation images (``val_size`` None becomes 0)."""
+        rule = get_selection(self.selection)  # DdppError listing the choices
+        if rule.holds_out_validation:
+            return
+        if self.eval_every == 0:
+            raise DdppError(
+                f"--selection {rule.name} tests every --eval-every iterations; give --eval-every "
+                "1 or more (or use --selection validation)."
+            )
+        if self.val_size:
+            raise DdppError(
+                f"--selection {rule.name} holds out no validation split; drop --val-size."
+            )
+        object.__setattr__(self, "val_size", 0)
 
     def _check_method_settings(self) -> None:
         """DdppError naming the first setting given that does not apply to the method."""
@@ -253,6 +273,8 @@ class DistillConfig:
             del settings[name]
         if self.channels is None:
             del settings["channels"]  # as recorded before --channels existed
+        if self.selection == DEFAULT_SELECTION:
+            del settings["selection"]  # likewise, before --selection existed
         for name, methods in METHOD_SETTINGS.items():  # another method's unset settings: so that
             if settings.get(name, 0) is None and self.method not in methods:  # a method added
                 del settings[name]  # later leaves the identity of every other run as it was

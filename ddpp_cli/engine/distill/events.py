@@ -10,6 +10,7 @@ from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.methods import DEFAULT_METHOD
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
+from ddpp_cli.engine.model_selection import DEFAULT_SELECTION
 
 
 class DivergedError(DdppError):
@@ -109,3 +110,4 @@ class DistillSummary:
     pruned_fraction: dict[str, float] = field(default_factory=dict)  # min, max, mean
     seconds: float = 0.0
     method: str = DEFAULT_METHOD
+    selection: str = DEFAULT_SELECTION  # the rule's name (engine/model_selection.py)

@@ -21,6 +21,7 @@ from ddpp_cli.engine.distill.state import StateDict
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.distilled import save as save_set
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate.protocol import EvalResult
 from ddpp_cli.engine.evaluate.records import check_result_json
 from ddpp_cli.engine.layout import (
     BEST_NAME,
@@ -30,10 +31,13 @@ from ddpp_cli.engine.layout import (
     SNAPSHOTS_DIRNAME,
 )
 from ddpp_cli.engine.layout import DISTILL_SUMMARY_NAME as SUMMARY_NAME
+from ddpp_cli.engine.model_selection import DEFAULT_SELECTION, get_selection
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
 SetMaker = Callable[[torch.Tensor, float | None, int], DistilledSet]
 Method = TypeVar("Method", bound=Callable[..., Any])
+# The metrics line key of a --selection best-test evaluation's whole result (EvalResult JSON).
+TEST_RESULT_KEY = "test_result"
 
 
 def _writing(method: Method) -> Method:
@@ -228,6 +232,9 @@ class RunFolder:
         self.run_tensors = run_tensors
         self.run_meta = run_meta
         self.writes = writes
+        self.rule = get_selection(
+            (run_meta.get("config") or {}).get("selection", DEFAULT_SELECTION)
+        )
         self.saved_iteration: int | None = None
         self.write_failed = False
         self.metrics_unsynced = False
@@ -260,8 +267,14 @@ class RunFolder:
 
     @_writing
     def save_best(self, saved: StateDict, accuracy: float, std: float | None) -> Path:
-        """The best set; only after the checkpoint of the same iteration (never newer)."""
-        return self.save_set(self.best, saved, {"val_accuracy": accuracy, "val_std": std})
+        """The best set; only after the checkpoint of the same iteration (never newer). Its
+        metadata names the split it was chosen on (``val_*``, or ``test_*`` and the selection
+        label with ``--selection best-test``)."""
+        rule = self.rule
+        extra = {rule.accuracy_key: accuracy, rule.std_key: std}
+        if rule.name != DEFAULT_SELECTION:
+            extra["selection"] = rule.label
+        return self.save_set(self.best, saved, extra)
 
     def restore_best(self, saved: StateDict) -> None:
         """Write the best set from the checkpoint ``saved`` when the run stopped between the
@@ -275,7 +288,7 @@ class RunFolder:
         line = next(
             (r for r in self.metrics_records() if r.get("iteration") == saved.iteration), {}
         )
-        std = line.get("val_std")
+        std = line.get(self.rule.std_key)
         self.save_best(
             saved, saved.meta["best_val_accuracy"], std if store.is_number(std) else None
         )
@@ -333,6 +346,22 @@ class RunFolder:
             if isinstance(record, dict):
                 records.append(record)
         return records
+
+    def best_test_result(self, iteration: int) -> EvalResult | None:
+        """The whole test result that ``--selection best-test`` logged at ``iteration``, its
+        ``seconds`` those of the line (the iteration, its test included); None when there is
+        none or it is unreadable."""
+        for record in self.metrics_records():
+            logged = record.get(TEST_RESULT_KEY)
+            if record.get("iteration") == iteration and isinstance(logged, dict):
+                seconds = record.get("seconds")
+                try:
+                    return EvalResult.from_json(
+                        {**logged, "seconds": seconds if store.is_number(seconds) else 0.0}
+                    )
+                except (TypeError, ValueError):  # a foreign or damaged line: test again
+                    return None
+        return None
 
     def pruned_stats(self) -> dict[str, float]:
         """Min, max and mean of the pruned fraction over ``metrics.jsonl`` (empty if none)."""

@@ -54,13 +54,16 @@ def resume_config(
     ``iterations`` below those already done.
     """
     previous = saved_config(folder)
-    method = given.method if isinstance(given, DistillConfig) else (given or {}).get("method")
-    if method is not None and method != previous.method:
-        raise DdppError(
-            f"the run in {folder} was made with other settings (method: {previous.method} → "
-            f"{method}); resume it with --method {previous.method}, or start a new run with "
-            "another --out."
+    for name in ("method", "selection"):  # checked first: each decides other settings' checks
+        value = (
+            getattr(given, name) if isinstance(given, DistillConfig) else (given or {}).get(name)
         )
+        if value is not None and value != getattr(previous, name):
+            raise DdppError(
+                f"the run in {folder} was made with other settings ({name}: "
+                f"{getattr(previous, name)} → {value}); resume it with --{name} "
+                f"{getattr(previous, name)}, or start a new run with another --out."
+            )
     if isinstance(given, DistillConfig):
         kept = {k: getattr(previous, k) for k in RESOLVED_AT_START if getattr(given, k) is None}
         config = replace(given, **kept)

@@ -4,6 +4,7 @@ snapshot, checkpoint — and finally test the chosen set once and write ``summar
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +24,7 @@ from ddpp_cli.engine.distill.events import (
     ValidationFinished,
 )
 from ddpp_cli.engine.distill.files import (
+    TEST_RESULT_KEY,
     RunFolder,
     check_startable,
     checkpoint_metadata,
@@ -41,6 +43,7 @@ from ddpp_cli.engine.evaluate import EvalResult
 from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.faults import StageFailed
 from ddpp_cli.engine.layout import CHECKPOINT_NAME, MANIFEST_NAME
+from ddpp_cli.engine.model_selection import get_selection
 
 
 def distill(
@@ -188,22 +191,33 @@ class _Loop:
         self.emit = emit
         self.labels = setup.labels
         self.matching: Step = get_method(setup.config.method).step(setup)
-        train = setup.prepared.train
+        self.rule = get_selection(setup.config.selection)
+        train, test = setup.prepared.train, setup.prepared.test
+        chosen_on = (
+            (test.images, test.labels)
+            if self.rule.chosen_on == "test"  # best-test: MTT's convention
+            else (train.images[setup.val_idx], train.labels[setup.val_idx])
+        )
         self.validation = Validation(
-            setup.config, train.images[setup.val_idx], train.labels[setup.val_idx],
-            setup.prepared.num_classes, setup.device, emit, setup.world,
+            setup.config, *chosen_on, setup.prepared.num_classes, setup.device, emit,
+            setup.world, purpose=self.rule.seed_purpose,
         )  # fmt: skip
 
     def validate(self, record: dict[str, Any]) -> tuple[float, float] | None:
-        """Validate the current images; (accuracy, std) when they beat the best so far (then
-        the state's best is this iteration), else None."""
-        state, iteration = self.state, self.state.iteration
+        """Validate the current images (best-test: test them); (accuracy, std) when they beat
+        the best so far (then the state's best is this iteration), else None."""
+        state, iteration, rule = self.state, self.state.iteration, self.rule
         lr = state.learned_lr  # None: the evaluation's default, as for a coreset
+        self.validation.last = None
         accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
         improved = state.best.improved_by(accuracy)
         if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy
-        record.update(val_accuracy=accuracy, val_std=std)
+        record.update({rule.accuracy_key: accuracy, rule.std_key: std})
+        result = self.validation.last
+        if rule.chosen_on == "test" and result is not None:  # the summary reports the best one
+            logged = replace(result, selection=rule.label).to_json()  # its time is the line's
+            record[TEST_RESULT_KEY] = {k: v for k, v in logged.items() if k != "seconds"}
         best = state.best
         self.emit(ValidationFinished(iteration, accuracy, std, best.iteration, best.accuracy))
         return (accuracy, std) if improved else None
@@ -301,13 +315,20 @@ class _Loop:
 def _finish(
     setup: RunSetup, files: RunFolder, state: DistillState, emit: OnEvent
 ) -> DistillSummary:
-    """Test the best set (or the final one) once and write ``summary.json``."""
+    """Test the best set (or the final one) once and write ``summary.json``; with
+    ``--selection best-test`` the figure is the best evaluation point's own test (MTT's)."""
     config = setup.config
     setup.world.barrier()  # rank 0 has written the files the other ranks read now
     best = files.best if state.best.iteration is not None and files.best.is_file() else None
     tested = best or files.distilled
     test: EvalResult | None = None
-    if config.test_runs > 0:
+    rule = get_selection(config.selection)
+    logged = None
+    if rule.chosen_on == "test" and best is not None:
+        logged = files.best_test_result(state.best.iteration)
+    if logged is not None:
+        test = logged
+    elif config.test_runs > 0:
         previous = files.previous_summary()
         same_end = previous is not None and (
             previous.get("iterations"),
@@ -318,13 +339,16 @@ def _finish(
             num_classes=setup.prepared.num_classes, device=setup.device, emit=emit,
             previous=previous if same_end else None, world=setup.world,
         )  # fmt: skip
+        test = replace(test, selection=rule.label)
+    by_validation = rule.chosen_on == "val"
     summary = DistillSummary(
         folder=files.folder, distilled=files.distilled, best=best, checkpoint=files.checkpoint,
         metrics=files.metrics, summary=files.summary, iterations=state.iteration,
         final_lr=state.learned_lr, best_iteration=state.best.iteration,
-        best_val_accuracy=state.best.accuracy, tested=tested if test is not None else None,
-        test=test, pruned_fraction=files.pruned_stats(), seconds=state.elapsed,
-        method=config.method,
+        best_val_accuracy=state.best.accuracy if by_validation else None,
+        tested=tested if test is not None else None, test=test,
+        pruned_fraction=files.pruned_stats(), seconds=state.elapsed, method=config.method,
+        selection=rule.name,
     )  # fmt: skip
     files.write_summary(summary_json(summary))
     return summary
@@ -347,5 +371,6 @@ def summary_json(summary: DistillSummary) -> dict[str, Any]:
         "pruned_fraction": summary.pruned_fraction,
         "seconds": summary.seconds,
         "method": summary.method,
+        "selection": get_selection(summary.selection).label,
         "ddpp_version": __version__,
     }

@@ -1,6 +1,6 @@
 """Model selection (docs/distill.md): a validation split held out from the training data,
-evaluation of the current images on it, and the one final test of the chosen set on the test
-split."""
+evaluation of the current images on it (or, with ``--selection best-test``, on the test split),
+and the one final test of the chosen set on the test split."""
 
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def eval_config(config: DistillConfig, runs: int, purpose: str) -> EvalConfig:
 
 
 class Validation:
-    """Evaluates sets on the held-out validation images (and, once, on the test split)."""
+    """Evaluates sets on the held-out validation images (with ``--selection best-test``: on the
+    test split, the networks seeded by the rule's own purpose)."""
 
     def __init__(
         self,
@@ -84,8 +85,11 @@ class Validation:
         device: torch.device,
         emit: OnEvent,
         world: World | None = None,
+        purpose: str = "val_eval",
     ) -> None:
         self.config = config
+        self.purpose = purpose
+        self.last: EvalResult | None = None  # the last evaluation's whole result
         self.world = world or World()  # under torchrun the ranks split the networks
         self.images = images
         self.labels = labels
@@ -102,15 +106,16 @@ class Validation:
         self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
     ) -> tuple[float, float]:
         """Mean and std accuracy of networks trained on ``images`` with step size ``lr`` (None:
-        the evaluation's default, as for a set without a learned lr)."""
+        the evaluation's default, as for a set without a learned lr); the whole result is kept
+        as :attr:`last`."""
         c = self.config
         self.emit(ValidationStarted(iteration, c.eval_runs, c.eval_epochs))
-        result = evaluate_images(
+        self.last = evaluate_images(
             images, labels, self.images, self.labels, num_classes=self.num_classes,
-            config=eval_config(c, c.eval_runs, "val_eval"), lr=lr, device=self.device,
+            config=eval_config(c, c.eval_runs, self.purpose), lr=lr, device=self.device,
             on_event=self.emit, world=self.world,
         )  # fmt: skip
-        return result.mean, result.std
+        return self.last.mean, self.last.std
 
 
 def final_test(

@@ -19,6 +19,7 @@ from ddpp_cli.engine.evaluate.protocol import EvalConfig, EvalResult
 from ddpp_cli.engine.evaluate.records import RUN_SET_NAMES
 from ddpp_cli.engine.evaluate.runs import evaluate_images
 from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.model_selection import label_of_settings
 from ddpp_cli.engine.preprocess import Preprocessing
 from ddpp_cli.engine.training import LabelVectors
 
@@ -169,7 +170,11 @@ def evaluate_set(
         on_event=on_event, parallel=parallel, world=world, records=records,
         vectors=set_vectors(distilled),
     )  # fmt: skip
-    return replace(result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)})
+    return replace(
+        result,
+        protocol={**result.protocol, **_describe_set(distilled, preprocessing)},
+        selection=label_of_settings(distilled.settings),  # a test-selected set says so
+    )
 
 
 def crossarch(
@@ -206,6 +211,8 @@ def crossarch(
             vectors=set_vectors(distilled),
         )  # fmt: skip
         results[arch_config.arch] = replace(
-            result, protocol={**result.protocol, **_describe_set(distilled, preprocessing)}
+            result,
+            protocol={**result.protocol, **_describe_set(distilled, preprocessing)},
+            selection=label_of_settings(distilled.settings),
         )
     return results

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.layout import METRICS_NAME
+from ddpp_cli.engine.model_selection import BEST_TEST_LABEL
 from ddpp_cli.engine.visualize.drawing import BACKGROUND, INK, font, text_size
 
 
@@ -148,6 +149,11 @@ VALIDATION = PANELS[3]
 TEST = Panel(
     "test_accuracy", "Final test accuracy", "accuracy (%)", RED, 100, markers=True, unit=" %",
     summary="the set's test accuracy",
+)  # fmt: skip
+# A run with --selection best-test: the test accuracy of every evaluation point, best kept.
+TEST_SELECTED = Panel(
+    "test_accuracy", f"Test accuracy, {BEST_TEST_LABEL}", "accuracy (%)", RED, 100,
+    markers=True, unit=" %",
 )  # fmt: skip
 # Runs of the other methods (dc, dsa, dm, cafe: no pruning, no learned lr): their loss (per
 # class, as their references log it), validation and CAFE's loop lengths when recorded.
@@ -337,6 +343,14 @@ def _draw_curve(
         draw.text((plot.left + 6, plot.top + 4), note, fill=INK, font=tick_face, anchor="lt")
 
 
+def labelled_title(title: str | None, metrics: Sequence[dict[str, Any]]) -> str | None:
+    """``title`` followed by "test-selected (MTT's convention)" when ``metrics`` holds the test
+    points of a ``--selection best-test`` run (a validation run's title unchanged)."""
+    if title is None or not series(metrics, TEST_SELECTED.key):
+        return title
+    return f"{title}, {BEST_TEST_LABEL}"
+
+
 def curves_image(
     metrics: Sequence[dict[str, Any]],
     *,
@@ -348,6 +362,8 @@ def curves_image(
     (another method's run: loss and validation accuracy, and CAFE's loop lengths; see
     :func:`panels_for`).
 
+    A ``--selection best-test`` run shows its test points in the validation panel's place and
+    says "test-selected (MTT's convention)" in that panel's title and in ``title``.
     Missing keys leave their panel empty with a note (a run in progress); lines without a key are
     skipped for that curve. A finished run that never validated and whose final test accuracy
     is known (``final_test``, a fraction) shows that accuracy in the validation panel's place.
@@ -360,10 +376,6 @@ def curves_image(
     canvas = Image.new("RGB", (width, height), BACKGROUND)
     unit = max(9, round(min(width / 2, height / 2) / 26))
     header = int(unit * 2.2) if title else 0
-    if title:
-        ImageDraw.Draw(canvas).text(
-            (width / 2, unit * 0.6), title, fill=INK, font=font(int(unit * 1.3)), anchor="mt"
-        )
     iterations = [float(r["iteration"]) for r in metrics if math.isfinite(r["iteration"])]
     x_low = min(iterations, default=0.0)
     x_high = max(iterations, default=1.0)
@@ -371,9 +383,18 @@ def curves_image(
         x_high = x_low + 1.0
     panels = panels_for(metrics)
     points = {panel.key: series(metrics, panel.key) for panel in panels}
-    if final_test is not None and not points.get(VALIDATION.key, True):
+    tested = series(metrics, TEST_SELECTED.key) if not points.get(VALIDATION.key, True) else []
+    if tested:  # --selection best-test: the test points in the validation panel's place
+        panels = tuple(TEST_SELECTED if panel.key == VALIDATION.key else panel for panel in panels)
+        points[TEST_SELECTED.key] = tested
+        title = labelled_title(title, metrics)
+    elif final_test is not None and not points.get(VALIDATION.key, True):
         panels = tuple(TEST if panel.key == VALIDATION.key else panel for panel in panels)
         points[TEST.key] = [(x_high, final_test)]
+    if title:
+        ImageDraw.Draw(canvas).text(
+            (width / 2, unit * 0.6), title, fill=INK, font=font(int(unit * 1.3)), anchor="mt"
+        )
     rows = (len(panels) + 1) // 2
     half_w, half_h = width // 2, (height - header) // rows
     for k, panel in enumerate(panels):

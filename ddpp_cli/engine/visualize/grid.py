@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.model_selection import VALIDATION_LABEL, label_of_settings
 from ddpp_cli.engine.visualize.drawing import BACKGROUND, INK, font, text_size
 from ddpp_cli.engine.visualize.pixels import shown_pixels, to_pil
 
@@ -188,7 +189,9 @@ def class_grid(
     """One row per class (wrapping at ``max_per_row``), class names on the left, pixels restored.
 
     ``clip`` shows MTT's clipped view (:func:`clipped_view`); ``upsample`` enlarges each image by
-    an integer factor with nearest-neighbour sampling. Grayscale sets give an L-mode image.
+    an integer factor with nearest-neighbour sampling. Grayscale sets give an L-mode image. A set
+    made with ``--selection best-test`` gets a caption below the grid that says so (the cells keep
+    their places).
     """
     layout = grid_layout(distilled, classes=classes, max_per_row=max_per_row, upsample=upsample)
     pixels = shown_pixels(distilled, clip, zca_path)
@@ -217,4 +220,25 @@ def class_grid(
         for block, text in enumerate(layout.labels):
             middle = layout.block_tops[block] + layout.block_height(block) / 2
             draw.text((layout.margin - pad, middle), text, fill=ink, font=face, anchor="rm")
+    selection = label_of_settings(distilled.settings)
+    if selection != VALIDATION_LABEL:
+        return with_caption(canvas, selection, layout.font_size)
     return canvas
+
+
+def with_caption(canvas: Image.Image, text: str, size: int) -> Image.Image:
+    """``canvas`` over a band holding ``text`` (widened when the text is wider than it)."""
+    face = font(size)
+    width, height = text_size(text, face)
+    pad = max(4, size // 2)
+    background = BACKGROUND[0] if canvas.mode == "L" else BACKGROUND
+    framed = Image.new(
+        canvas.mode,
+        (max(canvas.width, width + 2 * pad), canvas.height + height + 2 * pad),
+        background,
+    )
+    framed.paste(canvas, (0, 0))
+    ink = INK[0] if canvas.mode == "L" else INK
+    draw = ImageDraw.Draw(framed)
+    draw.text((pad, canvas.height + pad), text, fill=ink, font=face, anchor="lt")
+    return framed
