@@ -73,8 +73,7 @@ ImageSizeOpt = _option(
     int | None,
     DATA,
     "--image-size",
-    help="Resize the images to this size (distill: dc/dsa/dm/cafe/cafe-dsa only; tm takes its "
-    "buffer's).",
+    help="Resize the images to this size (distill: all methods but tm, which takes its buffer's).",
 )
 ChannelsOpt = _option(int | None, DATA, "--channels", help="Load an image folder as 1 channel "
     "(gray; colour images converted with PIL's L) or 3 (default: 1 when every image is gray, "
@@ -176,8 +175,7 @@ LrNetOpt = _option(
     METHODS,
     "--lr-net",
     help=preset_default(
-        "dc/dsa/cafe/cafe-dsa: SGD lr of the network trained on the synthetic set between image "
-        "steps.",
+        "dc/dsa/cafe/cafe-dsa: SGD lr of the network trained on the synthetic set between steps.",
         "lr_net",
     ),
 )
