@@ -96,7 +96,7 @@ def root(
 _DISTILL_MEMORY_LEVERS = (
     "--unroll memory, a smaller --unroll-budget or a smaller --batch-syn (tm; the last in a new "
     "run), or a smaller --batch-real "
-    "(dc, dsa, dm, cafe; in a new run)"
+    "(dc, dsa, dm, cafe, cafe-dsa; in a new run)"
 )
 # Each command with the options that lower its memory, named when it runs out of memory.
 for _name, _module, _memory_levers in (

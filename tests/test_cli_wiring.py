@@ -140,8 +140,8 @@ def test_help_defaults_are_the_config_fields():
     assert distill["--eval-runs"].help.endswith(f"(default: {config.eval_runs})")
     assert distill["--unroll-budget"].help.endswith(f"(default: {config.unroll_budget})")
     assert distill["--compile"].help.endswith("(default: no-compile)")  # a switch: its flag
-    assert "tm 5000, dc/dsa 1000, dm 20000, cafe 2000" in distill["--iterations"].help
-    assert "noise for dc and cafe, else real" in distill["--init"].help
+    assert "tm 5000, dc/dsa 1000, dm 20000, cafe/cafe-dsa 2000" in distill["--iterations"].help
+    assert "noise for dc and cafe and cafe-dsa, else real" in distill["--init"].help
     run = _options_by_flag("run")
     evaluation = evaluate.EvalConfig
     assert f"paper {evaluation.runs})" in run["--runs"].help

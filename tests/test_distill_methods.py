@@ -138,7 +138,7 @@ def test_the_engine_config_refuses_settings_of_another_method():
         distill.DistillConfig.from_preset("mnist", 1, method="cafe", arch="vgg11")
     with pytest.raises(DdppError, match="--method must be one of: tm, dc, dsa, dm, cafe"):
         distill.DistillConfig.from_preset("mnist", 1, method="kip")
-    assert distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe")
+    assert distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe", "cafe-dsa")
 
 
 def test_with_method_keeps_the_shared_settings_and_takes_the_methods_preset():

@@ -31,7 +31,7 @@ RUN_FOLDER = "Run folder"
 EXECUTION = "Execution"
 EVALUATION = "Evaluation"
 BASELINE = "Baseline (instead of a set)"
-METHODS = "Methods dc, dsa, dm, cafe"
+METHODS = "Methods dc, dsa, dm, cafe, cafe-dsa"
 
 
 def _option(kind: Any, panel: str | None, *flags: str, help: str, **kwargs: Any) -> Any:
@@ -73,11 +73,11 @@ ImageSizeOpt = _option(
     int | None,
     DATA,
     "--image-size",
-    help="Resize the images to this size (distill: dc/dsa/dm/cafe only; tm takes its buffer's).",
+    help="Resize the images to this size (distill: all methods but tm, which takes its buffer's).",
 )
 ChannelsOpt = _option(int | None, DATA, "--channels", help="Load an image folder as 1 channel "
     "(gray; colour images converted with PIL's L) or 3 (default: 1 when every image is gray, "
-    "else 3; distill: dc/dsa/dm/cafe only).")  # fmt: skip
+    "else 3; distill: dc/dsa/dm/cafe/cafe-dsa only).")  # fmt: skip
 
 # ----------------------------------------------------------------------------------- buffer
 ExpertsOpt = _option(int | None, BUFFER, "--experts", help="Number of expert trajectories.")
@@ -125,7 +125,7 @@ LrImgOpt = _option(
     float | None,
     DISTILL,
     "--lr-img",
-    help="SGD lr of the images (the method's preset; cafe halves it at 1200, 1600, 1800).",
+    help="SGD lr of the images (the method's preset; cafe/cafe-dsa halve it at 1200, 1600, 1800).",
 )
 LrLrOpt = _option(
     float | None,
@@ -167,7 +167,7 @@ BatchRealOpt = _option(
     METHODS,
     "--batch-real",
     help=preset_default(
-        "dc/dsa/dm/cafe: real images drawn per class for each matching step.", "batch_real"
+        "dc/dsa/dm/cafe/cafe-dsa: real images drawn per class for each matching step.", "batch_real"
     ),
 )
 LrNetOpt = _option(
@@ -175,7 +175,7 @@ LrNetOpt = _option(
     METHODS,
     "--lr-net",
     help=preset_default(
-        "dc/dsa/cafe: SGD lr of the network trained on the synthetic set between image steps.",
+        "dc/dsa/cafe/cafe-dsa: SGD lr of the network trained on the synthetic set between steps.",
         "lr_net",
     ),
 )
@@ -197,7 +197,7 @@ MaxImageStepsOpt = _option(
     METHODS,
     "--max-image-steps",
     help=preset_default(
-        "cafe: at most N image steps per iteration (the reference has no bound).",
+        "cafe/cafe-dsa: at most N image steps per iteration (the reference has no bound).",
         "max_image_steps",
     ),
 )
@@ -206,7 +206,7 @@ MaxInnerEpochsOpt = _option(
     METHODS,
     "--max-inner-epochs",
     help=preset_default(
-        "cafe: at most N network epochs per inner phase (the reference has no bound).",
+        "cafe/cafe-dsa: at most N network epochs per inner phase (the reference has no bound).",
         "max_inner_epochs",
     ),
 )

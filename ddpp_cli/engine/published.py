@@ -65,7 +65,7 @@ _TABLES: dict[str, dict[str, tuple[Cell, Cell, Cell, str]]] = {
         "dsa": ((70.6, 0.6), (84.6, 0.3), (88.7, 0.2), "A; B"),
         "dm": ((70.7, None), (83.5, None), (88.1, None), UNFOUND),
         "cafe": ((77.1, None), (83.0, None), (84.8, None), UNFOUND),
-        "cafe+dsa": ((73.7, None), (83.0, None), (88.2, None), UNFOUND),
+        "cafe-dsa": ((73.7, None), (83.0, None), (88.2, None), UNFOUND),
         "kip": ((73.8, None), (86.8, None), (87.8, None), UNFOUND),  # B's draft only
     },
     "mnist": {
@@ -76,7 +76,7 @@ _TABLES: dict[str, dict[str, tuple[Cell, Cell, Cell, str]]] = {
         "dsa": ((88.7, 0.6), (97.8, 0.1), (99.2, 0.1), "A; B"),
         "dm": ((89.7, None), (97.5, None), (98.6, None), UNFOUND),
         "cafe": ((93.1, None), (97.2, None), (98.6, None), UNFOUND),
-        "cafe+dsa": ((90.8, None), (97.5, None), (98.9, None), UNFOUND),
+        "cafe-dsa": ((90.8, None), (97.5, None), (98.9, None), UNFOUND),
         "kip": ((90.1, None), (97.5, None), (98.4, None), UNFOUND),  # B's draft only
     },
     "cifar10": {
@@ -87,7 +87,7 @@ _TABLES: dict[str, dict[str, tuple[Cell, Cell, Cell, str]]] = {
         "dsa": ((28.8, 0.7), (52.1, 0.5), (60.6, 0.5), "A; B, C, F"),
         "dm": ((26.0, 0.8), (48.9, 0.6), (63.0, 0.4), "C, D, F"),
         "cafe": ((30.3, 1.1), (46.3, 0.6), (55.5, 0.6), "C, F"),
-        "cafe+dsa": ((31.6, 0.8), (50.9, 0.5), (62.3, 0.4), "F"),
+        "cafe-dsa": ((31.6, 0.8), (50.9, 0.5), (62.3, 0.4), "F"),
         "kip": ((49.9, 0.2), (62.7, 0.3), (68.6, 0.2), "C"),
         "mtt": ((46.3, 0.8), (65.3, 0.7), (71.6, 0.2), "D, E, G"),
         "ddpp": ((46.4, 0.6), (65.5, 0.3), (71.9, 0.2), "F"),
@@ -100,7 +100,7 @@ _TABLES: dict[str, dict[str, tuple[Cell, Cell, Cell, str]]] = {
         "dsa": ((13.9, 0.3), (32.3, 0.3), (42.8, 0.4, "B, C, F"), "A; B, C, F"),
         "dm": ((11.4, 0.3), (29.7, 0.3), (43.6, 0.4), "C, D, F"),
         "cafe": ((12.9, 0.3), (27.8, 0.3), (37.9, 0.3), "C, F"),
-        "cafe+dsa": ((14.0, 0.3), (31.5, 0.2), (42.9, 0.2), "F"),
+        "cafe-dsa": ((14.0, 0.3), (31.5, 0.2), (42.9, 0.2), "F"),
         "kip": ((15.7, 0.2), (28.3, 0.1), None, "C"),
         "mtt": ((24.3, 0.3), (40.1, 0.4), (47.7, 0.2), "D, E, G"),
         "ddpp": ((24.6, 0.1), (43.1, 0.3), (48.4, 0.3), "F"),

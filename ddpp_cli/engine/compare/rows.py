@@ -70,7 +70,7 @@ ROWS: dict[str, RowInfo] = {
     **method_rows(),
 }
 # The paper's Table I order; ``--compare all`` asks for these.
-TABLE_I = ("random", "herding", "forgetting", "dsa", "dm", "cafe", "mtt", "ddpp")
+TABLE_I = ("random", "herding", "forgetting", "dsa", "dm", "cafe", "cafe-dsa", "mtt", "ddpp")
 
 
 def parse_rows(text: str) -> tuple[str, ...]:

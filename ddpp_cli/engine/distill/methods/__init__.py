@@ -17,7 +17,7 @@ from ddpp_cli.engine.distill.methods.registry import (
     register,
 )
 
-for _info in (tm.TM, gradient.DC, gradient.DSA, dm.DM, cafe.CAFE):
+for _info in (tm.TM, gradient.DC, gradient.DSA, dm.DM, cafe.CAFE, cafe.CAFE_DSA):
     register(_info)
 
 __all__ = [

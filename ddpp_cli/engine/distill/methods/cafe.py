@@ -1,8 +1,9 @@
-"""cafe: CAFE (Wang et al. 2022), aligning ConvNet's features: its record and its iteration
-(the maths: ``engine/cafe.py``; docs/methods.md)."""
+"""cafe and cafe-dsa: CAFE (Wang et al. 2022), aligning ConvNet's features, without and with
+Siamese DSA: their records and their iteration (the maths: ``engine/cafe.py``; docs/methods.md)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -64,7 +65,7 @@ def check(config: DistillConfig) -> None:
     """ConvNet only: CAFE aligns the features of its blocks."""
     if not config.arch.startswith("convnet"):
         raise DdppError(
-            "--method cafe aligns the features of ConvNet's blocks (its reference's "
+            f"--method {config.method} aligns the features of ConvNet's blocks (its reference's "
             f"network); use --arch convnet, not '{config.arch}'."
         )
 
@@ -76,7 +77,7 @@ def check_network(config: DistillConfig, network: nn.Module, image: torch.Tensor
 CAFE = MethodInfo(
     name="cafe",
     label="CAFE",
-    summary="CAFE",
+    summary="CAFE without/with Siamese DSA",
     doc="docs/methods.md, CAFE",
     preset=preset,
     preset_source="CAFE distill.py",
@@ -96,4 +97,16 @@ CAFE = MethodInfo(
     check_network=check_network,
     quick_budget=4,
     quick_cuts={"batch_real": 64, "max_image_steps": 10, "max_inner_epochs": 10},
+)
+# CAFE's distill.py with --method DSA (and a --dsa_strategy): Siamese DSA per class in the image
+# step, per-sample DSA in the inner epochs; every other setting as CAFE's (docs/methods.md).
+CAFE_DSA = replace(
+    CAFE,
+    name="cafe-dsa",
+    label="CAFE+DSA",
+    doc="docs/methods.md, CAFE+DSA",
+    preset_source="CAFE distill.py --method DSA",
+    matching_dsa=True,
+    quick_budget=3,
+    quick_cuts={"batch_real": 64, "max_image_steps": 10, "max_inner_epochs": 5},
 )
