@@ -6,7 +6,8 @@ The distillation rows come from the method registry (``distill.methods``: each m
 label, paper budget and source). The quick profile cuts each method to a CPU budget: fewer
 iterations (forgetting: epochs) and, for the matching methods, the cuts of its record
 (``quick_cuts``: fewer real images per step, CAFE's loops capped), resolved as a profile; a
-row's :class:`Budget` lists every cut next to the paper's value.
+row's :class:`Budget` lists every cut next to the paper's value. The ``full`` row (the whole
+training set) counts the protocol's epochs and shows its training images as a cut.
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def method_rows() -> dict[str, RowInfo]:
     return dict(sorted(rows, key=lambda item: KINDS.index(item[1].kind)))
 
 
+WHOLE_SPLIT = "all"  # the paper's training images for the full row: the whole split
+
+
 def _plan_epochs(plan: RunPlan) -> int:
     """The plan's evaluation epochs: the whole-set row's budget under ``--profile paper``."""
     return plan.evaluation.epochs
@@ -75,7 +79,6 @@ def _train_images_cut(plan: RunPlan) -> tuple[Cut, ...]:
     return () if subset is None else (Cut("train images", subset, WHOLE_SPLIT),)
 
 
-WHOLE_SPLIT = "all"
 ROWS: dict[str, RowInfo] = {
     "random": RowInfo("Random", "coreset"),
     "herding": RowInfo("Herding", "coreset"),
