@@ -17,6 +17,7 @@ from ddpp_cli.cli import app
 from ddpp_cli.engine import baselines, layout, pipeline, published
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine.baselines.full import FULL_DIRNAME, IDENTITY_NAME, preprocessing_key
+from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, NetworkStarted
 from tests.conftest import assert_one_line_error
 
@@ -227,3 +228,17 @@ def test_the_whole_set_figure_is_the_same_at_every_ipc():
         assert published.reference("fashionmnist", ipc, "full").text() == "93.5ᵘ"
         assert published.reference("mnist", ipc, "full").text() == "99.6ᵘ"
     assert published.reference("svhn", 1, "full") is None
+
+
+def test_with_a_buffer_the_data_are_as_its_experts_saw_them(tiny_mnist, tiny_buffer):
+    found = baselines.evaluate_full(
+        baselines.FullConfig("mnist", buffer=tiny_buffer), EvalConfig(runs=1, epochs=1),
+        data_root=tiny_mnist, download=False,
+    )  # fmt: skip
+    assert found.identity["image_size"] == 8  # the buffer's, not the dataset's 28
+    assert found.result.protocol["image_shape"] == [1, 8, 8]
+    with pytest.raises(DdppError, match="made at --image-size 8, not 16"):
+        baselines.evaluate_full(
+            baselines.FullConfig("mnist", buffer=tiny_buffer, image_size=16), EvalConfig(),
+            data_root=tiny_mnist, download=False,
+        )  # fmt: skip
