@@ -62,5 +62,5 @@ def test_every_unconfirmed_figure_is_a_u_cell_of_docs_published_md():
     unconfirmed = {
         key: found.accuracy for key, found in published.references().items() if not found.confirmed
     }
-    assert len(expected) == 42 and unconfirmed == expected
+    assert len(expected) == 48 and unconfirmed == expected
     assert all(found.confirmed or found.std is None for found in published.references().values())

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands._evaluate_full import FULL_HELP
 from ddpp_cli.commands._settings import settings
 from ddpp_cli.engine import baselines, coresets, data, foreign_tools
 from ddpp_cli.engine.errors import DdppError
@@ -75,7 +76,7 @@ BaselineOpt = Annotated[
     str | None,
     typer.Option(
         "--baseline",
-        help=f"Evaluate a coreset of real images instead: {_coreset_choices()}.",
+        help=f"Evaluate a coreset of real images instead: {_coreset_choices()}; or {FULL_HELP}.",
         rich_help_panel=opt.BASELINE,
     ),
 ]

@@ -11,6 +11,7 @@ import typer
 
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import err, joined_world, line, note, out, print_result, set_label
+from ddpp_cli.commands._evaluate_full import check_full_options, evaluate_full_set, is_full
 from ddpp_cli.commands._evaluate_sources import (
     CHOICE_OPTIONS,
     ArchOpt,
@@ -110,6 +111,8 @@ def command(
     Under torchrun the ranks split the runs; rank 0 prints.
     """
     options = dict(locals())
+    if is_full(baseline):
+        check_full_options(options)
     choice = _choice(target, baseline, import_path, {n: options[n] for n in CHOICE_OPTIONS})
     training = {name: options[name] for name in TRAINING}
     world, torch_device = joined_world(device)
@@ -144,6 +147,11 @@ def command(
         )
         title = f"Evaluation of {set_label(import_path, distilled_set)} on {torch_device}"
         payload = {"set": None if saved is None else str(saved), **result.to_json()}
+    elif is_full(baseline):
+        config = eval_config(arch or "convnet", **training)
+        result, title, payload, records_at = evaluate_full_set(
+            options, config, display, data_options, run
+        )
     else:
         baseline_config = baseline_config_of(options)
         config = eval_config(arch or "convnet", **training)
@@ -192,7 +200,8 @@ def _choice(
             f"--baseline {'|'.join(coresets.list_coresets(settings=False))} --dataset D --ipc K, "
             "or --import PATH --dataset D."
         )
-    if choice == "--baseline" and (given["dataset"] is None or given["ipc"] is None):
+    full = is_full(baseline)  # the whole training set needs no --ipc
+    if choice == "--baseline" and (given["dataset"] is None or (given["ipc"] is None and not full)):
         raise DdppError("--baseline needs --dataset D and --ipc K.")
     if choice == "--import" and given["dataset"] is None:
         raise DdppError("--import needs --dataset D, the dataset the set was made from.")

@@ -11,7 +11,9 @@ one the trajectory rows were distilled in.
 - one row per distillation method of the registry (``distill.methods``; a record may list
   several): ``dc``, ``dsa``, ``dm``, ``cafe``: :func:`engine.distill.distill` with the method's
   resolution (no buffer: these methods match real images); ``mtt``, ``ddpp``: trajectory
-  matching from the run's one buffer, ε = 0 and the plan's ε.
+  matching from the run's one buffer, ε = 0 and the plan's ε;
+- ``full``: the whole training set (the coresets' data) trained under the protocol
+  (``baselines.evaluate_full``), its runs cached in the data home and reused from there.
 
 Each row's budget (iterations, epochs) comes from the profile (:class:`RowInfo`) and can be
 overridden (:func:`parse_budgets`); the table says it and the row's other cuts (the quick
@@ -74,9 +76,11 @@ from ddpp_cli.engine.compare.runners import (
     RowJob,
     RowRunner,
     coreset_config,
+    full_config,
     row_settings,
     run_coreset_row,
     run_distilled_row,
+    run_full_row,
 )
 from ddpp_cli.engine.compare.table import (
     FORMAT,
@@ -125,6 +129,7 @@ __all__ = [
     "compare",
     "coreset_config",
     "default_compare_folder",
+    "full_config",
     "markdown",
     "matching_config",
     "matching_cuts",
@@ -143,6 +148,7 @@ __all__ = [
     "row_settings",
     "run_coreset_row",
     "run_distilled_row",
+    "run_full_row",
     "time_text",
     "trajectory_config",
 ]  # fmt: skip

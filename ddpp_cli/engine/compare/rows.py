@@ -6,21 +6,23 @@ The distillation rows come from the method registry (``distill.methods``: each m
 label, paper budget and source). The quick profile cuts each method to a CPU budget: fewer
 iterations (forgetting: epochs) and, for the matching methods, the cuts of its record
 (``quick_cuts``: fewer real images per step, CAFE's loops capped), resolved as a profile; a
-row's :class:`Budget` lists every cut next to the paper's value.
+row's :class:`Budget` lists every cut next to the paper's value. The ``full`` row (the whole
+training set) counts the protocol's epochs and shows its training images as a cut.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine.distill.methods import compare_rows
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.evaluate import EvalConfig
 from ddpp_cli.engine.pipeline import RunPlan
 
-KINDS = ("coreset", "matching", "trajectory")
+KINDS = ("coreset", "matching", "trajectory", "full")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class RowInfo:
     paper_source: str = ""
     method: str | None = None  # the distillation method it runs (None: a coreset)
     changes: Mapping[str, Any] = field(default_factory=dict)  # its settings beyond the method's
+    # The paper profile's budget read from the plan (None: ``paper``), and the row's cuts.
+    plan_budget: Callable[[RunPlan], int] | None = None
+    cuts: Callable[[RunPlan], tuple[Cut, ...]] | None = None
 
     @property
     def needs_buffer(self) -> bool:
@@ -59,6 +64,21 @@ def method_rows() -> dict[str, RowInfo]:
     return dict(sorted(rows, key=lambda item: KINDS.index(item[1].kind)))
 
 
+WHOLE_SPLIT = "all"  # the paper's training images for the full row: the whole split
+
+
+def _plan_epochs(plan: RunPlan) -> int:
+    """The plan's evaluation epochs: the whole-set row's budget under ``--profile paper``."""
+    return plan.evaluation.epochs
+
+
+def _train_images_cut(plan: RunPlan) -> tuple[Cut, ...]:
+    """The whole-set row's training images: the buffer's subset (the quick profile's 5000), a
+    cut against the whole training split the paper trains on."""
+    subset = plan.buffer.train_subset
+    return () if subset is None else (Cut("train images", subset, WHOLE_SPLIT),)
+
+
 ROWS: dict[str, RowInfo] = {
     "random": RowInfo("Random", "coreset"),
     "herding": RowInfo("Herding", "coreset"),
@@ -68,6 +88,18 @@ ROWS: dict[str, RowInfo] = {
         "Forgetting (DeepCore)", "coreset", "epochs", 200, 10, "Toneva et al. 2019"
     ),
     **method_rows(),
+    # The whole training set under the protocol (baselines.full; its runs cached in the data
+    # home); paper: the protocol's epochs on every training image.
+    "full": RowInfo(
+        "Full dataset",
+        "full",
+        "epochs",
+        EvalConfig().epochs,
+        5,
+        "the evaluation protocol",
+        plan_budget=_plan_epochs,
+        cuts=_train_images_cut,
+    ),
 }
 # The paper's Table I order; ``--compare all`` asks for these.
 TABLE_I = ("random", "herding", "forgetting", "dsa", "dm", "cafe", "cafe-dsa", "mtt", "ddpp")
@@ -195,11 +227,16 @@ def row_budgets(
             budgets[row] = Budget(info.unit, plan.distill.iterations, info.paper, origin)
         elif quick:
             budgets[row] = Budget(info.unit, info.quick, info.paper, "profile")
+        elif info.plan_budget is not None:  # the whole set: the plan's evaluation epochs
+            origin = plan.origin.get("epochs", "default")
+            budgets[row] = Budget(info.unit, info.plan_budget(plan), info.paper, origin)
         else:
             budgets[row] = Budget(info.unit, info.paper, info.paper, "paper")
         if info.method is not None:
             config = row_config(plan, row, int(budgets[row].value or 0))
             budgets[row] = replace(budgets[row], cuts=matching_cuts(config))
+        elif info.cuts is not None:
+            budgets[row] = replace(budgets[row], cuts=info.cuts(plan))
     return budgets
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +117,36 @@ def run_distilled_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
     return result, set_path
 
 
+def full_config(job: RowJob) -> baselines.FullConfig:
+    """The data of the whole-set row: those the coresets draw from (the buffer's training
+    subset, image size, channels, ZCA or not), the run's seed."""
+    plan = job.plan
+    return baselines.FullConfig(
+        dataset=plan.distill.dataset, zca=plan.buffer.zca, train_subset=plan.buffer.train_subset,
+        image_size=plan.buffer.image_size, channels=plan.buffer.channels, seed=plan.evaluation.seed,
+    )  # fmt: skip
+
+
+def run_full_row(job: RowJob) -> tuple[evaluate.EvalResult, Path | None]:
+    """The whole-set row: the row's budget as the protocol's epochs; its runs go to (and are
+    taken from) the whole-set cache in the data home, which its result's protocol names
+    (``cache``), so another comparison or the scores reuse them. No set file."""
+    plan = job.plan
+    zca_file = job.buffer / ZCA_NAME if plan.buffer.zca and job.buffer is not None else None
+    config = replace(plan.evaluation, epochs=int(job.budget.value or plan.evaluation.epochs))
+    job.evaluating()
+    found = baselines.evaluate_full(
+        full_config(job), config, zca_path=zca_file, test_subset=plan.test_subset,
+        **job.sources, **job.run,
+    )  # fmt: skip
+    return found.result, None
+
+
 RUNNERS: dict[str, RowRunner] = {
     "coreset": run_coreset_row,
     "matching": run_distilled_row,
     "trajectory": run_distilled_row,
+    "full": run_full_row,
 }
 
 

@@ -37,6 +37,7 @@ class RowResult:
         return ROWS[self.row].label
 
     def to_json(self) -> dict[str, Any]:
+        cache = self.result.protocol.get("cache")  # the whole-set row's cache folder
         return {
             "row": self.row,
             "method": self.label,
@@ -47,6 +48,7 @@ class RowResult:
             "reused": self.reused,
             "set": None if self.set_path is None else str(self.set_path),
             "folder": str(self.folder),
+            **({} if cache is None else {"cache": cache}),
             "budget": self.budget.to_json(),
             "reference": None if self.reference is None else asdict(self.reference),
             "evaluation": self.result.to_json(),
