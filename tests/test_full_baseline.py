@@ -51,13 +51,16 @@ def test_the_cache_folder_is_the_identitys_hash_under_the_data_home():
     assert baselines.cache_folder(identity_of(EvalConfig(epochs=2, lr=0.01))) == expected
     # how many networks is not what they are: runs share the cache
     assert baselines.cache_folder(identity_of(EvalConfig(epochs=2, runs=9))) == expected
+    # real images have hard labels only: --labels hard trains them as the default does
+    assert baselines.cache_folder(identity_of(EvalConfig(epochs=2, labels="hard"))) == expected
 
 
 def test_any_protocol_or_data_field_changed_gives_another_folder():
     base = EvalConfig(epochs=2)
     other = {"arch": "convnet-d2", "epochs": 3, "lr": 0.02, "momentum": 0.5,
              "weight_decay": 0.0, "batch_size": 64, "dsa_strategy": "none", "seed": 1}  # fmt: skip
-    assert set(other) == {f.name for f in fields(EvalConfig)} - {"runs"}
+    # runs: more runs extend the cache; labels: real images have hard labels only
+    assert set(other) == {f.name for f in fields(EvalConfig)} - {"runs", "labels"}
     folders = {baselines.cache_folder(identity_of(base))}
     for name, value in other.items():
         folders.add(baselines.cache_folder(identity_of(replace(base, **{name: value}))))

@@ -26,7 +26,7 @@ CompareOpt = Annotated[
         "--compare",
         help="Instead of one run, the paper's Table I: these rows, in this order, under one "
         f"evaluation protocol ({', '.join(compare_engine.ROWS)}; all = "
-        f"{','.join(compare_engine.TABLE_I)}); writes compare.md and compare.json.",
+        f"{','.join(compare_engine.TABLE_I)}); writes compare.md, compare.json and compare.png.",
         rich_help_panel=COMPARE,
     ),
 ]
@@ -34,7 +34,7 @@ CompareBudgetOpt = Annotated[
     str | None,
     typer.Option(
         "--compare-budget",
-        help="Rows' budgets as ROW=COUNT,… (iterations; forgetting: epochs), e.g. "
+        help="Rows' budgets as ROW=COUNT,… (iterations; forgetting, full: epochs), e.g. "
         f"dsa=200,dm=400 (default: the profile's; quick: {compare_engine.quick_budgets_text()}, "
         "mtt/ddpp the run's iterations; the table shows each row's cuts next to the paper's).",
         rich_help_panel=COMPARE,

@@ -87,10 +87,11 @@ def full_identity(
 ) -> dict[str, Any]:
     """The cache key of a whole-set evaluation, JSON-normal: the dataset, the preprocessing
     (:func:`preprocessing_key`), image size, channels, train subset and its seed, the protocol
-    (every :class:`EvalConfig` field but ``runs``; ``lr`` as trained, 0.01 when not given) and
-    the test subset."""
+    (every :class:`EvalConfig` field but ``runs`` and ``labels``, the latter moot for real
+    images, which have hard labels only; ``lr`` as trained, 0.01 when not given) and the test
+    subset."""
     protocol = asdict(evaluation)
-    del protocol["runs"]
+    del protocol["runs"], protocol["labels"]
     protocol["lr"] = resolve_lr(evaluation, None)[0]
     identity = {
         "format": FULL_FORMAT,
