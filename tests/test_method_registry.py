@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def test_methods_are_registered_in_the_option_order():
-    assert distill.list_methods() == distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe")
+    assert distill.list_methods() == distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe", "kip")
     assert all(distill.get_method(name).name == name for name in distill.METHODS)
 
 
@@ -38,10 +38,10 @@ def test_every_method_is_reachable_from_the_command_line(name):
 
 
 def test_an_unknown_method_is_refused_with_the_choices():
-    with pytest.raises(DdppError, match="one of: tm, dc, dsa, dm, cafe \\(got 'x'\\)"):
+    with pytest.raises(DdppError, match="one of: tm, dc, dsa, dm, cafe, kip \\(got 'x'\\)"):
         distill.get_method("x")
     result = runner.invoke(app, ["distill", "--dataset", "mnist", "--ipc", "1", "--method", "x"])
-    assert_one_line_error(result, "--method must be one of: tm, dc, dsa, dm, cafe")
+    assert_one_line_error(result, "--method must be one of: tm, dc, dsa, dm, cafe, kip")
 
 
 @pytest.mark.parametrize("name", distill.list_methods())
@@ -95,7 +95,8 @@ def test_the_tables_read_the_records():
     assert distill.METHOD_SETTINGS["outer_loop"] == ("dc", "dsa")
     assert distill.METHOD_SETTINGS["buffer"] == ("tm",)
     assert {name: row.method for name, row in compare_engine.method_rows().items()} == {
-        "dc": "dc", "dsa": "dsa", "dm": "dm", "cafe": "cafe", "mtt": "tm", "ddpp": "tm",
+        "dc": "dc", "dsa": "dsa", "dm": "dm", "cafe": "cafe", "kip": "kip", "mtt": "tm",
+        "ddpp": "tm",
     }  # fmt: skip
     assert compare_engine.ROWS["dm"].quick == distill.get_method("dm").quick_budget == 200
     assert compare_engine.ROWS["mtt"].changes == {"eps": 0.0}
@@ -107,7 +108,7 @@ def test_a_new_record_reaches_every_table(monkeypatch):
     assert "dm2" in distill.list_methods()
     assert registry.method_settings()["lr_net"] == ("dc", "dsa", "cafe", "dm2")
     assert "dm2" in compare_engine.method_rows()
-    assert "dm2" in registry.method_help() and "cafe 2000, dm2 20000" in registry.iterations_help()
+    assert "dm2" in registry.method_help() and "kip 1000, dm2 20000" in registry.iterations_help()
 
 
 def test_resolve_puts_the_profile_between_the_preset_and_the_options():

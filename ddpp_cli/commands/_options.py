@@ -167,7 +167,8 @@ BatchRealOpt = _option(
     METHODS,
     "--batch-real",
     help=preset_default(
-        "dc/dsa/dm/cafe: real images drawn per class for each matching step.", "batch_real"
+        "dc/dsa/dm/cafe/kip: real images drawn per class for each step (matching, target).",
+        "batch_real",
     ),
 )
 LrNetOpt = _option(

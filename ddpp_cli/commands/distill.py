@@ -93,6 +93,29 @@ ChannelsLastOpt = Annotated[
 ]
 
 
+# kip's settings (docs/methods.md, KIP).
+EnsembleOpt = opt._option(
+    int | None, opt.METHODS, "--ensemble",
+    help=_settings.preset_default("kip: random ConvNets whose NTKs are averaged.", "ensemble"),
+)  # fmt: skip
+KernelWidthOpt = opt._option(
+    int | None, opt.METHODS, "--kernel-width",
+    help=_settings.preset_default("kip: channels of the kernel's ConvNets.", "kernel_width"),
+)  # fmt: skip
+KrrRegOpt = opt._option(
+    float | None, opt.METHODS, "--krr-reg",
+    help=_settings.preset_default("kip: KRR ridge, times tr(K_ss)/n (KIP's).", "krr_reg"),
+)  # fmt: skip
+LearnLabelsOpt = opt._option(
+    bool | None, opt.METHODS, "--learn-labels/--fixed-labels",
+    help=_settings.preset_default("kip: learn the label vectors too.", "learn_labels"),
+)  # fmt: skip
+LrLabelsOpt = opt._option(
+    float | None, opt.METHODS, "--lr-labels",
+    help=_settings.preset_default("kip: Adam lr of the label vectors.", "lr_labels"),
+)  # fmt: skip
+
+
 def command(
     ctx: typer.Context,
     dataset: opt.DatasetOpt = None,
@@ -117,6 +140,11 @@ def command(
     inner_loop: opt.InnerLoopOpt = None,
     max_image_steps: opt.MaxImageStepsOpt = None,
     max_inner_epochs: opt.MaxInnerEpochsOpt = None,
+    ensemble: EnsembleOpt = None,
+    kernel_width: KernelWidthOpt = None,
+    krr_reg: KrrRegOpt = None,
+    learn_labels: LearnLabelsOpt = None,
+    lr_labels: LrLabelsOpt = None,
     zca: opt.ZcaOpt = None,
     image_size: opt.ImageSizeOpt = None,
     channels: opt.ChannelsOpt = None,
