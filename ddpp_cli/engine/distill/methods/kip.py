@@ -157,6 +157,6 @@ KIP = MethodInfo(
     check=check,
     check_network=check_network,
     optimizer="adam",
-    quick_budget=20,
-    quick_cuts={"batch_real": 20},
+    quick_budget=30,
+    quick_cuts={"batch_real": 10, "ensemble": 2, "kernel_width": 32},
 )
