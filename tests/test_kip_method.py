@@ -128,3 +128,17 @@ def test_the_cli_runs_kip_with_fixed_labels(tiny_mnist, tmp_path):
     assert result.exit_code == 0, result.output
     config = store.read_metadata(tmp_path / distill.CHECKPOINT_NAME)["config"]
     assert (config["learn_labels"], config["ensemble"], config["kernel_width"]) == (False, 1, 4)
+
+
+def test_a_compare_row_shows_the_kernel_it_ran_with():
+    from ddpp_cli.engine.compare.rows import ROWS, matching_cuts
+
+    assert ROWS["kip"].label == "KIP (empirical NTK, preset 4 × ConvNet-w128)"
+    quick = distill.get_method("kip").quick_cuts
+    config = distill.DistillConfig.from_preset("fashionmnist", 1, method="kip", **quick)
+    cuts = {cut.setting: (cut.value, cut.paper) for cut in matching_cuts(config)}
+    assert cuts == {
+        "batch_real": (quick["batch_real"], 500),
+        "ensemble": (quick["ensemble"], 4),
+        "kernel_width": (quick["kernel_width"], 128),
+    }

@@ -46,7 +46,7 @@ def kernel_arch(config: DistillConfig) -> str:
 
 
 def kernel_label(ensemble: int, width: int) -> str:
-    """What ran, as tables and set files name it: e.g. "KIP (empirical NTK, 4 × ConvNet-w128)"."""
+    """The kernel, as tables name it: e.g. "KIP (empirical NTK, 4 × ConvNet-w128)"."""
     return f"KIP (empirical NTK, {ensemble} × ConvNet-w{width})"
 
 
@@ -135,7 +135,8 @@ def check_network(config: DistillConfig, network: nn.Module, image: torch.Tensor
 
 KIP = MethodInfo(
     name="kip",
-    label=kernel_label(ENSEMBLE, KERNEL_WIDTH),
+    # The preset's kernel; a profile's cut of ensemble/kernel_width shows in the budget column.
+    label=kernel_label(ENSEMBLE, KERNEL_WIDTH).replace("NTK, ", "NTK, preset "),
     summary="KIP (kernel ridge regression on a ConvNet NTK)",
     doc="docs/methods.md, KIP",
     preset=preset,
