@@ -141,4 +141,5 @@ def test_a_compare_row_shows_the_kernel_it_ran_with():
         "batch_real": (quick["batch_real"], 500),
         "ensemble": (quick["ensemble"], 4),
         "kernel_width": (quick["kernel_width"], 128),
+        "learn_labels": (False, True),
     }
