@@ -135,3 +135,23 @@ def test_whole_loss_gradient_matches_finite_differences():
         analytic = float((grad_x * dx).sum() + (grad_y * dy).sum())
         assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9)
     assert float(grad_x.abs().max()) > 0  # the gradient reaches the images through the kernel
+
+
+def test_the_targets_jacobian_in_blocks_gives_the_same_kernel_and_gradient(monkeypatch):
+    torch.manual_seed(1)
+    network = models.create("convnet-d1-w3", 1, 2, (6, 6)).double()
+    x_t = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    x_s = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(5, 2, dtype=torch.float64)
+
+    def kernel_and_gradient():
+        kernel = kernels.empirical_ntk([network], x_t, x_s)
+        (grad,) = torch.autograd.grad((kernel * weights).sum(), x_s)
+        return kernel.detach(), grad
+
+    # Plain autograd through the joint kernel's cross block, the reference.
+    joint = kernels.empirical_ntk([network], torch.cat([x_t, x_s]))[:5, 5:]
+    (expected,) = torch.autograd.grad((joint * weights).sum(), x_s)
+    monkeypatch.setattr(kernels, "JACOBIAN_CHUNK", 2)  # three blocks, recomputed in backward
+    kernel, grad = kernel_and_gradient()
+    assert torch.allclose(kernel, joint.detach()) and torch.allclose(grad, expected)

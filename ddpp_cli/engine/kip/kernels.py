@@ -58,16 +58,49 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """(N1, N2): the empirical NTK J(x1) J(x2)ᵀ averaged over ``networks`` (each with its
     first output); ``x2`` None means x1 (one Jacobian, a symmetric kernel). An input that does not
-    require grad has its Jacobian computed without a graph."""
+    require grad has its Jacobian computed without a graph; against a learned ``x2``, an ``x1``
+    of more than one block has its blocks recomputed in the backward pass (bounded memory)."""
     total = None
     for network in networks:
-        j1 = _jacobian_maybe_graph(network, x1)
-        j2 = j1 if x2 is None else _jacobian_maybe_graph(network, x2)
-        kernel = j1 @ j2.T
+        blocks = x1.shape[0] > JACOBIAN_CHUNK  # else one block: kept, as cheap as recomputed
+        if x2 is not None and x2.requires_grad and not x1.requires_grad and blocks:
+            kernel = _fixed_by_learned(network, x1, jacobian(network, x2))
+        else:
+            j1 = _jacobian_maybe_graph(network, x1)
+            j2 = j1 if x2 is None else _jacobian_maybe_graph(network, x2)
+            kernel = j1 @ j2.T
         total = kernel if total is None else total + kernel
     if total is None:
         raise ValueError("an empirical NTK needs at least one network")
     return total / len(networks)
+
+
+def _fixed_by_learned(
+    network: nn.Module, fixed: torch.Tensor, learned_jacobian: torch.Tensor
+) -> torch.Tensor:
+    """J(fixed) J_learnedᵀ in blocks of :data:`JACOBIAN_CHUNK` images, each block's Jacobian
+    recomputed in the backward pass instead of kept (:class:`_FixedRows`): memory holds one
+    block's (chunk, parameters) Jacobian, not the whole target batch's."""
+    blocks = [
+        _FixedRows.apply(learned_jacobian, network, fixed[start : start + JACOBIAN_CHUNK])
+        for start in range(0, fixed.shape[0], JACOBIAN_CHUNK)
+    ]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
+class _FixedRows(torch.autograd.Function):
+    """J(images) Jᵀ for images without gradient: backward recomputes J(images)."""
+
+    @staticmethod
+    def forward(ctx, learned: torch.Tensor, network: nn.Module, images: torch.Tensor):  # type: ignore[override]
+        ctx.network, ctx.images = network, images
+        return jacobian(network, images) @ learned.T
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        with torch.no_grad():
+            rows = jacobian(ctx.network, ctx.images)
+        return grad.T @ rows, None, None
 
 
 def _jacobian_maybe_graph(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
