@@ -58,8 +58,8 @@ def test_rows_keep_the_order_given_and_accept_dc():
     assert compare_engine.TABLE_I == (
         "random", "forgetting", "herding", "dsa", "dm", "cafe-dsa", "mtt", "ddpp", "full",
     )  # fmt: skip
-    with pytest.raises(DdppError, match="unknown --compare row 'kip'; choose from: random, "):
-        compare_engine.parse_rows("random,kip")
+    with pytest.raises(DdppError, match="unknown --compare row 'krr'; choose from: random, "):
+        compare_engine.parse_rows("random,krr")
     with pytest.raises(DdppError, match="names dm more than once"):
         compare_engine.parse_rows("dm,random,dm")
 
@@ -70,7 +70,7 @@ def test_budgets_parse_and_refuse():
     for text, fragment in (
         ("dsa", "not ROW=COUNT"),
         ("dsa=x", "not ROW=COUNT"),
-        ("kip=3", "unknown --compare-budget row 'kip'"),
+        ("krr=3", "unknown --compare-budget row 'krr'"),
         ("random=3", "the random row has no budget"),
         ("dm=0", "at least 1"),
     ):
@@ -331,7 +331,7 @@ def test_cli_prints_and_writes_the_table(tiny_mnist, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["--compare", "random,kip"], "unknown --compare row 'kip'; choose from: random,"),
+        (["--compare", "random,krr"], "unknown --compare row 'krr'; choose from: random,"),
         (["--compare", "random", "--iterations", "5"], "--iterations is ambiguous"),
         (["--compare-budget", "dm=5"], "add --compare ROWS"),
         (["--compare", "mtt,ddpp", "--eps", "0"], "--eps 0 makes the ddpp row the mtt row"),

@@ -136,9 +136,11 @@ def test_the_engine_config_refuses_settings_of_another_method():
         distill.DistillConfig.from_preset("mnist", 1, method="dm", zca=True)
     with pytest.raises(DdppError, match="use --arch convnet"):
         distill.DistillConfig.from_preset("mnist", 1, method="cafe", arch="vgg11")
-    with pytest.raises(DdppError, match="--method must be one of: tm, dc, dsa, dm, cafe"):
-        distill.DistillConfig.from_preset("mnist", 1, method="kip")
-    assert distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe", "cafe-dsa")
+    with pytest.raises(
+        DdppError, match="--method must be one of: tm, dc, dsa, dm, cafe, cafe-dsa, kip"
+    ):
+        distill.DistillConfig.from_preset("mnist", 1, method="krr")
+    assert distill.METHODS == ("tm", "dc", "dsa", "dm", "cafe", "cafe-dsa", "kip")
 
 
 def test_with_method_keeps_the_shared_settings_and_takes_the_methods_preset():
@@ -173,7 +175,7 @@ def test_with_method_keeps_the_shared_settings_and_takes_the_methods_preset():
         (("--method", "dsa", "--max-image-steps", "2"), "--max-image-steps does not apply to"),
         (("--batch-real", "8"), "--batch-real does not apply to --method tm"),
         (("--method", "cafe", "--arch", "alexnet"), "use --arch convnet"),
-        (("--method", "gm"), "--method must be one of: tm, dc, dsa, dm, cafe"),
+        (("--method", "gm"), "--method must be one of: tm, dc, dsa, dm, cafe, cafe-dsa, kip"),
     ],
 )
 def test_options_of_another_method_are_refused_in_one_line(tiny_mnist, tmp_path, extra, fragment):

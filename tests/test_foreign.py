@@ -183,8 +183,8 @@ def test_find_files_infers_the_kind_from_the_names(tmp_path):
     torch.save({"data": []}, dc / "res_DM.pt")
     with pytest.raises(DdppError, match="several res_"):
         foreign.find_files(dc)
-    with pytest.raises(DdppError, match="unknown import kind 'kip'"):
-        foreign.find_files(dc, "kip")
+    with pytest.raises(DdppError, match="unknown import kind 'krr'"):
+        foreign.find_files(dc, "krr")
 
 
 def test_import_set_takes_the_lr_file_else_the_given_lr_and_experiments_only_for_dc(tmp_path):
@@ -213,9 +213,11 @@ def test_each_tools_normalization_comes_from_its_own_get_dataset():
     assert foreign_tools.tool_normalization("dc", "cifar100") is None
     # One table: what 'ddpp buffer --import' records for MTT's experts is the same.
     assert mtt_import.mtt_normalization("cifar100") == Normalization(cifar10.mean, cifar10.std)
-    assert foreign_tools.list_tools() == ["mtt", "dc", "cafe"]
-    with pytest.raises(DdppError, match="unknown import kind 'kip'; choose one of: mtt, dc, cafe"):
-        foreign_tools.get_tool("kip")
+    assert foreign_tools.list_tools() == ["mtt", "dc", "cafe", "kip"]
+    with pytest.raises(
+        DdppError, match="unknown import kind 'krr'; choose one of: mtt, dc, cafe, kip"
+    ):
+        foreign_tools.get_tool("krr")
 
 
 def save_as_mtt(folder, classes, ipc=1, shape=(3, 8, 8)):

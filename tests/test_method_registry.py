@@ -23,7 +23,7 @@ runner = CliRunner()
 
 
 def test_methods_are_registered_in_the_option_order():
-    methods = ("tm", "dc", "dsa", "dm", "cafe", "cafe-dsa")
+    methods = ("tm", "dc", "dsa", "dm", "cafe", "cafe-dsa", "kip")
     assert distill.list_methods() == distill.METHODS == methods
     assert all(distill.get_method(name).name == name for name in distill.METHODS)
 
@@ -39,10 +39,12 @@ def test_every_method_is_reachable_from_the_command_line(name):
 
 
 def test_an_unknown_method_is_refused_with_the_choices():
-    with pytest.raises(DdppError, match="one of: tm, dc, dsa, dm, cafe, cafe-dsa \\(got 'x'\\)"):
+    with pytest.raises(
+        DdppError, match="one of: tm, dc, dsa, dm, cafe, cafe-dsa, kip \\(got 'x'\\)"
+    ):
         distill.get_method("x")
     result = runner.invoke(app, ["distill", "--dataset", "mnist", "--ipc", "1", "--method", "x"])
-    assert_one_line_error(result, "--method must be one of: tm, dc, dsa, dm, cafe, cafe-dsa")
+    assert_one_line_error(result, "--method must be one of: tm, dc, dsa, dm, cafe, cafe-dsa, kip")
 
 
 @pytest.mark.parametrize("name", distill.list_methods())
@@ -96,7 +98,8 @@ def test_the_tables_read_the_records():
     assert distill.METHOD_SETTINGS["outer_loop"] == ("dc", "dsa")
     assert distill.METHOD_SETTINGS["buffer"] == ("tm",)
     assert {name: row.method for name, row in compare_engine.method_rows().items()} == {
-        "dc": "dc", "dsa": "dsa", "dm": "dm", "cafe": "cafe", "cafe-dsa": "cafe-dsa", "mtt": "tm",
+        "dc": "dc", "dsa": "dsa", "dm": "dm", "cafe": "cafe", "cafe-dsa": "cafe-dsa",
+        "kip": "kip", "mtt": "tm",
         "ddpp": "tm",
     }  # fmt: skip
     assert compare_engine.ROWS["dm"].quick == distill.get_method("dm").quick_budget == 200
@@ -110,7 +113,7 @@ def test_a_new_record_reaches_every_table(monkeypatch):
     assert registry.method_settings()["lr_net"] == ("dc", "dsa", "cafe", "cafe-dsa", "dm2")
     assert "dm2" in compare_engine.method_rows()
     assert "dm2" in registry.method_help()
-    assert "cafe/cafe-dsa 2000, dm2 20000" in registry.iterations_help()
+    assert "cafe/cafe-dsa 2000, kip 1000, dm2 20000" in registry.iterations_help()
 
 
 def test_resolve_puts_the_profile_between_the_preset_and_the_options():

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ddpp_cli.commands._settings import distill_default, init_default, preset_default
+from ddpp_cli.commands._settings import distill_default, init_default
 from ddpp_cli.engine import data, layout, models
 from ddpp_cli.engine.device import DEVICE_CHOICES
 from ddpp_cli.engine.distill import MAX_VAL_SIZE, SELECTION_HELP
@@ -31,57 +31,56 @@ RUN_FOLDER = "Run folder"
 EXECUTION = "Execution"
 EVALUATION = "Evaluation"
 BASELINE = "Baseline (instead of a set)"
-METHODS = "Methods dc, dsa, dm, cafe, cafe-dsa"
 
 
-def _option(kind: Any, panel: str | None, *flags: str, help: str, **kwargs: Any) -> Any:
+def option(kind: Any, panel: str | None, *flags: str, help: str, **kwargs: Any) -> Any:
     """The alias ``Annotated[kind, typer.Option(*flags)]``, shown in help panel ``panel``."""
     return Annotated[kind, typer.Option(*flags, help=help, rich_help_panel=panel, **kwargs)]
 
 
 # ------------------------------------------------------------------------------------- data
-DatasetOpt = _option(
+DatasetOpt = option(
     str | None, DATA, "--dataset", "-d", help=f"Dataset: {', '.join(data.available())}."
 )
-DataDirOpt = _option(
+DataDirOpt = option(
     Path | None,
     DATA,
     "--data-dir",
     help="Folder holding the dataset (default: the ddpp data folder's "
     f"'{layout.DATASETS_DIRNAME}').",
 )
-DownloadOpt = _option(
+DownloadOpt = option(
     bool, DATA, "--download/--no-download", help="Download torchvision datasets when missing."
 )
-ZcaOpt = _option(
+ZcaOpt = option(
     bool | None,
     DATA,
     "--zca/--no-zca",
     help="ZCA-whiten the data (default: the preset's, on for CIFAR; with --buffer, as the "
     "buffer was made).",
 )
-TrainSubsetOpt = _option(
+TrainSubsetOpt = option(
     int | None,
     DATA,
     "--train-subset",
     help="Train on a stratified, seeded subset of N images (distill: default the buffer's).",
 )
-TestSubsetOpt = _option(
+TestSubsetOpt = option(
     int | None, DATA, "--test-subset", help="Test on a stratified, seeded subset of N images."
 )
-ImageSizeOpt = _option(
+ImageSizeOpt = option(
     int | None,
     DATA,
     "--image-size",
     help="Resize the images to this size (distill: all methods but tm, which takes its buffer's).",
 )
-ChannelsOpt = _option(int | None, DATA, "--channels", help="Load an image folder as 1 channel "
+ChannelsOpt = option(int | None, DATA, "--channels", help="Load an image folder as 1 channel "
     "(gray; colour images converted with PIL's L) or 3 (default: 1 when every image is gray, "
     "else 3; distill: dc/dsa/dm/cafe/cafe-dsa only).")  # fmt: skip
 
 # ----------------------------------------------------------------------------------- buffer
-ExpertsOpt = _option(int | None, BUFFER, "--experts", help="Number of expert trajectories.")
-BufferDirOpt = _option(
+ExpertsOpt = option(int | None, BUFFER, "--experts", help="Number of expert trajectories.")
+BufferDirOpt = option(
     Path | None,
     BUFFER,
     "--buffer",
@@ -90,65 +89,65 @@ BufferDirOpt = _option(
 )
 
 # ------------------------------------------------------------------------------ distillation
-IpcOpt = _option(int | None, DISTILL, "--ipc", help="Synthetic images per class.")
-EpsOpt = _option(
+IpcOpt = option(int | None, DISTILL, "--ipc", help="Synthetic images per class.")
+EpsOpt = option(
     float | None,
     DISTILL,
     "--eps",
     help="tm: pruning threshold ε in [0, 1); 0 = plain MTT. (default: 0.1)",
 )
-ArchOpt = _option(
+ArchOpt = option(
     str | None,
     DISTILL,
     "--arch",
     help=distill_default(f"Architecture of the experts and the student: {ARCHITECTURES}.", "arch"),
 )
-IterationsOpt = _option(
+IterationsOpt = option(
     int | None,
     DISTILL,
     "--iterations",
     help=distill_methods.iterations_help(),
 )
-SynStepsOpt = _option(
+SynStepsOpt = option(
     int | None, DISTILL, "--syn-steps", help="tm: student steps N per iteration (preset)."
 )
-ExpertEpochsOpt = _option(
+ExpertEpochsOpt = option(
     int | None, DISTILL, "--expert-epochs", help="tm: expert epochs M to match (preset)."
 )
-MaxStartEpochOpt = _option(
+MaxStartEpochOpt = option(
     int | None, DISTILL, "--max-start-epoch", help="tm: start epochs drawn from 0…T⁺−1 (preset)."
 )
-BatchSynOpt = _option(
+BatchSynOpt = option(
     int | None, DISTILL, "--batch-syn", help="tm: synthetic minibatch per step; 0 = all (preset)."
 )
-LrImgOpt = _option(
+LrImgOpt = option(
     float | None,
     DISTILL,
     "--lr-img",
     help="SGD lr of the images (the method's preset; cafe/cafe-dsa halve it at 1200, 1600, 1800).",
 )
-LrLrOpt = _option(
+LrLrOpt = option(
     float | None,
     DISTILL,
     "--lr-lr",
     help="tm: SGD lr of the learned step size (preset; derived from the first gradient for "
     "sets without a paper row).",
 )
-LrTeacherOpt = _option(
+LrTeacherOpt = option(
     float | None,
     DISTILL,
     "--lr-teacher",
     help="tm: initial learned step size α (preset; derived from the buffer for sets without a "
     "paper row).",
 )
-AutoLrOpt = _option(
+AutoLrOpt = option(
     bool,
     DISTILL,
     "--auto-lr",
     help="tm: derive --lr-teacher and --lr-lr on CIFAR and Tiny ImageNet too (always done for "
     "sets without a paper row; docs/distill.md).",
 )
-InitOpt = _option(
+InitOpt = option(
     str | None,
     DISTILL,
     "--init",
@@ -156,75 +155,26 @@ InitOpt = _option(
 )
 
 # ----------------------------------------------------------- the other distillation methods
-MethodOpt = _option(
+MethodOpt = option(
     str | None,
     DISTILL,
     "--method",
     help=distill_methods.method_help(),
 )
-BatchRealOpt = _option(
-    int | None,
-    METHODS,
-    "--batch-real",
-    help=preset_default(
-        "dc/dsa/dm/cafe/cafe-dsa: real images drawn per class for each matching step.", "batch_real"
-    ),
-)
-LrNetOpt = _option(
-    float | None,
-    METHODS,
-    "--lr-net",
-    help=preset_default(
-        "dc/dsa/cafe/cafe-dsa: SGD lr of the network trained on the synthetic set between steps.",
-        "lr_net",
-    ),
-)
-OuterLoopOpt = _option(
-    int | None,
-    METHODS,
-    "--outer-loop",
-    help="dc/dsa: image steps per iteration (default: the reference's get_loops of the IPC).",
-)
-InnerLoopOpt = _option(
-    int | None,
-    METHODS,
-    "--inner-loop",
-    help="dc/dsa: network epochs on the synthetic set between image steps (default: the "
-    "reference's get_loops of the IPC).",
-)
-MaxImageStepsOpt = _option(
-    int | None,
-    METHODS,
-    "--max-image-steps",
-    help=preset_default(
-        "cafe/cafe-dsa: at most N image steps per iteration (the reference has no bound).",
-        "max_image_steps",
-    ),
-)
-MaxInnerEpochsOpt = _option(
-    int | None,
-    METHODS,
-    "--max-inner-epochs",
-    help=preset_default(
-        "cafe/cafe-dsa: at most N network epochs per inner phase (the reference has no bound).",
-        "max_inner_epochs",
-    ),
-)
-
 # ----------------------------------------------------------------------- validation and test
-EvalEveryOpt = _option(
+EvalEveryOpt = option(
     int | None,
     VALIDATION,
     "--eval-every",
     help=distill_default("Validate every N iterations; 0 = never.", "eval_every"),
 )
-EvalRunsOpt = _option(
+EvalRunsOpt = option(
     int | None,
     VALIDATION,
     "--eval-runs",
     help=distill_default("Networks per validation.", "eval_runs"),
 )
-EvalEpochsOpt = _option(
+EvalEpochsOpt = option(
     int | None,
     VALIDATION,
     "--eval-epochs",
@@ -232,23 +182,23 @@ EvalEpochsOpt = _option(
         "Epochs per validation network (distill: also per test network).", "eval_epochs"
     ),
 )
-ValSizeOpt = _option(
+ValSizeOpt = option(
     int | None,
     VALIDATION,
     "--val-size",
     help="Validation images held out of the training split (default: 10 %, at most "
     f"{MAX_VAL_SIZE}).",
 )
-SelectionOpt = _option(str | None, VALIDATION, "--selection", help=SELECTION_HELP)
+SelectionOpt = option(str | None, VALIDATION, "--selection", help=SELECTION_HELP)
 
 # -------------------------------------------------------------------------------- run folder
-CheckpointEveryOpt = _option(
+CheckpointEveryOpt = option(
     int | None,
     RUN_FOLDER,
     "--checkpoint-every",
     help=distill_default("Checkpoint every N iterations.", "checkpoint_every"),
 )
-RunFolderOpt = _option(
+RunFolderOpt = option(
     Path | None,
     RUN_FOLDER,
     "--out",
@@ -257,9 +207,9 @@ RunFolderOpt = _option(
 )
 
 # --------------------------------------------------------------------------------- execution
-DeviceOpt = _option(str, EXECUTION, "--device", help=f"Device: {DEVICE_CHOICES}.")
-SeedOpt = _option(int | None, EXECUTION, "--seed", help="Seed for every random draw.")
-UnrollOpt = _option(
+DeviceOpt = option(str, EXECUTION, "--device", help=f"Device: {DEVICE_CHOICES}.")
+SeedOpt = option(int | None, EXECUTION, "--seed", help="Seed for every random draw.")
+UnrollOpt = option(
     str | None,
     EXECUTION,
     "--unroll",
@@ -270,7 +220,7 @@ UnrollOpt = _option(
         "unroll",
     ),
 )
-UnrollBudgetOpt = _option(
+UnrollBudgetOpt = option(
     int | None,
     EXECUTION,
     "--unroll-budget",
@@ -281,7 +231,7 @@ UnrollBudgetOpt = _option(
         "unroll_budget",
     ),
 )
-ParallelOpt = _option(
+ParallelOpt = option(
     int,
     EXECUTION,
     "--parallel",
@@ -290,11 +240,11 @@ ParallelOpt = _option(
 )
 
 # ------------------------------------------------------------------------------------ output
-JsonOpt = _option(
+JsonOpt = option(
     bool, None, "--json", help="Print one JSON object on stdout and nothing else there."
 )
 
 
 def quiet_option(prints: str) -> Any:
     """``--quiet``/``-q``; its help says what the command still prints (``prints``)."""
-    return _option(bool, None, "--quiet", "-q", help=f"No progress or tables; print only {prints}.")
+    return option(bool, None, "--quiet", "-q", help=f"No progress or tables; print only {prints}.")

@@ -75,9 +75,15 @@ def _other_presets() -> dict[str, dict[str, Any]]:
 
 
 def preset_default(text: str, name: str) -> str:
-    """``text`` with the one default that the other methods' presets give setting ``name``."""
-    (value,) = {preset[name] for preset in _other_presets().values() if name in preset}
-    return f"{text} (default: {value_text(value)})"
+    """``text`` with the default that the other methods' presets give setting ``name`` (the
+    most common one, then the methods whose preset differs, e.g. "256; kip 500")."""
+    values = {m: preset[name] for m, preset in _other_presets().items() if name in preset}
+    counts: dict[Any, int] = {}
+    for value in values.values():
+        counts[value] = counts.get(value, 0) + 1
+    usual = max(counts, key=counts.__getitem__)
+    others = "".join(f"; {m} {value_text(v)}" for m, v in values.items() if v != usual)
+    return f"{text} (default: {value_text(usual)}{others})"
 
 
 def init_default() -> str:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ddpp_cli.commands import _method_options as mopt
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands import _settings
 from ddpp_cli.commands._display import distilling, err, joined_world, line, note, out
@@ -111,12 +112,17 @@ def command(
     lr_teacher: opt.LrTeacherOpt = None,
     auto_lr: opt.AutoLrOpt = False,
     init: opt.InitOpt = None,
-    batch_real: opt.BatchRealOpt = None,
-    lr_net: opt.LrNetOpt = None,
-    outer_loop: opt.OuterLoopOpt = None,
-    inner_loop: opt.InnerLoopOpt = None,
-    max_image_steps: opt.MaxImageStepsOpt = None,
-    max_inner_epochs: opt.MaxInnerEpochsOpt = None,
+    batch_real: mopt.BatchRealOpt = None,
+    lr_net: mopt.LrNetOpt = None,
+    outer_loop: mopt.OuterLoopOpt = None,
+    inner_loop: mopt.InnerLoopOpt = None,
+    max_image_steps: mopt.MaxImageStepsOpt = None,
+    max_inner_epochs: mopt.MaxInnerEpochsOpt = None,
+    ensemble: mopt.EnsembleOpt = None,
+    kernel_width: mopt.KernelWidthOpt = None,
+    krr_reg: mopt.KrrRegOpt = None,
+    learn_labels: mopt.LearnLabelsOpt = None,
+    lr_labels: mopt.LrLabelsOpt = None,
     zca: opt.ZcaOpt = None,
     image_size: opt.ImageSizeOpt = None,
     channels: opt.ChannelsOpt = None,

@@ -16,6 +16,10 @@ is in the registry of :mod:`ddpp_cli.engine.foreign_tools`:
   which CAFE normalised with CIFAR-10's mean/std. The two tools name their files alike
   (``res_<DC|DSA>_<dataset>_<model>_<ipc>ipc.pt``): a CAFE file is imported as kind "cafe".
 
+- KIP (google-research ``kip/``): a ``.npz`` with ``images`` (N×H×W×C) and ``labels`` (N×K
+  label vectors), read without pickle (``kip.npz``); the vectors are kept as the set's targets
+  (MSE, learned), the hard labels are their argmax, and a whitened set is in KIP's ZCA variant.
+
 Files are opened with ``torch.load(weights_only=True)`` only: tensors, lists, dicts and numbers
 load, anything else (an arbitrary pickle) is refused with a DdppError before any of its code
 runs. Shapes, labels and classes are checked against the dataset the set is imported for.
@@ -29,9 +33,10 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, data, foreign_tools
+from ddpp_cli.engine import baselines, data, foreign_tools, zca
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.kip import npz
 
 
 @dataclass(frozen=True)
@@ -257,6 +262,25 @@ def import_dc(
 # ------------------------------------------------------------------ one entry point for the CLI
 
 
+def import_kip(path: Path, target: ImportTarget) -> DistilledSet:
+    """KIP's ``.npz`` (:mod:`ddpp_cli.engine.kip.npz`): images to N×C×H×W, the label vectors
+    kept as targets (label_mode learned, MSE) in the images' class-major order, hard labels
+    their argmax."""
+    images, vectors = npz.read_set(path)
+    if vectors.shape[1] != len(target.class_names):
+        raise DdppError(
+            f"{path}: label vectors of {vectors.shape[1]} classes, but {target.dataset} has "
+            f"{len(target.class_names)}; import it for the dataset it was made from."
+        )
+    order = torch.sort(vectors.argmax(1), stable=True).indices
+    images, vectors = images[order], vectors[order]
+    images, labels = check_set(images, vectors.argmax(1), target, str(path))
+    settings = {**_origin(path), "zca": target.preprocessing.get("kind") == "zca",
+                "hard_labels": "argmax of the label vectors"}  # fmt: skip
+    packed = _pack(images, labels, target, kind="kip", lr=None, settings=settings)
+    return replace(packed, targets=vectors, label_mode="learned", target_loss="mse")
+
+
 @dataclass(frozen=True)
 class ForeignFiles:
     """The files of one foreign set: ``kind`` a tool of :mod:`~ddpp_cli.engine.foreign_tools`;
@@ -271,8 +295,8 @@ class ForeignFiles:
 def find_files(path: Path, kind: str | None = None) -> ForeignFiles:
     """What ``path`` holds: a folder with MTT's ``images_best.pt`` (or with one ``res_*.pt``),
     MTT's ``images_<tag>.pt`` (``labels_<tag>.pt`` and ``lr_<tag>.pt`` beside it), or any other
-    ``.pt`` file (a DC/DSA/DM result). ``kind`` (a tool's name: "mtt", "dc", "cafe") decides
-    where the name cannot (a CAFE file is named as DC's)."""
+    ``.pt`` file (a DC/DSA/DM result), or KIP's ``.npz``. ``kind`` (a tool's name: "mtt", "dc",
+    "cafe", "kip") decides where the name cannot (a CAFE file is named as DC's)."""
     path = Path(path)
     layout = None if kind is None else foreign_tools.get_tool(kind).layout
     if path.is_dir():
@@ -288,8 +312,9 @@ def find_files(path: Path, kind: str | None = None) -> ForeignFiles:
     elif not path.is_file():
         raise DdppError(f"{path} does not exist; pass a .pt file or the folder holding it.")
     if kind is None:
-        kind = "mtt" if path.name.startswith("images_") else "dc"
-    if foreign_tools.get_tool(kind).layout == "res":
+        by_suffix = "kip" if path.suffix == ".npz" else "dc"
+        kind = "mtt" if path.name.startswith("images_") else by_suffix
+    if foreign_tools.get_tool(kind).layout in ("res", "npz"):
         return ForeignFiles(kind, path)
     if not path.name.startswith("images_"):
         raise DdppError(
@@ -320,6 +345,10 @@ def import_set(
     (default 0); those tools learn no lr, so ``lr`` is not stored with the set.
     """
     files = find_files(path, kind)
+    if foreign_tools.get_tool(files.kind).layout == "npz":
+        if experiment is not None or lr is not None:
+            raise DdppError("KIP's .npz holds one set and no lr; drop --experiment and --lr.")
+        return import_kip(files.images, target)
     if foreign_tools.get_tool(files.kind).layout == "res":
         return import_dc(
             files.images, target, experiment=0 if experiment is None else experiment,
@@ -366,6 +395,8 @@ def import_for_dataset(
     if zca is None:
         zca = zca_path is not None or (tool.whitens and info.default_zca)
     normalization = None if zca else foreign_tools.tool_normalization(tool.name, info.name)
+    if zca and zca_path is None and tool.zca_variant == "kip":  # KIP's own ZCA, not ddpp's
+        zca_path = _fit_kip_zca(info.name, zca_out, data_root, download, image_size, seed)
     prepared, described, _ = baselines.prepare_pool(
         info.name, use_zca=bool(zca), zca_path=zca_path, zca_out=zca_out, data_root=data_root,
         download=download, image_size=image_size, seed=seed, normalization=normalization,
@@ -389,12 +420,29 @@ def import_for_dataset(
     return replace(imported, settings=settings)
 
 
+def _fit_kip_zca(
+    dataset: str, out: Path | None, data_root: Path | None, download: bool,
+    image_size: int | None, seed: int,
+) -> Path:  # fmt: skip
+    """KIP's ZCA (``zca.fit_kip``) of ``dataset``'s train split in [0, 1], saved to ``out``."""
+    if out is None:
+        raise ValueError("zca_out is needed to save KIP's ZCA")
+    train = data.load(
+        dataset, data_root, "train", download=download, image_size=image_size, seed=seed
+    )
+    return zca.save(zca.fit_kip(train.images), out, {"dataset": dataset})
+
+
 def default_lr_note(imported: DistilledSet, lr: float, lr_source: str) -> str | None:
     """Which lr an imported set was evaluated at, where its tool learns one but the set came
-    without it (``lr_source`` "default", see ``evaluate.resolve_lr``); None otherwise."""
+    without it (``lr_source`` "default", see ``evaluate.resolve_lr``), and how its tool
+    trained networks on it where its record says (KIP); None otherwise."""
     record = imported.settings.get("imported") or {}
     kind = record.get("kind")
-    if lr_source != "default" or kind not in foreign_tools.list_tools():
+    if kind not in foreign_tools.list_tools():
         return None
     tool = foreign_tools.get_tool(kind)
-    return f"lr {lr:g}, the default: {tool.missing_lr}." if tool.learns_lr else None
+    notes = [tool.protocol + "."] if tool.protocol else []
+    if lr_source == "default" and tool.learns_lr:
+        notes.insert(0, f"lr {lr:g}, the default: {tool.missing_lr}.")
+    return " ".join(notes) or None

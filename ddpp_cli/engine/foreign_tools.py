@@ -4,8 +4,10 @@ normalised each dataset with, whether its scripts whiten, whether it learns an l
 The normalisation follows each tool's own ``utils.get_dataset``: DC/DSA/DM
 (VICO-UoE/DatasetCondensation) use each dataset's own mean/std, as ddpp's table does; MTT
 (GeorgeCazenavette/mtt-distillation) and CAFE (kaiwang960112/CAFE) normalise CIFAR-100 with
-CIFAR-10's mean/std. ``ddpp buffer --import`` (MTT's experts) and ``ddpp evaluate --import``
-(MTT's, DC's or CAFE's sets) both read this one table.
+CIFAR-10's mean/std; KIP (google-research ``kip/``) standardises each channel with the train
+split's mean/std (ddpp's table values) and, where it whitens, uses its own ZCA variant
+(``zca.fit_kip``). ``ddpp buffer --import`` (MTT's experts) and ``ddpp evaluate --import``
+(MTT's, DC's, CAFE's or KIP's sets) both read this one table.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from ddpp_cli.engine import data
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.preprocess import Normalization
 
-LAYOUTS = ("mtt", "res")  # images_<tag>.pt + labels_<tag>.pt (+ lr_<tag>.pt), or a res_*.pt dict
+# images_<tag>.pt + labels_<tag>.pt (+ lr_<tag>.pt), a res_*.pt dict, or KIP's .npz
+LAYOUTS = ("mtt", "res", "npz")
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,8 @@ class ForeignTool:
     the dataset whose mean/std its non-ZCA images were normalised with, where not its own),
     ``whitens`` (its scripts run CIFAR with ZCA), and ``missing_lr`` (for a tool that learns
     an lr: why a set of it may come without one, and what to do), empty for one that learns
-    none."""
+    none; ``zca_variant`` its ZCA (``zca.VARIANTS``) and ``protocol`` how the tool trained
+    networks on its sets where ddpp's evaluation is told so (a disclosed line; empty: none)."""
 
     name: str
     title: str
@@ -35,6 +39,8 @@ class ForeignTool:
     whitens: bool
     normalized_as: Mapping[str, str] = field(default_factory=dict)
     missing_lr: str = ""
+    zca_variant: str = "ddpp"
+    protocol: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "normalized_as", MappingProxyType(dict(self.normalized_as)))
@@ -94,3 +100,11 @@ register(
 )  # fmt: skip
 register(ForeignTool("dc", "DC/DSA/DM", "res", whitens=False))
 register(ForeignTool("cafe", "CAFE", "res", whitens=False, normalized_as={"cifar100": "cifar10"}))
+register(
+    ForeignTool(
+        "kip", "KIP", "npz", whitens=True, zca_variant="kip",
+        protocol="KIP's label vectors are kept as the set's MSE targets (KIP's papers trained "
+        "finite networks on its sets with MSE on them); where the evaluation trains on hard "
+        "labels, they are the vectors' argmax",
+    )
+)  # fmt: skip

@@ -165,7 +165,9 @@ UNCAPPED = "no cap"
 # The settings of a matching row that a profile may cut (a method's ``quick_cuts``), and the
 # papers' values they are shown against: the method's preset batch_real; CAFE's reference loops
 # have no cap (ddpp's preset caps them at 100, which the paper profile therefore shows as a cut).
-CUT_SETTINGS = ("batch_real", "max_image_steps", "max_inner_epochs")
+CUT_SETTINGS = (
+    "batch_real", "max_image_steps", "max_inner_epochs", "ensemble", "kernel_width", "learn_labels",
+)  # fmt: skip
 PAPER_LOOP_CAPS = {"max_image_steps": UNCAPPED, "max_inner_epochs": UNCAPPED}
 
 

@@ -117,6 +117,13 @@ class DistillConfig:
     inner_loop: int | None = None
     max_image_steps: int | None = None
     max_inner_epochs: int | None = None
+    # kip (docs/methods.md, KIP): the kernel's ensemble of random networks and their width, the
+    # KRR's regulariser, whether the label vectors are learned, and their Adam lr.
+    ensemble: int | None = None
+    kernel_width: int | None = None
+    krr_reg: float | None = None
+    learn_labels: bool | None = None
+    lr_labels: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", data.info(self.dataset).name)

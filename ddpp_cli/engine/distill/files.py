@@ -34,7 +34,7 @@ from ddpp_cli.engine.layout import DISTILL_SUMMARY_NAME as SUMMARY_NAME
 from ddpp_cli.engine.model_selection import DEFAULT_SELECTION, get_selection
 
 # (images, lr, iteration) -> the distilled-set file's content for this run.
-SetMaker = Callable[[torch.Tensor, float | None, int], DistilledSet]
+SetMaker = Callable[..., DistilledSet]  # (images, lr, iteration[, targets])
 Method = TypeVar("Method", bound=Callable[..., Any])
 # The metrics line key of a --selection best-test evaluation's whole result (EvalResult JSON).
 TEST_RESULT_KEY = "test_result"
@@ -173,6 +173,14 @@ _SUMMARY_KEYS: dict[str, store.Check] = {
 }
 
 
+# Adam's state of the images and learned labels (a method whose record names Adam: kip).
+_ADAM_TENSORS = tuple(
+    f"adam_{leaf}_{key}"
+    for leaf in ("images", "targets")
+    for key in ("step", "exp_avg", "exp_avg_sq")
+)
+
+
 def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     """The saved state of the checkpoint at ``path`` and its whole metadata (DdppError when
     a tensor is missing or has the wrong number of dimensions, or a metadata key is missing
@@ -188,7 +196,9 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     experts = ("expert_order",) if info.needs_buffer else ()
     for name in (*learned, *experts, *(f"rng_{g}" for g in info.generators)):
         tensors[name] = store.require_tensor(stored, name, ndim=1)
-    for name in ("momentum_images", "momentum_lr"):
+    if config.get("learn_labels"):  # kip's learned label vectors
+        tensors["targets"] = store.require_tensor(stored, "targets", ndim=2)
+    for name in ("momentum_images", "momentum_lr", *_ADAM_TENSORS):
         if name in stored.tensors:
             tensors[name] = stored.tensors[name]
     state_meta = {
@@ -250,7 +260,8 @@ class RunFolder:
     def save_set(self, path: Path, saved: StateDict, extra: dict[str, Any] | None = None) -> Path:
         if not self.writes:
             return path
-        distilled = self.as_set(saved.images, saved.lr, saved.iteration)
+        learned = {} if saved.targets is None else {"targets": saved.targets}
+        distilled = self.as_set(saved.images, saved.lr, saved.iteration, **learned)
         return save_set(path, distilled, {"iteration": saved.iteration, **(extra or {})})
 
     @_writing

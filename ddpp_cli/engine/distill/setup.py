@@ -24,6 +24,7 @@ from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
+from ddpp_cli.engine.kip.krr import centred_one_hot
 from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.student import Student
@@ -61,10 +62,16 @@ class RunSetup:
     def buffer_epochs(self) -> int:
         return int(self.manifest.epochs)
 
-    def as_set(self, images: torch.Tensor, lr: float | None, iteration: int) -> DistilledSet:
+    def as_set(
+        self,
+        images: torch.Tensor,
+        lr: float | None,
+        iteration: int,
+        targets: torch.Tensor | None = None,
+    ) -> DistilledSet:
         """The distilled-set file's content for ``images`` and ``lr`` at ``iteration`` (lr None
         for a method that learns no step size: evaluation then uses its default, as for a
-        coreset)."""
+        coreset); learned label vectors ``targets`` are kept as the set's (KIP: MSE)."""
         settings = {**asdict(self.config), "iteration": iteration}
         if self.buffer is not None:
             settings.update(
@@ -80,6 +87,9 @@ class RunSetup:
             dataset=self.config.dataset, class_names=tuple(self.prepared.train.class_names),
             preprocessing=self.preprocessing, source="distill", arch=self.config.arch,
             settings=settings, seed=self.config.seed,
+            **({} if targets is None else {
+                "targets": targets.detach().cpu(), "label_mode": "learned", "target_loss": "mse",
+            }),
         )  # fmt: skip
 
     def checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -113,12 +123,20 @@ class RunSetup:
         if not info.needs_buffer:
             return DistillState.start_method(
                 self.initial_images(), seed=c.seed, lr_img=c.lr_img, device=self.device,
-                streams=info.generators,
+                streams=info.generators, optimizer=info.optimizer,
+                targets=self.initial_targets(), lr_targets=c.lr_labels,
             )  # fmt: skip
         return DistillState.start(
             self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
             lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
         )  # fmt: skip
+
+    def initial_targets(self) -> torch.Tensor | None:
+        """Iteration 0's learned label vectors (``--learn-labels``): KIP's one-hot minus 1/K;
+        None when the method learns none."""
+        if not self.config.learn_labels:
+            return None
+        return centred_one_hot(self.labels, self.prepared.num_classes)
 
     def restored_state(self, saved: StateDict, path: Path) -> DistillState:
         """The state of the checkpoint at ``path``, checked to fit this run."""
@@ -136,8 +154,9 @@ class RunSetup:
             )
         c = self.config
         return DistillState.from_state_dict(
-            saved, lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device
-        )
+            saved, lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
+            optimizer=get_method(c.method).optimizer, lr_targets=c.lr_labels,
+        )  # fmt: skip
 
 
 def set_up(

@@ -11,6 +11,11 @@ The other methods (dc, dsa, dm, cafe) learn no step size and use no experts: the
 ``lr``, ``momentum_lr`` or ``expert_order`` (empty ``experts``), and one generator,
 ``rng_matching`` (real batches, DSA draws, the inner loops' shuffles); each iteration's network
 is initialised from a seed derived from (seed, iteration), so it needs no state.
+
+A method whose record names Adam (kip) keeps Adam's state instead of the momentum buffers:
+``adam_images_step`` / ``adam_images_exp_avg`` / ``adam_images_exp_avg_sq``; one that learns
+label vectors (kip with ``--learn-labels``) also ``targets`` [K·IPC, K] and their
+``adam_targets_*``. The checkpoints of the other methods are unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import torch
 
 from ddpp_cli.engine.device import make_generator
 
+# The images' optimizers a method's record may name (``MethodInfo.optimizer``).
+OPTIMIZERS = ("sgd", "adam")
 # The streams of a run from a buffer (tm's record's ``generators``): the expert order, the start
 # epochs, and minibatches + DSA draws.
 GENERATORS = ("experts", "start", "unroll")
@@ -59,17 +66,23 @@ class StateDict:
         """The learned step size; None for a method that learns none."""
         return float(self.tensors["lr"][0]) if "lr" in self.tensors else None
 
+    @property
+    def targets(self) -> torch.Tensor | None:
+        """The learned label vectors; None for a method that learns none."""
+        return self.tensors.get("targets")
+
 
 @dataclass
 class DistillState:
     """Everything that changes during a run: the synthetic images X and the learned step size α
-    (leaves with gradients, on the run's device), their SGD optimizers (momentum 0.5), the named
-    CPU generators, the expert order and position, the iteration, the best validation so far
-    and the seconds spent."""
+    (leaves with gradients, on the run's device), their optimizers (SGD with momentum 0.5, or
+    Adam where the method's record says so), the named CPU generators, the expert order and
+    position, the iteration, the best validation so far, the seconds spent, and the learned
+    label vectors with their optimizer (kip with ``--learn-labels``; else None)."""
 
     images: torch.Tensor
     lr: torch.Tensor | None  # None: a method that learns no step size
-    opt_images: torch.optim.SGD
+    opt_images: torch.optim.Optimizer
     opt_lr: torch.optim.SGD | None
     generators: dict[str, torch.Generator]
     experts: list[int]
@@ -78,6 +91,8 @@ class DistillState:
     iteration: int = 0
     best: Best = field(default_factory=Best)
     elapsed: float = 0.0
+    targets: torch.Tensor | None = None  # learned label vectors [N, K]
+    opt_targets: torch.optim.Optimizer | None = None
 
     @classmethod
     def create(
@@ -88,18 +103,29 @@ class DistillState:
         lr_img: float,
         lr_lr: float | None,
         device: torch.device,
+        optimizer: str = "sgd",
+        targets: torch.Tensor | None = None,
+        lr_targets: float | None = None,
         **rest: Any,
     ) -> DistillState:
-        """A state whose images and α (None: no learned step size) are fresh leaves on
-        ``device`` with new optimizers (SGD, momentum 0.5)."""
+        """A state whose images, α (None: no learned step size) and label vectors (None: none
+        learned) are fresh leaves on ``device`` with new optimizers: the images' ``optimizer``
+        (SGD with momentum 0.5, or Adam, as are the label vectors'), α's SGD."""
         x = images.to(device, torch.float32).detach().clone().requires_grad_(True)
-        opt_images = torch.optim.SGD([x], lr=lr_img, momentum=0.5)
+        opt_images = _optimizer(optimizer, x, lr_img)
+        y, opt_targets = None, None
+        if targets is not None:
+            y = targets.to(device, torch.float32).detach().clone().requires_grad_(True)
+            opt_targets = _optimizer(optimizer, y, lr_targets)
         alpha, opt_lr = None, None
         if lr is not None:
             alpha = torch.as_tensor(lr, dtype=torch.float32).to(device).reshape(()).detach()
             alpha = alpha.clone().requires_grad_(True)
             opt_lr = torch.optim.SGD([alpha], lr=lr_lr, momentum=0.5)
-        return cls(images=x, lr=alpha, opt_images=opt_images, opt_lr=opt_lr, **rest)
+        return cls(
+            images=x, lr=alpha, opt_images=opt_images, opt_lr=opt_lr, targets=y,
+            opt_targets=opt_targets, **rest,
+        )  # fmt: skip
 
     @classmethod
     def start_method(
@@ -110,13 +136,18 @@ class DistillState:
         lr_img: float,
         device: torch.device,
         streams: tuple[str, ...],
+        optimizer: str = "sgd",
+        targets: torch.Tensor | None = None,
+        lr_targets: float | None = None,
     ) -> DistillState:
-        """Iteration 0 of a method without experts or learned step size (dc, dsa, dm, cafe),
-        with new generators ``streams`` (its record's ``generators``)."""
+        """Iteration 0 of a method without experts or learned step size (dc, dsa, dm, cafe,
+        kip), with new generators ``streams`` (its record's ``generators``), its images'
+        ``optimizer`` and, when it learns them, the initial label vectors ``targets``."""
         generators = {name: make_generator(seed, name) for name in streams}
         return cls.create(
             images, None, lr_img=lr_img, lr_lr=None, device=device, generators=generators,
-            experts=[], order=torch.zeros(0, dtype=torch.long),
+            experts=[], order=torch.zeros(0, dtype=torch.long), optimizer=optimizer,
+            targets=targets, lr_targets=lr_targets,
         )  # fmt: skip
 
     @property
@@ -159,18 +190,25 @@ class DistillState:
         self.opt_images.zero_grad(set_to_none=True)
         if self.opt_lr is not None:
             self.opt_lr.zero_grad(set_to_none=True)
+        if self.opt_targets is not None:
+            self.opt_targets.zero_grad(set_to_none=True)
 
     def optimizer_step(self) -> None:
         self.opt_images.step()
         if self.opt_lr is not None:
             self.opt_lr.step()
+        if self.opt_targets is not None:
+            self.opt_targets.step()
 
     def state_dict(self) -> StateDict:
         """A copy of the state (cheap: images, α and momentum are cloned on the device)."""
         tensors = {
             "images": self.images.detach().clone(),
-            **_momentum_tensors(self.opt_images, "images"),
+            **_optimizer_tensors(self.opt_images, "images"),
         }
+        if self.targets is not None:
+            tensors["targets"] = self.targets.detach().clone()
+            tensors.update(_optimizer_tensors(self.opt_targets, "targets"))
         if self.lr is not None:
             tensors["lr"] = self.lr.detach().reshape(1).clone()
             tensors["expert_order"] = self.order.clone()
@@ -195,9 +233,11 @@ class DistillState:
         lr_img: float,
         lr_lr: float | None,
         device: torch.device,
+        optimizer: str = "sgd",
+        lr_targets: float | None = None,
     ) -> DistillState:
-        """The state :meth:`state_dict` copied (on ``device``, with the given optimizer lrs);
-        its generators are the ``rng_*`` tensors it holds."""
+        """The state :meth:`state_dict` copied (on ``device``, with the given optimizer and
+        lrs); its generators are the ``rng_*`` tensors it holds."""
         tensors, meta = saved.tensors, saved.meta
         generators = {}
         for key in sorted(k for k in tensors if k.startswith("rng_")):
@@ -211,12 +251,64 @@ class DistillState:
             order=order.long().cpu(), position=int(meta["expert_position"]),
             iteration=int(meta["iteration"]),
             best=Best(meta.get("best_iteration"), meta.get("best_val_accuracy")),
-            elapsed=float(meta.get("elapsed_seconds") or 0.0),
+            elapsed=float(meta.get("elapsed_seconds") or 0.0), optimizer=optimizer,
+            targets=tensors.get("targets"), lr_targets=lr_targets,
         )  # fmt: skip
-        _load_momentum(state.opt_images, tensors, "images")
+        _load_optimizer(state.opt_images, tensors, "images")
         if state.opt_lr is not None:
             _load_momentum(state.opt_lr, tensors, "lr")
+        if state.opt_targets is not None:
+            _load_optimizer(state.opt_targets, tensors, "targets")
         return state
+
+
+def _optimizer(kind: str, leaf: torch.Tensor, lr: float | None) -> torch.optim.Optimizer:
+    """The optimizer ``kind`` (:data:`OPTIMIZERS`) of one leaf: SGD with momentum 0.5, or Adam
+    with PyTorch's defaults (β 0.9, 0.999; ε 1e-8: those of KIP's ``optimizers.adam``)."""
+    if kind == "adam":
+        return torch.optim.Adam([leaf], lr=lr)
+    if kind == "sgd":
+        return torch.optim.SGD([leaf], lr=lr, momentum=0.5)
+    raise ValueError(f"unknown optimizer {kind!r} (one of {OPTIMIZERS})")
+
+
+_ADAM_KEYS = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer, name: str) -> dict[str, torch.Tensor]:
+    """The state of one leaf's optimizer as checkpoint tensors: SGD's momentum buffer
+    (:func:`_momentum_tensors`), or Adam's ``adam_<name>_<key>`` (its step stored as [1])."""
+    if isinstance(optimizer, torch.optim.SGD):
+        return _momentum_tensors(optimizer, name)
+    state = optimizer.state_dict()["state"].get(0, {})
+    return {
+        f"adam_{name}_{key}": torch.as_tensor(state[key])
+        .detach()
+        .clone()
+        .reshape(1 if key == "step" else state[key].shape)
+        for key in _ADAM_KEYS
+        if key in state
+    }
+
+
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: Mapping[str, torch.Tensor], name: str
+) -> None:
+    """Give ``optimizer`` the state :func:`_optimizer_tensors` saved (none before a step)."""
+    if isinstance(optimizer, torch.optim.SGD):
+        _load_momentum(optimizer, tensors, name)
+        return
+    saved = {key: tensors.get(f"adam_{name}_{key}") for key in _ADAM_KEYS}
+    if any(value is None for value in saved.values()):
+        return
+    current = optimizer.state_dict()
+    param = optimizer.param_groups[0]["params"][0]
+    state = {
+        "step": saved["step"].reshape(()).clone().float(),
+        "exp_avg": saved["exp_avg"].reshape(param.shape).clone(),
+        "exp_avg_sq": saved["exp_avg_sq"].reshape(param.shape).clone(),
+    }
+    optimizer.load_state_dict({**current, "state": {0: state}})
 
 
 def _momentum_tensors(optimizer: torch.optim.SGD, name: str) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 family declaring its :class:`MethodInfo`, and their registration below, in ``--method``'s order.
 Adding a method is one module here and one entry below."""
 
-from ddpp_cli.engine.distill.methods import cafe, dm, gradient, tm
+from ddpp_cli.engine.distill.methods import cafe, dm, gradient, kip, tm
 from ddpp_cli.engine.distill.methods.base import MethodStep, fresh_network
 from ddpp_cli.engine.distill.methods.registry import (
     DEFAULT_METHOD,
@@ -17,7 +17,7 @@ from ddpp_cli.engine.distill.methods.registry import (
     register,
 )
 
-for _info in (tm.TM, gradient.DC, gradient.DSA, dm.DM, cafe.CAFE, cafe.CAFE_DSA):
+for _info in (tm.TM, gradient.DC, gradient.DSA, dm.DM, cafe.CAFE, cafe.CAFE_DSA, kip.KIP):
     register(_info)
 
 __all__ = [

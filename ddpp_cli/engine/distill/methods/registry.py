@@ -102,6 +102,7 @@ class MethodInfo:
     quick_budget: int | None = None
     quick_cuts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     compare_rows: tuple[CompareRow, ...] = ()  # default: one row, the method as it is
+    optimizer: str = "sgd"  # the images' (distill.state.OPTIMIZERS): SGD momentum 0.5, or adam
 
 
 _REGISTRY: dict[str, MethodInfo] = {}
