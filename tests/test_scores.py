@@ -279,3 +279,20 @@ def test_cli_refuses_scores_options_in_one_line(tmp_path, extra, fragment):
 def test_cli_evaluate_refuses_scores_with_a_baseline():
     args = ["evaluate", "--baseline", "random", "--dataset", "mnist", "--ipc", "1", "--scores"]
     assert_one_line_error(CliRunner().invoke(app, args), "--scores only apply with set")
+
+
+@pytest.mark.slow
+def test_cli_run_scores_reuse_the_runs_evaluation(tiny_mnist, tmp_path):
+    from tests.test_pipeline import TINY
+
+    args = ["run", "--dataset", "mnist", "--ipc", "1", "--data-dir", str(tiny_mnist),
+            "--out", str(tmp_path / "r"), *(str(a) for a in TINY), "--scores"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "DD-Ranking's scores (ddpp (fractions; random lr picked on a validation" in result.output
+    assert "HLR, IOR in fractions; LRS weight 0.5, ARS γ 0.5" in result.output
+    payload = json.loads(CliRunner().invoke(app, [*args, "--json"]).stdout)
+    found = payload["scores"]
+    assert found["accuracies"]["set"]["accuracies"] == payload["distilled"]["accuracies"]
+    assert found["accuracies"]["set"]["source"] == "reused record"
+    assert {m["source"] for m in found["accuracies"].values()} == {"reused record"}
