@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
+from ddpp_cli.commands._scores import ScoresDisplay
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import faults, layout, pipeline
 from ddpp_cli.engine.compare.table import TEST_SELECTED_MARK, TEST_SELECTED_NOTE, test_selected
@@ -136,8 +137,8 @@ def compare_and_report(
         summary = compare_engine.compare(
             plan, row_names, folder, budgets=budget_values, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],
-            device=torch_device, parallel=engine_options["parallel"], on_event=display,
-            scores=scores,
+            device=torch_device, parallel=engine_options["parallel"],
+            on_event=ScoresDisplay(progress, display), scores=scores,
         )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(summary.to_json()))

@@ -12,7 +12,7 @@ from rich.table import Table
 from ddpp_cli.commands._display import line, out
 from ddpp_cli.engine import scores, scores_jobs
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.scores_gather import ScoresRequest
+from ddpp_cli.engine.scores_gather import ScoreFinished, ScoresRequest, ScoreStarted
 
 SCORES = "Scores (DD-Ranking)"
 
@@ -86,8 +86,9 @@ def set_payload(
     if run["world"].distributed:
         raise DdppError("--scores runs in one process; start it without torchrun.")
     where = scores_jobs.Where(
-        options["data_dir"], options["download"], run["device"], run["parallel"], display
-    )
+        options["data_dir"], options["download"], run["device"], run["parallel"],
+        ScoresDisplay(display.progress, display),
+    )  # fmt: skip
     with display.progress:
         found = scores_jobs.score_set_file(
             distilled_set, config, request, records=run["records"],
@@ -95,6 +96,42 @@ def set_payload(
             zca_path=options["zca_file"], where=where,
         )  # fmt: skip
     return payload | {"scores": found.to_json()}
+
+
+class ScoresDisplay:
+    """Bars for each evaluation the scores train (a fresh :class:`EvalDisplay` per
+    ``ScoreStarted``, its bars removed at ``ScoreFinished``) and a line per accuracy; every
+    other event goes to ``inner`` (the command's own display)."""
+
+    def __init__(self, progress: Any, inner: Any) -> None:
+        self.progress, self.inner = progress, inner
+        self.current: Any = None
+        self.tasks_before: set = set()
+
+    def __call__(self, event: object) -> None:
+        from ddpp_cli.commands._evaluation import EvalDisplay
+
+        p = self.progress
+        if isinstance(event, ScoreStarted):
+            self.tasks_before = set(p.task_ids)
+            self.current = EvalDisplay(p)
+        elif isinstance(event, ScoreFinished):
+            for task in set(p.task_ids) - self.tasks_before:
+                p.remove_task(task)
+            self.current = None
+            if not p.disable:
+                p.console.print(
+                    f"    scores {event.label}: {100 * event.accuracy:.2f} % ({event.source})",
+                    highlight=False,
+                )
+        elif self.current is not None:
+            self.current(event)
+        elif self.inner is not None:
+            self.inner(event)
+
+
+def unit_text(found: dict[str, Any]) -> str:
+    return "fractions" if found["unit"] == "fraction" else "percentage points"
 
 
 def _cell(value: float) -> str:
@@ -125,7 +162,7 @@ def print_scores(found: dict[str, Any] | None) -> None:
     out.print(scores_table(found))
     line(
         out,
-        f"HLR, IOR in {found['unit']}s; LRS weight {found['weight']:g}, ARS γ "
+        f"HLR, IOR in {unit_text(found)}; LRS weight {found['weight']:g}, ARS γ "
         f"{found['gamma']:g}; records: {found['accuracies']['set']['records']}",
     )
 
@@ -140,13 +177,12 @@ def run_scores(
         return {}
     if world.distributed:
         raise DdppError("--scores runs in one process; start it without torchrun.")
-    from ddpp_cli.commands._evaluation import EvalDisplay
     from ddpp_cli.engine import distilled, layout
 
     plan = summary.plan
     where = scores_jobs.Where(
         engine_options["data_dir"], engine_options["download"], device,
-        engine_options["parallel"], EvalDisplay(display.progress),
+        engine_options["parallel"], ScoresDisplay(display.progress, None),
     )  # fmt: skip
     with display.progress:
         found = scores_jobs.score_set_file(

@@ -25,12 +25,27 @@ from ddpp_cli.engine.scores import (
     LR_GRID,
     Accuracies,
     best_per_run,
+    check_weight,
     compute_scores,
     get_convention,
     pick_lr,
 )
 
 NO_DSA = "none"
+
+
+@dataclass(frozen=True)
+class ScoreStarted:
+    """An evaluation the scores need begins (its networks' events follow)."""
+
+    label: str  # e.g. "herding: set_no_dsa", "random lr 0.01 (validation)"
+
+
+@dataclass(frozen=True)
+class ScoreFinished:
+    label: str
+    accuracy: float  # the mean, a fraction
+    source: str  # Measured's: "reused record", "trained now", …
 
 
 @dataclass(frozen=True)
@@ -42,10 +57,19 @@ class ScoresRequest:
     gamma: float = DEFAULT_GAMMA
 
     def __post_init__(self) -> None:
-        from ddpp_cli.engine.scores import check_weight
-
         check_weight(self.weight)
+        check_weight(self.gamma, "γ of ARS")
         get_convention(self.convention)
+
+
+def source_text(result: EvalResult) -> str:
+    """Where an evaluation's runs came from: records, this session, or both."""
+    reused, runs = len(result.reused_runs), len(result.accuracies)
+    if reused == runs:
+        return "reused record"
+    if reused == 0:
+        return "trained now"
+    return f"trained now ({reused} of {runs} runs reused from records)"
 
 
 @dataclass(frozen=True)
@@ -61,12 +85,7 @@ class Measured:
 
     def to_json(self) -> dict[str, Any]:
         r = self.result
-        reused = len(r.reused_runs)
-        source = self.source or (
-            "reused record" if reused == len(r.accuracies)
-            else "trained now" if reused == 0
-            else f"trained now ({reused} of {len(r.accuracies)} runs reused from records)"
-        )  # fmt: skip
+        source = self.source or source_text(r)
         return {
             "accuracy": r.mean, "std": r.std, "accuracies": list(r.accuracies),
             "lr": None if math.isnan(r.lr) else r.lr,  # None: each run's own (random_lr)
@@ -118,14 +137,32 @@ class ScoreJob:
     device: torch.device | str = "cpu"
     parallel: int = 1
     on_event: OnEvent | None = None
+    label: str = ""  # before each evaluation's name in the events, e.g. "herding: "
 
 
-def _set_result(distilled: DistilledSet, config: EvalConfig, job: ScoreJob) -> Measured:
-    result = evaluate.evaluate_set(
+def _emit(job: ScoreJob, event: object) -> None:
+    if job.on_event is not None:
+        job.on_event(event)
+
+
+def _finished(job: ScoreJob, label: str, result: EvalResult, source: str = "") -> ScoreFinished:
+    return ScoreFinished(f"{job.label}{label}", result.mean, source or source_text(result))
+
+
+def announced(job: ScoreJob, label: str, evaluation: Callable[[], EvalResult]) -> EvalResult:
+    """``evaluation()`` between a :class:`ScoreStarted` and a :class:`ScoreFinished` event."""
+    _emit(job, ScoreStarted(f"{job.label}{label}"))
+    result = evaluation()
+    _emit(job, _finished(job, label, result))
+    return result
+
+
+def _set_result(distilled: DistilledSet, config: EvalConfig, job: ScoreJob, name: str) -> Measured:
+    result = announced(job, name, lambda: evaluate.evaluate_set(
         distilled, config, data_root=job.data_root, download=job.download,
         zca_path=job.zca_path, test_subset=job.test_subset, device=job.device,
         on_event=job.on_event, parallel=job.parallel, records=job.set_records,
-    )  # fmt: skip
+    ))  # fmt: skip
     return Measured(result, config.dsa_strategy != NO_DSA, config.labels, job.set_records)
 
 
@@ -151,17 +188,32 @@ def validation_baseline(baseline: baselines.Baseline, seed: int) -> baselines.Ba
     )  # fmt: skip
 
 
+def _random_result(
+    baseline: baselines.Baseline, config: EvalConfig, job: ScoreJob, label: str
+) -> EvalResult:
+    """Random real images of ``baseline`` under ``config`` (its lr set), in the records."""
+
+    def evaluation() -> EvalResult:
+        result, _ = baselines.evaluate_baseline(
+            baseline, config, device=job.device, on_event=job.on_event, parallel=job.parallel,
+            records=job.random_records,
+        )  # fmt: skip
+        return result
+
+    return announced(job, label, evaluation)
+
+
 def _random_grid(
-    baseline: baselines.Baseline, config: EvalConfig, job: ScoreJob, records: Path | None
+    baseline: baselines.Baseline, config: EvalConfig, job: ScoreJob, split: str
 ) -> dict[float, EvalResult]:
     """The random baseline at every lr of the grid."""
-    found = {}
-    for lr in LR_GRID:
-        found[lr], _ = baselines.evaluate_baseline(
-            baseline, replace(config, lr=lr), device=job.device, on_event=job.on_event,
-            parallel=job.parallel, records=records,
-        )  # fmt: skip
-    return found
+    dsa = "" if config.dsa_strategy != NO_DSA else ", no DSA"
+    return {
+        lr: _random_result(
+            baseline, replace(config, lr=lr), job, f"random lr {lr:g} ({split}{dsa})"
+        )
+        for lr in LR_GRID
+    }
 
 
 def random_accuracy(
@@ -172,7 +224,7 @@ def random_accuracy(
     accuracy over the grid ("test", DD-Ranking's search)."""
     dsa = config.dsa_strategy != NO_DSA
     if picked_on == "test":
-        grid = _random_grid(job.baseline, config, job, job.random_records)
+        grid = _random_grid(job.baseline, config, job, "test")
         per_run = best_per_run({lr: r.accuracies for lr, r in grid.items()})
         picks = [max(grid, key=lambda lr, r=r: grid[lr].accuracies[r]) for r in range(len(per_run))]
         first = grid[LR_GRID[0]]
@@ -185,12 +237,10 @@ def random_accuracy(
         note = "each run's best test accuracy over the lr grid (DD-Ranking's convention)"
         return Measured(result, dsa, "hard", job.random_records, note=note), lr_info
     held_out = validation_baseline(job.baseline, config.seed)
-    grid = _random_grid(held_out, config, job, job.random_records)
+    grid = _random_grid(held_out, config, job, "validation")
     lr = pick_lr({lr: r.accuracies for lr, r in grid.items()})
-    result, _ = baselines.evaluate_baseline(
-        job.baseline, replace(config, lr=lr), device=job.device, on_event=job.on_event,
-        parallel=job.parallel, records=job.random_records,
-    )  # fmt: skip
+    name = "random" if dsa else "random_no_dsa"
+    result = _random_result(job.baseline, replace(config, lr=lr), job, f"{name} (lr {lr:g})")
     lr_info = {"picked_on": "validation", "lr": lr, "validation_size": len(held_out.test_labels),
                "grid": {str(g): r.mean for g, r in grid.items()}}  # fmt: skip
     return Measured(result, dsa, "hard", job.random_records), lr_info
@@ -203,13 +253,16 @@ def score_set(distilled: DistilledSet, job: ScoreJob, request: ScoresRequest) ->
     config = job.config
     plain = replace(config, dsa_strategy=NO_DSA)
     measured = {
-        "set": _set_result(distilled, config, job),
-        "set_hard": _set_result(distilled, replace(config, labels="hard"), job),
-        "set_no_dsa": _set_result(distilled, plain, job),
+        "set": _set_result(distilled, config, job, "set"),
+        "set_hard": _set_result(distilled, replace(config, labels="hard"), job, "set_hard"),
+        "set_no_dsa": _set_result(distilled, plain, job, "set_no_dsa"),
     }
     measured["random"], lr_dsa = random_accuracy(config, job, convention.lr_picked_on)
     measured["random_no_dsa"], lr_plain = random_accuracy(plain, job, convention.lr_picked_on)
+    _emit(job, ScoreStarted(f"{job.label}full"))
     measured["full"] = job.full()
+    full = measured["full"]
+    _emit(job, _finished(job, "full", full.result, full.source))
     accuracies = Accuracies(
         full=measured["full"].result.accuracies,
         set_labels=measured["set"].result.accuracies,

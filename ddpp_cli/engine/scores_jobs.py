@@ -11,12 +11,11 @@ from pathlib import Path
 import torch
 
 from ddpp_cli.engine import baselines, distilled, layout
-from ddpp_cli.engine.compare.events import EvaluationStarted
 from ddpp_cli.engine.compare.rows import row_budgets
 from ddpp_cli.engine.compare.table import RowResult
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult
-from ddpp_cli.engine.events import Notice, OnEvent
+from ddpp_cli.engine.events import OnEvent
 from ddpp_cli.engine.pipeline import RunPlan
 from ddpp_cli.engine.scores_gather import Measured, ScoreJob, ScoresRequest, SetScores, score_set
 
@@ -128,13 +127,10 @@ def scored_rows(
         if row.set_path is None:
             scored.append(row)
             continue
-        if where.on_event is not None:
-            where.on_event(Notice(f"scores of the {row.row} row"))
-            where.on_event(EvaluationStarted(row.row))
         job = ScoreJob(
             plan.evaluation, row.folder / layout.RECORDS_DIRNAME, scores_folder, baseline, full,
             plan.test_subset, where.data_root, where.download, None, where.device,
-            where.parallel, where.on_event,
+            where.parallel, where.on_event, label=f"{row.row}: ",
         )  # fmt: skip
         found = score_set(distilled.load(row.set_path), job, request)
         scored.append(replace(row, scores=found.to_json()))

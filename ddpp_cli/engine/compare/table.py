@@ -183,8 +183,9 @@ def score_cells(row: RowResult) -> list[str]:
 def scores_text(summary: CompareSummary) -> str:
     """The scores' convention and weights, in one sentence."""
     scores = next(row.scores for row in summary.rows if row.scores)
+    unit = "fractions" if scores["unit"] == "fraction" else "percentage points"
     return (
-        f"DD-Ranking's HLR, IOR, LRS, ARS under the {scores['convention_label']} convention "
-        f"(HLR, IOR in {scores['unit']}s; LRS weight {scores['weight']:g}, ARS γ "
-        f"{scores['gamma']:g}); every accuracy used is in compare.json's rows' scores"
+        f"DD-Ranking's HLR, IOR, LRS, ARS; convention: {scores['convention_label']}; HLR, IOR "
+        f"in {unit}; LRS weight {scores['weight']:g}, ARS γ {scores['gamma']:g}; every "
+        "accuracy used, with its source, is in compare.json's rows' scores"
     )
