@@ -163,11 +163,46 @@ def test_the_ddranking_convention_takes_each_runs_best_test_accuracy(monkeypatch
     assert measured.to_json()["lr"] is None  # each run its own
 
 
+def _pool_baseline(per_class: int, ipc: int = 1):
+    from ddpp_cli.engine import baselines, data
+
+    labels = torch.arange(10).repeat_interleave(per_class)
+    images = torch.arange(len(labels), dtype=torch.float32).reshape(-1, 1, 1, 1)
+    return baselines.Baseline(
+        config=baselines.BaselineConfig(method="random", dataset="mnist", ipc=ipc),
+        train=data.ImageSplit(images, labels, tuple(str(k) for k in range(10))),
+        test_images=torch.zeros(4, 1, 1, 1), test_labels=torch.zeros(4, dtype=torch.long),
+        preprocessing=None, preprocessing_info={}, zca_path=None,
+    )  # fmt: skip
+
+
+def test_the_validation_split_is_held_out_of_the_pool_stratified():
+    baseline = _pool_baseline(per_class=30)  # 300 images: 10 % is 30, 3 per class
+    held_out = scores_gather.validation_baseline(baseline, seed=0)
+    assert len(held_out.test_labels) == 30 and len(held_out.train) == 270
+    assert torch.bincount(held_out.test_labels, minlength=10).tolist() == [3] * 10
+    kept = set(held_out.train.images.flatten().tolist())
+    assert kept.isdisjoint(held_out.test_images.flatten().tolist())
+    assert kept | set(held_out.test_images.flatten().tolist()) == set(range(300))
+    again = scores_gather.validation_baseline(baseline, seed=0)
+    assert torch.equal(again.test_images, held_out.test_images)  # drawn from the seed
+    assert held_out._cache is not baseline._cache  # its coresets are its own
+
+
+def test_a_pool_too_small_to_hold_out_a_validation_split_is_refused():
+    with pytest.raises(Exception, match="--ipc 2 leaves no random baseline"):
+        scores_gather.validation_baseline(_pool_baseline(per_class=2, ipc=2), seed=0)
+
+
 def _plan():
     return pipeline.plan_run(
         "mnist", 1, profile="quick", image_size=8, train_subset=80, runs=2, epochs=2,
         test_subset=20,
     )  # fmt: skip
+
+
+def herding_lr(summary, augmentation: str = "dsa") -> str:
+    return f"{summary.rows[1].scores['random_lr'][augmentation]['lr']:g}"
 
 
 @pytest.mark.slow
@@ -176,9 +211,23 @@ def test_compare_scores_reuse_the_rows_and_name_every_source(tiny_mnist, tmp_pat
     kwargs = {"budgets": {"full": 1}, "data_root": tiny_mnist, "download": False}
     first = compare_engine.compare(plan, rows, tmp_path / "c", **kwargs)
     assert all(row.scores is None for row in first.rows)
+    events = []
     scored = compare_engine.compare(
-        plan, rows, tmp_path / "c", scores=scores_gather.ScoresRequest(), **kwargs
-    )
+        plan, rows, tmp_path / "c", scores=scores_gather.ScoresRequest(), on_event=events.append,
+        **kwargs,
+    )  # fmt: skip
+    kinds = scores_gather.ScoreStarted | scores_gather.ScoreFinished
+    announced = [(type(e).__name__, e.label) for e in events if isinstance(e, kinds)]
+    herding_labels = [label for kind, label in announced[::2] if label.startswith("herding")]
+    assert herding_labels == [
+        "herding: set", "herding: set_hard", "herding: set_no_dsa",
+        *(f"herding: random lr {lr:g} (validation)" for lr in scores.LR_GRID),
+        f"herding: random (lr {herding_lr(scored)})",
+        *(f"herding: random lr {lr:g} (validation, no DSA)" for lr in scores.LR_GRID),
+        f"herding: random_no_dsa (lr {herding_lr(scored, 'no_dsa')})", "herding: full",
+    ]  # fmt: skip
+    assert all(a[0] == "ScoreStarted" and b == ("ScoreFinished", a[1])
+               for a, b in zip(announced[::2], announced[1::2], strict=True))  # fmt: skip
     assert all(row.reused for row in scored.rows)  # the finished rows are taken as they are
     herding = scored.rows[1].scores
     sources = {name: m["source"] for name, m in herding["accuracies"].items()}
