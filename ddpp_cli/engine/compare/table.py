@@ -177,7 +177,7 @@ def score_cells(row: RowResult) -> list[str]:
     row has none (the whole-set row)."""
     if not row.scores:
         return ["–"] * len(SCORE_KEYS)
-    return [f"{row.scores[key]:.4f}" for key in SCORE_KEYS]
+    return [f"{row.scores[key]:.3f}" for key in SCORE_KEYS]
 
 
 def scores_text(summary: CompareSummary) -> str:
