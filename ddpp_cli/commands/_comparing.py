@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
+from ddpp_cli.commands._scores import ScoresDisplay
 from ddpp_cli.engine import compare as compare_engine
 from ddpp_cli.engine import faults, layout, pipeline
 from ddpp_cli.engine.compare.table import TEST_SELECTED_MARK, TEST_SELECTED_NOTE, test_selected
@@ -68,6 +69,9 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
         table.add_column(name, justify="right")
     table.add_column("budget")
     table.add_column("published")
+    scored = compare_engine.has_scores(summary)
+    for name in ("HLR", "IOR", "LRS", "ARS") if scored else ():
+        table.add_column(name, justify="right")
     for row in summary.rows:
         table.add_row(
             row.label + (TEST_SELECTED_MARK if test_selected(row) else ""),
@@ -76,6 +80,7 @@ def compare_table(summary: compare_engine.CompareSummary) -> Table:
             compare_engine.time_text(row),
             row.budget.text(),
             "–" if row.reference is None else row.reference.text(),
+            *(compare_engine.score_cells(row) if scored else ()),
         )
     return table
 
@@ -85,6 +90,8 @@ def print_compare(summary: compare_engine.CompareSummary) -> None:
     if any(test_selected(row) for row in summary.rows):
         line(out, f"{TEST_SELECTED_MARK.strip()} {TEST_SELECTED_NOTE}")
     line(out, f"protocol: {compare_engine.protocol_text(summary)}")
+    if compare_engine.has_scores(summary):
+        line(out, f"scores: {compare_engine.scores_text(summary)}")
     sources = compare_engine.published_sources(summary)
     if sources:
         line(out, f"{compare_engine.PUBLISHED_HEADING}: {' | '.join(sources)}")
@@ -107,6 +114,7 @@ def compare_and_report(
     *,
     quiet: bool,
     json_out: bool,
+    scores: Any = None,
 ) -> None:
     """Run the comparison with one progress display, then print the table (or JSON, or the
     folder). ``engine_options`` are those of ``ddpp run``."""
@@ -129,7 +137,8 @@ def compare_and_report(
         summary = compare_engine.compare(
             plan, row_names, folder, budgets=budget_values, buffer=engine_options["buffer_dir"],
             data_root=engine_options["data_dir"], download=engine_options["download"],
-            device=torch_device, parallel=engine_options["parallel"], on_event=display,
+            device=torch_device, parallel=engine_options["parallel"],
+            on_event=ScoresDisplay(progress, display), scores=scores,
         )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(summary.to_json()))

@@ -127,8 +127,9 @@ def network_label(result: evaluate.EvalResult) -> str:
     return f"{result.protocol['arch']}{size}"
 
 
-def print_result(title: str, result: evaluate.EvalResult) -> None:
-    """One evaluation: a table of runs with mean ± std, the protocol line and the time."""
+def print_result(title: str, result: evaluate.EvalResult, scores: dict | None = None) -> None:
+    """One evaluation: a table of runs with mean ± std, the protocol line and the time; then
+    the ``--scores`` table when ``scores`` holds them."""
     table = Table(title=title)
     table.add_column("run", justify="right")
     table.add_column("test accuracy", justify="right")
@@ -143,6 +144,10 @@ def print_result(title: str, result: evaluate.EvalResult) -> None:
     if provenance:
         note(out, provenance)
     out.print(f"time: {result.seconds:.0f} s", highlight=False)
+    if scores:
+        from ddpp_cli.commands._scores import print_scores  # it prints with this module
+
+        print_scores(scores)
 
 
 def provenance_line(result: evaluate.EvalResult) -> str:

@@ -24,7 +24,7 @@ BASELINE_SETTINGS = ("dataset", "ipc", "train_subset", "seed", "buffer", "forget
 CHOICE_OPTIONS = {
     "dataset": ("--baseline", "--import"),
     "ipc": ("--baseline",),
-    "train_subset": ("--baseline",),
+    "train_subset": ("--baseline", "set"),  # a set: the pool of its --scores
     "image_size": ("--baseline", "--import"),
     "channels": ("--baseline",),
     "buffer": ("--baseline",),
@@ -37,6 +37,9 @@ CHOICE_OPTIONS = {
     "save": ("--baseline", "--import"),
     "no_zca": ("--baseline", "--import"),
     "force": ("--baseline", "--import"),
+    "scores": ("set",),
+    "score_weight": ("set",),
+    "scores_convention": ("set",),
 }
 
 

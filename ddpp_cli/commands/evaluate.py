@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from ddpp_cli.commands import _options as opt
+from ddpp_cli.commands import _scores
 from ddpp_cli.commands._display import err, joined_world, line, note, out, print_result, set_label
 from ddpp_cli.commands._evaluate_full import check_full_options, evaluate_full_set, is_full
 from ddpp_cli.commands._evaluate_sources import (
@@ -95,6 +96,8 @@ def command(
     import_path: ImportOpt = None,
     import_kind: ImportKindOpt = None,
     experiment: ExperimentOpt = None,
+    scores: _scores.ScoresOpt = False,
+    score_weight: _scores.ScoreWeightOpt = None, scores_convention: _scores.ConventionOpt = None,
     records: RecordsOpt = None,
     no_records: NoRecordsOpt = False,
     data_dir: opt.DataDirOpt = None,
@@ -105,7 +108,7 @@ def command(
     seed: opt.SeedOpt = 0,
     json_out: opt.JsonOpt = False,
     quiet: opt.quiet_option("mean ± std (and the set file with --save)") = False,
-) -> None:
+) -> None:  # fmt: skip
     """Train fresh networks on a set (distilled, a baseline coreset, or another tool's); test them.
 
     Under torchrun the ranks split the runs; rank 0 prints.
@@ -135,7 +138,7 @@ def command(
             result = evaluate.evaluate_set(
                 distilled_set, config, on_event=display, **data_options, **run
             )
-        payload = {"set": str(path), **result.to_json()}
+        payload = _scores.set_payload(path, result, distilled_set, config, options, run, display)
     elif choice == "--import":
         config = eval_config(arch or "convnet", **training)
         imported = {
@@ -288,7 +291,7 @@ def _report(
         if saved is not None:
             line(out, str(saved))
         return
-    print_result(title, result)
+    print_result(title, result, payload.get("scores"))
     if "lr_note" in payload:
         note(out, payload["lr_note"])
     if saved is not None:

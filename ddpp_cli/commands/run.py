@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ddpp_cli.commands import _comparing, _settings
+from ddpp_cli.commands import _comparing, _scores, _settings
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
@@ -174,6 +174,9 @@ def command(
     seed: opt.SeedOpt = 0,
     compare: _comparing.CompareOpt = None,
     compare_budget: _comparing.CompareBudgetOpt = None,
+    scores: _scores.ScoresOpt = False,
+    score_weight: _scores.ScoreWeightOpt = None,
+    scores_convention: _scores.ConventionOpt = None,
     quiet: opt.quiet_option("the run folder") = False,
     json_out: opt.JsonOpt = False,
 ) -> None:
@@ -187,6 +190,7 @@ def command(
     engine_options = {name: options.pop(name) for name in ENGINE_OPTIONS}
     output = {name: options.pop(name) for name in ("quiet", "json_out")}
     rows, budgets = options.pop("compare"), options.pop("compare_budget")
+    output["scores"] = _scores.pop_request(options)
     given = _settings.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
     _comparing.refuse_with_compare(given, budgets, rows)
@@ -198,8 +202,9 @@ def command(
 
 
 def run_and_report(
-    plan: pipeline.RunPlan, engine_options: dict[str, Any], *, quiet: bool, json_out: bool
-) -> None:
+    plan: pipeline.RunPlan, engine_options: dict[str, Any], *, quiet: bool, json_out: bool,
+    scores: Any = None,
+) -> None:  # fmt: skip
     """Run the pipeline with one progress display, then print the summary (or JSON, or folder).
 
     ``engine_options`` are those of :data:`ENGINE_OPTIONS` as given. Under torchrun the ranks
@@ -231,9 +236,11 @@ def run_and_report(
         )  # fmt: skip
     if not world.is_main:
         return
+    found = _scores.run_scores(summary, scores, engine_options, torch_device, display, world)
     if json_out:
-        typer.echo(json.dumps(summary.to_json()))
+        typer.echo(json.dumps(summary.to_json() | found))
     elif quiet:
         line(out, str(summary.folder))
     else:
         print_summary(summary)
+        _scores.print_scores(found.get("scores"))

@@ -89,9 +89,12 @@ from ddpp_cli.engine.compare.table import (
     PUBLISHED_HEADING,
     CompareSummary,
     RowResult,
+    has_scores,
     markdown,
     protocol_text,
     published_sources,
+    score_cells,
+    scores_text,
     time_text,
 )
 from ddpp_cli.engine.published import Reference, reference
@@ -130,6 +133,7 @@ __all__ = [
     "coreset_config",
     "default_compare_folder",
     "full_config",
+    "has_scores",
     "markdown",
     "matching_config",
     "matching_cuts",
@@ -149,6 +153,8 @@ __all__ = [
     "run_coreset_row",
     "run_distilled_row",
     "run_full_row",
+    "score_cells",
+    "scores_text",
     "time_text",
     "trajectory_config",
 ]  # fmt: skip

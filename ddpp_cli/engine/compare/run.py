@@ -164,6 +164,7 @@ def compare(
     parallel: int = 1,
     on_event: OnEvent | None = None,
     runners: Mapping[str, RowRunner] | None = None,
+    scores: Any = None,
 ) -> CompareSummary:
     """Run or reuse every row of ``rows`` (in that order) under ``plan``'s evaluation protocol
     and write ``compare.md`` and ``compare.json`` in ``folder``.
@@ -171,7 +172,8 @@ def compare(
     ``budgets`` overrides rows' budgets (:func:`row_budgets`); the run's buffer (``buffer``, or
     one found or trained as ``ddpp run`` does) is made only when a trajectory row asks for it.
     ``runners`` replaces the runner of a row by name (default: :data:`RUNNERS` by kind).
-    Events of every step go to ``on_event``.
+    Events of every step go to ``on_event``. ``scores`` (a ``scores_gather.ScoresRequest``)
+    adds DD-Ranking's scores to every row with a set, on top of the finished rows.
     """
     emit = on_event or (lambda event: None)
     rows = tuple(parse_rows(",".join(rows)))
@@ -196,6 +198,11 @@ def compare(
         )  # fmt: skip
         runner = (runners or {}).get(row) or RUNNERS[ROWS[row].kind]
         results.append(_row_step(job, runner, index, total, emit))
+    if scores is not None:
+        from ddpp_cli.engine.scores_jobs import Where, scored_rows
+
+        where = Where(data_root, download, device, parallel, on_event)
+        results = scored_rows(plan, results, folder, buffer_dir, scores, where, budgets)
     summary = CompareSummary(folder, plan, data_folder, buffer_dir, tuple(results))
     store.atomic_write_text(summary.json_path, json.dumps(summary.to_json(), indent=2) + "\n")
     store.atomic_write_text(summary.markdown_path, markdown(summary))

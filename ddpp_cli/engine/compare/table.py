@@ -31,6 +31,7 @@ class RowResult:
     folder: Path
     budget: Budget
     reference: Reference | None
+    scores: dict[str, Any] | None = None  # --scores: engine/scores_gather.SetScores.to_json()
 
     @property
     def label(self) -> str:
@@ -52,6 +53,7 @@ class RowResult:
             "budget": self.budget.to_json(),
             "reference": None if self.reference is None else asdict(self.reference),
             "evaluation": self.result.to_json(),
+            **({} if self.scores is None else {"scores": self.scores}),
         }
 
 
@@ -126,8 +128,9 @@ def markdown(summary: CompareSummary) -> str:
     lines = [
         f"# ddpp run --compare: {d.dataset}, IPC {d.ipc}, profile {summary.plan.profile}",
         "",
-        "| method | test accuracy (%) | runs | time | set | budget | published (%) |",
-        "|---|---|---|---|---|---|---|",
+        "| method | test accuracy (%) | runs | time | set | budget | published (%) |"
+        + (" HLR | IOR | LRS | ARS |" if has_scores(summary) else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" * 4 if has_scores(summary) else ""),
     ]
     for row in summary.rows:
         cell = "–" if row.reference is None else row.reference.text()
@@ -136,10 +139,13 @@ def markdown(summary: CompareSummary) -> str:
         lines.append(
             f"| {label} | {row.result.mean_std_text()} | {len(row.result.accuracies)} | "
             f"{time_text(row)} | {where} | {row.budget.text()} | {cell} |"
+            + ("".join(f" {text} |" for text in score_cells(row)) if has_scores(summary) else "")
         )
     if any(test_selected(row) for row in summary.rows):
         lines += ["", f"{TEST_SELECTED_MARK.strip()} {TEST_SELECTED_NOTE}."]
     lines += ["", f"Protocol: {protocol_text(summary)}."]
+    if has_scores(summary):
+        lines.append(f"Scores: {scores_text(summary)}.")
     if summary.buffer is not None:
         lines.append(f"Buffer: `{summary.buffer}`.")
     sources = published_sources(summary)
@@ -157,3 +163,29 @@ def published_sources(summary: CompareSummary) -> list[str]:
     """One line per row with a published number: its label and sources, e.g.
     ``DC: DatasetCondensation readme; std: …``."""
     return [f"{row.label}: {row.reference.source}" for row in summary.rows if row.reference]
+
+
+SCORE_KEYS = ("hlr", "ior", "lrs", "ars")
+
+
+def has_scores(summary: CompareSummary) -> bool:
+    return any(row.scores for row in summary.rows)
+
+
+def score_cells(row: RowResult) -> list[str]:
+    """HLR, IOR, LRS, ARS of a row as text (HLR and IOR in the convention's unit); "–" when the
+    row has none (the whole-set row)."""
+    if not row.scores:
+        return ["–"] * len(SCORE_KEYS)
+    return [f"{row.scores[key]:.3f}" for key in SCORE_KEYS]
+
+
+def scores_text(summary: CompareSummary) -> str:
+    """The scores' convention and weights, in one sentence."""
+    scores = next(row.scores for row in summary.rows if row.scores)
+    unit = "fractions" if scores["unit"] == "fraction" else "percentage points"
+    return (
+        f"DD-Ranking's HLR, IOR, LRS, ARS; convention: {scores['convention_label']}; HLR, IOR "
+        f"in {unit}; LRS weight {scores['weight']:g}, ARS γ {scores['gamma']:g}; every "
+        "accuracy used, with its source, is in compare.json's rows' scores"
+    )
