@@ -148,6 +148,7 @@ def summary_table(summary: distill_engine.DistillSummary) -> Table:
         table.add_row("best test", f"at iteration {summary.best_iteration}")
     table.add_row("selection", rule.label)
     table.add_row("method", summary.method)
+    table.add_row("labels", summary.labels)
     table.add_row("iterations", str(summary.iterations))
     if summary.final_lr is not None:
         table.add_row("learned lr", f"{summary.final_lr:.6g}")

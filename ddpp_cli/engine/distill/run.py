@@ -37,6 +37,7 @@ from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.step import divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
+from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
@@ -348,7 +349,7 @@ def _finish(
         best_val_accuracy=state.best.accuracy if by_validation else None,
         tested=tested if test is not None else None, test=test,
         pruned_fraction=files.pruned_stats(), seconds=state.elapsed, method=config.method,
-        selection=rule.name,
+        selection=rule.name, labels=load_set(files.distilled).label_text,
     )  # fmt: skip
     files.write_summary(summary_json(summary))
     return summary
@@ -372,5 +373,6 @@ def summary_json(summary: DistillSummary) -> dict[str, Any]:
         "seconds": summary.seconds,
         "method": summary.method,
         "selection": get_selection(summary.selection).label,
+        "labels": summary.labels,
         "ddpp_version": __version__,
     }

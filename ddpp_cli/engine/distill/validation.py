@@ -21,7 +21,7 @@ from ddpp_cli.engine.distill.events import (
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
+from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images, set_vectors
 from ddpp_cli.engine.events import OnEvent
 
 MAX_VAL_SIZE = 5000
@@ -142,7 +142,7 @@ def final_test(
     result = evaluate_images(
         chosen.images, chosen.labels, test_images, test_labels, num_classes=num_classes,
         lr=chosen.lr, device=device, config=eval_config(config, config.test_runs, "test_eval"),
-        on_event=emit, world=world,
+        on_event=emit, world=world, vectors=set_vectors(chosen),
     )  # fmt: skip
     emit(TestFinished(tested, result))
     return result
