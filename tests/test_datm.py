@@ -149,14 +149,11 @@ def test_selection_takes_the_first_correct_images_then_the_next_expert():
 def test_upper_start_epoch_follows_datms_window():
     """DATM.py 485-489 with T⁻⁺ 10, T⁺ 20 over 1000 iterations: 10 + ⌊10·it/1000⌋, at most 20."""
     config = DistillConfig.from_preset(
-        "cifar10", 10, current_max_start_epoch=10, max_start_epoch=20, expansion_end=1000
+        "cifar10", 10, max_start_from=10, max_start_epoch=20, expansion_end=1000
     )
     wanted = {0: 10, 99: 10, 100: 11, 500: 15, 999: 19, 1000: 20, 5000: 20}
     assert {it: upper_start_epoch(config, it) for it in wanted} == wanted
-    assert (
-        upper_start_epoch(replace(config, current_max_start_epoch=None, expansion_end=None), 0)
-        == 20
-    )
+    assert upper_start_epoch(replace(config, max_start_from=None, expansion_end=None), 0) == 20
 
 
 def test_hard_labels_leave_the_identity_as_it_was():
@@ -179,9 +176,9 @@ def test_hard_labels_leave_the_identity_as_it_was():
         ({"labels": "learned", "lr_labels": -1.0}, "--lr-labels must be a positive number"),
         ({"labels": "teacher", "init": "noise"}, "drop --init noise"),
         ({"min_start_epoch": 2}, "--min-start-epoch must be an integer in [0, --max-start-epoch)"),
-        ({"current_max_start_epoch": 1}, "go together"),
-        ({"current_max_start_epoch": 3, "expansion_end": 5}, "(--min-start-epoch, --max-start"),
-        ({"current_max_start_epoch": 1, "expansion_end": 0}, "--expansion-end must be"),
+        ({"max_start_from": 1}, "go together"),
+        ({"max_start_from": 3, "expansion_end": 5}, "(--min-start-epoch, --max-start"),
+        ({"max_start_from": 1, "expansion_end": 0}, "--expansion-end must be"),
         ({"skip_threshold": 0.0}, "--skip-threshold must be a positive number"),
     ],
 )
@@ -199,7 +196,7 @@ def test_datm_presets_are_its_configs():
     """Spot checks against DATM's configs/*.yaml."""
     cifar10 = presets.datm_preset("cifar10", 10)
     assert cifar10 is not None
-    assert (cifar10["current_max_start_epoch"], cifar10["max_start_epoch"]) == (10, 20)
+    assert (cifar10["max_start_from"], cifar10["max_start_epoch"]) == (10, 20)
     assert (cifar10["expansion_end"], cifar10["lr_labels"], cifar10["batch_syn"]) == (
         1000,
         2.0,

@@ -104,8 +104,8 @@ MinStartEpochOpt = option(
     int | None, DATM_PANEL, "--min-start-epoch",
     help="tm: lowest start epoch T⁻ (DATM's min_start_epoch; default 0).",
 )  # fmt: skip
-CurrentMaxStartEpochOpt = option(
-    int | None, DATM_PANEL, "--current-max-start-epoch",
+MaxStartFromOpt = option(
+    int | None, DATM_PANEL, "--max-start-from",
     help="tm: the upper start epoch at iteration 0, growing to --max-start-epoch over "
     "--expansion-end iterations (DATM's current_max_start_epoch; default: off).",
 )  # fmt: skip

@@ -125,7 +125,7 @@ def command(
     lr_labels: mopt.LrLabelsOpt = None,
     labels: mopt.LabelsOpt = None,
     min_start_epoch: mopt.MinStartEpochOpt = None,
-    current_max_start_epoch: mopt.CurrentMaxStartEpochOpt = None,
+    max_start_from: mopt.MaxStartFromOpt = None,
     expansion_end: mopt.ExpansionEndOpt = None,
     skip_threshold: mopt.SkipThresholdOpt = None,
     zca: opt.ZcaOpt = None,

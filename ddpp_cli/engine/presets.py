@@ -72,8 +72,9 @@ def resolve(dataset: str, ipc: int, *, derive: bool = False) -> dict[str, Any]:
 
 
 # DATM's configs (NUS-HPC-AI-Lab/DATM, configs/<dataset>/ConvIN/IPC<n>.yaml), per dataset and
-# IPC: (N syn_steps, M expert_epochs, T⁻ min_start_epoch, T⁻⁺ current_max_start_epoch or None
-# when Sequential_Generation is False, T⁺ max_start_epoch, expansion_end_epoch or None,
+# IPC: (N syn_steps, M expert_epochs, T⁻ min_start_epoch, T⁻⁺ current_max_start_epoch (ddpp:
+# max_start_from) or None when Sequential_Generation is False, T⁺ max_start_epoch,
+# expansion_end_epoch or None,
 # batch_syn, lr_img, lr_lr, lr_teacher, lr_y, threshold); all with ZCA, Momentum_y 0.9.
 DATM_TABLE: dict[str, dict[int, tuple[Any, ...]]] = {
     "cifar10": {
@@ -96,7 +97,7 @@ DATM_TABLE: dict[str, dict[int, tuple[Any, ...]]] = {
     },
 }
 DATM_KEYS = (
-    "syn_steps", "expert_epochs", "min_start_epoch", "current_max_start_epoch", "max_start_epoch",
+    "syn_steps", "expert_epochs", "min_start_epoch", "max_start_from", "max_start_epoch",
     "expansion_end", "batch_syn", "lr_img", "lr_lr", "lr_teacher", "lr_labels", "skip_threshold",
 )  # fmt: skip
 DATM_LR_LABELS = 2.0  # DATM's default lr_y (utils/cfg.py), for datasets without a config

@@ -128,7 +128,7 @@ class DistillConfig:
     # DATM's difficulty-aligned window of start epochs and its skip rule (None: off).
     labels: str | None = None
     min_start_epoch: int | None = None
-    current_max_start_epoch: int | None = None
+    max_start_from: int | None = None
     expansion_end: int | None = None
     skip_threshold: float | None = None
 
@@ -320,7 +320,7 @@ def lighter_unroll(config: DistillConfig) -> str:
 # tm's settings added after its runs had identities, at the values that change nothing.
 ADDED_TO_TM = {
     "labels": "hard", "lr_labels": None, "min_start_epoch": None,
-    "current_max_start_epoch": None, "expansion_end": None, "skip_threshold": None,
+    "max_start_from": None, "expansion_end": None, "skip_threshold": None,
 }  # fmt: skip
 
 # Settings every method has but whose preset differs by method.

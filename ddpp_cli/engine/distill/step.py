@@ -29,7 +29,7 @@ def upper_start_epoch(config: DistillConfig, iteration: int) -> int:
     """The exclusive upper start epoch of iteration ``iteration`` (0-based): T⁺, or DATM's
     difficulty-aligned window growing from T⁻⁺ to T⁺ over ``expansion_end`` iterations
     (DATM.py 485-489: T⁻⁺ + ⌊(T⁺ − T⁻⁺) · it / end⌋, at most T⁺)."""
-    top, current = config.max_start_epoch, config.current_max_start_epoch
+    top, current = config.max_start_epoch, config.max_start_from
     if current is None:
         return top
     return min(current + int((top - current) * iteration / config.expansion_end), top)
@@ -62,7 +62,7 @@ class MatchingStep:
         expert). The caller checks the guards (:func:`divergence`)."""
         c = self.config
         expert = state.next_expert()
-        if c.min_start_epoch is None and c.current_max_start_epoch is None:
+        if c.min_start_epoch is None and c.max_start_from is None:
             start_epoch = int(
                 torch.randint(c.max_start_epoch, (1,), generator=state.generators["start"])
             )

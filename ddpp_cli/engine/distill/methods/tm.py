@@ -25,7 +25,7 @@ EPS = 0.1  # the paper's pruning threshold ε, where none is given
 SETTINGS = (
     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_lr", "lr_teacher", "eps",
     "unroll", "unroll_budget", "amp", "compile", "channels_last", "buffer", "auto_lr",
-    "labels", "lr_labels", "min_start_epoch", "current_max_start_epoch", "expansion_end",
+    "labels", "lr_labels", "min_start_epoch", "max_start_from", "expansion_end",
     "skip_threshold",
 )  # fmt: skip
 LABEL_MODES = ("hard", "teacher", "learned")  # docs/distill.md, Labels (DATM)
@@ -77,17 +77,17 @@ def check_datm(config: DistillConfig) -> None:
         raise DdppError(
             f"--min-start-epoch must be an integer in [0, --max-start-epoch) (got {low})."
         )
-    current, end = config.current_max_start_epoch, config.expansion_end
+    current, end = config.max_start_from, config.expansion_end
     if (current is None) != (end is None):
         raise DdppError(
-            "--current-max-start-epoch and --expansion-end go together (DATM's window: the upper "
+            "--max-start-from and --expansion-end go together (DATM's window: the upper "
             "start epoch grows from the first to --max-start-epoch over the second's iterations)."
         )
     if current is not None and (
         _not_count(current, (low or 0) + 1) or current > config.max_start_epoch
     ):
         raise DdppError(
-            "--current-max-start-epoch must be an integer in (--min-start-epoch, "
+            "--max-start-from must be an integer in (--min-start-epoch, "
             f"--max-start-epoch] (got {current})."
         )
     if end is not None and _not_count(end, 1):
