@@ -321,3 +321,12 @@ def test_skip_rule_leaves_the_images_and_says_so(tiny_buffer, tiny_mnist, tmp_pa
     assert all(line["loss"] > 1e-9 for line in lines[1:])
     first = setup_of(config, tiny_buffer, tiny_mnist).initial_images()
     assert torch.equal(distilled.load(tmp_path / distill.DISTILLED_NAME).images, first)
+
+
+def test_compare_rows_name_the_labels():
+    """``ddpp run --compare ddpp-learned``: its Markdown and JSON row label."""
+    from ddpp_cli.engine import compare as compare_engine
+
+    row = compare_engine.ROWS["ddpp-learned"]
+    assert (row.label, dict(row.changes)) == ("DDPP, learned soft labels", {"labels": "learned"})
+    assert compare_engine.ROWS["ddpp-teacher"].label == "DDPP, teacher soft labels"

@@ -141,5 +141,10 @@ TM = MethodInfo(
     check=check,
     lighter_unroll=lighter_unroll,
     divergence=divergence,
-    compare_rows=(CompareRow("mtt", "MTT", {"eps": 0.0}), CompareRow("ddpp", "DDPP")),
+    compare_rows=(
+        CompareRow("mtt", "MTT", {"eps": 0.0}),
+        CompareRow("ddpp", "DDPP"),
+        CompareRow("ddpp-teacher", "DDPP, teacher soft labels", {"labels": "teacher"}),
+        CompareRow("ddpp-learned", "DDPP, learned soft labels", {"labels": "learned"}),
+    ),
 )
