@@ -330,3 +330,32 @@ def test_compare_rows_name_the_labels():
     row = compare_engine.ROWS["ddpp-learned"]
     assert (row.label, dict(row.changes)) == ("DDPP, learned soft labels", {"labels": "learned"})
     assert compare_engine.ROWS["ddpp-teacher"].label == "DDPP, teacher soft labels"
+
+
+@pytest.mark.slow
+def test_learned_labels_on_two_ranks_match_one_process(good_buffer, tiny_mnist, tmp_path):
+    """torchrun, 2 gloo ranks, minibatches split 2 + 3, pruning on, both unroll modes: the same
+    images, α, losses and learned labels as one process (test_distill_distributed's tolerances)."""
+    from test_distill_distributed import IMAGES_TOL, torchrun
+    from test_distill_distributed import assert_same_run as assert_close_run
+    from test_distill_distributed import run as run_one
+
+    common = {"buffer": str(good_buffer), "data": str(tiny_mnist)}
+    jobs = []
+    for mode in ("graph", "memory"):
+        overrides = {"unroll": mode, "labels": "learned", "eval_every": 0}
+        run_one(tmp_path / f"one-{mode}", good_buffer, tiny_mnist, **overrides)
+        jobs.append({**common, "folder": str(tmp_path / f"two-{mode}"), "overrides": overrides})
+    torchrun(tmp_path, jobs)
+    for mode in ("graph", "memory"):
+        assert_close_run(tmp_path / f"two-{mode}", tmp_path / f"one-{mode}")
+        two, one = (
+            distilled.load(tmp_path / f"{n}-{mode}" / distill.DISTILLED_NAME)
+            for n in ("two", "one")
+        )
+        scale = float(one.targets.abs().max())
+        torch.testing.assert_close(two.targets, one.targets, rtol=0, atol=IMAGES_TOL * scale)
+        assert not torch.equal(
+            one.targets,
+            setup_of(small_config(labels="teacher"), good_buffer, tiny_mnist).teacher_start()[1],
+        )
