@@ -249,13 +249,17 @@ def test_hard_labels_given_equal_no_option(tiny_buffer, tiny_mnist, tmp_path):
 @pytest.fixture(scope="module")
 def learned_run(good_buffer, tiny_mnist, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("learned")
-    config = small_config(labels="learned", test_runs=1, eval_epochs=1, skip_threshold=5.0)
+    config = small_config(
+        labels="learned", test_runs=1, eval_epochs=1, eval_every=3, eval_runs=1, skip_threshold=5.0
+    )
     run(config, folder, good_buffer, tiny_mnist)
     return folder
 
 
 def test_learned_labels_resume_bit_for_bit(learned_run, good_buffer, tiny_mnist, tmp_path):
-    config = small_config(labels="learned", test_runs=1, eval_epochs=1, skip_threshold=5.0)
+    config = small_config(
+        labels="learned", test_runs=1, eval_epochs=1, eval_every=3, eval_runs=1, skip_threshold=5.0
+    )
 
     def interrupt(event):
         if isinstance(event, distill.IterationFinished) and event.iteration == 4:
@@ -275,6 +279,8 @@ def test_learned_labels_move_and_are_saved_as_soft_labels(learned_run, good_buff
     assert (result.label_mode, result.target_loss, result.temperature) == ("learned", "soft-ce", 1)
     assert result.label_text == "learned labels (soft CE, T 1)"
     assert result.settings["labels"] == "learned" and result.settings["lr_labels"] == 2.0
+    lines = [json.loads(x) for x in (learned_run / distill.METRICS_NAME).read_text().splitlines()]
+    assert [line["iteration"] for line in lines if "val_accuracy" in line] == [0, 3, 6]
     saved = json.loads((learned_run / distill.SUMMARY_NAME).read_text())
     assert saved["labels"] == "learned labels (soft CE, T 1)"
     assert saved["test"]["protocol"]["label_text"] == "learned labels (soft CE, T 1)"
@@ -310,6 +316,12 @@ def test_teacher_start_is_datms(good_buffer, tiny_mnist):
         right = [out for out in outputs if int(out.argmax()) == label]
         assert right
         torch.testing.assert_close(logits[row], torch.stack(right).mean(0).detach())
+    vectors = setup.label_vectors(None)  # validation trains on them, named as the set names them
+    assert torch.equal(vectors.vectors, logits) and (vectors.loss, vectors.temperature) == (
+        "soft-ce",
+        1.0,
+    )
+    assert vectors.text == setup.as_set(images, 0.01, 0).label_text
 
 
 def test_skip_rule_leaves_the_images_and_says_so(tiny_buffer, tiny_mnist, tmp_path):

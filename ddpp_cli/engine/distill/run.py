@@ -191,6 +191,7 @@ class _Loop:
         self.state = state
         self.emit = emit
         self.labels = setup.labels
+        self.vectors = setup.label_vectors  # tm's soft labels validate with soft CE
         self.matching: Step = get_method(setup.config.method).step(setup)
         self.rule = get_selection(setup.config.selection)
         train, test = setup.prepared.train, setup.prepared.test
@@ -210,7 +211,8 @@ class _Loop:
         state, iteration, rule = self.state, self.state.iteration, self.rule
         lr = state.learned_lr  # None: the evaluation's default, as for a coreset
         self.validation.last = None
-        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
+        vectors = self.vectors(state.targets)
+        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration, vectors)
         improved = state.best.improved_by(accuracy)
         if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy

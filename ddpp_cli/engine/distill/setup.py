@@ -30,6 +30,7 @@ from ddpp_cli.engine.kip.krr import centred_one_hot
 from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.student import Student
+from ddpp_cli.engine.training import LabelVectors
 
 
 @dataclass
@@ -135,6 +136,17 @@ class RunSetup:
             logits = teacher.teacher_logits(model, self.layout, thetas, images, self.labels)
             self.teacher = (images, logits.detach())
         return self.teacher
+
+    def label_vectors(self, targets: torch.Tensor | None) -> LabelVectors | None:
+        """What validation trains with: tm's teacher or learned (``targets``) labels with soft
+        CE at T 1; None (the hard labels) otherwise, kip's learned labels included."""
+        if self.config.labels not in ("teacher", "learned"):
+            return None
+        fields = self._label_vectors(targets)
+        text = f"{'teacher soft' if self.config.labels == 'teacher' else 'learned'} labels"
+        return LabelVectors(
+            fields["targets"].to(self.device), "soft-ce", 1.0, f"{text} (soft CE, T 1)"
+        )
 
     def matching_labels(self) -> torch.Tensor:
         """What the unroll's inner loss is taken against when the state holds no learned label

@@ -23,6 +23,7 @@ from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images, set_vectors
 from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.training import LabelVectors
 
 MAX_VAL_SIZE = 5000
 
@@ -103,17 +104,22 @@ class Validation:
         return c.eval_every > 0 and (iteration % c.eval_every == 0 or iteration == c.iterations)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        lr: float | None,
+        iteration: int,
+        vectors: LabelVectors | None = None,
     ) -> tuple[float, float]:
         """Mean and std accuracy of networks trained on ``images`` with step size ``lr`` (None:
-        the evaluation's default, as for a set without a learned lr); the whole result is kept
-        as :attr:`last`."""
+        the evaluation's default, as for a set without a learned lr) and label ``vectors`` (None:
+        the hard labels); the whole result is kept as :attr:`last`."""
         c = self.config
         self.emit(ValidationStarted(iteration, c.eval_runs, c.eval_epochs))
         self.last = evaluate_images(
             images, labels, self.images, self.labels, num_classes=self.num_classes,
             config=eval_config(c, c.eval_runs, self.purpose), lr=lr, device=self.device,
-            on_event=self.emit, world=self.world,
+            on_event=self.emit, world=self.world, vectors=vectors,
         )  # fmt: skip
         return self.last.mean, self.last.std
 
