@@ -211,8 +211,9 @@ class _Loop:
         state, iteration, rule = self.state, self.state.iteration, self.rule
         lr = state.learned_lr  # None: the evaluation's default, as for a coreset
         self.validation.last = None
-        vectors = self.vectors(state.targets)
-        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration, vectors)
+        vectors = self.vectors(state.targets)  # None: the hard labels, the call as before
+        soft = {} if vectors is None else {"vectors": vectors}
+        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration, **soft)
         improved = state.best.improved_by(accuracy)
         if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy
