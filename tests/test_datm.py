@@ -371,3 +371,23 @@ def test_learned_labels_on_two_ranks_match_one_process(good_buffer, tiny_mnist, 
             one.targets,
             setup_of(small_config(labels="teacher"), good_buffer, tiny_mnist).teacher_start()[1],
         )
+
+
+def test_teacher_labels_stay_fixed_and_resume_bit_for_bit(good_buffer, tiny_mnist, tmp_path):
+    """The teacher labels are not checkpointed: a resumed run makes them again, the same."""
+    config = small_config(labels="teacher", iterations=4)
+    run(config, tmp_path / "straight", good_buffer, tiny_mnist)
+    run(replace(config, iterations=2), tmp_path / "resumed", good_buffer, tiny_mnist)
+    run(config, tmp_path / "resumed", good_buffer, tiny_mnist)
+    assert_same_run(tmp_path / "straight", tmp_path / "resumed")
+    saved = store.read(tmp_path / "resumed" / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
+    assert "targets" not in saved.tensors
+    result = distilled.load(tmp_path / "resumed" / distill.DISTILLED_NAME)
+    start = setup_of(config, good_buffer, tiny_mnist).teacher_start()
+    assert torch.equal(result.targets, start[1].cpu()) and result.label_mode == "teacher"
+    assert not torch.equal(result.images, start[0])  # the images moved
+
+
+def test_resume_with_other_labels_is_refused(learned_run):
+    with pytest.raises(DdppError, match="labels: learned → teacher"):
+        distill.resume_config(learned_run, {"labels": "teacher"})

@@ -54,7 +54,7 @@ def resume_config(
     ``iterations`` below those already done.
     """
     previous = saved_config(folder)
-    for name in ("method", "selection"):  # checked first: each decides other settings' checks
+    for name in ("method", "selection", "labels"):  # checked first: each decides other checks
         value = (
             getattr(given, name) if isinstance(given, DistillConfig) else (given or {}).get(name)
         )
