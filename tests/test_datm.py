@@ -22,6 +22,7 @@ from ddpp_cli.engine.distill import DistillConfig, teacher
 from ddpp_cli.engine.distill.step import upper_start_epoch
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.functional import ParamLayout, flat_parameters, functional_forward
+from ddpp_cli.engine.presets import DATM_ORIGIN
 from ddpp_cli.engine.student import Student, plan_unroll
 from ddpp_cli.engine.unroll import match
 
@@ -391,3 +392,23 @@ def test_teacher_labels_stay_fixed_and_resume_bit_for_bit(good_buffer, tiny_mnis
 def test_resume_with_other_labels_is_refused(learned_run):
     with pytest.raises(DdppError, match="labels: learned → teacher"):
         distill.resume_config(learned_run, {"labels": "teacher"})
+
+
+def test_soft_labels_take_datms_config_as_their_preset():
+    """CIFAR-10 IPC 10 (DATM's configs/CIFAR-10/ConvIN/IPC10.yaml): N 80, batch_syn 100, the
+    window 10 → 20 over 1000 iterations, threshold 1, lr_y 2; hard labels keep MTT's row."""
+    learned = DistillConfig.from_preset("cifar10", 10, labels="learned")
+    wanted = {
+        "syn_steps": 80, "expert_epochs": 2, "min_start_epoch": 0, "max_start_from": 10,
+        "max_start_epoch": 20, "expansion_end": 1000, "batch_syn": 100, "lr_img": 100.0,
+        "lr_lr": 1e-5, "lr_teacher": 0.01, "lr_labels": 2.0, "skip_threshold": 1.0,
+    }  # fmt: skip
+    assert {name: getattr(learned, name) for name in wanted} == wanted
+    hard = DistillConfig.from_preset("cifar10", 10)
+    assert (hard.syn_steps, hard.batch_syn, hard.max_start_from) == (30, None, None)
+    resolved = distill.resolve({"dataset": "cifar10", "ipc": 10, "labels": "teacher"}, None)
+    assert resolved.config.syn_steps == 80 and resolved.config.lr_labels is None
+    assert resolved.origin["syn_steps"] == resolved.origin["skip_threshold"] == DATM_ORIGIN
+    assert resolved.origin["labels"] == "user"
+    derived = DistillConfig.from_preset("cifar10", 10, labels="learned", derive=True)
+    assert (derived.lr_teacher, derived.lr_lr) == (None, None)

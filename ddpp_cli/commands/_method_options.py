@@ -98,7 +98,7 @@ LabelsOpt = option(
     str | None, DATM_PANEL, "--labels",
     help="tm: hard (default: class indices), teacher (the experts' averaged logits of real "
     "images they classify correctly; soft CE) or learned (those logits optimised with the "
-    "images).",
+    "images); teacher and learned take DATM's configs as preset where they exist.",
 )  # fmt: skip
 MinStartEpochOpt = option(
     int | None, DATM_PANEL, "--min-start-epoch",

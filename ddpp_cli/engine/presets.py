@@ -116,3 +116,21 @@ def datm_lr_labels(dataset: str, ipc: int) -> float:
     """DATM's lr_y for ``dataset``/``ipc`` (its config's), else its default 2.0."""
     preset = datm_preset(dataset, ipc)
     return DATM_LR_LABELS if preset is None else float(preset["lr_labels"])
+
+
+SOFT_LABELS = ("teacher", "learned")
+DATM_ORIGIN = "preset (DATM configs)"  # the settings table's "from" for its values
+
+
+def datm_values(dataset: str, ipc: int, labels: str | None, *, derive: bool = False) -> dict:
+    """The preset of a tm run with DATM's labels (``labels`` teacher or learned): DATM's config
+    for ``dataset``/``ipc`` (its step sizes lr_teacher, lr_lr left open with ``derive``; lr_y
+    for learned labels only); {} for hard labels or a dataset DATM has no config for."""
+    preset = datm_preset(dataset, ipc) if labels in SOFT_LABELS else None
+    if preset is None:
+        return {}
+    if derive:
+        preset.update(dict.fromkeys(DERIVED))
+    if labels != "learned":  # fixed teacher labels have no lr
+        del preset["lr_labels"]
+    return preset

@@ -249,6 +249,7 @@ class DistillConfig:
         """
         given = {k: v for k, v in values.items() if v is not None}
         preset = method_preset(method, dataset, ipc, derive=derive)
+        preset.update(presets.datm_values(dataset, ipc, given.get("labels"), derive=derive))
         return cls(dataset=dataset, ipc=ipc, method=method, **{**preset, **given})
 
     def with_method(self, method: str, **changes: Any) -> DistillConfig:
