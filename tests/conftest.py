@@ -186,7 +186,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     set."""
     from ddpp_cli.engine import distill, store
 
-    first, second = (store.read(f / distill.DISTILLED_NAME, store.DISTILLED_FORMAT) for f in (a, b))
+    formats = (store.DISTILLED_FORMAT, store.DISTILLED_FORMAT_V2)  # hard labels, label vectors
+    first, second = (store.read(f / distill.DISTILLED_NAME, formats) for f in (a, b))
     assert first.tensors.keys() == second.tensors.keys()
     assert all(_identical(first.tensors[k], second.tensors[k]) for k in first.tensors)
     ca, cb = (store.read(f / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT) for f in (a, b))
@@ -207,7 +208,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     )
     assert (a / distill.BEST_NAME).is_file() == (b / distill.BEST_NAME).is_file()
     if (a / distill.BEST_NAME).is_file():
-        best_a, best_b = (store.read(f / distill.BEST_NAME, store.DISTILLED_FORMAT) for f in (a, b))
+        best_a, best_b = (store.read(f / distill.BEST_NAME, formats) for f in (a, b))
         assert torch.equal(best_a.tensors["images"], best_b.tensors["images"])
         changeable = distill.CHANGEABLE_ON_RESUME  # e.g. a resume's longer --iterations
         settings_a, settings_b = (

@@ -100,7 +100,7 @@ def test_the_tables_read_the_records():
     assert {name: row.method for name, row in compare_engine.method_rows().items()} == {
         "dc": "dc", "dsa": "dsa", "dm": "dm", "cafe": "cafe", "cafe-dsa": "cafe-dsa",
         "kip": "kip", "mtt": "tm",
-        "ddpp": "tm",
+        "ddpp": "tm", "ddpp-teacher": "tm", "ddpp-learned": "tm",
     }  # fmt: skip
     assert compare_engine.ROWS["dm"].quick == distill.get_method("dm").quick_budget == 200
     assert compare_engine.ROWS["mtt"].changes == {"eps": 0.0}

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate
+from ddpp_cli.engine.distill.config import ADDED_TO_TM
 from ddpp_cli.engine.model_selection import DEFAULT_SELECTION, get_selection
 from ddpp_cli.progress import milestone, percent
 
@@ -102,6 +103,8 @@ def settings_table(event: distill_engine.DistillStarted, origin: dict[str, str])
         rows["batch_syn"] = "all"
     for name, value in rows.items():
         source = event.derived.get(name) or origin.get(name, "default")
+        if ADDED_TO_TM.get(name, ...) == value and source == "default":  # DATM's, off: as before
+            continue
         if from_buffer and name in ("zca", "train_subset") and source != "user":
             source = "buffer" if source != "resume" else source
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value), source)
@@ -148,6 +151,7 @@ def summary_table(summary: distill_engine.DistillSummary) -> Table:
         table.add_row("best test", f"at iteration {summary.best_iteration}")
     table.add_row("selection", rule.label)
     table.add_row("method", summary.method)
+    table.add_row("labels", summary.labels)
     table.add_row("iterations", str(summary.iterations))
     if summary.final_lr is not None:
         table.add_row("learned lr", f"{summary.final_lr:.6g}")

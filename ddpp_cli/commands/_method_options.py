@@ -1,5 +1,6 @@
 """The options of the distillation methods other than tm (one help panel, named from the
-method registry), declared once as ``Annotated`` aliases like :mod:`._options`."""
+method registry), and tm's labels and DATM's options (their own panel), declared once as
+``Annotated`` aliases like :mod:`._options`."""
 
 from __future__ import annotations
 
@@ -84,5 +85,36 @@ LearnLabelsOpt = option(
 )  # fmt: skip
 LrLabelsOpt = option(
     float | None, PANEL, "--lr-labels",
-    help=preset_default("kip: Adam lr of the label vectors.", "lr_labels"),
+    help=preset_default(
+        "kip: Adam lr of the label vectors; tm with --labels learned: their SGD lr (momentum "
+        "0.9, DATM's lr_y; default: DATM's config for the dataset and IPC, else 2).",
+        "lr_labels",
+    ),
+)  # fmt: skip
+
+# tm's labels and DATM's window and skip rule (docs/distill.md, Labels (DATM)).
+DATM_PANEL = "tm: labels (DATM)"
+LabelsOpt = option(
+    str | None, DATM_PANEL, "--labels",
+    help="tm: hard (default: class indices), teacher (the experts' averaged logits of real "
+    "images they classify correctly; soft CE) or learned (those logits optimised with the "
+    "images); teacher and learned take DATM's configs as preset where they exist.",
+)  # fmt: skip
+MinStartEpochOpt = option(
+    int | None, DATM_PANEL, "--min-start-epoch",
+    help="tm: lowest start epoch T⁻ (DATM's min_start_epoch; default 0).",
+)  # fmt: skip
+MaxStartFromOpt = option(
+    int | None, DATM_PANEL, "--max-start-from",
+    help="tm: the upper start epoch at iteration 0, growing to --max-start-epoch over "
+    "--expansion-end iterations (DATM's current_max_start_epoch; default: off).",
+)  # fmt: skip
+ExpansionEndOpt = option(
+    int | None, DATM_PANEL, "--expansion-end",
+    help="tm: iterations over which the window grows (DATM's expansion_end_epoch).",
+)  # fmt: skip
+SkipThresholdOpt = option(
+    float | None, DATM_PANEL, "--skip-threshold",
+    help="tm: no update when the normalised matching loss exceeds this (DATM's threshold; "
+    "default: off).",
 )  # fmt: skip

@@ -23,6 +23,7 @@ from torch import nn
 from ddpp_cli.engine.augment import DSA, DSAParams
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.functional import ParamLayout, functional_forward
+from ddpp_cli.engine.training import soft_cross_entropy
 
 AMP_MODES = ("off", "bf16")
 COMPILE_BACKEND = "inductor"  # tests swap in "aot_eager", which traces the same but skips codegen
@@ -74,6 +75,13 @@ def plan_unroll(
 # ------------------------------------------------------------------------- the student
 
 
+def label_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CE against class indices ``y``, or soft CE at temperature 1 against label vectors."""
+    if y.is_floating_point():
+        return soft_cross_entropy(logits, y, 1.0)
+    return F.cross_entropy(logits, y)
+
+
 class Student:
     """The student network as a pure function of a flat parameter vector θ.
 
@@ -113,12 +121,16 @@ class Student:
     # -- the maths --------------------------------------------------------------------------
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """CE(f(x; θ), y), the network under autocast when ``amp`` asks, the loss in float32."""
+        """CE(f(x; θ), y), the network under autocast when ``amp`` asks, the loss in float32.
+
+        ``y`` holds class indices, or label vectors (float, [B, K]: logits, as DATM's): then the
+        loss is soft cross-entropy at temperature 1 against softmax(y) (DATM's
+        ``SoftCrossEntropy``), differentiable w.r.t. ``y`` too."""
         if self.amp == "off":
-            return F.cross_entropy(functional_forward(self.model, self.layout, theta, x), y)
+            return label_loss(functional_forward(self.model, self.layout, theta, x), y)
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
             logits = functional_forward(self.model, self.layout, theta, x)
-        return F.cross_entropy(logits.to(theta.dtype), y)
+        return label_loss(logits.to(theta.dtype), y)
 
     def inputs(self, images: torch.Tensor, labels: torch.Tensor, step: UnrollStep) -> tuple:
         """The step's augmented minibatch A_j(b_j) (differentiable w.r.t. ``images``) and labels;

@@ -123,7 +123,14 @@ class DistillConfig:
     kernel_width: int | None = None
     krr_reg: float | None = None
     learn_labels: bool | None = None
-    lr_labels: float | None = None
+    lr_labels: float | None = None  # kip's Adam lr, or tm's with --labels learned (DATM's lr_y)
+    # tm (docs/distill.md, Labels (DATM)): hard labels, an expert's logits, or those learned;
+    # DATM's difficulty-aligned window of start epochs and its skip rule (None: off).
+    labels: str | None = None
+    min_start_epoch: int | None = None
+    max_start_from: int | None = None
+    expansion_end: int | None = None
+    skip_threshold: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", data.info(self.dataset).name)
@@ -242,6 +249,7 @@ class DistillConfig:
         """
         given = {k: v for k, v in values.items() if v is not None}
         preset = method_preset(method, dataset, ipc, derive=derive)
+        preset.update(presets.datm_values(dataset, ipc, given.get("labels"), derive=derive))
         return cls(dataset=dataset, ipc=ipc, method=method, **{**preset, **given})
 
     def with_method(self, method: str, **changes: Any) -> DistillConfig:
@@ -282,6 +290,9 @@ class DistillConfig:
             del settings["channels"]  # as recorded before --channels existed
         if self.selection == DEFAULT_SELECTION:
             del settings["selection"]  # likewise, before --selection existed
+        for name, default in ADDED_TO_TM.items():  # likewise, before --labels and DATM's window
+            if name in settings and settings[name] == default:
+                del settings[name]
         for name, methods in METHOD_SETTINGS.items():  # another method's unset settings: so that
             if settings.get(name, 0) is None and self.method not in methods:  # a method added
                 del settings[name]  # later leaves the identity of every other run as it was
@@ -306,6 +317,12 @@ def lighter_unroll(config: DistillConfig) -> str:
     other methods, or tm already recomputing every step)."""
     return get_method(config.method).lighter_unroll(config)
 
+
+# tm's settings added after its runs had identities, at the values that change nothing.
+ADDED_TO_TM = {
+    "labels": "hard", "lr_labels": None, "min_start_epoch": None,
+    "max_start_from": None, "expansion_end": None, "skip_threshold": None,
+}  # fmt: skip
 
 # Settings every method has but whose preset differs by method.
 METHOD_PRESET_FIELDS = ("lr_img", "iterations", "init")

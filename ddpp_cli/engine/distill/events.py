@@ -111,3 +111,4 @@ class DistillSummary:
     seconds: float = 0.0
     method: str = DEFAULT_METHOD
     selection: str = DEFAULT_SELECTION  # the rule's name (engine/model_selection.py)
+    labels: str = "hard labels"  # the set's labels as tables name them (DistilledSet.label_text)

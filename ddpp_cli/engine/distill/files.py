@@ -196,9 +196,9 @@ def read_checkpoint(path: Path) -> tuple[StateDict, dict[str, Any]]:
     experts = ("expert_order",) if info.needs_buffer else ()
     for name in (*learned, *experts, *(f"rng_{g}" for g in info.generators)):
         tensors[name] = store.require_tensor(stored, name, ndim=1)
-    if config.get("learn_labels"):  # kip's learned label vectors
+    if config.get("learn_labels") or config.get("labels") == "learned":  # learned label vectors
         tensors["targets"] = store.require_tensor(stored, "targets", ndim=2)
-    for name in ("momentum_images", "momentum_lr", *_ADAM_TENSORS):
+    for name in ("momentum_images", "momentum_lr", "momentum_targets", *_ADAM_TENSORS):
         if name in stored.tensors:
             tensors[name] = stored.tensors[name]
     state_meta = {

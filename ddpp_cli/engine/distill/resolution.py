@@ -54,7 +54,7 @@ def resume_config(
     ``iterations`` below those already done.
     """
     previous = saved_config(folder)
-    for name in ("method", "selection"):  # checked first: each decides other settings' checks
+    for name in ("method", "selection", "labels"):  # checked first: each decides other checks
         value = (
             getattr(given, name) if isinstance(given, DistillConfig) else (given or {}).get(name)
         )
@@ -139,6 +139,11 @@ def resolve(
         check_options(method, [*given, *(["auto_lr"] if derive else [])])
         info = get_method(method)
         preset = info.preset(given["dataset"], given["ipc"], derive)
+        # tm with --labels teacher|learned: DATM's configs where they cover the dataset
+        datm = presets.datm_values(
+            given["dataset"], given["ipc"], given.get("labels"), derive=derive
+        )
+        preset.update(datm)
         chosen = {**preset, **_profile_values(profile or {}, preset)}
         values = {k: v for k, v in chosen.items() if k not in info.preset_only}
         rest = {
@@ -150,6 +155,7 @@ def resolve(
             dataset=given["dataset"], ipc=given["ipc"], method=method, **{**values, **rest}
         )
         origin = {name: "preset" for name in preset}
+        origin.update({name: presets.DATM_ORIGIN for name in datm})
         origin.update({name: "derived" for name in info.derived if name in preset})
         origin.update({name: "profile" for name in profile or {}})
     if all_images:

@@ -37,6 +37,7 @@ from ddpp_cli.engine.distill.setup import RunSetup, set_up, set_up_method
 from ddpp_cli.engine.distill.state import DistillState, StateDict
 from ddpp_cli.engine.distill.step import divergence
 from ddpp_cli.engine.distill.validation import Validation, final_test
+from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
@@ -190,6 +191,7 @@ class _Loop:
         self.state = state
         self.emit = emit
         self.labels = setup.labels
+        self.vectors = setup.label_vectors  # tm's soft labels validate with soft CE
         self.matching: Step = get_method(setup.config.method).step(setup)
         self.rule = get_selection(setup.config.selection)
         train, test = setup.prepared.train, setup.prepared.test
@@ -209,7 +211,9 @@ class _Loop:
         state, iteration, rule = self.state, self.state.iteration, self.rule
         lr = state.learned_lr  # None: the evaluation's default, as for a coreset
         self.validation.last = None
-        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration)
+        vectors = self.vectors(state.targets)  # None: the hard labels, the call as before
+        soft = {} if vectors is None else {"vectors": vectors}
+        accuracy, std = self.validation(state.images.detach(), self.labels, lr, iteration, **soft)
         improved = state.best.improved_by(accuracy)
         if improved:
             state.best.iteration, state.best.accuracy = iteration, accuracy
@@ -348,7 +352,7 @@ def _finish(
         best_val_accuracy=state.best.accuracy if by_validation else None,
         tested=tested if test is not None else None, test=test,
         pruned_fraction=files.pruned_stats(), seconds=state.elapsed, method=config.method,
-        selection=rule.name,
+        selection=rule.name, labels=load_set(files.distilled).label_text,
     )  # fmt: skip
     files.write_summary(summary_json(summary))
     return summary
@@ -372,5 +376,6 @@ def summary_json(summary: DistillSummary) -> dict[str, Any]:
         "seconds": summary.seconds,
         "method": summary.method,
         "selection": get_selection(summary.selection).label,
+        "labels": summary.labels,
         "ddpp_version": __version__,
     }

@@ -14,10 +14,12 @@ from ddpp_cli.engine import data, models, store, zca
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.buffer import BufferManifest, expert_files, read_manifest
 from ddpp_cli.engine.device import make_generator, seeded
+from ddpp_cli.engine.distill import teacher
 from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.methods import get_method, list_methods
-from ddpp_cli.engine.distill.state import DistillState, StateDict
+from ddpp_cli.engine.distill.state import LABEL_OPTIMIZER, DistillState, StateDict
+from ddpp_cli.engine.distill.step import read_snapshots
 from ddpp_cli.engine.distill.validation import check_ipc, split_validation, validation_size
 from ddpp_cli.engine.distilled import DistilledSet, zca_reference
 from ddpp_cli.engine.distributed import World
@@ -28,6 +30,7 @@ from ddpp_cli.engine.kip.krr import centred_one_hot
 from ddpp_cli.engine.layout import ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.student import Student
+from ddpp_cli.engine.training import LabelVectors
 
 
 @dataclass
@@ -53,6 +56,7 @@ class RunSetup:
     device: torch.device
     world: World = field(default_factory=World)  # under torchrun: this rank's place
     real_by_class: list[torch.Tensor] | None = None
+    teacher: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, logits), once made
 
     @property
     def buffer_config(self) -> dict[str, Any]:
@@ -71,7 +75,8 @@ class RunSetup:
     ) -> DistilledSet:
         """The distilled-set file's content for ``images`` and ``lr`` at ``iteration`` (lr None
         for a method that learns no step size: evaluation then uses its default, as for a
-        coreset); learned label vectors ``targets`` are kept as the set's (KIP: MSE)."""
+        coreset); learned label vectors ``targets`` are kept as the set's (KIP: MSE; tm: soft
+        CE at temperature 1), as are tm's teacher labels."""
         settings = {**asdict(self.config), "iteration": iteration}
         if self.buffer is not None:
             settings.update(
@@ -86,11 +91,69 @@ class RunSetup:
             images=images.detach().cpu(), labels=self.labels.cpu(), lr=lr,
             dataset=self.config.dataset, class_names=tuple(self.prepared.train.class_names),
             preprocessing=self.preprocessing, source="distill", arch=self.config.arch,
-            settings=settings, seed=self.config.seed,
-            **({} if targets is None else {
-                "targets": targets.detach().cpu(), "label_mode": "learned", "target_loss": "mse",
-            }),
+            settings=settings, seed=self.config.seed, **self._label_vectors(targets),
         )  # fmt: skip
+
+    def _label_vectors(self, targets: torch.Tensor | None) -> dict[str, Any]:
+        """The set's label-vector fields: learned ``targets`` (kip's MSE, tm's soft CE) or tm's
+        teacher labels; none with hard labels."""
+        mode = self.config.labels or "hard"
+        if mode == "teacher":
+            targets = self.teacher_start()[1]
+        if targets is None:
+            return {}
+        if mode == "hard":  # kip
+            return {
+                "targets": targets.detach().cpu(),
+                "label_mode": "learned",
+                "target_loss": "mse",
+            }
+        return {
+            "targets": targets.detach().cpu().float(), "label_mode": mode,
+            "target_loss": "soft-ce", "temperature": 1.0,
+        }  # fmt: skip
+
+    def teacher_start(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """DATM's start (``engine/distill/teacher.py``): IPC real training images per class
+        that the experts (in index order, final snapshots) classify correctly, taken in the
+        ``init`` draw's order, and their averaged correct logits; made once per setup."""
+        if self.teacher is None:
+            c, train = self.config, self.prepared.train
+            experts = sorted(self.expert_paths)
+            last = self.buffer_epochs
+            thetas = [
+                read_snapshots(self.expert_paths[e], (last,))[0].to(self.device) for e in experts
+            ]
+            generator = make_generator(c.seed, "init")
+            pool_labels = train.labels[self.train_idx]
+            shuffled = data.shuffled_per_class(pool_labels, self.prepared.num_classes, generator)
+            candidates = [self.train_idx[members] for members in shuffled]
+            model = self.student.model
+            chosen = teacher.select_correct(
+                model, self.layout, thetas, candidates, train.images, c.ipc, train.class_names
+            )
+            images = train.images[chosen].clone()
+            logits = teacher.teacher_logits(model, self.layout, thetas, images, self.labels)
+            self.teacher = (images, logits.detach())
+        return self.teacher
+
+    def label_vectors(self, targets: torch.Tensor | None) -> LabelVectors | None:
+        """What validation trains with: tm's teacher or learned (``targets``) labels with soft
+        CE at T 1; None (the hard labels) otherwise, kip's learned labels included."""
+        if self.config.labels not in ("teacher", "learned"):
+            return None
+        fields = self._label_vectors(targets)
+        text = f"{'teacher soft' if self.config.labels == 'teacher' else 'learned'} labels"
+        return LabelVectors(
+            fields["targets"].to(self.device), "soft-ce", 1.0, f"{text} (soft CE, T 1)"
+        )
+
+    def matching_labels(self) -> torch.Tensor:
+        """What the unroll's inner loss is taken against when the state holds no learned label
+        vectors: the hard labels, or (``--labels teacher``) the teacher's logits."""
+        if self.config.labels == "teacher":
+            return self.teacher_start()[1].to(self.device)
+        return self.labels
 
     def checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """What every checkpoint holds besides the state: the labels and the run's settings."""
@@ -126,9 +189,16 @@ class RunSetup:
                 streams=info.generators, optimizer=info.optimizer,
                 targets=self.initial_targets(), lr_targets=c.lr_labels,
             )  # fmt: skip
+        if c.labels in (None, "hard"):
+            return DistillState.start(
+                self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
+                lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
+            )  # fmt: skip
+        images, logits = self.teacher_start()
         return DistillState.start(
-            self.initial_images(), c.lr_teacher, list(self.expert_paths), seed=c.seed,
-            lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
+            images, c.lr_teacher, list(self.expert_paths), seed=c.seed, lr_img=c.lr_img,
+            lr_lr=c.lr_lr, device=self.device,
+            targets=logits if c.labels == "learned" else None, lr_targets=c.lr_labels,
         )  # fmt: skip
 
     def initial_targets(self) -> torch.Tensor | None:
@@ -156,6 +226,7 @@ class RunSetup:
         return DistillState.from_state_dict(
             saved, lr_img=c.lr_img, lr_lr=c.lr_lr, device=self.device,
             optimizer=get_method(c.method).optimizer, lr_targets=c.lr_labels,
+            targets_optimizer=LABEL_OPTIMIZER if c.labels == "learned" else None,
         )  # fmt: skip
 
 

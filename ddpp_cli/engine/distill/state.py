@@ -15,7 +15,8 @@ is initialised from a seed derived from (seed, iteration), so it needs no state.
 A method whose record names Adam (kip) keeps Adam's state instead of the momentum buffers:
 ``adam_images_step`` / ``adam_images_exp_avg`` / ``adam_images_exp_avg_sq``; one that learns
 label vectors (kip with ``--learn-labels``) also ``targets`` [K·IPC, K] and their
-``adam_targets_*``. The checkpoints of the other methods are unchanged.
+``adam_targets_*``; tm with ``--labels learned`` holds ``targets`` and ``momentum_targets``
+(SGD, momentum 0.9). The checkpoints of the other methods are unchanged.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import torch
 
 from ddpp_cli.engine.device import make_generator
 
-# The images' optimizers a method's record may name (``MethodInfo.optimizer``).
-OPTIMIZERS = ("sgd", "adam")
+# The images' optimizers a method's record may name (``MethodInfo.optimizer``); "sgd-0.9" is
+# DATM's for learned labels (SGD, momentum 0.9: ``Momentum_y``).
+OPTIMIZERS = ("sgd", "adam", "sgd-0.9")
+LABEL_OPTIMIZER = "sgd-0.9"  # tm's learned labels (--labels learned)
 # The streams of a run from a buffer (tm's record's ``generators``): the expert order, the start
 # epochs, and minibatches + DSA draws.
 GENERATORS = ("experts", "start", "unroll")
@@ -106,6 +109,7 @@ class DistillState:
         optimizer: str = "sgd",
         targets: torch.Tensor | None = None,
         lr_targets: float | None = None,
+        targets_optimizer: str | None = None,
         **rest: Any,
     ) -> DistillState:
         """A state whose images, α (None: no learned step size) and label vectors (None: none
@@ -116,7 +120,7 @@ class DistillState:
         y, opt_targets = None, None
         if targets is not None:
             y = targets.to(device, torch.float32).detach().clone().requires_grad_(True)
-            opt_targets = _optimizer(optimizer, y, lr_targets)
+            opt_targets = _optimizer(targets_optimizer or optimizer, y, lr_targets)
         alpha, opt_lr = None, None
         if lr is not None:
             alpha = torch.as_tensor(lr, dtype=torch.float32).to(device).reshape(()).detach()
@@ -166,14 +170,18 @@ class DistillState:
         lr_img: float,
         lr_lr: float,
         device: torch.device,
+        targets: torch.Tensor | None = None,
+        lr_targets: float | None = None,
     ) -> DistillState:
-        """Iteration 0: new generators from ``seed`` and a first shuffled expert order."""
+        """Iteration 0: new generators from ``seed`` and a first shuffled expert order; with
+        ``targets``, learned label vectors (SGD with momentum 0.9 at ``lr_targets``)."""
         generators = {name: make_generator(seed, name) for name in GENERATORS}
         experts = sorted(experts)
         shuffle = torch.randperm(len(experts), generator=generators["experts"])
         return cls.create(
             images, lr, lr_img=lr_img, lr_lr=lr_lr, device=device,
             generators=generators, experts=experts, order=torch.tensor(experts)[shuffle],
+            targets=targets, lr_targets=lr_targets, targets_optimizer=LABEL_OPTIMIZER,
         )  # fmt: skip
 
     def next_expert(self) -> int:
@@ -235,6 +243,7 @@ class DistillState:
         device: torch.device,
         optimizer: str = "sgd",
         lr_targets: float | None = None,
+        targets_optimizer: str | None = None,
     ) -> DistillState:
         """The state :meth:`state_dict` copied (on ``device``, with the given optimizer and
         lrs); its generators are the ``rng_*`` tensors it holds."""
@@ -253,6 +262,7 @@ class DistillState:
             best=Best(meta.get("best_iteration"), meta.get("best_val_accuracy")),
             elapsed=float(meta.get("elapsed_seconds") or 0.0), optimizer=optimizer,
             targets=tensors.get("targets"), lr_targets=lr_targets,
+            targets_optimizer=targets_optimizer,
         )  # fmt: skip
         _load_optimizer(state.opt_images, tensors, "images")
         if state.opt_lr is not None:
@@ -269,6 +279,8 @@ def _optimizer(kind: str, leaf: torch.Tensor, lr: float | None) -> torch.optim.O
         return torch.optim.Adam([leaf], lr=lr)
     if kind == "sgd":
         return torch.optim.SGD([leaf], lr=lr, momentum=0.5)
+    if kind == "sgd-0.9":
+        return torch.optim.SGD([leaf], lr=lr, momentum=0.9)
     raise ValueError(f"unknown optimizer {kind!r} (one of {OPTIMIZERS})")
 
 

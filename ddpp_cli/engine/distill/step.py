@@ -25,9 +25,21 @@ def read_snapshots(path: Path, rows: tuple[int, ...]) -> list[torch.Tensor]:
         return [params[row].float() for row in rows]
 
 
+def upper_start_epoch(config: DistillConfig, iteration: int) -> int:
+    """The exclusive upper start epoch of iteration ``iteration`` (0-based): T⁺, or DATM's
+    difficulty-aligned window growing from T⁻⁺ to T⁺ over ``expansion_end`` iterations
+    (DATM.py 485-489: T⁻⁺ + ⌊(T⁺ − T⁻⁺) · it / end⌋, at most T⁺)."""
+    top, current = config.max_start_epoch, config.max_start_from
+    if current is None:
+        return top
+    return min(current + int((top - current) * iteration / config.expansion_end), top)
+
+
 class MatchingStep:
     """Picks an expert and a start epoch, unrolls the student from θ_i on the images, matches
-    θ_{i+M} with pruning and steps both optimizers (skipped when the loss is not finite)."""
+    θ_{i+M} with pruning and steps the optimizers (skipped when the loss is not finite, or above
+    ``skip_threshold``: DATM's rule). The inner loss is taken against ``labels`` (class indices
+    or teacher logits), or against the state's learned label vectors when it has them."""
 
     def __init__(
         self,
@@ -50,24 +62,30 @@ class MatchingStep:
         expert). The caller checks the guards (:func:`divergence`)."""
         c = self.config
         expert = state.next_expert()
-        start_epoch = int(
-            torch.randint(c.max_start_epoch, (1,), generator=state.generators["start"])
-        )
+        if c.min_start_epoch is None and c.max_start_from is None:
+            start_epoch = int(
+                torch.randint(c.max_start_epoch, (1,), generator=state.generators["start"])
+            )
+        else:  # DATM's window [T⁻, upper)
+            upper = upper_start_epoch(c, state.iteration)
+            low = c.min_start_epoch or 0
+            start_epoch = int(torch.randint(low, upper, (1,), generator=state.generators["start"]))
         start, target = (
             t.to(self.device)
             for t in read_snapshots(
                 self.expert_paths[expert], (start_epoch, start_epoch + c.expert_epochs)
             )
         )
+        labels = self.labels if state.targets is None else state.targets
         steps = plan_unroll(
-            len(self.labels), c.syn_steps, c.batch_syn, self.student.dsa, self.image_size,
+            len(labels), c.syn_steps, c.batch_syn, self.student.dsa, self.image_size,
             state.generators["unroll"],
         )  # fmt: skip
         self._check_ranks_agree(state, expert, start_epoch, steps)
         state.zero_grad()
         keep = c.unroll_budget * 2**20 if c.unroll == "memory" else 0
         result = match(
-            self.student, start, target, state.images, self.labels, state.lr, steps, c.eps,
+            self.student, start, target, state.images, labels, state.lr, steps, c.eps,
             c.unroll, keep,
         )  # fmt: skip
         record = {
@@ -76,7 +94,10 @@ class MatchingStep:
             "start_epoch": start_epoch,
             "expert": expert,
         }
-        if math.isfinite(result.loss):
+        skipped = c.skip_threshold is not None and result.loss > c.skip_threshold
+        if skipped:
+            record["skipped"] = True
+        if math.isfinite(result.loss) and not skipped:
             state.optimizer_step()
         return record
 

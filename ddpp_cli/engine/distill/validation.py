@@ -21,8 +21,9 @@ from ddpp_cli.engine.distill.events import (
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images
+from ddpp_cli.engine.evaluate import EvalConfig, EvalResult, evaluate_images, set_vectors
 from ddpp_cli.engine.events import OnEvent
+from ddpp_cli.engine.training import LabelVectors
 
 MAX_VAL_SIZE = 5000
 
@@ -103,17 +104,22 @@ class Validation:
         return c.eval_every > 0 and (iteration % c.eval_every == 0 or iteration == c.iterations)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        lr: float | None,
+        iteration: int,
+        vectors: LabelVectors | None = None,
     ) -> tuple[float, float]:
         """Mean and std accuracy of networks trained on ``images`` with step size ``lr`` (None:
-        the evaluation's default, as for a set without a learned lr); the whole result is kept
-        as :attr:`last`."""
+        the evaluation's default, as for a set without a learned lr) and label ``vectors`` (None:
+        the hard labels); the whole result is kept as :attr:`last`."""
         c = self.config
         self.emit(ValidationStarted(iteration, c.eval_runs, c.eval_epochs))
         self.last = evaluate_images(
             images, labels, self.images, self.labels, num_classes=self.num_classes,
             config=eval_config(c, c.eval_runs, self.purpose), lr=lr, device=self.device,
-            on_event=self.emit, world=self.world,
+            on_event=self.emit, world=self.world, vectors=vectors,
         )  # fmt: skip
         return self.last.mean, self.last.std
 
@@ -142,7 +148,7 @@ def final_test(
     result = evaluate_images(
         chosen.images, chosen.labels, test_images, test_labels, num_classes=num_classes,
         lr=chosen.lr, device=device, config=eval_config(config, config.test_runs, "test_eval"),
-        on_event=emit, world=world,
+        on_event=emit, world=world, vectors=set_vectors(chosen),
     )  # fmt: skip
     emit(TestFinished(tested, result))
     return result

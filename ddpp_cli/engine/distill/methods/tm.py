@@ -7,6 +7,7 @@ It matches expert trajectories from a buffer (``ddpp buffer``), learns the stude
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from ddpp_cli.engine import autolr, presets
@@ -24,7 +25,10 @@ EPS = 0.1  # the paper's pruning threshold ε, where none is given
 SETTINGS = (
     "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_lr", "lr_teacher", "eps",
     "unroll", "unroll_budget", "amp", "compile", "channels_last", "buffer", "auto_lr",
+    "labels", "lr_labels", "min_start_epoch", "max_start_from", "expansion_end",
+    "skip_threshold",
 )  # fmt: skip
+LABEL_MODES = ("hard", "teacher", "learned")  # docs/distill.md, Labels (DATM)
 
 
 def preset(dataset: str, ipc: int, derive: bool) -> dict[str, Any]:
@@ -33,7 +37,8 @@ def preset(dataset: str, ipc: int, derive: bool) -> dict[str, Any]:
 
 
 def check(config: DistillConfig) -> None:
-    """ε in [0, 1), and the unroll's lengths (N, M, T⁺) at least 1."""
+    """ε in [0, 1), the unroll's lengths (N, M, T⁺) at least 1, and DATM's settings
+    (:func:`check_datm`)."""
     if not 0.0 <= config.eps < 1.0:
         raise DdppError(
             f"--eps must be in [0, 1) (got {config.eps}); 0 turns pruning off, 0.1 is the "
@@ -43,11 +48,62 @@ def check(config: DistillConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DdppError(f"--{name.replace('_', '-')} must be an integer ≥ 1 (got {value}).")
+    check_datm(config)
+
+
+def check_datm(config: DistillConfig) -> None:
+    """--labels one of :data:`LABEL_MODES`; --lr-labels positive with learned labels only (DATM's
+    lr_y where not given: :func:`presets.datm_lr_labels`); the window T⁻ ≤ T⁻⁺ ≤ T⁺ with its
+    length in iterations; the skip threshold positive."""
+    if config.labels not in LABEL_MODES:
+        raise DdppError(
+            f"--labels must be one of: {', '.join(LABEL_MODES)} (got '{config.labels}')."
+        )
+    if config.labels != "hard" and config.init != "real":
+        raise DdppError(
+            f"--labels {config.labels} starts from real images the experts classify correctly "
+            "(DATM); drop --init noise."
+        )
+    if config.labels != "learned" and config.lr_labels is not None:
+        raise DdppError("--lr-labels applies to --labels learned only; drop it.")
+    if config.labels == "learned" and config.lr_labels is None:  # DATM's lr_y (a fill-in)
+        object.__setattr__(config, "lr_labels", presets.datm_lr_labels(config.dataset, config.ipc))
+    if config.lr_labels is not None and not (
+        math.isfinite(config.lr_labels) and config.lr_labels > 0
+    ):
+        raise DdppError(f"--lr-labels must be a positive number (got {config.lr_labels}).")
+    low = config.min_start_epoch
+    if low is not None and (_not_count(low, 0) or low >= config.max_start_epoch):
+        raise DdppError(
+            f"--min-start-epoch must be an integer in [0, --max-start-epoch) (got {low})."
+        )
+    current, end = config.max_start_from, config.expansion_end
+    if (current is None) != (end is None):
+        raise DdppError(
+            "--max-start-from and --expansion-end go together (DATM's window: the upper "
+            "start epoch grows from the first to --max-start-epoch over the second's iterations)."
+        )
+    if current is not None and (
+        _not_count(current, (low or 0) + 1) or current > config.max_start_epoch
+    ):
+        raise DdppError(
+            "--max-start-from must be an integer in (--min-start-epoch, "
+            f"--max-start-epoch] (got {current})."
+        )
+    if end is not None and _not_count(end, 1):
+        raise DdppError(f"--expansion-end must be an integer ≥ 1 (got {end}).")
+    threshold = config.skip_threshold
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise DdppError(f"--skip-threshold must be a positive number (got {threshold}).")
+
+
+def _not_count(value: object, minimum: int) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int) or value < minimum
 
 
 def step(setup: RunSetup) -> MatchingStep:
     return MatchingStep(
-        setup.config, setup.student, setup.expert_paths, setup.labels,
+        setup.config, setup.student, setup.expert_paths, setup.matching_labels(),
         setup.prepared.image_size, setup.device,
     )  # fmt: skip
 
@@ -81,9 +137,14 @@ TM = MethodInfo(
     allows_zca=True,
     distributed=True,
     generators=GENERATORS,
-    unset={"eps": EPS},
+    unset={"eps": EPS, "labels": "hard"},
     check=check,
     lighter_unroll=lighter_unroll,
     divergence=divergence,
-    compare_rows=(CompareRow("mtt", "MTT", {"eps": 0.0}), CompareRow("ddpp", "DDPP")),
+    compare_rows=(
+        CompareRow("mtt", "MTT", {"eps": 0.0}),
+        CompareRow("ddpp", "DDPP"),
+        CompareRow("ddpp-teacher", "DDPP, teacher soft labels", {"labels": "teacher"}),
+        CompareRow("ddpp-learned", "DDPP, learned soft labels", {"labels": "learned"}),
+    ),
 )
