@@ -143,3 +143,33 @@ def test_a_compare_row_shows_the_kernel_it_ran_with():
         "kernel_width": (quick["kernel_width"], 128),
         "learn_labels": (False, True),
     }
+
+
+def test_kip_whitens_with_its_own_zca_fitted_once_on_the_train_split(tiny_mnist, tmp_path):
+    """--zca: the data is whitened with KIP's variant (fitted on the whole train split in [0, 1],
+    kept under the data home and shared by later runs), and the set refers to that file."""
+    from ddpp_cli.engine import data, layout, zca
+    from ddpp_cli.engine.distill.setup import method_zca_path
+
+    config = small(iterations=1, zca=True)
+    run(config, tmp_path / "a", tiny_mnist)
+    path = method_zca_path(config)
+    assert path.parent == layout.data_home() / layout.ZCA_CACHE_DIRNAME and path.is_file()
+    whitening = zca.load(path)
+    assert whitening.variant == "kip"
+    train = data.load("mnist", tiny_mnist, "train", download=False, image_size=8, seed=0)
+    expected = zca.fit_kip(train.images)  # the whole train split, not the validation-free pool
+    assert torch.equal(whitening.whiten, expected.whiten)
+    saved = distilled.load(tmp_path / "a" / distill.DISTILLED_NAME)
+    assert saved.preprocessing["kind"] == "zca"
+    assert saved.preprocessing["zca_file"] == str(path.resolve())
+    assert saved.settings["zca"] is True
+    stamp = path.stat().st_mtime_ns
+    run(config, tmp_path / "b", tiny_mnist)  # a second run reads the same file
+    assert path.stat().st_mtime_ns == stamp
+    # the dataset's default: MNIST is not whitened; another method refuses --zca
+    run(small(iterations=1), tmp_path / "c", tiny_mnist)
+    plain = distilled.load(tmp_path / "c" / distill.DISTILLED_NAME)
+    assert plain.preprocessing["kind"] == "normalize" and plain.settings["zca"] is False
+    with pytest.raises(DdppError, match="ZCA is only available with --method tm, kip"):
+        distill.DistillConfig.from_preset("mnist", 1, method="dm", zca=True)

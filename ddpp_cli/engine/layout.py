@@ -30,6 +30,8 @@ RECORDS_DIRNAME = "evaluations"  # evaluation records (also beside a set: DIR/ev
 # A buffer folder (ddpp buffer).
 MANIFEST_NAME = "buffer.json"
 ZCA_NAME = "zca.safetensors"
+# Under the data home: the ZCA of a method without buffer that whitens (KIP's), per dataset.
+ZCA_CACHE_DIRNAME = "zca"
 
 # A distillation folder (ddpp distill).
 CHECKPOINT_NAME = "checkpoint.safetensors"

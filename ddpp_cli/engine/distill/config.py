@@ -64,7 +64,8 @@ class DistillConfig:
     build another method's config with :meth:`from_preset` or :meth:`with_method`, never by
     replacing ``method`` in a tm config (refused, naming the first tm setting it holds).
 
-    ``zca`` and ``train_subset`` None mean "as the buffer was made"; ``val_size`` None means
+    ``zca`` and ``train_subset`` None mean "as the buffer was made" (``zca`` None for a method
+    without buffer that whitens, kip: the dataset's default); ``val_size`` None means
     10 % of the training split (at most 5000); ``batch_syn`` None means all images every step;
     ``eval_every`` 0 turns validation off; ``test_runs`` 0 skips the final test.
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import data, models, store, zca
+from ddpp_cli.engine import data, layout, models, store, zca
 from ddpp_cli.engine.augment import DSA
 from ddpp_cli.engine.buffer import BufferManifest, expert_files, read_manifest
 from ddpp_cli.engine.device import make_generator, seeded
 from ddpp_cli.engine.distill import teacher
 from ddpp_cli.engine.distill.buffer import buffer_command, check_buffer
 from ddpp_cli.engine.distill.config import DistillConfig
-from ddpp_cli.engine.distill.methods import get_method, list_methods
+from ddpp_cli.engine.distill.methods import MethodInfo, get_method, list_methods
 from ddpp_cli.engine.distill.state import LABEL_OPTIMIZER, DistillState, StateDict
 from ddpp_cli.engine.distill.step import read_snapshots
 from ddpp_cli.engine.distill.validation import check_ipc, split_validation, validation_size
@@ -27,7 +27,7 @@ from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.kip.krr import centred_one_hot
-from ddpp_cli.engine.layout import ZCA_NAME
+from ddpp_cli.engine.layout import ZCA_CACHE_DIRNAME, ZCA_NAME
 from ddpp_cli.engine.preprocess import PreparedData, prepare
 from ddpp_cli.engine.student import Student
 from ddpp_cli.engine.training import LabelVectors
@@ -295,13 +295,17 @@ def set_up_method(
             f"--method {config.method} runs in one process; torchrun is only supported for "
             f"--method {allowed}. Run it without torchrun."
         )
+    use_zca = info.zca_fit is not None and (
+        config.zca if config.zca is not None else data.info(config.dataset).default_zca
+    )
+    zca_path = _method_zca(config, info, data_root, download) if use_zca else None
     prepared = prepare(
-        config.dataset, data_root, use_zca=False, download=download,
+        config.dataset, data_root, use_zca=use_zca, download=download,
         train_subset=config.train_subset, image_size=config.image_size, seed=config.seed,
-        channels=config.channels,
+        channels=config.channels, whitening=None if zca_path is None else zca.load(zca_path),
     )  # fmt: skip
     num_classes = prepared.num_classes
-    config, train_idx, val_idx, model = _split_and_network(replace(config, zca=False), prepared)
+    config, train_idx, val_idx, model = _split_and_network(replace(config, zca=use_zca), prepared)
     if info.check_network is not None:  # DdppError where the network cannot serve the method
         info.check_network(config, model, prepared.train.images[:1])
     pool_images = prepared.train.images[train_idx]
@@ -310,10 +314,38 @@ def set_up_method(
     labels = torch.arange(num_classes).repeat_interleave(config.ipc).to(device)
     return RunSetup(
         config=config, buffer=None, manifest=None, expert_paths={}, prepared=prepared,
-        preprocessing=prepared.preprocessing.describe(), train_idx=train_idx, val_idx=val_idx,
+        preprocessing=(
+            prepared.preprocessing.describe() if zca_path is None else zca_reference(zca_path)
+        ),
+        train_idx=train_idx, val_idx=val_idx,
         layout=ParamLayout.of(model), student=None, labels=labels, device=device, world=world,
         real_by_class=real_by_class,
     )  # fmt: skip
+
+
+def method_zca_path(config: DistillConfig) -> Path:
+    """Where the ZCA of a method without buffer is kept (fitted once, shared by its runs):
+    ``<data home>/zca/<dataset>-<method>-<image size>-<channels>-seed<seed>.safetensors`` (the
+    seed fixes the split of single-folder datasets)."""
+    size = config.image_size or "native"
+    channels = config.channels or "native"
+    name = f"{config.dataset}-{config.method}-{size}-{channels}-seed{config.seed}"
+    return layout.data_home() / ZCA_CACHE_DIRNAME / f"{name}.safetensors"
+
+
+def _method_zca(
+    config: DistillConfig, info: MethodInfo, data_root: Path | None, download: bool
+) -> Path:
+    """The method's ZCA (``info.zca_fit``, e.g. KIP's) of the whole train split in [0, 1],
+    fitted and saved on first use, read back afterwards."""
+    path = method_zca_path(config)
+    if not path.is_file():
+        train = data.load(
+            config.dataset, data_root, "train", download=download, image_size=config.image_size,
+            seed=config.seed, channels=config.channels,
+        )  # fmt: skip
+        zca.save(info.zca_fit(train.images), path, {"dataset": config.dataset})
+    return path
 
 
 def _split_and_network(

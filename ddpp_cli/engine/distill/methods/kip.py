@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ddpp_cli.engine import models
+from ddpp_cli.engine import models, zca
 from ddpp_cli.engine.device import derive_seed, seeded
 from ddpp_cli.engine.distill.methods.registry import MethodInfo
 from ddpp_cli.engine.errors import DdppError
@@ -158,6 +158,8 @@ KIP = MethodInfo(
     check=check,
     check_network=check_network,
     optimizer="adam",
+    allows_zca=True,  # KIP's own ZCA variant; zca None: the dataset's default (CIFAR on)
+    zca_fit=zca.fit_kip,
     # 80 iterations ≈ 2 min on 2 CPU cores; fixed labels while the evaluation trains on hard
     # labels (learned ones scored 62 % there, fixed ones 70 %: docs/methods.md, KIP).
     quick_budget=80,

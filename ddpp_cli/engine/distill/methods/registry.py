@@ -88,6 +88,9 @@ class MethodInfo:
     learns_step_size: bool = False  # α, learned with the images
     matching_dsa: bool = True  # DSA in its matching and inner training (evaluation: always)
     allows_zca: bool = False
+    # The ZCA a method without buffer whitens its data with when ``zca`` is on (the images' fit
+    # (N, C, H, W) in [0, 1] -> ZCA; e.g. KIP's variant); None: it distils normalised images.
+    zca_fit: Callable[[torch.Tensor], Any] | None = None
     distributed: bool = False  # may run under torchrun
     generators: tuple[str, ...] = MATCHING_GENERATORS  # the random streams its checkpoint keeps
     unset: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))  # None → this
