@@ -122,7 +122,8 @@ def test_a_buffer_run_logs_plain_progress_lines_when_stderr_is_not_a_terminal(
     command = [
         sys.executable, "-m", "ddpp_cli", "buffer", "--dataset", "mnist",
         "--data-dir", str(tiny_mnist), "--no-download", "--out", str(tmp_path / "b"),
-        "--device", "cpu", "--batch-size", "64", "--experts", "2", "--epochs", "2",
+        "--device", "cpu", "--batch-size", "64", "--experts", "2", "--epochs", "2", "--image-size",
+        "8",
     ]  # fmt: skip
     env = {**os.environ, "DDPP_PROGRESS_INTERVAL": "3600", "COLUMNS": "200"}
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
