@@ -5,8 +5,10 @@ is in the registry of :mod:`ddpp_cli.engine.foreign_tools`:
 
 - MTT (Cazenavette et al., ``distill.py``): ``images_best.pt`` (a ``(N, C, H, W)`` tensor in
   model-input space, ZCA-whitened when MTT ran with ``--zca``), ``labels_best.pt`` (``(N,)`` hard
-  labels) and, where a tool saved one (MTT's ``distill.py`` does not), ``lr_best.pt`` (the
-  learned step size, a one-element tensor or a float). MTT's files do not say whether ZCA was
+  labels, or DATM's/PAD's learned float ``(N, K)`` logits, kept as soft-CE targets at
+  temperature 1 with their argmax as the hard labels) and, where a tool saved one (MTT's
+  ``distill.py`` does not), ``lr_best.pt`` (the learned step size, a one-element tensor or a
+  float). MTT's files do not say whether ZCA was
   on: the caller says so through the ``preprocessing`` of the :class:`ImportTarget`. Without
   ZCA, MTT normalised CIFAR-100 with CIFAR-10's mean/std.
 - DC/DSA/DM (VICO-UoE/DatasetCondensation ``main.py``/``main_DM.py``) and CAFE (its
@@ -201,7 +203,16 @@ def import_mtt(
         raise DdppError("give the learned lr as a file or as a number, not both.")
     images = load_weights_only(images_path)
     labels = load_weights_only(labels_path)
-    images, labels = check_set(images, labels, target, f"{images_path} + {labels_path}")
+    where = f"{images_path} + {labels_path}"
+    logits = _soft_logits(labels, target, where)
+    if logits is not None:
+        if not isinstance(images, torch.Tensor) or images.shape[:1] != logits.shape[:1]:
+            count = images.shape[0] if isinstance(images, torch.Tensor) else "no"
+            raise DdppError(f"{where}: {count} images but {logits.shape[0]} label vectors.")
+        order = torch.sort(logits.argmax(1), stable=True).indices  # class-major, as check_set
+        images, logits = images[order], logits[order]
+        labels = logits.argmax(1)
+    images, labels = check_set(images, labels, target, where)
     settings: dict[str, Any] = {
         "method": method,
         "images": _origin(images_path),
@@ -214,7 +225,32 @@ def import_mtt(
     elif lr is not None:
         lr = _lr_value(lr, "--lr")
         settings["lr"] = "given"
-    return _pack(images, labels, target, kind="mtt", lr=lr, settings=settings)
+    if logits is None:
+        return _pack(images, labels, target, kind="mtt", lr=lr, settings=settings)
+    settings["hard_labels"] = "argmax of the label vectors"
+    settings["soft_labels"] = "logits learned by DATM/PAD, soft-CE at temperature 1"
+    packed = _pack(images, labels, target, kind="mtt", lr=lr, settings=settings)
+    return replace(
+        packed, targets=logits, label_mode="learned", target_loss="soft-ce", temperature=1.0
+    )
+
+
+def _soft_logits(value: Any, target: ImportTarget, where: str) -> torch.Tensor | None:
+    """DATM's/PAD's float ``labels_best.pt`` (N, K logits, learned) as float32; None for
+    anything that is not a float tensor of more than one dimension (hard labels, checked by
+    :func:`check_set`). DdppError for a shape that is not (N, K) or non-finite values."""
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.ndim < 2:
+        return None
+    num_classes = len(target.class_names)
+    if value.ndim != 2 or value.shape[1] != num_classes:
+        raise DdppError(
+            f"{where}: float labels of shape {tuple(value.shape)}, but soft labels must be "
+            f"(N, {num_classes}) logits, one per {target.dataset} class; import it for the "
+            "dataset it was made from."
+        )
+    if not bool(torch.isfinite(value).all()):
+        raise DdppError(f"{where}: the soft labels (logits) contain NaN or infinite values.")
+    return value.detach().float().contiguous()
 
 
 def dc_experiments(content: Any, where: str) -> list[Any]:
@@ -443,6 +479,12 @@ def default_lr_note(imported: DistilledSet, lr: float, lr_source: str) -> str | 
         return None
     tool = foreign_tools.get_tool(kind)
     notes = [tool.protocol + "."] if tool.protocol else []
+    if record.get("soft_labels"):
+        notes.append(
+            "labels_best.pt held float logits (learned by DATM/PAD): kept as the set's soft-CE "
+            "targets at temperature 1; where the evaluation trains on hard labels, they are the "
+            "logits' argmax."
+        )
     if lr_source == "default" and tool.learns_lr:
         notes.insert(0, f"lr {lr:g}, the default: {tool.missing_lr}.")
     return " ".join(notes) or None
