@@ -95,7 +95,7 @@ def _labels(value: Any, where: str) -> torch.Tensor:
     if value.is_floating_point():
         if not bool(torch.isfinite(value).all()) or not bool((value == value.round()).all()):
             raise DdppError(
-                f"{where}: labels are not whole numbers (soft labels cannot be imported)."
+                f"{where}: labels are not whole numbers (soft labels must be (N, K) float logits)."
             )
     elif value.dtype == torch.bool or value.is_complex():
         raise DdppError(f"{where}: labels must be integer class indices, not {value.dtype}.")
