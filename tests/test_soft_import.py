@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_cli_coresets import FAST, mnist_images
+from test_cli_evaluate import eval_json
 
 from ddpp_cli.engine import distilled, export, foreign, store
 from ddpp_cli.engine.distilled import DistilledSet
@@ -109,3 +111,23 @@ def test_bad_float_labels_refused_in_one_line(tmp_path, logits, message):
         foreign.import_set(tmp_path, TARGET)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cli_evaluate_import_of_a_datm_folder_says_so_and_saves_version_2(tiny_mnist, tmp_path):
+    images, labels = mnist_images(tiny_mnist)
+    logits = torch.randn(len(labels), 10, generator=torch.Generator().manual_seed(7))
+    logits[torch.arange(len(labels)), labels] += 10.0  # argmax = MNIST's labels, class-major
+    folder = tmp_path / "datm"
+    folder.mkdir()
+    torch.save(images, folder / "images_best.pt")
+    torch.save(logits, folder / "labels_best.pt")
+    torch.save(torch.tensor(0.02), folder / "lr_best.pt")
+    out = tmp_path / "soft.safetensors"
+    args = ("--dataset", "mnist", "--data-dir", tiny_mnist, "--no-download", *FAST)
+    payload = eval_json("--import", folder, *args, "--save", out, "--no-records")
+    assert "DATM/PAD" in payload["lr_note"] and "temperature 1" in payload["lr_note"]
+    saved = distilled.load(out)
+    assert torch.equal(saved.images, images) and torch.equal(saved.targets, logits)
+    assert torch.equal(saved.labels, labels)
+    assert (saved.label_mode, saved.target_loss, saved.temperature) == ("learned", "soft-ce", 1.0)
