@@ -155,7 +155,7 @@ def command(
     json_out: opt.JsonOpt = False,
 ) -> None:
     """Distill a dataset: trajectory matching with parameter pruning from a buffer (--method
-    tm), or DC, DSA, DM or CAFE from the real images.
+    tm), or DC, DSA, DM, CAFE, CAFE+DSA or KIP from the real images.
 
     Ctrl-C or SIGTERM writes a checkpoint and exits with status 130; a diverged run exits with 1;
     out of memory (3), a full disk (4) or an unwritable folder (5) keep the last complete state
