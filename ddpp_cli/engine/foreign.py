@@ -35,10 +35,12 @@ from typing import Any
 
 import torch
 
-from ddpp_cli.engine import baselines, data, foreign_tools, zca
+from ddpp_cli.engine import baselines, data, foreign_tools
 from ddpp_cli.engine.distilled import DistilledSet, file_sha256
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.kip import npz
+from ddpp_cli.engine.preprocess import save_fitted_zca
+from ddpp_cli.engine.zca import fit_kip
 
 
 @dataclass(frozen=True)
@@ -432,7 +434,12 @@ def import_for_dataset(
         zca = zca_path is not None or (tool.whitens and info.default_zca)
     normalization = None if zca else foreign_tools.tool_normalization(tool.name, info.name)
     if zca and zca_path is None and tool.zca_variant == "kip":  # KIP's own ZCA, not ddpp's
-        zca_path = _fit_kip_zca(info.name, zca_out, data_root, download, image_size, seed)
+        if zca_out is None:
+            raise ValueError("zca_out is needed to save KIP's ZCA")
+        zca_path = save_fitted_zca(
+            fit_kip, info.name, zca_out, root=data_root, download=download,
+            image_size=image_size, seed=seed,
+        )  # fmt: skip
     prepared, described, _ = baselines.prepare_pool(
         info.name, use_zca=bool(zca), zca_path=zca_path, zca_out=zca_out, data_root=data_root,
         download=download, image_size=image_size, seed=seed, normalization=normalization,
@@ -454,19 +461,6 @@ def import_for_dataset(
         "data_seed": seed,
     }
     return replace(imported, settings=settings)
-
-
-def _fit_kip_zca(
-    dataset: str, out: Path | None, data_root: Path | None, download: bool,
-    image_size: int | None, seed: int,
-) -> Path:  # fmt: skip
-    """KIP's ZCA (``zca.fit_kip``) of ``dataset``'s train split in [0, 1], saved to ``out``."""
-    if out is None:
-        raise ValueError("zca_out is needed to save KIP's ZCA")
-    train = data.load(
-        dataset, data_root, "train", download=download, image_size=image_size, seed=seed
-    )
-    return zca.save(zca.fit_kip(train.images), out, {"dataset": dataset})
 
 
 def default_lr_note(imported: DistilledSet, lr: float, lr_source: str) -> str | None:

@@ -6,7 +6,7 @@ stage (distillation, evaluation, pictures) transforms data exactly as the expert
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,3 +197,24 @@ def prepare(
         test=_transformed(test, preprocessing),
         preprocessing=preprocessing,
     )
+
+
+def save_fitted_zca(
+    fit: Callable[[torch.Tensor], zca.ZCA],
+    dataset: str,
+    path: Path,
+    *,
+    root: Path | None = None,
+    download: bool = True,
+    image_size: int | None = None,
+    seed: int = 0,
+    channels: int | None = None,
+) -> Path:
+    """A ZCA variant (``fit``, e.g. :func:`zca.fit_kip`) fitted on ``dataset``'s whole train
+    split in [0, 1] and saved to ``path``, for data whitened other than by :func:`prepare`'s
+    own fit (KIP's sets and ``--method kip``)."""
+    train = data.load(
+        dataset, root, "train", download=download, image_size=image_size, seed=seed,
+        channels=channels,
+    )  # fmt: skip
+    return zca.save(fit(train.images), path, {"dataset": dataset})

@@ -28,7 +28,7 @@ from ddpp_cli.engine.events import Notice, OnEvent
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.kip.krr import centred_one_hot
 from ddpp_cli.engine.layout import ZCA_CACHE_DIRNAME, ZCA_NAME
-from ddpp_cli.engine.preprocess import PreparedData, prepare
+from ddpp_cli.engine.preprocess import PreparedData, prepare, save_fitted_zca
 from ddpp_cli.engine.student import Student
 from ddpp_cli.engine.training import LabelVectors
 
@@ -340,11 +340,10 @@ def _method_zca(
     fitted and saved on first use, read back afterwards."""
     path = method_zca_path(config)
     if not path.is_file():
-        train = data.load(
-            config.dataset, data_root, "train", download=download, image_size=config.image_size,
-            seed=config.seed, channels=config.channels,
+        save_fitted_zca(
+            info.zca_fit, config.dataset, path, root=data_root, download=download,
+            image_size=config.image_size, seed=config.seed, channels=config.channels,
         )  # fmt: skip
-        zca.save(info.zca_fit(train.images), path, {"dataset": config.dataset})
     return path
 
 
