@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_same_run
+from test_distill import run
+from test_distill import small_config as distill_small_config
 from torch import nn
 
 from ddpp_cli.engine import distill, distilled, models, presets, store
@@ -226,18 +228,8 @@ def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
 
 
 def small_config(**overrides) -> DistillConfig:
-    values = dict(
-        syn_steps=2, expert_epochs=1, max_start_epoch=3, iterations=6, batch_syn=5,
-        eval_every=0, test_runs=0, lr_lr=1e-7,
-    )  # fmt: skip
-    values.update(overrides)
-    return DistillConfig.from_preset("mnist", 1, **values)
-
-
-def run(config: DistillConfig, folder: Path, buffer: Path, data_root: Path, **kwargs):
-    return distill.distill(
-        config, folder, buffer=buffer, data_root=data_root, download=False, **kwargs
-    )
+    """test_distill's small run, with a window of 3 start epochs and 6 iterations."""
+    return distill_small_config(**{"max_start_epoch": 3, "iterations": 6, **overrides})
 
 
 def test_hard_labels_given_equal_no_option(tiny_buffer, tiny_mnist, tmp_path):

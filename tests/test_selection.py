@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import assert_one_line_error, assert_same_run
+from test_distill import metrics, run
+from test_distill import small_config as distill_small_config
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
@@ -39,22 +41,10 @@ TINY_TRAIN = 100  # 10 train images per class
 
 
 def small_config(**overrides) -> DistillConfig:
-    values = dict(
-        syn_steps=2, expert_epochs=1, max_start_epoch=2, iterations=6, batch_syn=5,
-        eval_every=2, eval_runs=1, eval_epochs=1, test_runs=0, lr_lr=1e-7,
-    )  # fmt: skip
-    values.update(overrides)
-    return DistillConfig.from_preset("mnist", 1, **values)
-
-
-def run(config: DistillConfig, folder: Path, buffer: Path, data_root: Path, **kwargs):
-    return distill.distill(
-        config, folder, buffer=buffer, data_root=data_root, download=False, **kwargs
+    """test_distill's small run, 6 iterations, validated every 2 on 1 network × 1 epoch."""
+    return distill_small_config(
+        **{"iterations": 6, "eval_every": 2, "eval_runs": 1, "eval_epochs": 1, **overrides}
     )
-
-
-def metrics(folder: Path) -> list[dict]:
-    return [json.loads(x) for x in (folder / distill.METRICS_NAME).read_text().splitlines()]
 
 
 def invoke(*args: object):
