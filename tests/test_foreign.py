@@ -13,6 +13,7 @@ from ddpp_cli.engine.buffer import mtt_import
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import load_test_split
 from ddpp_cli.engine.foreign import ImportTarget
+from ddpp_cli.engine.model_selection import label_of_settings
 from ddpp_cli.engine.preprocess import Normalization
 
 TARGET = ImportTarget(
@@ -289,3 +290,34 @@ def test_default_lr_note_only_for_a_tool_that_learns_an_lr(tmp_path):
     torch.save({"data": [[torch.zeros(3, 1, 28, 28), torch.arange(3)]]}, tmp_path / "res.pt")
     assert foreign.default_lr_note(foreign.import_set(tmp_path / "res.pt", TARGET), 0.01,
                                    "default") is None  # fmt: skip
+
+
+def test_an_import_names_how_its_tool_chose_the_set(tmp_path):
+    """MTT's images_best.pt is the iteration with the best mean test accuracy (distill.py's
+    save_this_it), images_<n>.pt iteration n unselected; DC's and CAFE's res_*.pt the final
+    iteration ("only record the final results"); a set imported before imports recorded it says
+    its selection is unknown; ddpp's own sets keep their rule."""
+    mtt_files(tmp_path)
+    best = foreign.import_mtt(tmp_path / "images_best.pt", tmp_path / "labels_best.pt", TARGET)
+    assert label_of_settings(best.settings) == "test-selected (MTT's convention)"
+    for name in ("images", "labels"):
+        (tmp_path / f"{name}_500.pt").write_bytes((tmp_path / f"{name}_best.pt").read_bytes())
+    at_500 = foreign.import_set(tmp_path / "images_500.pt", TARGET)
+    assert label_of_settings(at_500.settings) == (
+        "iteration 500 as MTT's distill.py saved it (not selected)"
+    )
+    sets = [[torch.randn(6, 1, 28, 28), torch.tensor([2, 0, 1, 0, 2, 1])]]
+    torch.save({"data": sets}, tmp_path / "res_DM.pt")
+    expected = {
+        "dc": "the final iteration as DC/DSA/DM saved it (not selected)",
+        "cafe": "the final iteration as CAFE saved it (not selected)",
+    }
+    for kind, label in expected.items():
+        found = foreign.import_set(tmp_path / "res_DM.pt", TARGET, kind=kind)
+        assert label_of_settings(found.settings) == label
+        saved = distilled.load(distilled.save(tmp_path / f"{kind}.safetensors", found))
+        assert label_of_settings(saved.settings) == label
+    older = {"imported": {"kind": "mtt", "method": "mtt"}}
+    assert label_of_settings(older) == "as its tool saved it (selection unknown)"
+    assert label_of_settings({"selection": "best-test"}) == "test-selected (MTT's convention)"
+    assert label_of_settings({}) == "validation split, tested once"

@@ -72,6 +72,7 @@ def test_a_kip_npz_imports_with_its_label_vectors(tmp_path):
     assert torch.equal(found.images, images.permute(0, 3, 1, 2)[order])
     assert (found.label_mode, found.target_loss, found.source) == ("learned", "mse", "import-kip")
     assert found.settings["imported"]["hard_labels"] == "argmax of the label vectors"
+    assert found.settings["imported"]["selection"] == "the set KIP saved (not selected by ddpp)"
     note = foreign.default_lr_note(found, 0.01, "default")
     assert note is not None and "MSE" in note and "argmax" in note
 

@@ -68,6 +68,30 @@ def test_learned_labels_change_and_are_saved_as_the_sets_mse_targets(tiny_mnist,
     assert float(checkpoint.tensors["adam_images_step"][0]) == 2.0
 
 
+def test_validation_trains_on_the_learned_labels_with_mse(tiny_mnist):
+    """In-loop validation trains on what the set will carry (its evaluation does): the learned
+    label vectors with MSE, named as the set names them; fixed labels validate as hard."""
+    from ddpp_cli.engine.distill.setup import set_up_method
+
+    def setup_of(config):
+        return set_up_method(
+            config, data_root=tiny_mnist, download=False, device=torch.device("cpu")
+        )
+
+    setup = setup_of(small())
+    targets = torch.randn(10, 10, dtype=torch.float64)
+    vectors = setup.label_vectors(targets)
+    assert torch.equal(vectors.vectors, targets.float())
+    assert (vectors.loss, vectors.temperature, vectors.text) == (
+        "mse",
+        None,
+        "learned labels (MSE)",
+    )
+    images = torch.zeros(10, 1, 8, 8)
+    assert vectors.text == setup.as_set(images, None, 0, targets).label_text
+    assert setup_of(small(learn_labels=False)).label_vectors(None) is None
+
+
 def test_fixed_labels_stay_hard_labels(tiny_mnist, tmp_path):
     run(small(iterations=2, learn_labels=False), tmp_path, tiny_mnist)
     saved = distilled.load(tmp_path / distill.DISTILLED_NAME)

@@ -34,6 +34,13 @@ TARGET_LOSSES = ("soft-ce", "mse")
 _LABEL_WORDS = {"teacher": "teacher soft labels", "learned": "learned labels"}
 
 
+def label_vectors_text(mode: str, loss: str | None, temperature: float | None) -> str:
+    """How tables name label vectors of ``mode`` trained with ``loss``: "learned labels (MSE)",
+    "teacher soft labels (soft CE, T 1)"."""
+    how = "MSE" if loss == "mse" else f"soft CE, T {temperature:g}"
+    return f"{_LABEL_WORDS[mode]} ({how})"
+
+
 @dataclass(frozen=True)
 class DistilledSet:
     """A distilled (or coreset) image set ready for training.
@@ -75,8 +82,7 @@ class DistilledSet:
         soft labels (soft CE, T 1)"."""
         if self.targets is None:
             return "hard labels"
-        loss = "MSE" if self.target_loss == "mse" else f"soft CE, T {self.temperature:g}"
-        return f"{_LABEL_WORDS[self.label_mode]} ({loss})"
+        return label_vectors_text(self.label_mode, self.target_loss, self.temperature)
 
     @property
     def ipc(self) -> int:

@@ -215,11 +215,13 @@ def import_mtt(
         images, logits = images[order], logits[order]
         labels = logits.argmax(1)
     images, labels = check_set(images, labels, target, where)
+    tag = Path(images_path).stem.removeprefix("images_")
     settings: dict[str, Any] = {
         "method": method,
         "images": _origin(images_path),
         "labels": _origin(labels_path),
         "zca": target.preprocessing.get("kind") == "zca",
+        "selection": foreign_tools.mtt_selection(tag),
     }
     if lr_path is not None:
         lr = _lr_value(load_weights_only(lr_path), str(lr_path))
@@ -293,6 +295,7 @@ def import_dc(
         "file": _origin(path),
         "experiment": experiment,
         "experiments_in_file": len(entries),
+        "selection": foreign_tools.get_tool(kind).saved,
     }
     return _pack(images, labels, target, kind=kind, lr=None, settings=settings)
 
@@ -314,7 +317,8 @@ def import_kip(path: Path, target: ImportTarget) -> DistilledSet:
     images, vectors = images[order], vectors[order]
     images, labels = check_set(images, vectors.argmax(1), target, str(path))
     settings = {**_origin(path), "zca": target.preprocessing.get("kind") == "zca",
-                "hard_labels": "argmax of the label vectors"}  # fmt: skip
+                "hard_labels": "argmax of the label vectors",
+                "selection": foreign_tools.get_tool("kip").saved}  # fmt: skip
     packed = _pack(images, labels, target, kind="kip", lr=None, settings=settings)
     return replace(packed, targets=vectors, label_mode="learned", target_loss="mse")
 

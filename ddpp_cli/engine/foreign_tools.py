@@ -18,6 +18,7 @@ from types import MappingProxyType
 
 from ddpp_cli.engine import data
 from ddpp_cli.engine.errors import DdppError
+from ddpp_cli.engine.model_selection import BEST_TEST_LABEL
 from ddpp_cli.engine.preprocess import Normalization
 
 # images_<tag>.pt + labels_<tag>.pt (+ lr_<tag>.pt), a res_*.pt dict, or KIP's .npz
@@ -30,8 +31,10 @@ class ForeignTool:
     the dataset whose mean/std its non-ZCA images were normalised with, where not its own),
     ``whitens`` (its scripts run CIFAR with ZCA), and ``missing_lr`` (for a tool that learns
     an lr: why a set of it may come without one, and what to do), empty for one that learns
-    none; ``zca_variant`` its ZCA (``zca.VARIANTS``) and ``protocol`` how the tool trained
-    networks on its sets where ddpp's evaluation is told so (a disclosed line; empty: none)."""
+    none; ``zca_variant`` its ZCA (``zca.VARIANTS``), ``protocol`` how the tool trained
+    networks on its sets where ddpp's evaluation is told so (a disclosed line; empty: none) and
+    ``saved`` how the tool chose the set it saves (the selection label its imports print; MTT's
+    depends on the file, :func:`mtt_selection`)."""
 
     name: str
     title: str
@@ -41,6 +44,7 @@ class ForeignTool:
     missing_lr: str = ""
     zca_variant: str = "ddpp"
     protocol: str = ""
+    saved: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "normalized_as", MappingProxyType(dict(self.normalized_as)))
@@ -91,6 +95,15 @@ def tool_normalization(tool: str, dataset: str) -> Normalization | None:
     return Normalization(tuple(entry.mean), tuple(entry.std))
 
 
+def mtt_selection(tag: str) -> str:
+    """How MTT (and DATM, PAD, FTD: the same ``distill.py`` loop) chose ``images_<tag>.pt``:
+    ``best`` is the iteration with the best mean test accuracy (its ``save_this_it``), any other
+    tag the iteration it names, saved without selection."""
+    if tag == "best":
+        return BEST_TEST_LABEL
+    return f"iteration {tag} as MTT's distill.py saved it (not selected)"
+
+
 register(
     ForeignTool(
         "mtt", "MTT", "mtt", whitens=True, normalized_as={"cifar100": "cifar10"},
@@ -98,13 +111,26 @@ register(
         "its log",
     )
 )  # fmt: skip
-register(ForeignTool("dc", "DC/DSA/DM", "res", whitens=False))
-register(ForeignTool("cafe", "CAFE", "res", whitens=False, normalized_as={"cifar100": "cifar10"}))
+# DC/DSA/DM's main.py and CAFE's distill.py save the last iteration ("only record the final
+# results"); KIP saves the set its run ended with.
+register(
+    ForeignTool(
+        "dc", "DC/DSA/DM", "res", whitens=False,
+        saved="the final iteration as DC/DSA/DM saved it (not selected)",
+    )
+)  # fmt: skip
+register(
+    ForeignTool(
+        "cafe", "CAFE", "res", whitens=False, normalized_as={"cifar100": "cifar10"},
+        saved="the final iteration as CAFE saved it (not selected)",
+    )
+)  # fmt: skip
 register(
     ForeignTool(
         "kip", "KIP", "npz", whitens=True, zca_variant="kip",
         protocol="KIP's label vectors are kept as the set's MSE targets (KIP's papers trained "
         "finite networks on its sets with MSE on them); where the evaluation trains on hard "
         "labels, they are the vectors' argmax",
+        saved="the set KIP saved (not selected by ddpp)",
     )
 )  # fmt: skip

@@ -11,6 +11,8 @@ from ddpp_cli.engine.errors import DdppError
 
 VALIDATION_LABEL = "validation split, tested once"
 BEST_TEST_LABEL = "test-selected (MTT's convention)"
+# An imported set whose record names no selection (a file saved before imports recorded one).
+IMPORTED_LABEL = "as its tool saved it (selection unknown)"
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,13 @@ def get_selection(name: str) -> SelectionRule:
 
 
 def label_of_settings(settings: Mapping[str, Any]) -> str:
-    """The selection label of a set whose ``settings`` (its metadata) may name its rule: a
-    set without one (a coreset, an import, an older file) keeps the validation label."""
+    """The selection label of a set whose ``settings`` (its metadata) may name its rule: an
+    imported set's is its tool's (how the tool chose the file it saved, recorded at import);
+    a set without one (a coreset, an older file) keeps the validation label."""
+    imported = settings.get("imported")
+    if isinstance(imported, Mapping):
+        label = imported.get("selection")
+        return label if isinstance(label, str) and label else IMPORTED_LABEL
     name = settings.get("selection")
     known = isinstance(name, str) and name in SELECTIONS
     return SELECTIONS[name].label if known else VALIDATION_LABEL

@@ -3,6 +3,7 @@ comparison (:class:`CompareSummary`, ``compare.json``) and its Markdown (``compa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from ddpp_cli import __version__
 from ddpp_cli.engine import evaluate
 from ddpp_cli.engine.compare.rows import ROWS, Budget
+from ddpp_cli.engine.evaluate import HARD_LABELS_TEXT
 from ddpp_cli.engine.layout import COMPARE_JSON_NAME as JSON_NAME
 from ddpp_cli.engine.layout import COMPARE_MARKDOWN_NAME as MARKDOWN_NAME
 from ddpp_cli.engine.model_selection import BEST_TEST_LABEL, VALIDATION_LABEL
@@ -101,8 +103,18 @@ def protocol_text(summary: CompareSummary) -> str:
         f"{e.weight_decay:g}, batch {e.batch_size}, lr the set's learned one (else "
         f"{evaluate.DEFAULT_LR:g}) × {evaluate.LR_DECAY:g} at half, DSA "
         f"{'off' if e.dsa_strategy == 'none' else 'on'}; runs from seed {e.seed}; the same "
-        f"{test} test images ({', '.join(kinds)}) for every row; ± is the population std"
+        f"{test} test images ({', '.join(kinds)}) for every row; {labels_clause(rows)}; ± is "
+        "the population std"
     )
+
+
+def labels_clause(rows: Sequence[RowResult]) -> str:
+    """Which labels trained each row's networks: "hard labels" when every row's did, else the
+    rows' own labels (each row with label vectors names them, the others are hard)."""
+    texts = {str(row.result.protocol.get("label_text", HARD_LABELS_TEXT)) for row in rows}
+    if texts <= {HARD_LABELS_TEXT}:
+        return f"trained on {HARD_LABELS_TEXT}"
+    return f"trained on each set's own labels ({HARD_LABELS_TEXT} where the row names none)"
 
 
 def time_text(row: RowResult) -> str:

@@ -191,7 +191,7 @@ class _Loop:
         self.state = state
         self.emit = emit
         self.labels = setup.labels
-        self.vectors = setup.label_vectors  # tm's soft labels validate with soft CE
+        self.vectors = setup.label_vectors  # label vectors validate with their own loss
         self.matching: Step = get_method(setup.config.method).step(setup)
         self.rule = get_selection(setup.config.selection)
         train, test = setup.prepared.train, setup.prepared.test

@@ -21,7 +21,7 @@ from ddpp_cli.engine.distill.methods import MethodInfo, get_method, list_methods
 from ddpp_cli.engine.distill.state import LABEL_OPTIMIZER, DistillState, StateDict
 from ddpp_cli.engine.distill.step import read_snapshots
 from ddpp_cli.engine.distill.validation import check_ipc, split_validation, validation_size
-from ddpp_cli.engine.distilled import DistilledSet, zca_reference
+from ddpp_cli.engine.distilled import DistilledSet, label_vectors_text, zca_reference
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice, OnEvent
@@ -138,15 +138,21 @@ class RunSetup:
         return self.teacher
 
     def label_vectors(self, targets: torch.Tensor | None) -> LabelVectors | None:
-        """What validation trains with: tm's teacher or learned (``targets``) labels with soft
-        CE at T 1; None (the hard labels) otherwise, kip's learned labels included."""
-        if self.config.labels not in ("teacher", "learned"):
-            return None
+        """What validation trains with: the label vectors the set will carry, with the loss it
+        will be evaluated with (tm's teacher or learned labels: soft CE at T 1; kip's learned
+        labels: MSE); None (the hard labels) for a set without them."""
         fields = self._label_vectors(targets)
-        text = f"{'teacher soft' if self.config.labels == 'teacher' else 'learned'} labels"
-        return LabelVectors(
-            fields["targets"].to(self.device), "soft-ce", 1.0, f"{text} (soft CE, T 1)"
+        if not fields:
+            return None
+        mode, loss, temperature = (
+            fields["label_mode"],
+            fields["target_loss"],
+            fields.get("temperature"),
         )
+        return LabelVectors(
+            fields["targets"].float().to(self.device), loss, temperature,
+            label_vectors_text(mode, loss, temperature),
+        )  # fmt: skip
 
     def matching_labels(self) -> torch.Tensor:
         """What the unroll's inner loss is taken against when the state holds no learned label
