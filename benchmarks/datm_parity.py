@@ -66,7 +66,10 @@ TOLERANCE = 1e-6
 CLASSES, CHANNELS, SIZE, PER_CLASS = 3, 3, 16, 12
 IPC, SYN_STEPS, BATCH_SYN, EXPERT_EPOCHS, LR_TEACHER = 2, 4, 4, 2, 0.01
 FILES, EXPERTS, SNAPSHOTS = 2, 2, 5
-EXPERT_LRS = (0.02, 0.01, 0.005, 0.0)  # per expert in file order; the last one stays untrained
+EXPERT_LRS = (0.005, 0.01, 0.02, 0.0)  # per expert in file order; the last stays untrained
+# The first candidate of each class in DATM's draw (np.random.seed(0), DATM.py 23-33, 127-129),
+# mislabelled, so that the selection has to pass it over.
+OUTLIERS = (6, 17, 30)
 DATASET, MODEL, ARCH = "FIXTURE", "ConvNet", "convnet-d3"  # DATM's ConvNet: depth 3, width 128
 
 
@@ -82,12 +85,15 @@ class Fixture:
 
 
 def make_fixture() -> Fixture:
-    """PER_CLASS images per class: a class's random pattern plus noise, classes in blocks."""
+    """PER_CLASS images per class (classes in blocks): the class's random pattern plus noise;
+    the :data:`OUTLIERS` show the next class's pattern, so the experts misclassify them."""
     generator = torch.Generator().manual_seed(0)
     patterns = torch.randn(CLASSES, CHANNELS, SIZE, SIZE, generator=generator)
     labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
+    shown = labels.clone()
+    shown[list(OUTLIERS)] = (labels[list(OUTLIERS)] + 1) % CLASSES
     noise = torch.randn(len(labels), CHANNELS, SIZE, SIZE, generator=generator)
-    return Fixture((patterns[labels] + 1.5 * noise).double(), labels)
+    return Fixture((patterns[shown] + 0.5 * noise).double(), labels)
 
 
 def train_experts(fixture: Fixture) -> list[list[list[list[torch.Tensor]]]]:
@@ -382,9 +388,9 @@ def compare(datm: Path) -> tuple[list[Difference], list[str]]:
         start, target = experts[expert][start_epoch], experts[expert][start_epoch + EXPERT_EPOCHS]
         steps = datm_minibatches(record.randperms)
         found = match(student, start, target, x, y, alpha, steps, 0.0, mode)
-        grand_loss = torch.as_tensor(record.logs["Grand_Loss"], dtype=torch.float64)
+        dtype, loss = torch.float64, torch.as_tensor(record.logs["Grand_Loss"])
         results += [
-            difference(f"iteration loss ({mode})", torch.tensor(found.loss).double(), grand_loss),
+            difference(f"iteration loss ({mode})", torch.tensor(found.loss, dtype=dtype), loss),
             difference(f"dL/d images ({mode})", x.grad, image_grad),
             difference(f"dL/d labels ({mode})", y.grad, label_grad),
             difference(f"dL/d lr ({mode})", alpha.grad, lr_grad),
@@ -414,9 +420,10 @@ def label_start(
     in_class = [slice(c * IPC, (c + 1) * IPC) for c in range(CLASSES)]
     ddpp_sorted = [row for part in in_class for row in sorted(chosen[part].tolist())]
     datm_sorted = [row for part in in_class for row in sorted(datm_rows[part])]
+    heads = [c.tolist()[:3] for c in candidates]
     notes.append(
-        f"selected images (pool rows): DATM {datm_rows}, ddpp {chosen.tolist()} (same order: "
-        f"{datm_rows == chosen.tolist()})"
+        f"candidates per class (DATM's draw) begin {heads}; selected (pool rows): DATM "
+        f"{datm_rows}, ddpp {chosen.tolist()} (same order: {datm_rows == chosen.tolist()})"
     )
     per_expert = torch.stack([teacher.logits_of(model, layout, t, images) for t in finals])
     correct = (per_expert.argmax(2) == classes).sum(1).tolist()
