@@ -47,6 +47,7 @@ import random
 import sys
 import tempfile
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,8 @@ def run_datm(datm: Path, fixture: Fixture, buffer_root: Path) -> DatmRun:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # DATM.py 133: a tensor from a list
             module.main(datm_settings(module.cfg, buffer_root))
     finally:
         torch.set_default_dtype(previous)
