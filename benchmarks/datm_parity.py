@@ -4,14 +4,16 @@
 
 DATM's ``main(args)`` is imported from DIR (not copied) and run for one iteration
 (``Iteration=0``) in float64 on a tiny fixture: 3 classes of 12 RGB 16×16 images (a class
-pattern plus noise), and a buffer in DATM's layout
+pattern plus noise; :data:`OUTLIERS` show another class's), and a buffer in DATM's layout
 (``<buffer>/FIXTURE/ConvNet/replay_buffer_<n>.pt``, 2 files × 2 experts × 5 snapshots, trained
 here in float32 with ddpp's ``convnet-d3`` and stored as float64, so ddpp's float32 import of it
-is exact). Settings: ``pix_init: samples_predicted_correctly``, IPC 2, ``syn_steps`` 4,
-``batch_syn`` 4 (chunks of 2 and 4), ``Sequential_Generation`` on, threshold 10 (the step is
-taken), DSA off (DATM draws its DSA parameters from the global RNG, ddpp from its generator:
-not reproducible here), no evaluation (``skip_first_eva``, ``eval_it`` past the iteration),
-``parall_eva`` (else DATM hard-codes ``cuda:0``).
+is exact; expert 0 learns class 2 as class 1, so that class falls back to expert 1; the last
+expert is untrained, so the label average drops wrong experts). Settings: ``pix_init:
+samples_predicted_correctly``, IPC 2, ``syn_steps`` 4, ``batch_syn`` 4 (chunks of 2 and 4),
+``Sequential_Generation`` on, threshold 10 (the step is taken), DSA off (DATM draws its DSA
+parameters from the global RNG, ddpp from its generator: not reproducible here), no evaluation
+(``skip_first_eva``, ``eval_it`` past the iteration), ``parall_eva`` (else DATM hard-codes
+``cuda:0``).
 
 DATM is not edited; its run is recorded through its module's globals: ``torch`` becomes a view
 of torch whose ``randperm`` records its outputs (DATM's minibatches; its torch RNG is reseeded
@@ -68,6 +70,8 @@ CLASSES, CHANNELS, SIZE, PER_CLASS = 3, 3, 16, 12
 IPC, SYN_STEPS, BATCH_SYN, EXPERT_EPOCHS, LR_TEACHER = 2, 4, 4, 2, 0.01
 FILES, EXPERTS, SNAPSHOTS = 2, 2, 5
 EXPERT_LRS = (0.005, 0.01, 0.02, 0.0)  # per expert in file order; the last stays untrained
+# Expert 0 learns class 2 as class 1: class 2's images come from the next expert (DATM.py 218-225).
+CONFUSED = (2, 1)
 # The first candidate of each class in DATM's draw (np.random.seed(0), DATM.py 23-33, 127-129),
 # mislabelled, so that the selection has to pass it over.
 OUTLIERS = (6, 17, 30)
@@ -100,9 +104,12 @@ def make_fixture() -> Fixture:
 def train_experts(fixture: Fixture) -> list[list[list[list[torch.Tensor]]]]:
     """files → experts → snapshots → parameter tensors (DATM's buffer layout): plain SGD on the
     fixture in float32, one snapshot before training and one after each epoch."""
-    images, labels = fixture.images.float(), fixture.labels
+    images = fixture.images.float()
     trained = []
     for number, lr in enumerate(EXPERT_LRS):
+        labels = fixture.labels.clone()
+        if number == 0:
+            labels[labels == CONFUSED[0]] = CONFUSED[1]
         torch.manual_seed(100 + number)
         net = models.create(ARCH, CHANNELS, CLASSES, SIZE)
         optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
