@@ -10,10 +10,11 @@ here in float32 with ddpp's ``convnet-d3`` and stored as float64, so ddpp's floa
 is exact; expert 0 learns class 2 as class 1, so that class falls back to expert 1; the last
 expert is untrained, so the label average drops wrong experts). Settings: ``pix_init:
 samples_predicted_correctly``, IPC 2, ``syn_steps`` 4, ``batch_syn`` 4 (chunks of 2 and 4),
-``Sequential_Generation`` on, threshold 10 (the step is taken), DSA off (DATM draws its DSA
-parameters from the global RNG, ddpp from its generator: not reproducible here), no evaluation
+``Sequential_Generation`` on, threshold 10 (the step is taken), no evaluation
 (``skip_first_eva``, ``eval_it`` past the iteration), ``parall_eva`` (else DATM hard-codes
-``cuda:0``).
+``cuda:0``). Eight runs: DSA off, each DSA op alone, and DATM's default strategy (its
+``ParamDiffAug``; the draws recorded and turned into ddpp's parameters,
+:func:`datm_augmentations`).
 
 DATM is not edited; its run is recorded through its module's globals: ``torch`` becomes a view
 of torch whose ``randperm`` records its outputs (DATM's minibatches; its torch RNG is reseeded
@@ -22,7 +23,9 @@ and its ``.grad`` at ``step()``, whose ``cuda`` reports no GPU (everything on th
 ``randn`` gives the default dtype where DATM asks for float32 (the noise start of ``image_syn``,
 every row of which the selected real images overwrite); ``np.random.permutation`` records the
 candidate order per class; ``random.shuffle`` records which expert the iteration takes;
-``get_dataset`` is the fixture.
+``get_dataset`` is the fixture. In ``utils/utils_baseline.py`` (DiffAugment), ``torch.rand`` and
+``torch.randint`` record their outputs and ``torch.tensor(..., dtype=torch.float)`` gives the
+default dtype (the scale and rotate matrices; float32 ones would not meet float64 images).
 
 Stubbed modules (made at run time, only where not installed, wandb always): ``wandb`` (a
 recorder: ``init(config=...)`` exposes ``config._items``, ``log`` keeps Grand_Loss and
@@ -32,10 +35,11 @@ Start_Epoch), ``tqdm`` (the identity), ``kornia`` (ZCA in ``get_dataset``, repla
 None of them computes anything the compared values depend on.
 
 ddpp then computes the same iteration with its engine (``Student``, ``unroll.match`` with
-learned labels, both unroll modes; the minibatches DATM drew; the expert and start epoch DATM
-took, read through ddpp's MTT-buffer import) and its teacher labels (``teacher.select_correct``
-on DATM's candidate order, ``teacher.teacher_logits`` on DATM's images). Prints max absolute and
-max relative difference (|ddpp − DATM| / max |DATM|) of each; exits 1 above 1e-6.
+learned labels, both unroll modes; the minibatches and DSA parameters DATM drew; the expert and
+start epoch DATM took, read through ddpp's MTT-buffer import) and its teacher labels
+(``teacher.select_correct`` on DATM's candidate order, ``teacher.teacher_logits`` on DATM's
+images). Prints max absolute and max relative difference (|ddpp − DATM| / max |DATM|) of each;
+exits 1 above 1e-6.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import numpy as np
 import torch
 
 from ddpp_cli.engine import models
-from ddpp_cli.engine.augment import DSA, DSAParams
+from ddpp_cli.engine.augment import DEFAULT_STRATEGY, DSA, DSAParams
 from ddpp_cli.engine.buffer.mtt_import import _flatten_mtt_epoch, _load_mtt_file, mtt_files
 from ddpp_cli.engine.distill import teacher
 from ddpp_cli.engine.functional import ParamLayout
@@ -145,6 +149,7 @@ class DatmRun:
     permutations: list[np.ndarray] = field(default_factory=list)
     randperms: list[torch.Tensor] = field(default_factory=list)
     shuffles: list[list[int]] = field(default_factory=list)
+    augment_draws: list[torch.Tensor] = field(default_factory=list)
     optimizers: list[tuple[list[torch.Tensor], list[torch.Tensor] | None]] = field(
         default_factory=list
     )
@@ -266,6 +271,26 @@ def _recording_views(record: DatmRun) -> dict[str, Any]:
     }
 
 
+def _recording_augment_view(record: DatmRun) -> _View:
+    """``torch`` as DATM's ``utils/utils_baseline.py`` (its DiffAugment) sees it: ``rand`` and
+    ``randint`` record their outputs, and ``tensor(..., dtype=torch.float)`` (the scale and
+    rotate matrices) gives the default dtype, so that float64 images meet a float64 grid."""
+
+    def recorded(draw: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> torch.Tensor:
+            out = draw(*args, **kwargs)
+            record.augment_draws.append(out.detach().clone())
+            return out
+
+        return call
+
+    def tensor(data: Any, *args: Any, dtype: Any = None, **kwargs: Any) -> torch.Tensor:
+        dtype = torch.get_default_dtype() if dtype is torch.float else dtype
+        return torch.tensor(data, *args, dtype=dtype, **kwargs)
+
+    return _View(torch, rand=recorded(torch.rand), randint=recorded(torch.randint), tensor=tensor)
+
+
 def _fixture_dataset(fixture: Fixture) -> Any:
     def get_dataset(*_: Any, **__: Any) -> tuple:
         pairs = zip(fixture.images, fixture.labels, strict=True)
@@ -278,9 +303,9 @@ def _fixture_dataset(fixture: Fixture) -> Any:
     return get_dataset
 
 
-def datm_settings(cfg: Any, buffer_root: Path) -> argparse.Namespace:
+def datm_settings(cfg: Any, buffer_root: Path, dsa: str) -> argparse.Namespace:
     """DATM's default config (its ``utils/cfg.py``, as its ``__main__`` turns it into args) with
-    the fixture's settings."""
+    the fixture's settings; ``dsa``: the DSA strategy, or ``none``."""
     settings = dict(cfg.items())
     settings.update(
         dataset=DATASET, model=MODEL, ipc=IPC, Iteration=0, eval_it=100, skip_first_eva=True,
@@ -288,15 +313,16 @@ def datm_settings(cfg: Any, buffer_root: Path) -> argparse.Namespace:
         min_start_epoch=0, current_max_start_epoch=2, max_start_epoch=3, expansion_end_epoch=10,
         expert_epochs=EXPERT_EPOCHS, syn_steps=SYN_STEPS, batch_syn=BATCH_SYN,
         lr_teacher=LR_TEACHER, lr_img=100.0, lr_lr=1e-5, lr_y=2.0, Momentum_y=0.9,
-        threshold=10.0, dsa=False, zca=False, load_all=False, max_files=FILES,
-        max_experts=EXPERTS, Label_Model_Timestamp=-1, buffer_path=str(buffer_root),
-        data_path=str(buffer_root), device=[0],
+        threshold=10.0, dsa=dsa != "none", dsa_strategy=dsa, zca=False, load_all=False,
+        max_files=FILES, max_experts=EXPERTS, Label_Model_Timestamp=-1,
+        buffer_path=str(buffer_root), data_path=str(buffer_root), device=[0],
     )  # fmt: skip
     return argparse.Namespace(**settings)
 
 
-def run_datm(datm: Path, fixture: Fixture, buffer_root: Path) -> DatmRun:
-    """DATM's ``main`` for one iteration in float64, recorded (module notes)."""
+def run_datm(datm: Path, fixture: Fixture, buffer_root: Path, dsa: str = "none") -> DatmRun:
+    """DATM's ``main`` for one iteration in float64 with DSA strategy ``dsa``, recorded (module
+    notes)."""
     datm = Path(datm).resolve()
     script = datm / "distill" / "DATM.py"
     if not script.is_file():
@@ -308,12 +334,13 @@ def run_datm(datm: Path, fixture: Fixture, buffer_root: Path) -> DatmRun:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     vars(module).update(_recording_views(record), get_dataset=_fixture_dataset(fixture))
+    sys.modules["utils.utils_baseline"].torch = _recording_augment_view(record)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # DATM.py 133: a tensor from a list
-            module.main(datm_settings(module.cfg, buffer_root))
+            module.main(datm_settings(module.cfg, buffer_root, dsa))
     finally:
         torch.set_default_dtype(previous)
     return record
@@ -332,13 +359,52 @@ def ddpp_trajectories(folder: Path, layout: ParamLayout) -> list[list[torch.Tens
     return experts
 
 
-def datm_minibatches(randperms: list[torch.Tensor]) -> list[UnrollStep]:
-    """DATM's steps: each permutation split into chunks of ``batch_syn``, popped from the end."""
+def datm_minibatches(
+    randperms: list[torch.Tensor], augmentations: list[DSAParams] | None = None
+) -> list[UnrollStep]:
+    """DATM's steps: each permutation split into chunks of ``batch_syn``, popped from the end;
+    step j augmented with ``augmentations[j]`` (none when not given)."""
     draws, chunks, steps = iter(randperms), [], []
-    for _ in range(SYN_STEPS):
+    for number in range(SYN_STEPS):
         if not chunks:
             chunks = list(next(draws).split(BATCH_SYN))
-        steps.append(UnrollStep(chunks.pop(), DSAParams("none")))
+        augment = augmentations[number] if augmentations else DSAParams("none")
+        steps.append(UnrollStep(chunks.pop(), augment))
+    return steps
+
+
+def datm_augmentations(draws: list[torch.Tensor], strategy: str) -> list[DSAParams]:
+    """ddpp's parameters of DATM's DiffAugment draws (``utils/utils_baseline.py`` 726-871, mode
+    ``S``: one op per call, then its draws), with ParamDiffAug's ratios (= ddpp's defaults):
+    color u_b − 0.5, 2 u_s, u_c + 0.5; crop: DATM's translation of the row (column) index,
+    negated, is ddpp's downward (rightward) shift; cutout offsets are the centres; flip u < 0.5;
+    scale 1/1.2 + u (1.2 − 1/1.2); rotate: DATM turns the grid by θ = (u − 0.5)·2·15°, ddpp by
+    −angle."""
+    ops, stream, steps = strategy.split("_"), iter(draws), []
+    for _ in range(SYN_STEPS):
+        op = ops[int(next(stream))]
+        values: dict[str, torch.Tensor]
+        if op == "color":
+            b, s, c = (next(stream).reshape(-1) for _ in range(3))
+            values = {"brightness": (b - 0.5) * 1.0, "saturation": s * 2.0, "contrast": c + 0.5}
+        elif op == "crop":
+            down, right = (-next(stream).reshape(-1) for _ in range(2))
+            values = {"shift_y": down, "shift_x": right}
+        elif op == "cutout":
+            rows, cols = (next(stream).reshape(-1) for _ in range(2))
+            size = torch.full_like(rows, int(SIZE * 0.5 + 0.5))
+            values = {"centre_y": rows, "centre_x": cols, "size_y": size, "size_x": size}
+        elif op == "flip":
+            values = {"mask": next(stream).reshape(-1) < 0.5}
+        elif op == "scale":
+            sx, sy = (next(stream) * (1.2 - 1.0 / 1.2) + 1.0 / 1.2 for _ in range(2))
+            values = {"sx": sx, "sy": sy}
+        else:  # rotate
+            theta = (next(stream) - 0.5) * 2 * 15.0 / 180 * float(np.pi)
+            values = {"angles": -theta}
+        steps.append(DSAParams(op, values))
+    if next(stream, None) is not None:
+        raise SystemExit("DATM drew more augmentation parameters than its steps use")
     return steps
 
 
@@ -368,44 +434,73 @@ def difference(name: str, found: torch.Tensor, wanted: torch.Tensor) -> Differen
     return Difference(name, gap, gap / scale if scale > 0 else gap)
 
 
+# DSA off, each op alone, then DATM's default strategy (an op drawn per step)
+DSA_RUNS = ("none", "color", "crop", "cutout", "flip", "scale", "rotate", DEFAULT_STRATEGY)
+
+
 def compare(datm: Path) -> tuple[list[Difference], list[str]]:
-    """Run DATM's iteration and ddpp's; the differences, and notes on the draws."""
+    """Run DATM's iteration (without DSA, then with each DSA op) and ddpp's; the differences,
+    and notes on the draws."""
     fixture = make_fixture()
+    model = models.create(ARCH, CHANNELS, CLASSES, SIZE).double()
+    layout = ParamLayout.of(model)
+    results: list[Difference] = []
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="datm-parity-") as work:
         buffer_root = Path(work)
         folder = write_buffer(buffer_root, train_experts(fixture))
-        record = run_datm(datm, fixture, buffer_root)
-        model = models.create(ARCH, CHANNELS, CLASSES, SIZE).double()
-        layout = ParamLayout.of(model)
         experts = [[t.double() for t in e] for e in ddpp_trajectories(folder, layout)]
+        for dsa in DSA_RUNS:
+            record = run_datm(datm, fixture, buffer_root, dsa)
+            results += iteration(record, dsa, model, layout, experts, notes)
+            if dsa == "none":
+                images, labels = record.parameter(0)[0], record.parameter(2)[0]
+                results += label_start(
+                    record, fixture, model, layout, experts, images, labels, notes
+                )
+    return results, notes
+
+
+def iteration(
+    record: DatmRun,
+    dsa: str,
+    model: torch.nn.Module,
+    layout: ParamLayout,
+    experts: list[list[torch.Tensor]],
+    notes: list[str],
+) -> list[Difference]:
+    """ddpp's iteration on DATM's starting values and draws, against DATM's loss and gradients."""
     images, image_grad = record.parameter(0)
     lr, lr_grad = record.parameter(1)
     labels, label_grad = record.parameter(2)
     file_order, expert_order = record.shuffles[0], record.shuffles[1]
     expert = file_order[0] * EXPERTS + expert_order[0]
     start_epoch = int(record.logs["Start_Epoch"])
-    notes = [
-        f"DATM took expert {expert_order[0]} of file {file_order[0]}, start epoch {start_epoch}, "
-        f"minibatches {[s.indices.tolist() for s in datm_minibatches(record.randperms)]}"
-    ]
+    augmentations = datm_augmentations(record.augment_draws, dsa) if dsa != "none" else None
+    steps = datm_minibatches(record.randperms, augmentations)
+    ops = f" (ops {[s.augment.op for s in steps]})" if dsa == DEFAULT_STRATEGY else ""
+    notes.append(
+        f"DSA {dsa}{ops}: DATM took expert {expert_order[0]} of file {file_order[0]}, start epoch "
+        f"{start_epoch}, minibatches {[s.indices.tolist() for s in steps]}"
+    )
+    start, target = experts[expert][start_epoch], experts[expert][start_epoch + EXPERT_EPOCHS]
+    suffix = {"none": "", DEFAULT_STRATEGY: ", DSA every op"}.get(dsa, f", DSA {dsa}")
     results = []
     for mode in ("graph", "memory"):
         x = images.clone().requires_grad_(True)
         y = labels.clone().requires_grad_(True)
         alpha = torch.tensor(float(lr), dtype=torch.float64, requires_grad=True)
-        student = Student(model, layout, DSA("none"))
-        start, target = experts[expert][start_epoch], experts[expert][start_epoch + EXPERT_EPOCHS]
-        steps = datm_minibatches(record.randperms)
+        student = Student(model, layout, DSA(dsa))
         found = match(student, start, target, x, y, alpha, steps, 0.0, mode)
         dtype, loss = torch.float64, torch.as_tensor(record.logs["Grand_Loss"])
+        where = f"({mode}{suffix})"
         results += [
-            difference(f"iteration loss ({mode})", torch.tensor(found.loss, dtype=dtype), loss),
-            difference(f"dL/d images ({mode})", x.grad, image_grad),
-            difference(f"dL/d labels ({mode})", y.grad, label_grad),
-            difference(f"dL/d lr ({mode})", alpha.grad, lr_grad),
+            difference(f"iteration loss {where}", torch.tensor(found.loss, dtype=dtype), loss),
+            difference(f"dL/d images {where}", x.grad, image_grad),
+            difference(f"dL/d labels {where}", y.grad, label_grad),
+            difference(f"dL/d lr {where}", alpha.grad, lr_grad),
         ]
-    results += label_start(record, fixture, model, layout, experts, images, labels, notes)
-    return results, notes
+    return results
 
 
 def label_start(

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "benchmarks" / "datm_parity.py"
 COMPARED = (
     *(
-        f"{name} ({mode})"
+        f"{name} ({mode}{'' if dsa == 'none' else f', DSA {dsa}'})"
+        for dsa in ("none", "color", "crop", "cutout", "flip", "scale", "rotate", "every op")
         for mode in ("graph", "memory")
         for name in ("iteration loss", "dL/d images", "dL/d labels", "dL/d lr")
     ),
@@ -46,6 +47,38 @@ def test_minibatches_are_datms_chunks_popped_from_the_end(parity):
     steps = parity.datm_minibatches([first, second])
     assert [s.indices.tolist() for s in steps] == [[1, 4], [5, 2, 0, 3], [5, 4], [1, 0, 3, 2]]
     assert all(s.augment.op == "none" for s in steps)
+
+
+def test_datms_augmentation_draws_become_ddpps_parameters(parity):
+    """DiffAugment (DATM's utils/utils_baseline.py, mode S): an op index, then the op's draws.
+    color: x + (u_b − 0.5), saturation 2 u_s, contrast u_c + 0.5; crop: DATM's translation t
+    of the row index reads row i + t, i.e. moves the content up by t: ddpp's shift −t; rotate:
+    DATM's grid turns by θ = (u − 0.5)·2·15° (u = 0.75: 7.5°), ddpp's by −angle; cutout: the
+    offsets are the centres of a round(16 · 0.5) = 8 square."""
+    strategy = "color_crop_cutout_flip_scale_rotate"
+    column = lambda *v: torch.tensor(v).reshape(-1, 1, 1)  # noqa: E731 (DATM's [B, 1, 1] draws)
+    draws = [
+        torch.tensor([0]), *(torch.tensor([0.25, 1.0]).reshape(-1, 1, 1, 1),) * 3,  # color
+        torch.tensor([1]), column(2, -1), column(0, 3),  # crop
+        torch.tensor([5]), torch.tensor([0.75, 0.5]),  # rotate
+        torch.tensor([2]), column(3, 16), column(0, 9),  # cutout
+    ]  # fmt: skip
+    color, crop, rotate, cutout = parity.datm_augmentations(draws, strategy)
+    assert color.op == "color"
+    assert color.values["brightness"].tolist() == [-0.25, 0.5]
+    assert color.values["saturation"].tolist() == [0.5, 2.0]
+    assert color.values["contrast"].tolist() == [0.75, 1.5]
+    assert crop.op == "crop"
+    assert crop.values["shift_y"].tolist() == [-2, 1]
+    assert crop.values["shift_x"].tolist() == [0, -3]
+    assert rotate.op == "rotate"
+    assert rotate.values["angles"].tolist() == pytest.approx([-7.5 * torch.pi / 180, 0.0])
+    assert cutout.op == "cutout"
+    assert cutout.values["centre_y"].tolist() == [3, 16]
+    assert cutout.values["centre_x"].tolist() == [0, 9]
+    assert cutout.values["size_y"].tolist() == cutout.values["size_x"].tolist() == [8, 8]
+    with pytest.raises(SystemExit, match="more augmentation"):
+        parity.datm_augmentations([*draws, torch.tensor([3]), torch.rand(2, 1, 1, 1)], strategy)
 
 
 def test_difference_is_relative_to_the_largest_reference_value(parity):
