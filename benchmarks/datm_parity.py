@@ -552,6 +552,14 @@ def main(argv: list[str] | None = None) -> None:
         print(note)
     for result in results:
         print(result.line())
+    largest: dict[str, Difference] = {}
+    for result in results:
+        quantity = result.name.split(" (")[0]
+        if quantity not in largest or result.max_rel > largest[quantity].max_rel:
+            largest[quantity] = result
+    print("largest over the runs: " + "; ".join(
+        f"{quantity} {worst.max_rel:.1e}" for quantity, worst in largest.items()
+    ))  # fmt: skip
     failed = [r.name for r in results if not r.ok]
     print(f"{len(results) - len(failed)}/{len(results)} within {TOLERANCE:g}")
     if failed:
