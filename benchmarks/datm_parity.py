@@ -95,7 +95,8 @@ class Fixture:
 
 def make_fixture() -> Fixture:
     """PER_CLASS images per class (classes in blocks): the class's random pattern plus noise;
-    the :data:`OUTLIERS` show the next class's pattern, so the experts misclassify them."""
+    the :data:`OUTLIERS` show the next class's pattern (experts that do not learn them by heart
+    misclassify them)."""
     generator = torch.Generator().manual_seed(0)
     patterns = torch.randn(CLASSES, CHANNELS, SIZE, SIZE, generator=generator)
     labels = torch.arange(CLASSES).repeat_interleave(PER_CLASS)
@@ -329,7 +330,8 @@ def run_datm(datm: Path, fixture: Fixture, buffer_root: Path, dsa: str = "none")
         raise SystemExit(f"{datm} holds no distill/DATM.py; pass a checkout of NUS-HPC-AI-Lab/DATM")
     record = DatmRun()
     _stub_modules(record)
-    sys.path.insert(0, str(datm))
+    if str(datm) not in sys.path:
+        sys.path.insert(0, str(datm))
     spec = importlib.util.spec_from_file_location("datm_distill", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
