@@ -15,6 +15,7 @@ from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate, faults, layout, pipeline
+from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress, percent
 
 # Settings of plan_run: its keyword arguments and its overrides.
@@ -37,6 +38,8 @@ def summary_table(summary: pipeline.RunSummary) -> Table:
     source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
     if result.selection != evaluate.SELECTION_RULE:
         source += f", {result.selection}"
+    if summary.labels != evaluate.HARD_LABELS_TEXT:
+        source += f", {summary.labels}"
     for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
         table.add_row(
             label,
@@ -109,6 +112,29 @@ BufferEpochsOpt = Annotated[
 ]
 
 
+LabelsOpt = opt.option(
+    str | None, opt.DISTILL, "--labels",
+    help="hard (default: class indices), teacher (the experts' soft labels of real images) or "
+    "learned (those optimised with the images), as 'ddpp distill --labels'; the evaluation "
+    "trains with the set's labels. With --compare: the rows ddpp-teacher, ddpp-learned.",
+)  # fmt: skip
+LrLabelsOpt = opt.option(
+    float | None, opt.DISTILL, "--lr-labels",
+    help="With --labels learned: their SGD lr (DATM's lr_y; default: DATM's config for the "
+    "dataset and IPC, else 2).",
+)  # fmt: skip
+
+
+def refuse_labels_with_compare(given: dict[str, Any], compare: str | None) -> None:
+    """One line for ``--labels``/``--lr-labels`` with ``--compare``: its rows name their labels."""
+    flags = [f"--{name.replace('_', '-')}" for name in ("labels", "lr_labels") if name in given]
+    if compare is not None and flags:
+        raise DdppError(
+            f"{' and '.join(flags)} set one run's labels; with --compare, add the rows "
+            "ddpp-teacher or ddpp-learned instead (e.g. --compare ddpp,ddpp-learned)."
+        )
+
+
 def _quick_and_paper(name: str) -> str:
     """ "quick 3, paper 5": the profiles' values of an evaluation setting."""
     return f"quick {QUICK[name]}, paper {_settings.field_default(evaluate.EvalConfig, name)}"
@@ -160,6 +186,8 @@ def command(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     val_size: opt.ValSizeOpt = None,
     selection: opt.SelectionOpt = None,
+    labels: LabelsOpt = None,
+    lr_labels: LrLabelsOpt = None,
     runs: RunsOpt = None,
     epochs: EpochsOpt = None,
     test_subset: opt.TestSubsetOpt = None,
@@ -194,6 +222,7 @@ def command(
     given = _settings.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
     _comparing.refuse_with_compare(given, budgets, rows)
+    refuse_labels_with_compare(given, rows)
     plan = pipeline.plan_run(dataset, ipc, **given)
     if rows is not None:
         _comparing.compare_and_report(plan, rows, budgets, engine_options, **output)
@@ -237,6 +266,8 @@ def run_and_report(
     if not world.is_main:
         return
     found = _scores.run_scores(summary, scores, engine_options, torch_device, display, world)
+    if found:  # run.json holds the scores too, as 'ddpp evaluate --scores --json' gives them
+        pipeline.write_summary(summary, found)
     if json_out:
         typer.echo(json.dumps(summary.to_json() | found))
     elif quiet:

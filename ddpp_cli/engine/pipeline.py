@@ -62,7 +62,7 @@ QUICK = {
 DISTILL_KEYS = (
     "iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
     "lr_lr", "lr_teacher", "init", "eval_every", "eval_runs", "eval_epochs", "checkpoint_every",
-    "val_size", "unroll", "unroll_budget", "selection",
+    "val_size", "unroll", "unroll_budget", "selection", "labels", "lr_labels",
 )  # fmt: skip
 OVERRIDE_KEYS = (
     *DISTILL_KEYS, "experts", "buffer_epochs", "train_subset", "zca", "image_size", "runs",
@@ -274,6 +274,11 @@ class RunSummary:
         """Distilled minus random-baseline mean test accuracy (a fraction, not %)."""
         return self.evaluation.mean - self.baseline.mean
 
+    @property
+    def labels(self) -> str:
+        """The labels the set's networks trained with, as tables name them ("hard labels")."""
+        return self.evaluation.protocol.get("label_text", evaluate.HARD_LABELS_TEXT)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": SUMMARY_FORMAT,
@@ -288,6 +293,7 @@ class RunSummary:
             "random_baseline": self.baseline.to_json(),
             "gain": self.gain,
             "selection": self.evaluation.selection,
+            "labels": self.labels,
             "grid": str(self.grid),
             "curves": str(self.curves),
             "seconds": self.seconds,
@@ -367,8 +373,14 @@ def run_pipeline(
         summary=folder / layout.RUN_SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
     if world.is_main:
-        store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
+        write_summary(summary)
     return summary
+
+
+def write_summary(summary: RunSummary, extra: dict[str, Any] | None = None) -> None:
+    """``run.json``: the summary's JSON plus ``extra`` (``--scores``: ``{"scores": …}``)."""
+    content = summary.to_json() | (extra or {})
+    store.atomic_write_text(summary.summary, json.dumps(content, indent=2) + "\n")
 
 
 def check_inputs(
@@ -478,8 +490,10 @@ def _pictures_stage(
             visualize_engine.class_grid(distilled_set, upsample=upsample), grid
         )
         metrics = visualize_engine.read_metrics(folder)
-        title = f"ddpp run {folder.name}"
-        image = visualize_engine.curves_image(metrics, title=title, final_test=final_test)
+        image = visualize_engine.curves_image(
+            metrics, title=f"ddpp run {folder.name}", final_test=final_test,
+            labels=visualize_engine.set_labels(distilled_set),
+        )  # fmt: skip
         visualize_engine.save_image(image, curves)
     stages.finish(str(grid))
     return grid, curves
