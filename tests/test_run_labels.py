@@ -29,9 +29,14 @@ def test_labels_reach_the_distillation_as_the_users():
     assert plan.origin["labels"] == plan.origin["lr_labels"] == "user"
     teacher = pipeline.plan_run("mnist", 1, profile="quick", labels="teacher")
     assert (teacher.distill.labels, teacher.distill.lr_labels) == ("teacher", None)
-    # DATM's config for MNIST IPC 1 gives learned labels lr_y 2 (its cfg files), as distill does
-    learned = pipeline.plan_run("mnist", 1, profile="paper", labels="learned")
-    assert learned.distill.lr_labels == 2.0
+    # DATM's configs/CIFAR-10/ConvIN/IPC1.yaml: lr_y 5, batch_syn 10, threshold 1.1 (as distill)
+    learned = pipeline.plan_run("cifar10", 1, profile="quick", labels="learned")
+    d = learned.distill
+    assert (d.lr_labels, d.batch_syn, d.skip_threshold) == (5.0, 10, 1.1)
+    for name in ("lr_labels", "batch_syn", "skip_threshold"):  # the settings table's "from"
+        assert learned.origin[name] == "preset (DATM configs)", name
+    assert learned.origin["syn_steps"] == "profile"  # the quick profile caps DATM's 80 at 20
+    assert d.syn_steps == 20
 
 
 def test_labels_hard_is_no_option():

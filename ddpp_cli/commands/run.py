@@ -38,8 +38,8 @@ def summary_table(summary: pipeline.RunSummary) -> Table:
     source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
     if result.selection != evaluate.SELECTION_RULE:
         source += f", {result.selection}"
-    if summary.labels != evaluate.HARD_LABELS_TEXT:
-        source += f", {summary.labels}"
+    if result.protocol["label_text"] != evaluate.HARD_LABELS_TEXT:
+        source += f", {result.protocol['label_text']}"
     for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
         table.add_row(
             label,

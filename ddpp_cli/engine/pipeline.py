@@ -151,7 +151,10 @@ def _plan_distill(
         },
         None, derive=derive, profile=profile,
     )  # fmt: skip
-    origin.update({name: resolved.origin[name] for name in (*profile, *options)})
+    chosen = (*profile, *options)  # and DATM's preset (--labels teacher|learned), named as such
+    origin.update(
+        {k: v for k, v in resolved.origin.items() if k in chosen or v == presets.DATM_ORIGIN}
+    )
     return resolved.config
 
 
@@ -274,11 +277,6 @@ class RunSummary:
         """Distilled minus random-baseline mean test accuracy (a fraction, not %)."""
         return self.evaluation.mean - self.baseline.mean
 
-    @property
-    def labels(self) -> str:
-        """The labels the set's networks trained with, as tables name them ("hard labels")."""
-        return self.evaluation.protocol.get("label_text", evaluate.HARD_LABELS_TEXT)
-
     def to_json(self) -> dict[str, Any]:
         return {
             "format": SUMMARY_FORMAT,
@@ -293,7 +291,7 @@ class RunSummary:
             "random_baseline": self.baseline.to_json(),
             "gain": self.gain,
             "selection": self.evaluation.selection,
-            "labels": self.labels,
+            "labels": self.evaluation.protocol["label_text"],  # what its networks trained with
             "grid": str(self.grid),
             "curves": str(self.curves),
             "seconds": self.seconds,
