@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ddpp_cli.commands import _comparing, _scores, _settings
+from ddpp_cli.commands import _method_options as mopt
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
@@ -112,19 +113,6 @@ BufferEpochsOpt = Annotated[
 ]
 
 
-LabelsOpt = opt.option(
-    str | None, opt.DISTILL, "--labels",
-    help="hard (default: class indices), teacher (the experts' soft labels of real images) or "
-    "learned (those optimised with the images), as 'ddpp distill --labels'; the evaluation "
-    "trains with the set's labels. With --compare: the rows ddpp-teacher, ddpp-learned.",
-)  # fmt: skip
-LrLabelsOpt = opt.option(
-    float | None, opt.DISTILL, "--lr-labels",
-    help="With --labels learned: their SGD lr (DATM's lr_y; default: DATM's config for the "
-    "dataset and IPC, else 2).",
-)  # fmt: skip
-
-
 def refuse_labels_with_compare(given: dict[str, Any], compare: str | None) -> None:
     """One line for ``--labels``/``--lr-labels`` with ``--compare``: its rows name their labels."""
     flags = [f"--{name.replace('_', '-')}" for name in ("labels", "lr_labels") if name in given]
@@ -186,8 +174,8 @@ def command(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     val_size: opt.ValSizeOpt = None,
     selection: opt.SelectionOpt = None,
-    labels: LabelsOpt = None,
-    lr_labels: LrLabelsOpt = None,
+    labels: mopt.LabelsOpt = None,
+    lr_labels: mopt.LrLabelsOpt = None,
     runs: RunsOpt = None,
     epochs: EpochsOpt = None,
     test_subset: opt.TestSubsetOpt = None,
