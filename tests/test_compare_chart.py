@@ -373,3 +373,18 @@ def test_compare_writes_its_chart_and_a_rerun_accepts_it(tiny_mnist, tmp_path):
     chart.write_chart(folder, folder / "compare.svg")  # 'ddpp visualize --out' in the folder
     again = compare_engine.compare(tiny_plan(), ("random",), folder, **options)
     assert again.rows[0].reused
+
+
+def test_soft_label_rows_are_named_by_their_label_mode_in_names_and_caption(tmp_path):
+    learned = "learned labels (soft CE, T 1)"
+    rows = [
+        a_row("random", "Random", 40.0, 5.0, labels="hard labels"),
+        a_row("ddpp", "DDPP", 60.0, 1.0, labels="hard labels"),
+        a_row("ddpp-learned", "DDPP, learned soft labels", 62.0, 1.0, labels=learned),
+    ]
+    write_compare(tmp_path / "c", rows)
+    root = svg_of(chart.write_chart(tmp_path / "c", tmp_path / "chart.svg"))
+    expected = f"Labels: hard labels for Random, DDPP; {learned} for DDPP, learned soft labels."
+    assert caption(root).count(expected) == 1
+    names = [e for e in by_class(root, "row-label") if e.get("data-key") == "ddpp-learned"]
+    assert " ".join(e.text for e in names) == "DDPP, learned soft labels"

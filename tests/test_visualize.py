@@ -428,3 +428,145 @@ def test_cli_replaces_an_existing_file_or_export_only_with_force(run_dir, tmp_pa
     for extra in ((), ("--force",)):  # a folder of other files is never mixed into
         assert_one_line_error(invoke(run_dir, "--export", busy, *extra), str(busy))
     assert [p.name for p in busy.iterdir()] == ["notes.txt"]
+
+
+# ------------------------------------------------------------------ the label mode in pictures
+
+LEARNED_TEXT = "learned labels (soft CE, T 1)"  # DistilledSet.label_text of tm's learned labels
+
+
+def soft_set(mode: str = "learned", temperature: float = 1.0, settings=None) -> DistilledSet:
+    """``normalized_set``'s images and classes with (N, K) label vectors."""
+    hard = normalized_set()
+    vectors = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
+    return distilled.DistilledSet(
+        images=hard.images, labels=hard.labels, lr=hard.lr, dataset=hard.dataset,
+        class_names=hard.class_names, preprocessing=hard.preprocessing, source=hard.source,
+        settings=settings or {}, targets=vectors, label_mode=mode, target_loss="soft-ce",
+        temperature=temperature,
+    )  # fmt: skip
+
+
+def expected_band(width: int, text: str, size: int, mode: str = "RGB") -> Image.Image:
+    """The caption band drawn independently: ``text`` at the band's padding, as the
+    ``--selection best-test`` caption lays it out (pad max(4, size // 2) on every side)."""
+    from PIL import ImageDraw
+
+    from ddpp_cli.engine.visualize.drawing import font, text_size
+
+    face = font(size)
+    pad = max(4, size // 2)
+    text_width, text_height = text_size(text, face)
+    band = Image.new(mode, (max(width, text_width + 2 * pad), text_height + 2 * pad), "white")
+    ImageDraw.Draw(band).text((pad, pad), text, fill=(33, 33, 33), font=face, anchor="lt")
+    return band
+
+
+def test_caption_text_names_the_labels_then_the_selection():
+    assert vis.caption_text(normalized_set()) is None  # hard labels, validation: no caption
+    assert vis.caption_text(soft_set()) == LEARNED_TEXT
+    teacher = soft_set("teacher", 2.0, settings={"selection": "best-test"})
+    assert vis.caption_text(teacher) == (
+        "teacher soft labels (soft CE, T 2); test-selected (MTT's convention)"
+    )
+    hard_tested = normalized_set()
+    hard_tested = distilled.DistilledSet(
+        **{**hard_tested.__dict__, "settings": {"selection": "best-test"}}
+    )
+    assert vis.caption_text(hard_tested) == "test-selected (MTT's convention)"
+    # A frame without label vectors of a run that made them: the run's text.
+    assert vis.caption_text(normalized_set(), LEARNED_TEXT) == LEARNED_TEXT
+
+
+@pytest.mark.parametrize("upsample", [1, 3])
+def test_a_soft_label_grid_is_the_hard_grid_over_a_band_naming_its_labels(upsample):
+    hard = vis.class_grid(normalized_set(), upsample=upsample)
+    assert hard.size == vis.grid_layout(normalized_set(), upsample=upsample).size  # no band
+    soft = vis.class_grid(soft_set(), upsample=upsample)
+    assert soft.crop((0, 0, hard.width, hard.height)).tobytes() == hard.tobytes()
+    size = vis.grid_layout(soft_set(), upsample=upsample).font_size
+    band = expected_band(hard.width, LEARNED_TEXT, size)
+    assert soft.size == (band.width, hard.height + band.height)
+    drawn = soft.crop((0, hard.height, soft.width, soft.height))
+    assert drawn.getextrema()[0][0] < 128  # ink, not a blank band
+    assert drawn.tobytes() == band.tobytes()
+
+
+def test_both_captions_share_one_band():
+    both = soft_set("teacher", 2.0, settings={"selection": "best-test"})
+    grid = vis.class_grid(both)
+    plain = vis.class_grid(normalized_set())
+    text = "teacher soft labels (soft CE, T 2); test-selected (MTT's convention)"
+    band = expected_band(plain.width, text, vis.grid_layout(both).font_size)
+    assert grid.size == (band.width, plain.height + band.height)
+    assert grid.crop((0, plain.height, grid.width, grid.height)).tobytes() == band.tobytes()
+
+
+def test_run_labels_read_the_summary_else_the_set(tmp_path):
+    assert vis.run_labels(tmp_path / "absent") is None
+    run = tmp_path / "run"
+    run.mkdir()
+    assert vis.run_labels(run) is None  # nothing recorded yet
+    distilled.save(run / "distilled.safetensors", soft_set())
+    assert vis.run_labels(run) == LEARNED_TEXT  # no summary.json yet: the set's
+    (run / "summary.json").write_text(json.dumps({"labels": "hard labels"}))
+    assert vis.run_labels(run) is None
+    (run / "summary.json").write_text(json.dumps({"labels": "teacher soft labels (soft CE, T 2)"}))
+    assert vis.run_labels(run) == "teacher soft labels (soft CE, T 2)"
+
+
+def expected_title(text: str, size=(1200, 800)) -> Image.Image:
+    """The title band of ``curves_image`` drawn independently: ``text`` centred at the top in
+    its title font (unit = max(9, round(min(W/2, H/2) / 26)), band 2.2 units high)."""
+    from PIL import ImageDraw
+
+    from ddpp_cli.engine.visualize.drawing import font
+
+    unit = max(9, round(min(size[0] / 2, size[1] / 2) / 26))
+    band = Image.new("RGB", (size[0], int(unit * 2.2)), "white")
+    ImageDraw.Draw(band).text(
+        (size[0] / 2, unit * 0.6), text, fill=(33, 33, 33), font=font(int(unit * 1.3)),
+        anchor="mt",
+    )  # fmt: skip
+    return band
+
+
+def test_curves_title_names_a_runs_labels_and_nothing_else_changes(tmp_path):
+    from ddpp_cli.engine.visualize import curves
+
+    metrics = vis.read_metrics(write_metrics(tmp_path / "run").parent)
+    title = "ddpp distill run r"
+    assert curves.labelled_title(title, metrics, LEARNED_TEXT) == f"{title}, {LEARNED_TEXT}"
+    assert curves.labelled_title(title, metrics, None) == title
+    plain = vis.curves_image(metrics, title=title)
+    named = vis.curves_image(metrics, title=title, labels=LEARNED_TEXT)
+    expected = expected_title(f"{title}, {LEARNED_TEXT}")
+    body = (0, expected.height, 1200, 800)
+    assert named.crop(body).tobytes() == plain.crop(body).tobytes()  # the panels as before
+    assert named.crop((0, 0, 1200, expected.height)).tobytes() == expected.tobytes()
+    assert plain.crop((0, 0, 1200, expected.height)).tobytes() == expected_title(title).tobytes()
+
+
+def test_cli_curves_and_animation_of_a_soft_label_run_name_its_labels(tmp_path):
+    hard_run, soft_run = tmp_path / "hard" / "run", tmp_path / "soft" / "run"
+    for run, chosen in ((hard_run, normalized_set()), (soft_run, soft_set())):
+        write_metrics(run)
+        distilled.save(run / "distilled.safetensors", chosen)
+        for index in range(2):  # snapshots keep only the images (no label vectors)
+            distilled.save(run / "snapshots" / f"iter_{index:06d}.safetensors", normalized_set())
+        result = invoke(run, "--curves", run / "c.png", "--animate", run / "a.gif")
+        assert result.exit_code == 0, result.output
+    hard_curves = Image.open(hard_run / "c.png").convert("RGB")
+    soft_curves = Image.open(soft_run / "c.png").convert("RGB")
+    title = expected_title(f"ddpp distill run run, {LEARNED_TEXT}")
+    top, body = (0, 0, 1200, title.height), (0, title.height, 1200, 800)
+    assert soft_curves.crop(top).tobytes() == title.tobytes()
+    assert hard_curves.crop(top).tobytes() == expected_title("ddpp distill run run").tobytes()
+    assert hard_curves.crop(body).tobytes() == soft_curves.crop(body).tobytes()  # the panels
+    hard_gif, soft_gif = Image.open(hard_run / "a.gif"), Image.open(soft_run / "a.gif")
+    grid = vis.class_grid(normalized_set())
+    band = expected_band(grid.width, LEARNED_TEXT, vis.grid_layout(normalized_set()).font_size)
+    assert hard_gif.size == grid.size  # a hard-label run's frames: no band
+    assert soft_gif.size == (band.width, grid.height + band.height)
+    frame = array(soft_gif.convert("RGB").crop((0, grid.height, band.width, soft_gif.height)))
+    assert int((frame - array(band)).abs().max()) <= 8  # the caption, up to the GIF's palette

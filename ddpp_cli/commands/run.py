@@ -9,12 +9,14 @@ import typer
 from rich.table import Table
 
 from ddpp_cli.commands import _comparing, _scores, _settings
+from ddpp_cli.commands import _method_options as mopt
 from ddpp_cli.commands import _options as opt
 from ddpp_cli.commands._display import distilling, err, joined_world, line, out
 from ddpp_cli.commands._displays import RunDisplay
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distill as distill_engine
 from ddpp_cli.engine import evaluate, faults, layout, pipeline
+from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.progress import make_progress, percent
 
 # Settings of plan_run: its keyword arguments and its overrides.
@@ -37,6 +39,8 @@ def summary_table(summary: pipeline.RunSummary) -> Table:
     source = "MTT, ε 0" if plan.distill.eps == 0 else f"DDPP, ε {plan.distill.eps:g}"
     if result.selection != evaluate.SELECTION_RULE:
         source += f", {result.selection}"
+    if result.protocol["label_text"] != evaluate.HARD_LABELS_TEXT:
+        source += f", {result.protocol['label_text']}"
     for label, value in ((f"distilled ({source})", result), ("random real images", baseline)):
         table.add_row(
             label,
@@ -109,6 +113,16 @@ BufferEpochsOpt = Annotated[
 ]
 
 
+def refuse_labels_with_compare(given: dict[str, Any], compare: str | None) -> None:
+    """One line for ``--labels``/``--lr-labels`` with ``--compare``: its rows name their labels."""
+    flags = [f"--{name.replace('_', '-')}" for name in ("labels", "lr_labels") if name in given]
+    if compare is not None and flags:
+        raise DdppError(
+            f"{' and '.join(flags)} set one run's labels; with --compare, add the rows "
+            "ddpp-teacher or ddpp-learned instead (e.g. --compare ddpp,ddpp-learned)."
+        )
+
+
 def _quick_and_paper(name: str) -> str:
     """ "quick 3, paper 5": the profiles' values of an evaluation setting."""
     return f"quick {QUICK[name]}, paper {_settings.field_default(evaluate.EvalConfig, name)}"
@@ -160,6 +174,8 @@ def command(
     checkpoint_every: opt.CheckpointEveryOpt = None,
     val_size: opt.ValSizeOpt = None,
     selection: opt.SelectionOpt = None,
+    labels: mopt.LabelsOpt = None,
+    lr_labels: mopt.LrLabelsOpt = None,
     runs: RunsOpt = None,
     epochs: EpochsOpt = None,
     test_subset: opt.TestSubsetOpt = None,
@@ -194,6 +210,7 @@ def command(
     given = _settings.settings(options, SETTINGS)
     given["profile"] = given["profile"].strip().lower()
     _comparing.refuse_with_compare(given, budgets, rows)
+    refuse_labels_with_compare(given, rows)
     plan = pipeline.plan_run(dataset, ipc, **given)
     if rows is not None:
         _comparing.compare_and_report(plan, rows, budgets, engine_options, **output)
@@ -237,6 +254,8 @@ def run_and_report(
     if not world.is_main:
         return
     found = _scores.run_scores(summary, scores, engine_options, torch_device, display, world)
+    if found:  # run.json holds the scores too, as 'ddpp evaluate --scores --json' gives them
+        pipeline.write_summary(summary, found)
     if json_out:
         typer.echo(json.dumps(summary.to_json() | found))
     elif quiet:

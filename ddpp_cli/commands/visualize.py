@@ -142,8 +142,11 @@ def command(
             f"{visualize_engine.EXPORT_MANIFEST})",
         )  # fmt: skip
     if curves is not None:
-        run_name = (target if target.is_dir() else target.parent).resolve().name
-        image = visualize_engine.curves_image(inputs.metrics, title=f"ddpp distill run {run_name}")
+        run = (target if target.is_dir() else target.parent).resolve()
+        image = visualize_engine.curves_image(
+            inputs.metrics, title=f"ddpp distill run {run.name}",
+            labels=visualize_engine.run_labels(run),
+        )  # fmt: skip
         visualize_engine.save_image(image, curves)
         written("curves:", curves, f"({len(inputs.metrics)} metrics records)")
     if animate is not None:

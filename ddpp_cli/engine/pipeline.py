@@ -62,7 +62,7 @@ QUICK = {
 DISTILL_KEYS = (
     "iterations", "syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img",
     "lr_lr", "lr_teacher", "init", "eval_every", "eval_runs", "eval_epochs", "checkpoint_every",
-    "val_size", "unroll", "unroll_budget", "selection",
+    "val_size", "unroll", "unroll_budget", "selection", "labels", "lr_labels",
 )  # fmt: skip
 OVERRIDE_KEYS = (
     *DISTILL_KEYS, "experts", "buffer_epochs", "train_subset", "zca", "image_size", "runs",
@@ -151,7 +151,10 @@ def _plan_distill(
         },
         None, derive=derive, profile=profile,
     )  # fmt: skip
-    origin.update({name: resolved.origin[name] for name in (*profile, *options)})
+    chosen = (*profile, *options)  # and DATM's preset (--labels teacher|learned), named as such
+    origin.update(
+        {k: v for k, v in resolved.origin.items() if k in chosen or v == presets.DATM_ORIGIN}
+    )
     return resolved.config
 
 
@@ -288,6 +291,7 @@ class RunSummary:
             "random_baseline": self.baseline.to_json(),
             "gain": self.gain,
             "selection": self.evaluation.selection,
+            "labels": self.evaluation.protocol["label_text"],  # what its networks trained with
             "grid": str(self.grid),
             "curves": str(self.curves),
             "seconds": self.seconds,
@@ -367,8 +371,14 @@ def run_pipeline(
         summary=folder / layout.RUN_SUMMARY_NAME, seconds=stages.seconds,
     )  # fmt: skip
     if world.is_main:
-        store.atomic_write_text(summary.summary, json.dumps(summary.to_json(), indent=2) + "\n")
+        write_summary(summary)
     return summary
+
+
+def write_summary(summary: RunSummary, extra: dict[str, Any] | None = None) -> None:
+    """``run.json``: the summary's JSON plus ``extra`` (``--scores``: ``{"scores": …}``)."""
+    content = summary.to_json() | (extra or {})
+    store.atomic_write_text(summary.summary, json.dumps(content, indent=2) + "\n")
 
 
 def check_inputs(
@@ -478,8 +488,10 @@ def _pictures_stage(
             visualize_engine.class_grid(distilled_set, upsample=upsample), grid
         )
         metrics = visualize_engine.read_metrics(folder)
-        title = f"ddpp run {folder.name}"
-        image = visualize_engine.curves_image(metrics, title=title, final_test=final_test)
+        image = visualize_engine.curves_image(
+            metrics, title=f"ddpp run {folder.name}", final_test=final_test,
+            labels=visualize_engine.set_labels(distilled_set),
+        )  # fmt: skip
         visualize_engine.save_image(image, curves)
     stages.finish(str(grid))
     return grid, curves

@@ -4,8 +4,8 @@ Everything here returns images or writes files; nothing prints. Images are shown
 a set's normalisation or ZCA whitening is undone first (:func:`pixel_images`). Grids are built
 with ``torchvision.utils.make_grid`` and labelled with pillow; curves are drawn with pillow only.
 A comparison's chart is laid out as shapes (``scene``) and written as PNG or SVG. One module per
-concern: ``pixels``, ``drawing``, ``files``, ``grid``, ``export``, ``curves``, ``animation``,
-``scene``, ``compare_chart``.
+concern: ``pixels``, ``drawing``, ``files``, ``labels``, ``grid``, ``export``, ``curves``,
+``animation``, ``scene``, ``compare_chart``. A set with label vectors is named in its pictures.
 """
 
 from ddpp_cli.engine.visualize.animation import animation, animation_sources
@@ -19,6 +19,7 @@ from ddpp_cli.engine.visualize.curves import PANELS, curves_image, panels_for, r
 from ddpp_cli.engine.visualize.export import EXPORT_MANIFEST, check_export_folder, export_folder
 from ddpp_cli.engine.visualize.files import image_format, save_image
 from ddpp_cli.engine.visualize.grid import class_grid, grid_layout, image_box, parse_classes
+from ddpp_cli.engine.visualize.labels import caption_text, run_labels, set_labels
 from ddpp_cli.engine.visualize.pixels import clipped_view, pixel_images
 from ddpp_cli.engine.visualize.scene import check_scene_path, save_scene
 
@@ -27,6 +28,7 @@ __all__ = [
     "PANELS",
     "animation",
     "animation_sources",
+    "caption_text",
     "chart_scene",
     "check_export_folder",
     "check_scene_path",
@@ -43,7 +45,9 @@ __all__ = [
     "pixel_images",
     "read_comparison",
     "read_metrics",
+    "run_labels",
     "save_image",
     "save_scene",
+    "set_labels",
     "write_chart",
 ]

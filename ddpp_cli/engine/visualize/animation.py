@@ -16,6 +16,7 @@ from ddpp_cli.engine.layout import (
 )
 from ddpp_cli.engine.visualize.files import save_image
 from ddpp_cli.engine.visualize.grid import class_grid
+from ddpp_cli.engine.visualize.labels import run_labels
 
 RUN_MARKERS = (CHECKPOINT_NAME, DISTILLED_NAME, BEST_NAME, METRICS_NAME)
 
@@ -35,9 +36,12 @@ def animation(
     ``ddpp distill`` keeps snapshots only when asked (``--snapshot-every N``); for a run without
     them this raises a DdppError saying how to get them. ``grid_options`` go to
     :func:`class_grid` (``clip``, ``upsample``, ``classes``, ``max_per_row``, ``zca_path``).
+    Every frame of a run that made label vectors names them (:func:`~.labels.run_labels`: a
+    learned-label run's snapshots keep only the images).
     """
     files = animation_sources(run, out)
-    frames = [class_grid(load_set(path), **grid_options) for path in files]
+    labels = run_labels(run)
+    frames = [class_grid(load_set(path), labels=labels, **grid_options) for path in files]
     frame_ms = max(20, round(1000 * seconds_per_frame))
     return save_image(frames[0], out, frames=frames[1:], frame_ms=frame_ms)
 

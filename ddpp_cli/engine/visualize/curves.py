@@ -343,12 +343,18 @@ def _draw_curve(
         draw.text((plot.left + 6, plot.top + 4), note, fill=INK, font=tick_face, anchor="lt")
 
 
-def labelled_title(title: str | None, metrics: Sequence[dict[str, Any]]) -> str | None:
-    """``title`` followed by "test-selected (MTT's convention)" when ``metrics`` holds the test
-    points of a ``--selection best-test`` run (a validation run's title unchanged)."""
-    if title is None or not series(metrics, TEST_SELECTED.key):
-        return title
-    return f"{title}, {BEST_TEST_LABEL}"
+def labelled_title(
+    title: str | None, metrics: Sequence[dict[str, Any]], labels: str | None = None
+) -> str | None:
+    """``title`` followed by the run's ``labels`` when it made label vectors ("learned labels
+    (soft CE, T 1)") and by "test-selected (MTT's convention)" when ``metrics`` holds the test
+    points of a ``--selection best-test`` run (a hard-label validation run's title unchanged)."""
+    if title is None:
+        return None
+    parts = [title, labels]
+    if series(metrics, TEST_SELECTED.key):
+        parts.append(BEST_TEST_LABEL)
+    return ", ".join(part for part in parts if part)
 
 
 def curves_image(
@@ -357,13 +363,15 @@ def curves_image(
     size: tuple[int, int] = (1200, 800),
     title: str | None = None,
     final_test: float | None = None,
+    labels: str | None = None,
 ) -> Image.Image:
     """Loss, pruned fraction, learned lr and validation accuracy against iteration, 2×2 panels
     (another method's run: loss and validation accuracy, and CAFE's loop lengths; see
     :func:`panels_for`).
 
     A ``--selection best-test`` run shows its test points in the validation panel's place and
-    says "test-selected (MTT's convention)" in that panel's title and in ``title``.
+    says "test-selected (MTT's convention)" in that panel's title and in ``title``; ``labels``
+    (a run's label text, None for hard labels) follows ``title``.
     Missing keys leave their panel empty with a note (a run in progress); lines without a key are
     skipped for that curve. A finished run that never validated and whose final test accuracy
     is known (``final_test``, a fraction) shows that accuracy in the validation panel's place.
@@ -387,10 +395,10 @@ def curves_image(
     if tested:  # --selection best-test: the test points in the validation panel's place
         panels = tuple(TEST_SELECTED if panel.key == VALIDATION.key else panel for panel in panels)
         points[TEST_SELECTED.key] = tested
-        title = labelled_title(title, metrics)
     elif final_test is not None and not points.get(VALIDATION.key, True):
         panels = tuple(TEST if panel.key == VALIDATION.key else panel for panel in panels)
         points[TEST.key] = [(x_high, final_test)]
+    title = labelled_title(title, metrics if tested else (), labels)
     if title:
         ImageDraw.Draw(canvas).text(
             (width / 2, unit * 0.6), title, fill=INK, font=font(int(unit * 1.3)), anchor="mt"

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 
 from ddpp_cli.engine.distilled import DistilledSet
 from ddpp_cli.engine.errors import DdppError
-from ddpp_cli.engine.model_selection import VALIDATION_LABEL, label_of_settings
 from ddpp_cli.engine.visualize.drawing import BACKGROUND, INK, font, text_size
+from ddpp_cli.engine.visualize.labels import caption_text
 from ddpp_cli.engine.visualize.pixels import shown_pixels, to_pil
 
 PADDING = 2  # pixels between grid cells (make_grid's default)
@@ -185,13 +185,15 @@ def class_grid(
     clip: bool = False,
     upsample: int = 1,
     zca_path: Path | None = None,
+    labels: str | None = None,
 ) -> Image.Image:
     """One row per class (wrapping at ``max_per_row``), class names on the left, pixels restored.
 
     ``clip`` shows MTT's clipped view (:func:`clipped_view`); ``upsample`` enlarges each image by
     an integer factor with nearest-neighbour sampling. Grayscale sets give an L-mode image. A set
-    made with ``--selection best-test`` gets a caption below the grid that says so (the cells keep
-    their places).
+    with label vectors, or made with ``--selection best-test``, gets a caption below the grid
+    that says so (:func:`~.labels.caption_text`; the cells keep their places). ``labels`` names
+    the labels of a set that does not carry them (an animation frame of a learned-label run).
     """
     layout = grid_layout(distilled, classes=classes, max_per_row=max_per_row, upsample=upsample)
     pixels = shown_pixels(distilled, clip, zca_path)
@@ -220,10 +222,8 @@ def class_grid(
         for block, text in enumerate(layout.labels):
             middle = layout.block_tops[block] + layout.block_height(block) / 2
             draw.text((layout.margin - pad, middle), text, fill=ink, font=face, anchor="rm")
-    selection = label_of_settings(distilled.settings)
-    if selection != VALIDATION_LABEL:
-        return with_caption(canvas, selection, layout.font_size)
-    return canvas
+    caption = caption_text(distilled, labels)
+    return canvas if caption is None else with_caption(canvas, caption, layout.font_size)
 
 
 def with_caption(canvas: Image.Image, text: str, size: int) -> Image.Image:
