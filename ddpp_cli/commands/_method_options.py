@@ -5,8 +5,9 @@ method registry), and tm's labels and DATM's options (their own panel), declared
 from __future__ import annotations
 
 from ddpp_cli.commands._options import option
-from ddpp_cli.commands._settings import preset_default
+from ddpp_cli.commands._settings import preset_default, value_text
 from ddpp_cli.engine.distill import methods as distill_methods
+from ddpp_cli.engine.presets import DATM_LR_LABELS
 
 PANEL = "Methods " + ", ".join(
     name
@@ -83,12 +84,14 @@ LearnLabelsOpt = option(
     bool | None, PANEL, "--learn-labels/--fixed-labels",
     help=preset_default("kip: learn the label vectors too.", "learn_labels"),
 )  # fmt: skip
+_KIP_LR_LABELS = distill_methods.get_method("kip").preset("cifar10", 10, False)["lr_labels"]
 LrLabelsOpt = option(
     float | None, PANEL, "--lr-labels",
-    help=preset_default(
-        "kip: Adam lr of the label vectors; tm with --labels learned: their SGD lr (momentum "
-        "0.9, DATM's lr_y; default: DATM's config for the dataset and IPC, else 2).",
-        "lr_labels",
+    help=(
+        "kip: Adam lr of the label vectors (default: "
+        f"{value_text(_KIP_LR_LABELS)}); tm with --labels learned: their "
+        "SGD lr (momentum 0.9, DATM's lr_y; default: DATM's config for the dataset and IPC, "
+        f"else {value_text(DATM_LR_LABELS)})."
     ),
 )  # fmt: skip
 
