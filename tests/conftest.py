@@ -25,6 +25,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+# ConvNet-3 (width 128, instance norm) on 1×8×8 images: 3 convolutions 3×3 with biases, 2 affine
+# norm parameters per channel each, and a classifier over 128 features of 1×1 (8 → 4 → 2 → 1).
+CONVNET_8PX_PARAMETERS = (
+    (1 * 9 * 128 + 128) + 2 * (128 * 9 * 128 + 128) + 3 * 2 * 128 + (128 * 10 + 10)
+)
+
+
 def write_idx(path: Path, array: torch.Tensor, gz: bool = True) -> None:
     """Write a uint8 tensor as an IDX file (the MNIST container format)."""
     array = array.to(torch.uint8).contiguous()
@@ -85,6 +92,26 @@ def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-buffer")
     config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_buffer(config, folder, data_root=tiny_mnist, download=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
+    """Two experts × 4 epochs at lr 0.02, batch 10, 8×8: they classify most tiny digits correctly
+    (``tiny_buffer`` classifies too few to pick a real image per class, as DATM's labels need);
+    trained once per session on one thread; tests read it and never write into it."""
+    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
+
+    folder = tmp_path_factory.mktemp("good-buffer")
+    config = BufferConfig(
+        dataset="mnist", experts=2, epochs=4, batch_size=10, lr=0.02, image_size=8
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

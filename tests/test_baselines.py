@@ -153,7 +153,9 @@ def test_baseline_evaluation_draws_per_run_subsets_only_for_random(method, tiny_
 @pytest.mark.parametrize("method", ["forgetting", "herding"])
 def test_a_trained_selection_is_kept_and_taken_again_not_retrained(method, tiny_mnist, tmp_path):
     def prepare(**changes):
-        config = BaselineConfig(method, "mnist", 2, forgetting_epochs=2, feature_epochs=2)
+        config = BaselineConfig(  # at 8×8: a fast network; what is kept does not depend on it
+            method, "mnist", 2, forgetting_epochs=2, feature_epochs=2, image_size=8
+        )
         config = replace(config, **changes)
         return baselines.prepare_baseline(
             config, data_root=tiny_mnist, download=False, test_subset=20

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_mnist_folder
+from conftest import CONVNET_8PX_PARAMETERS, make_mnist_folder
 
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import models, store
@@ -13,7 +13,10 @@ from ddpp_cli.engine.functional import ParamLayout, flat_parameters
 
 
 def small_config(**overrides) -> BufferConfig:
-    settings = {"dataset": "mnist", "experts": 2, "epochs": 2, "batch_size": 64, "seed": 5}
+    """Tiny MNIST at 8×8 (a fast ConvNet): only the convergence test needs the 28 px digits."""
+    settings = {
+        "dataset": "mnist", "experts": 2, "epochs": 2, "batch_size": 64, "seed": 5, "image_size": 8
+    }  # fmt: skip
     settings.update(overrides)
     return BufferConfig(**settings)
 
@@ -46,10 +49,10 @@ def test_buffer_writes_one_file_per_expert_with_all_snapshots(tiny_mnist, tmp_pa
     )
     assert [r.index for r in summary.experts] == [0, 1]
     with seeded(0):
-        layout = ParamLayout.of(models.create("convnet", 1, 10, 28))
+        layout = ParamLayout.of(models.create("convnet", 1, 10, 8))
     for record in summary.experts:
         loaded = buffer_engine.load_trajectory(record.path, layout)
-        assert loaded.params.shape == (3, 317_706)
+        assert loaded.params.shape == (3, CONVNET_8PX_PARAMETERS)
         assert loaded.metadata["format"] == store.TRAJECTORY_FORMAT
         assert loaded.metadata["arch"] == "convnet"
         assert loaded.metadata["layout"] == layout.to_json()
@@ -80,7 +83,7 @@ def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
     from ddpp_cli.engine.device import derive_seed
 
     with seeded(derive_seed(5, "expert", 0, "init")):
-        model = models.create("convnet", 1, 10, 28)
+        model = models.create("convnet", 1, 10, 8)
     assert torch.equal(params[0], flat_parameters(model))
 
 
@@ -88,7 +91,7 @@ def test_initial_snapshot_is_the_seeded_model(tiny_mnist, tmp_path):
 def test_training_learns_the_synthetic_task(tmp_path):
     data_root = make_mnist_folder(tmp_path / "digits", train_per_class=20, test_per_class=5)
     summary = train_buffer(
-        small_config(experts=1, epochs=4, batch_size=32),
+        small_config(experts=1, epochs=4, batch_size=32, image_size=None),  # the 28 px digits
         tmp_path / "buffer",
         data_root=data_root,
         download=False,

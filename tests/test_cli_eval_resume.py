@@ -6,9 +6,6 @@ The result of the rerun must equal an uninterrupted evaluation's, accuracies bit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -47,12 +44,8 @@ def test_sigkill_after_the_first_run_then_rerun_equals_one_go(mnist_set, tiny_mn
     )  # fmt: skip
     assert list(recorded_runs(records)) == ["0"]  # run 1 was kept the moment it finished
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "ddpp_cli", *args], capture_output=True, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=False,
-    )  # fmt: skip
-    assert rerun.returncode == 0, rerun.stderr
+    rerun = invoke(*args)  # a new run over what the killed process left
+    assert rerun.exit_code == 0, rerun.output
     resumed = json.loads(rerun.stdout)
     assert resumed["accuracies"] == one_go["accuracies"]  # bit for bit (floats from JSON)
     assert (resumed["mean"], resumed["std"]) == (one_go["mean"], one_go["std"])

@@ -213,20 +213,6 @@ def test_datm_presets_are_its_configs():
 # ------------------------------------------------------------------ whole runs
 
 
-@pytest.fixture(scope="module")
-def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
-    """Two experts × 4 epochs at lr 0.02, batch 10: they classify most tiny digits correctly
-    (the session's tiny buffer classifies too few to pick a real image per class)."""
-    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
-
-    folder = tmp_path_factory.mktemp("datm-buffer")
-    config = BufferConfig(
-        dataset="mnist", experts=2, epochs=4, batch_size=10, lr=0.02, image_size=8
-    )
-    train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    return folder
-
-
 def small_config(**overrides) -> DistillConfig:
     """test_distill's small run, with a window of 3 start epochs and 6 iterations."""
     return distill_small_config(**{"max_start_epoch": 3, "iterations": 6, **overrides})
@@ -335,35 +321,6 @@ def test_compare_rows_name_the_labels():
     row = compare_engine.ROWS["ddpp-learned"]
     assert (row.label, dict(row.changes)) == ("DDPP, learned soft labels", {"labels": "learned"})
     assert compare_engine.ROWS["ddpp-teacher"].label == "DDPP, teacher soft labels"
-
-
-@pytest.mark.slow
-def test_learned_labels_on_two_ranks_match_one_process(good_buffer, tiny_mnist, tmp_path):
-    """torchrun, 2 gloo ranks, minibatches split 2 + 3, pruning on, both unroll modes: the same
-    images, α, losses and learned labels as one process (test_distill_distributed's tolerances)."""
-    from test_distill_distributed import IMAGES_TOL, torchrun
-    from test_distill_distributed import assert_same_run as assert_close_run
-    from test_distill_distributed import run as run_one
-
-    common = {"buffer": str(good_buffer), "data": str(tiny_mnist)}
-    jobs = []
-    for mode in ("graph", "memory"):
-        overrides = {"unroll": mode, "labels": "learned", "eval_every": 0}
-        run_one(tmp_path / f"one-{mode}", good_buffer, tiny_mnist, **overrides)
-        jobs.append({**common, "folder": str(tmp_path / f"two-{mode}"), "overrides": overrides})
-    torchrun(tmp_path, jobs)
-    for mode in ("graph", "memory"):
-        assert_close_run(tmp_path / f"two-{mode}", tmp_path / f"one-{mode}")
-        two, one = (
-            distilled.load(tmp_path / f"{n}-{mode}" / distill.DISTILLED_NAME)
-            for n in ("two", "one")
-        )
-        scale = float(one.targets.abs().max())
-        torch.testing.assert_close(two.targets, one.targets, rtol=0, atol=IMAGES_TOL * scale)
-        assert not torch.equal(
-            one.targets,
-            setup_of(small_config(labels="teacher"), good_buffer, tiny_mnist).teacher_start()[1],
-        )
 
 
 def test_teacher_labels_stay_fixed_and_resume_bit_for_bit(good_buffer, tiny_mnist, tmp_path):

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import socket
-import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from ddpp_cli.cli import app
 from ddpp_cli.engine import buffer as buffer_engine
 from ddpp_cli.engine import distributed
 from ddpp_cli.engine.distributed import World
 from ddpp_cli.engine.errors import DdppError
-
-TOL = {"rtol": 1e-3, "atol": 2e-4}  # as test_batched.TRAJECTORY_TOL
 
 
 def test_world_from_env_and_shard(monkeypatch):
@@ -96,8 +88,9 @@ class LoneRank(World):
 @pytest.mark.slow
 def test_a_rank_writes_only_the_experts_it_trains(tiny_mnist, tmp_path):
     config = buffer_engine.BufferConfig(
-        dataset="mnist", experts=3, epochs=1, batch_size=64, seed=3, test_subset=10, zca=True
-    )
+        dataset="mnist", experts=3, epochs=1, batch_size=64, seed=3, test_subset=10, zca=True,
+        image_size=8,
+    )  # fmt: skip
     folder = tmp_path / "buf"
     buffer_engine.train_buffer(
         config, folder, data_root=tiny_mnist, download=False, world=LoneRank(1, 2, 1)
@@ -105,69 +98,9 @@ def test_a_rank_writes_only_the_experts_it_trains(tiny_mnist, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["expert_0001.safetensors"]
 
 
-DRIVER = textwrap.dedent(
-    """
-    import sys
-    from ddpp_cli.cli import app
-    buffer_args, evaluate_args = sys.argv[1].split(), sys.argv[2].split()
-    for args in (buffer_args, evaluate_args):
-        try:
-            app(args, standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code:
-                raise
-    from ddpp_cli.engine.distributed import end_process
-    end_process(0)  # as ddpp's main() ends a torchrun rank
-    """
-)
-
-
-@pytest.mark.slow
-def test_torchrun_splits_the_work_and_matches_one_process(tiny_mnist, tmp_path):
-    """Two gloo ranks on the CPU: buffer (batched within a rank too) and a baseline evaluation."""
-    data = ["--dataset", "mnist", "--data-dir", str(tiny_mnist), "--no-download"]
-    common = [*data, "--device", "cpu", "--seed", "3", "--test-subset", "20"]
-    buffer_args = ["buffer", *common, "--experts", "3", "--epochs", "1", "--train-subset", "40"]
-    evaluate_args = [
-        "evaluate", *common, "--baseline", "random", "--ipc", "2", "--runs", "3", "--epochs", "2",
-    ]  # fmt: skip
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only: no network needed
-    launched = subprocess.run(
-        [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-            "2", str(script),
-            " ".join([*buffer_args, "--out", str(tmp_path / "ranks"), "--parallel", "2", "-q"]),
-            " ".join([*evaluate_args, "--json"]),
-        ],
-        capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
-    assert launched.returncode == 0, launched.stderr[-3000:]
-    lines = launched.stdout.strip().splitlines()
-    assert lines[0] == str(tmp_path / "ranks")  # rank 0 printed; rank 1 stayed quiet
-    assert len(lines) == 2
-    distributed_eval = json.loads(lines[1])
-
-    runner = CliRunner()
-    single = runner.invoke(app, [*buffer_args, "--out", str(tmp_path / "one"), "-q"])
-    assert single.exit_code == 0, single.output
-    for name in ("expert_0000", "expert_0001", "expert_0002"):
-        ours = buffer_engine.load_trajectory(tmp_path / "ranks" / f"{name}.safetensors")
-        theirs = buffer_engine.load_trajectory(tmp_path / "one" / f"{name}.safetensors")
-        torch.testing.assert_close(ours.params, theirs.params, **TOL)
-    manifest = json.loads((tmp_path / "ranks" / "buffer.json").read_text())
-    assert [e["index"] for e in manifest["experts"]] == [0, 1, 2]
-    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == sorted(
-        p.name for p in (tmp_path / "one").iterdir()
-    )
-    single_eval = runner.invoke(app, [*evaluate_args, "--json"])
-    assert single_eval.exit_code == 0, single_eval.output
-    expected = json.loads(single_eval.stdout)
-    assert distributed_eval["accuracies"] == expected["accuracies"]
-    assert distributed_eval["protocol"]["train_size"] == expected["protocol"]["train_size"]
+# The two-rank end-to-end run of buffer and evaluate (torchrun, gloo) is
+# test_distill_distributed.py's test_torchrun_splits_the_work_and_matches_one_process: one torchrun
+# launch there makes every two-rank run of the suite.
 
 
 @pytest.fixture(autouse=True)

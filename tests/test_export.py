@@ -393,11 +393,13 @@ def test_ddranking_orders_a_set_class_major_and_notes_unequal_counts(tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["ipc"] == 2
 
 
-def read_idx_images(path: Path) -> torch.Tensor:
-    """An IDX image file (MNIST's container: magic, 3 big-endian sizes, uint8 pixels) in [0, 1]."""
+def read_idx_images(path: Path, first: int | None = None) -> torch.Tensor:
+    """An IDX image file (MNIST's container: magic, 3 big-endian sizes, uint8 pixels) in [0, 1];
+    only its ``first`` images where given."""
     raw = gzip.decompress(path.read_bytes())
     count, rows, cols = struct.unpack(">III", raw[4:16])
-    pixels = torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8)
+    count = count if first is None else min(first, count)
+    pixels = torch.frombuffer(bytearray(raw[16 : 16 + count * rows * cols]), dtype=torch.uint8)
     return pixels.reshape(count, 1, rows, cols).double() / 255
 
 
@@ -422,7 +424,7 @@ def test_a_set_with_label_vectors_is_told_where_they_went(tmp_path):
 def test_real_fashion_mnist_set_exports_and_imports_back_bit_for_bit(tmp_path):
     """Two real train images per class, normalised as ddpp does, through the CLI and back through
     ``import_for_dataset`` on the real data."""
-    images = read_idx_images(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")[:200].float()
+    images = read_idx_images(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz", 200).float()
     raw = gzip.decompress((FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").read_bytes())
     classes = torch.frombuffer(bytearray(raw[8:208]), dtype=torch.uint8).long()
     chosen_index = torch.cat([torch.nonzero(classes == k)[:2, 0] for k in range(10)])
