@@ -71,19 +71,6 @@ def test_labels_with_compare_are_refused_in_one_line(tmp_path, extra, flags):
     assert not (tmp_path / "c").exists()  # refused before anything was made
 
 
-@pytest.fixture(scope="module")
-def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
-    """test_datm's buffer: experts that classify enough tiny digits to pick DATM's start."""
-    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
-
-    folder = tmp_path_factory.mktemp("run-labels-buffer")
-    config = BufferConfig(
-        dataset="mnist", experts=2, epochs=4, batch_size=10, lr=0.02, image_size=8
-    )
-    train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    return folder
-
-
 @pytest.mark.slow
 def test_a_learned_label_run_names_its_labels_and_keeps_its_scores(
     good_buffer, tiny_mnist, tmp_path
