@@ -88,17 +88,10 @@ def tiny_mnist(tmp_path_factory) -> Path:
 def tiny_buffer(tiny_mnist, tmp_path_factory) -> Path:
     """Two experts × 3 epochs on the tiny MNIST folder resized to 8×8 (a fast ConvNet-3), trained
     once per session on one thread; tests read it and never write into it."""
-    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
+    from ddpp_cli.engine.buffer import BufferConfig
 
-    folder = tmp_path_factory.mktemp("tiny-buffer")
     config = BufferConfig(dataset="mnist", experts=2, epochs=3, batch_size=64, image_size=8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_buffer(config, folder, data_root=tiny_mnist, download=False)
-    finally:
-        torch.set_num_threads(threads)
-    return folder
+    return _one_thread_buffer(config, tmp_path_factory.mktemp("tiny-buffer"), tiny_mnist)
 
 
 @pytest.fixture(scope="session")
@@ -106,16 +99,22 @@ def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
     """Two experts × 4 epochs at lr 0.02, batch 10, 8×8: they classify most tiny digits correctly
     (``tiny_buffer`` classifies too few to pick a real image per class, as DATM's labels need);
     trained once per session on one thread; tests read it and never write into it."""
-    from ddpp_cli.engine.buffer import BufferConfig, train_buffer
+    from ddpp_cli.engine.buffer import BufferConfig
 
-    folder = tmp_path_factory.mktemp("good-buffer")
     config = BufferConfig(
         dataset="mnist", experts=2, epochs=4, batch_size=10, lr=0.02, image_size=8
     )
+    return _one_thread_buffer(config, tmp_path_factory.mktemp("good-buffer"), tiny_mnist)
+
+
+def _one_thread_buffer(config, folder: Path, data_root: Path) -> Path:
+    """``config``'s buffer trained into ``folder`` on one thread (the same bits on any machine)."""
+    from ddpp_cli.engine.buffer import train_buffer
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train_buffer(config, folder, data_root=tiny_mnist, download=False)
+        train_buffer(config, folder, data_root=data_root, download=False)
     finally:
         torch.set_num_threads(threads)
     return folder
