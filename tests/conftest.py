@@ -108,7 +108,7 @@ def good_buffer(tiny_mnist, tmp_path_factory) -> Path:
 
 
 def _one_thread_buffer(config, folder: Path, data_root: Path) -> Path:
-    """``config``'s buffer trained into ``folder`` on one thread (the same bits on any machine)."""
+    """``config``'s buffer trained into ``folder``, one thread (same bits on any core count)."""
     from ddpp_cli.engine.buffer import train_buffer
 
     threads = torch.get_num_threads()
