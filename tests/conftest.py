@@ -245,3 +245,13 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert _without_timing([best_a.metadata], ("settings",)) == _without_timing(
             [best_b.metadata], ("settings",)
         )
+
+
+@pytest.fixture
+def wide_console(monkeypatch):
+    """The CLI's console 200 columns wide for the test: its width is fixed when
+    ``commands._display`` is imported (from COLUMNS, which pytest-xdist's workers set to 80), so
+    ``CliRunner(env={"COLUMNS": ...})`` cannot widen it and long table cells would wrap."""
+    from ddpp_cli.commands import _display
+
+    monkeypatch.setattr(_display.out, "width", 200)

@@ -72,6 +72,7 @@ def test_labels_with_compare_are_refused_in_one_line(tmp_path, extra, flags):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("wide_console")
 def test_a_learned_label_run_names_its_labels_and_keeps_its_scores(
     good_buffer, tiny_mnist, tmp_path
 ):
@@ -102,7 +103,7 @@ def test_a_learned_label_run_names_its_labels_and_keeps_its_scores(
     plain = vis.grid_layout(chosen, upsample=2).size
     assert grid.width >= plain[0] and grid.height > plain[1]
 
-    again = runner.invoke(app, args, env={"COLUMNS": "200"})  # finished: all from records
+    again = runner.invoke(app, args)  # finished: all from records
     assert again.exit_code == 0, again.output
     assert f"distilled (DDPP, ε 0.1, {LEARNED})" in again.output
     rescored = json.loads((out / "run.json").read_text())["scores"]  # rewritten by the rerun
@@ -111,11 +112,12 @@ def test_a_learned_label_run_names_its_labels_and_keeps_its_scores(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("wide_console")
 def test_a_hard_label_runs_json_names_hard_labels_and_no_scores(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     args = ["run", "--dataset", "mnist", "--ipc", "1", "--data-dir", str(tiny_mnist),
             "--out", str(out), *(str(a) for a in TINY), "--labels", "hard"]  # fmt: skip
-    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "distilled (DDPP, ε 0.1)" in result.output and "labels (" not in result.output
     saved = json.loads((out / "run.json").read_text())
