@@ -63,7 +63,7 @@ import torch
 
 from ddpp_cli.engine import models
 from ddpp_cli.engine.augment import DEFAULT_STRATEGY, DSA, DSAParams
-from ddpp_cli.engine.buffer.mtt_import import _flatten_mtt_epoch, _load_mtt_file, mtt_files
+from ddpp_cli.engine.buffer.mtt_import import flatten_mtt_epoch, load_mtt_file, mtt_files
 from ddpp_cli.engine.distill import teacher
 from ddpp_cli.engine.functional import ParamLayout
 from ddpp_cli.engine.student import Student, UnrollStep
@@ -355,9 +355,9 @@ def ddpp_trajectories(folder: Path, layout: ParamLayout) -> list[list[torch.Tens
     """Every expert of the buffer (file order) as ddpp's import flattens it: flat θ per epoch."""
     experts = []
     for path in mtt_files(folder):
-        for number, expert in enumerate(_load_mtt_file(path)):
+        for number, expert in enumerate(load_mtt_file(path)):
             where = f"{path.name} expert {number}"
-            experts.append([_flatten_mtt_epoch(epoch, layout, where) for epoch in expert])
+            experts.append([flatten_mtt_epoch(epoch, layout, where) for epoch in expert])
     return experts
 
 

@@ -143,7 +143,7 @@ def mtt_files(source: Path) -> list[Path]:
     return files
 
 
-def _load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
+def load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
     """One MTT ``replay_buffer_*.pt``: experts → epochs → parameter tensors (weights only)."""
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
@@ -170,7 +170,7 @@ def _load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
     return content
 
 
-def _flatten_mtt_epoch(
+def flatten_mtt_epoch(
     tensors: list[torch.Tensor], layout: ParamLayout, where: str
 ) -> torch.Tensor:
     shapes = [tuple(t.shape) for t in tensors]
@@ -301,7 +301,7 @@ def _import_files(
         skip = path.name in complete and all(
             index + p in existing for p in range(complete[path.name])
         )
-        content = None if skip else _load_mtt_file(path)
+        content = None if skip else load_mtt_file(path)
         if number == 0:
             emit(started)  # after the first file proved readable
         if content is None:  # converted before a kill: not read again
@@ -401,7 +401,7 @@ def _convert_file(
         if index in existing:
             records.append(ExpertRecord(index, existing[index], [], resumed=True))
         else:
-            params = torch.stack([_flatten_mtt_epoch(e, target.layout, where) for e in expert])
+            params = torch.stack([flatten_mtt_epoch(e, target.layout, where) for e in expert])
             del expert
             source = {"file": path.name, "position": position, "of": total}
             written = _write_imported_expert(target, index, params, source)
