@@ -170,9 +170,7 @@ def load_mtt_file(path: Path) -> list[list[list[torch.Tensor]]]:
     return content
 
 
-def flatten_mtt_epoch(
-    tensors: list[torch.Tensor], layout: ParamLayout, where: str
-) -> torch.Tensor:
+def flatten_mtt_epoch(tensors: list[torch.Tensor], layout: ParamLayout, where: str) -> torch.Tensor:
     shapes = [tuple(t.shape) for t in tensors]
     if [math.prod(s) for s in shapes] != [math.prod(s) for s in layout.shapes]:
         raise DdppError(
