@@ -205,6 +205,17 @@ def _identical(x: torch.Tensor, y: torch.Tensor) -> bool:
     )
 
 
+def ctrl_c_after(iteration: int):
+    """An ``on_event`` for a distillation that presses Ctrl-C once ``iteration`` has finished."""
+    from ddpp_cli.engine import distill
+
+    def interrupt(event: object) -> None:
+        if isinstance(event, distill.IterationFinished) and event.iteration == iteration:
+            raise KeyboardInterrupt
+
+    return interrupt
+
+
 def assert_same_run(a: Path, b: Path) -> None:
     """Two distillation run folders are the same run bit for bit, timings aside: the current set,
     every checkpoint tensor (momentum and generator states included) and its metadata (the config
@@ -219,7 +230,8 @@ def assert_same_run(a: Path, b: Path) -> None:
     ca, cb = (store.read(f / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT) for f in (a, b))
     method = (ca.metadata.get("config") or {}).get("method", "tm")
     kept = {"momentum_lr", "rng_unroll"} if method == "tm" else {"rng_matching"}
-    assert {"momentum_images", *kept} <= ca.tensors.keys()
+    adam = distill.get_method(method).optimizer == "adam"  # kip: Adam's state, not momentum
+    assert {"adam_images_exp_avg" if adam else "momentum_images", *kept} <= ca.tensors.keys()
     assert ca.tensors.keys() == cb.tensors.keys()
     assert all(torch.equal(ca.tensors[k], cb.tensors[k]) for k in ca.tensors)
     meta_timing = ("config", "elapsed_seconds")

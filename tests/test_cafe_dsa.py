@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_run
+from conftest import assert_same_run, ctrl_c_after
 from typer.testing import CliRunner
 
 from ddpp_cli.cli import app
@@ -257,14 +257,10 @@ def test_ctrl_c_and_resume_continue_bit_for_bit(tiny_mnist, tmp_path: Path):
     config = small()
     distill.distill(config, tmp_path / "straight", data_root=tiny_mnist, download=False)
 
-    def interrupt(event):
-        if isinstance(event, distill.IterationFinished) and event.iteration == 3:
-            raise KeyboardInterrupt
-
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         distill.distill(
-            config, interrupted, data_root=tiny_mnist, download=False, on_event=interrupt
+            config, interrupted, data_root=tiny_mnist, download=False, on_event=ctrl_c_after(3)
         )
     events: list = []
     distill.distill(

@@ -22,7 +22,7 @@ from ddpp_cli.engine import distilled, pipeline
 from ddpp_cli.engine.distill.methods import registry
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.events import Notice
-from tests.conftest import assert_one_line_error
+from tests.conftest import assert_one_line_error, ctrl_c_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -370,12 +370,10 @@ def test_an_interrupted_distillation_row_continues_from_its_checkpoint(tiny_mnis
     plan = tiny_plan(iterations=3)
     whole = compare_engine.compare(plan, ("mtt",), tmp_path / "whole", **options)
 
-    def stop(event):
-        if isinstance(event, distill_engine.IterationFinished) and event.iteration == 2:
-            raise KeyboardInterrupt  # Ctrl-C in the middle of the row's distillation
-
     with pytest.raises(KeyboardInterrupt):
-        compare_engine.compare(plan, ("mtt",), tmp_path / "cut", on_event=stop, **options)
+        compare_engine.compare(
+            plan, ("mtt",), tmp_path / "cut", on_event=ctrl_c_after(2), **options
+        )
     run = tmp_path / "cut" / "compare" / "mtt" / "run"
     assert (run / "checkpoint.safetensors").is_file()
     events: list[object] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_same_run
+from conftest import assert_same_run, ctrl_c_after
 from test_distill import run
 from test_distill import small_config as distill_small_config
 from torch import nn
@@ -240,12 +240,8 @@ def test_learned_labels_resume_bit_for_bit(learned_run, good_buffer, tiny_mnist,
         labels="learned", test_runs=1, eval_epochs=1, eval_every=3, eval_runs=1, skip_threshold=5.0
     )
 
-    def interrupt(event):
-        if isinstance(event, distill.IterationFinished) and event.iteration == 4:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path, good_buffer, tiny_mnist, on_event=interrupt)
+        run(config, tmp_path, good_buffer, tiny_mnist, on_event=ctrl_c_after(4))
     saved = store.read(tmp_path / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
     assert saved.metadata["iteration"] == 3
     assert {"targets", "momentum_targets"} <= saved.tensors.keys()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_same_run
+from conftest import assert_same_run, ctrl_c_after
 
 from ddpp_cli.engine import distill, distilled, models, presets, store
 from ddpp_cli.engine.augment import DSA
@@ -242,12 +242,8 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(
 ):
     config = small_config(iterations=10, eval_every=5, eval_epochs=1, eval_runs=1)
 
-    def interrupt(event):
-        if isinstance(event, distill.IterationFinished) and event.iteration == 7:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path, tiny_buffer, tiny_mnist, on_event=interrupt)
+        run(config, tmp_path, tiny_buffer, tiny_mnist, on_event=ctrl_c_after(7))
     saved = store.read(tmp_path / distill.CHECKPOINT_NAME, store.CHECKPOINT_FORMAT)
     assert saved.metadata["iteration"] == 6  # the last completed iteration
     assert distilled.load(tmp_path / distill.DISTILLED_NAME).settings["iteration"] == 6

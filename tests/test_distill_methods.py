@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, assert_same_run, kill_ddpp_when
+from conftest import assert_one_line_error, assert_same_run, ctrl_c_after, kill_ddpp_when
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -283,13 +283,9 @@ def test_ctrl_c_and_resume_continue_bit_for_bit(method, tiny_mnist, tmp_path):
     config = small(method)
     run(config, tmp_path / "straight", tiny_mnist)
 
-    def interrupt(event):
-        if isinstance(event, distill.IterationFinished) and event.iteration == 3:
-            raise KeyboardInterrupt
-
     interrupted = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run(config, interrupted, tiny_mnist, on_event=interrupt)
+        run(config, interrupted, tiny_mnist, on_event=ctrl_c_after(3))
     assert store.read_metadata(interrupted / distill.CHECKPOINT_NAME)["iteration"] == 2
     events = []
     run(config, interrupted, tiny_mnist, on_event=events.append)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 from test_cli_evaluate import FAST, invoke, write_mnist_set
+from test_eval_records import tensors as two_class_set
 
 from ddpp_cli.engine import augment, batched, evaluate
 from ddpp_cli.engine.errors import DdppError
@@ -182,13 +183,6 @@ def test_batched_members_train_on_their_own_batches_rows_like_one_at_a_time():
 # ------------------------------------------------------------- evaluation: --labels hard|set
 
 CONFIG = EvalConfig(arch="convnet", runs=2, epochs=2, batch_size=4, lr=0.05)
-
-
-def two_class_set(n_per_class: int, seed: int, noise: float = 1.0):
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(2).repeat_interleave(n_per_class)
-    images = noise * torch.randn(len(labels), 1, 16, 16, generator=generator)
-    return images + 0.5 * labels.view(-1, 1, 1, 1).float(), labels
 
 
 SET = two_class_set(3, seed=0)

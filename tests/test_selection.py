@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_one_line_error, assert_same_run
+from conftest import assert_one_line_error, assert_same_run, ctrl_c_after
 from test_distill import metrics, run
 from test_distill import small_config as distill_small_config
 from typer.testing import CliRunner
@@ -208,12 +208,8 @@ def test_a_killed_best_test_run_resumes_bit_for_bit(
 ):
     config = small_config(selection="best-test", eval_every=3)
 
-    def interrupt(event):
-        if isinstance(event, distill.IterationFinished) and event.iteration == 5:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path, tiny_buffer, tiny_mnist, on_event=interrupt)
+        run(config, tmp_path, tiny_buffer, tiny_mnist, on_event=ctrl_c_after(5))
     assert store.read_metadata(tmp_path / distill.CHECKPOINT_NAME)["iteration"] == 4
     events = []
     summary = run(replace(config, selection="best-test"), tmp_path, tiny_buffer, tiny_mnist,
