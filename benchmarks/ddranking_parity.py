@@ -27,6 +27,7 @@ import io
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -78,6 +79,11 @@ def ddranking_hard(scale: float, runs: int, folder: Path) -> dict[str, float]:
     metric = _bare(hard_label.LabelRobustScoreHard, runs, folder)
     order = [scale * v for r in range(runs) for v in (RUNS["set_hard"][r], RUNS["random"][r])]
     metric._compute_hard_label_metrics_helper = _feeder(order)
+    return _label_scores(metric)
+
+
+def _label_scores(metric: Any) -> dict[str, float]:
+    """HLR, IOR and LRS (their means over the runs) as a DD-Ranking label metric computes them."""
     found = _quiet(lambda: metric.compute_metrics(image_tensor=torch.zeros(1), syn_lr=0.01))
     return {"hlr": found["hard_label_recovery_mean"], "ior": found["improvement_over_random_mean"],
             "lrs": found["label_robust_score_mean"]}  # fmt: skip
@@ -91,9 +97,7 @@ def ddranking_soft(scale: float, runs: int, folder: Path) -> dict[str, float]:
     metric._compute_hard_label_metrics_helper = _feeder([scale * v for v in RUNS["set_hard"]])
     soft = [scale * v for r in range(runs) for v in (RUNS["set_labels"][r], RUNS["random"][r])]
     metric._compute_soft_label_metrics_helper = _feeder(soft)
-    found = _quiet(lambda: metric.compute_metrics(image_tensor=torch.zeros(1), syn_lr=0.01))
-    return {"hlr": found["hard_label_recovery_mean"], "ior": found["improvement_over_random_mean"],
-            "lrs": found["label_robust_score_mean"]}  # fmt: skip
+    return _label_scores(metric)
 
 
 def ddranking_ars(scale: float, runs: int, folder: Path) -> dict[str, float]:
