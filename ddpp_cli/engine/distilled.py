@@ -32,6 +32,7 @@ LABEL_MODES = ("hard", "teacher", "learned")
 # temperature (DATM), or the mean squared error to the vectors (KIP).
 TARGET_LOSSES = ("soft-ce", "mse")
 _LABEL_WORDS = {"teacher": "teacher soft labels", "learned": "learned labels"}
+HARD_LABELS_TEXT = "hard labels"  # how every output names class-index labels
 
 
 def label_vectors_text(mode: str, loss: str | None, temperature: float | None) -> str:
@@ -81,7 +82,7 @@ class DistilledSet:
         """How tables name the set's labels: "hard labels", "learned labels (MSE)", "teacher
         soft labels (soft CE, T 1)"."""
         if self.targets is None:
-            return "hard labels"
+            return HARD_LABELS_TEXT
         return label_vectors_text(self.label_mode, self.target_loss, self.temperature)
 
     @property

@@ -8,6 +8,7 @@ from typing import Any
 
 from ddpp_cli.engine.distill.config import DistillConfig
 from ddpp_cli.engine.distill.methods import DEFAULT_METHOD
+from ddpp_cli.engine.distilled import HARD_LABELS_TEXT
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.evaluate import EvalResult
 from ddpp_cli.engine.model_selection import DEFAULT_SELECTION
@@ -111,4 +112,4 @@ class DistillSummary:
     seconds: float = 0.0
     method: str = DEFAULT_METHOD
     selection: str = DEFAULT_SELECTION  # the rule's name (engine/model_selection.py)
-    labels: str = "hard labels"  # the set's labels as tables name them (DistilledSet.label_text)
+    labels: str = HARD_LABELS_TEXT  # the set's labels as tables name them (DistilledSet.label_text)

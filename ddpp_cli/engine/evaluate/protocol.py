@@ -23,6 +23,7 @@ import torch
 
 from ddpp_cli.engine import augment, models
 from ddpp_cli.engine.device import derive_seed, make_generator, seeded
+from ddpp_cli.engine.distilled import HARD_LABELS_TEXT
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.training import LabelVectors, predict, train_epoch
 
@@ -38,7 +39,6 @@ SetForRun = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 # --labels: "set" trains on the set's label vectors when it has them (else its hard labels),
 # "hard" always on the hard labels with cross-entropy.
 LABEL_CHOICES = ("set", "hard")
-HARD_LABELS_TEXT = "hard labels"
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ddpp_cli.engine.distilled import DistilledSet
+from ddpp_cli.engine.distilled import HARD_LABELS_TEXT, DistilledSet
 from ddpp_cli.engine.distilled import load as load_set
 from ddpp_cli.engine.errors import DdppError
 from ddpp_cli.engine.layout import BEST_NAME, DISTILL_SUMMARY_NAME, DISTILLED_NAME
 from ddpp_cli.engine.model_selection import VALIDATION_LABEL, label_of_settings
 
-HARD_LABELS = "hard labels"  # DistilledSet.label_text of a set without label vectors
 CAPTION_SEPARATOR = "; "
 
 
@@ -35,7 +34,7 @@ def run_labels(run: Path) -> str | None:
     except (OSError, UnicodeDecodeError, ValueError):
         recorded = None
     if isinstance(recorded, dict) and isinstance(recorded.get("labels"), str):
-        return None if recorded["labels"] == HARD_LABELS else recorded["labels"]
+        return None if recorded["labels"] == HARD_LABELS_TEXT else recorded["labels"]
     for name in (BEST_NAME, DISTILLED_NAME):
         if (run / name).is_file():
             try:
